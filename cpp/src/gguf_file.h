@@ -1,0 +1,49 @@
+// A GGUF file opened for reading metadata, with typed key lookups that fail with
+// messages naming the file and the key. Tensor data is not read here.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ggml.h"
+#include "gguf.h"
+
+namespace logo {
+
+struct GgufFile {
+    std::string path;
+    size_t file_size = 0;
+    gguf_context * gguf = nullptr;
+    ggml_context * meta = nullptr;  // one no_alloc tensor per file tensor: names, types, shapes
+
+    // Opens and checks: exists, is a regular file, non-empty, parses as GGUF, and every tensor's data
+    // lies inside the file. Throws FileError or FormatError.
+    explicit GgufFile(const std::string & path);
+    ~GgufFile();
+    GgufFile(const GgufFile &) = delete;
+    GgufFile & operator=(const GgufFile &) = delete;
+
+    bool has_key(const std::string & key) const;
+    std::string get_string(const std::string & key) const;  // required
+    std::string get_string(const std::string & key, const std::string & fallback) const;
+    // Integer keys may be stored as any integer type; floats as f32 or f64.
+    int64_t get_int(const std::string & key) const;  // required
+    int64_t get_int(const std::string & key, int64_t fallback) const;
+    double get_float(const std::string & key, double fallback) const;
+    bool has_float(const std::string & key) const;
+
+    ggml_tensor * find_tensor(const std::string & name) const;  // nullptr when absent
+    size_t tensor_file_offset(const std::string & name) const;  // absolute offset of its data
+    std::vector<std::string> tensor_names() const;
+
+private:
+    int64_t key_id(const std::string & key) const;
+};
+
+// "[4096, 32000]": a shape in ggml order, for error messages.
+std::string shape_string(const ggml_tensor * t);
+std::string shape_string(const std::vector<int64_t> & ne);
+
+}  // namespace logo

@@ -1,0 +1,55 @@
+// The forward graph of the Llama family (llama, qwen2, qwen3), for several sequences at once.
+#pragma once
+
+#include <unordered_map>
+
+#include "ggml.h"
+#include "kv_cache.h"
+#include "model.h"
+
+namespace logo {
+
+// Low-rank terms added to one weight's output: y += B (A x). The adapter scales are folded into B.
+// a: [n_in, rank, n_mix], b: [rank, n_out, n_mix]; n_mix is 1 (one mixture for every sequence)
+// or the session's number of sequences (one mixture per sequence; a batch uses its streams' slice).
+struct LowRankTerm {
+    ggml_tensor * a = nullptr;
+    ggml_tensor * b = nullptr;
+};
+using LowRankTerms = std::unordered_map<const ggml_tensor *, LowRankTerm>;
+
+// The tokens of one evaluation: n_per_stream new tokens for each of n_stream consecutive streams
+// starting at first_stream, laid out stream-major.
+struct BatchShape {
+    int first_stream = 0;
+    int n_stream = 1;
+    int n_per_stream = 1;
+    int n_kv = 0;         // cache rows attended per stream (>= every stream's length after this batch)
+    bool all_outputs = false;  // logits for every token, or only each stream's last token
+    int n_tokens() const { return n_stream * n_per_stream; }
+    int n_outputs() const { return all_outputs ? n_tokens() : n_stream; }
+};
+
+struct GraphInputs {
+    ggml_tensor * tokens = nullptr;       // I32 [n_tokens]
+    ggml_tensor * positions = nullptr;    // I32 [n_tokens]
+    ggml_tensor * cache_rows = nullptr;   // I64 [n_tokens]: where each token's K and V are written
+    ggml_tensor * mask = nullptr;         // F16 [n_kv, n_per_stream, 1, n_stream]
+    ggml_tensor * output_rows = nullptr;  // I32 [n_outputs]; null when every token is an output
+};
+
+struct ForwardGraph {
+    ggml_cgraph * graph = nullptr;
+    GraphInputs inputs;
+    ggml_tensor * logits = nullptr;        // [n_vocab, n_outputs], when the graph runs to the end
+    ggml_tensor * block_input = nullptr;   // [n_embd, n_outputs], residual entering block `stop_layer`
+};
+
+// Builds the forward pass. With stop_layer in [0, n_layer) the graph stops at the residual stream
+// entering that block (the LoGo probe vector); with stop_layer = n_layer it produces logits.
+ForwardGraph build_forward_graph(ggml_context * ctx, const Model & model, const KvCache & cache,
+                                 const BatchShape & shape, const LowRankTerms * adapters, int stop_layer);
+
+size_t forward_graph_size(const ModelHparams & hp);
+
+}  // namespace logo

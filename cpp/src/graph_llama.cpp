@@ -1,0 +1,158 @@
+#include "graph.h"
+
+#include <cmath>
+
+namespace logo {
+
+// Every linear map of the model passes through here, so adapters enter the graph in one place.
+// Per-sequence adapter terms cover every stream of the session; a batch uses the slice of its streams.
+struct Adapters {
+    const LowRankTerms * terms;
+    int first_stream;
+    int n_stream;
+};
+
+static ggml_tensor * linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, const Adapters & adapters) {
+    ggml_tensor * y = ggml_mul_mat(ctx, w, x);  // [n_out, n_rows]
+    if (!adapters.terms) return y;
+    auto it = adapters.terms->find(w);
+    if (it == adapters.terms->end()) return y;
+    ggml_tensor * a = it->second.a;
+    ggml_tensor * b = it->second.b;
+    if (a->ne[2] > 1) {
+        a = ggml_view_3d(ctx, a, a->ne[0], a->ne[1], adapters.n_stream, a->nb[1], a->nb[2], a->nb[2] * size_t(adapters.first_stream));
+        b = ggml_view_3d(ctx, b, b->ne[0], b->ne[1], adapters.n_stream, b->nb[1], b->nb[2], b->nb[2] * size_t(adapters.first_stream));
+    }
+    const LowRankTerm term = {a, b};
+    const int64_t n_mix = term.a->ne[2];
+    ggml_tensor * xs = ggml_reshape_3d(ctx, x, x->ne[0], x->ne[1] / n_mix, n_mix);  // [n_in, rows/mix, n_mix]
+    ggml_tensor * ax = ggml_mul_mat(ctx, term.a, xs);                               // [rank, rows/mix, n_mix]
+    ggml_tensor * bax = ggml_mul_mat(ctx, term.b, ax);                              // [n_out, rows/mix, n_mix]
+    return ggml_add(ctx, y, ggml_reshape_2d(ctx, bax, y->ne[0], y->ne[1]));
+}
+
+static ggml_tensor * rms_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * weight, float eps) {
+    return ggml_mul(ctx, ggml_rms_norm(ctx, x, eps), weight);
+}
+
+static ggml_tensor * rope(ggml_context * ctx, ggml_tensor * x, ggml_tensor * positions, const Model & model) {
+    const ModelHparams & hp = model.hparams();
+    // ext_factor 0 and attn_factor 1: no YaRN; beta values are llama.cpp's defaults (unused without YaRN).
+    return ggml_rope_ext(ctx, x, positions, model.weights().rope_freqs, int(hp.n_rot), hp.rope_mode,
+                         int(hp.n_ctx_train), hp.rope_freq_base, hp.rope_freq_scale, 0.0f, 1.0f, 32.0f, 1.0f);
+}
+
+// Self-attention of one layer over the cache; writes this batch's K and V into the cache first.
+static ggml_tensor * attention(ggml_context * ctx, ggml_cgraph * gf, const Model & model, const KvCache & cache,
+                               const BatchShape & shape, const GraphInputs & in, int il, ggml_tensor * x,
+                               const Adapters & adapters) {
+    const ModelHparams & hp = model.hparams();
+    const LayerWeights & L = model.weights().layers[size_t(il)];
+    const int64_t n_tokens = shape.n_tokens();
+    const int64_t hd = hp.head_dim_k;
+
+    ggml_tensor * q = linear(ctx, L.wq, x, adapters);
+    ggml_tensor * k = linear(ctx, L.wk, x, adapters);
+    ggml_tensor * v = linear(ctx, L.wv, x, adapters);
+    if (L.bq) {
+        q = ggml_add(ctx, q, L.bq);
+        k = ggml_add(ctx, k, L.bk);
+        v = ggml_add(ctx, v, L.bv);
+    }
+    q = ggml_reshape_3d(ctx, q, hd, hp.n_head, n_tokens);
+    k = ggml_reshape_3d(ctx, k, hd, hp.n_head_kv, n_tokens);
+    if (L.q_norm) {
+        // qwen3 normalises each head's query and key before the rotation.
+        q = rms_norm(ctx, q, L.q_norm, hp.rms_eps);
+        k = rms_norm(ctx, k, L.k_norm, hp.rms_eps);
+    }
+    q = rope(ctx, q, in.positions, model);
+    k = rope(ctx, k, in.positions, model);
+
+    ggml_tensor * k_cache = cache.k[size_t(il)];
+    ggml_tensor * v_cache = cache.v[size_t(il)];
+    ggml_build_forward_expand(gf, ggml_set_rows(ctx, k_cache, ggml_reshape_2d(ctx, k, hp.n_embd_k_gqa(), n_tokens), in.cache_rows));
+    ggml_build_forward_expand(gf, ggml_set_rows(ctx, v_cache, ggml_reshape_2d(ctx, v, hp.n_embd_v_gqa(), n_tokens), in.cache_rows));
+
+    // Each stream attends to its own slice of n_kv rows: views [hd, n_head_kv, n_kv, n_stream].
+    const size_t k_row = k_cache->nb[1], v_row = v_cache->nb[1];
+    ggml_tensor * keys = ggml_view_4d(ctx, k_cache, hd, hp.n_head_kv, shape.n_kv, shape.n_stream,
+                                      ggml_row_size(k_cache->type, hd), k_row, k_row * size_t(cache.n_ctx),
+                                      k_row * size_t(cache.n_ctx) * size_t(shape.first_stream));
+    ggml_tensor * values = ggml_view_4d(ctx, v_cache, hd, hp.n_head_kv, shape.n_kv, shape.n_stream,
+                                        ggml_row_size(v_cache->type, hd), v_row, v_row * size_t(cache.n_ctx),
+                                        v_row * size_t(cache.n_ctx) * size_t(shape.first_stream));
+    keys = ggml_permute(ctx, keys, 0, 2, 1, 3);      // [hd, n_kv, n_head_kv, n_stream]
+    values = ggml_permute(ctx, values, 0, 2, 1, 3);  // [hd, n_kv, n_head_kv, n_stream]
+    q = ggml_reshape_4d(ctx, q, hd, hp.n_head, shape.n_per_stream, shape.n_stream);
+    q = ggml_permute(ctx, q, 0, 2, 1, 3);            // [hd, n_per_stream, n_head, n_stream]
+
+    const float kq_scale = 1.0f / std::sqrt(float(hd));
+    ggml_tensor * out = ggml_flash_attn_ext(ctx, q, keys, values, in.mask, kq_scale, 0.0f, 0.0f);
+    ggml_prec_set_acc(out, GGML_PREC_F32);
+    out = ggml_reshape_2d(ctx, out, hd * hp.n_head, n_tokens);  // [n_embd_q, n_tokens]
+    return linear(ctx, L.wo, out, adapters);
+}
+
+static ggml_tensor * feed_forward(ggml_context * ctx, const LayerWeights & L, ggml_tensor * x,
+                                  const Adapters & adapters) {
+    ggml_tensor * gate = linear(ctx, L.ffn_gate, x, adapters);
+    ggml_tensor * up = linear(ctx, L.ffn_up, x, adapters);
+    return linear(ctx, L.ffn_down, ggml_swiglu_split(ctx, gate, up), adapters);
+}
+
+size_t forward_graph_size(const ModelHparams & hp) {
+    // Generous: about 40 nodes a layer plus adapter terms (4 extra nodes per adapted matrix).
+    return size_t(256 + hp.n_layer * 96);
+}
+
+ForwardGraph build_forward_graph(ggml_context * ctx, const Model & model, const KvCache & cache,
+                                 const BatchShape & shape, const LowRankTerms * terms, int stop_layer) {
+    const ModelHparams & hp = model.hparams();
+    const Adapters adapters = {terms, shape.first_stream, shape.n_stream};
+    const ModelWeights & w = model.weights();
+    ForwardGraph fg;
+    fg.graph = ggml_new_graph_custom(ctx, forward_graph_size(hp), false);
+    GraphInputs & in = fg.inputs;
+    const int64_t n_tokens = shape.n_tokens();
+
+    in.tokens = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_tokens);
+    in.positions = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_tokens);
+    in.cache_rows = ggml_new_tensor_1d(ctx, GGML_TYPE_I64, n_tokens);
+    in.mask = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, shape.n_kv, shape.n_per_stream, 1, shape.n_stream);
+    for (ggml_tensor * t : {in.tokens, in.positions, in.cache_rows, in.mask}) ggml_set_input(t);
+    const bool reduce_outputs = !shape.all_outputs;
+    if (reduce_outputs) {
+        in.output_rows = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, shape.n_outputs());
+        ggml_set_input(in.output_rows);
+    }
+
+    ggml_tensor * residual = ggml_get_rows(ctx, w.tok_embd, in.tokens);  // [n_embd, n_tokens]
+
+    for (int il = 0; il < stop_layer; ++il) {
+        const LayerWeights & L = w.layers[size_t(il)];
+        ggml_tensor * attn = attention(ctx, fg.graph, model, cache, shape, in, il,
+                                       rms_norm(ctx, residual, L.attn_norm, hp.rms_eps), adapters);
+        if (il == hp.n_layer - 1 && reduce_outputs) {
+            // Only the output rows feed the head: skip the last FFN for every other token.
+            attn = ggml_get_rows(ctx, attn, in.output_rows);
+            residual = ggml_get_rows(ctx, residual, in.output_rows);
+        }
+        residual = ggml_add(ctx, residual, attn);
+        residual = ggml_add(ctx, residual, feed_forward(ctx, L, rms_norm(ctx, residual, L.ffn_norm, hp.rms_eps), adapters));
+    }
+
+    if (stop_layer < hp.n_layer) {
+        fg.block_input = reduce_outputs ? ggml_get_rows(ctx, residual, in.output_rows) : residual;
+        ggml_set_output(fg.block_input);
+        ggml_build_forward_expand(fg.graph, fg.block_input);
+        return fg;
+    }
+    ggml_tensor * h = rms_norm(ctx, residual, w.output_norm, hp.rms_eps);
+    fg.logits = linear(ctx, w.output, h, adapters);
+    ggml_set_output(fg.logits);
+    ggml_build_forward_expand(fg.graph, fg.logits);
+    return fg;
+}
+
+}  // namespace logo

@@ -1,0 +1,59 @@
+// A loaded base model: hyperparameters, weights in backend buffers, the tokenizer, and the device.
+// Read-only after loading, so several sessions (and threads) can share one Model.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "ggml-backend.h"
+#include "hparams.h"
+#include "vocab.h"
+#include "weights.h"
+
+namespace logo {
+
+struct ModelOptions {
+    std::string device = "auto";
+    int n_threads = 0;  // 0: one per core
+    bool use_mmap = true;
+};
+
+class Model {
+public:
+    // Validates the whole file (keys, every tensor's presence, type and shape) before allocating anything.
+    Model(const std::string & path, const ModelOptions & options);
+    ~Model();
+    Model(const Model &) = delete;
+    Model & operator=(const Model &) = delete;
+
+    const std::string & path() const { return path_; }
+    const ModelHparams & hparams() const { return hparams_; }
+    const ModelWeights & weights() const { return weights_; }
+    const Vocab & vocab() const { return *vocab_; }
+    ggml_backend_dev_t device() const { return device_; }
+    int n_threads() const { return n_threads_; }
+    size_t weight_bytes() const;
+
+    // A weight by its GGUF name (e.g. "blk.3.attn_q.weight"), for adapters; nullptr when absent.
+    ggml_tensor * find_weight(const std::string & name) const;
+
+private:
+    std::string path_;
+    ModelHparams hparams_;
+    ModelWeights weights_;
+    std::unique_ptr<Vocab> vocab_;
+    ggml_backend_dev_t device_ = nullptr;
+    int n_threads_ = 1;
+
+    ggml_context * ctx_ = nullptr;  // tensor metadata of all weights
+    std::vector<ggml_backend_buffer_t> buffers_;
+    void * mapping_ = nullptr;
+    size_t mapping_size_ = 0;
+    std::unordered_map<std::string, ggml_tensor *> by_name_;
+
+    void release();
+};
+
+}  // namespace logo

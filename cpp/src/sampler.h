@@ -1,0 +1,34 @@
+// Choosing the next token from logits: greedy, or temperature sampling after top-k, top-p and min-p
+// truncation (llama.cpp's default order), from a seeded generator.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+namespace logo {
+
+struct SamplingParams {
+    float temperature = 0.8f;  // <= 0: greedy
+    int top_k = 40;            // 0: off
+    float top_p = 0.95f;       // 1: off
+    float min_p = 0.05f;       // 0: off
+    uint64_t seed = 0;
+
+    void validate() const;  // throws invalid_argument naming the argument
+};
+
+class Sampler {
+public:
+    explicit Sampler(const SamplingParams & params);
+    int32_t sample(const float * logits, int32_t n_vocab);
+
+private:
+    SamplingParams params_;
+    std::mt19937_64 rng_;
+    std::vector<std::pair<float, int32_t>> candidates_;
+};
+
+int32_t argmax(const float * logits, int32_t n_vocab);
+
+}  // namespace logo

@@ -1,0 +1,200 @@
+#include "session.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "backend.h"
+#include "errors.h"
+
+namespace logo {
+
+Session::Session(std::shared_ptr<const Model> model, const SessionOptions & options)
+    : model_(std::move(model)),
+      cache_(model_->hparams(),
+             options.n_ctx > 0 ? options.n_ctx : throw std::invalid_argument("n_ctx must be positive"),
+             options.n_stream > 0 ? options.n_stream : throw std::invalid_argument("the number of sequences must be positive"),
+             model_->device()),
+      n_batch_(options.n_batch) {
+    if (n_batch_ < 1) throw std::invalid_argument("n_batch must be positive");
+    ggml_backend_t main = ggml_backend_dev_init(model_->device(), nullptr);
+    if (!main) throw std::runtime_error(std::string("cannot start backend ") + ggml_backend_dev_name(model_->device()));
+    backends_.push_back(main);
+    if (!is_cpu_device(model_->device())) {
+        // The CPU backend comes last: the scheduler falls back to it for ops the device lacks.
+        ggml_backend_t cpu = ggml_backend_dev_init(cpu_device(), nullptr);
+        backends_.push_back(cpu);
+    }
+    for (ggml_backend_t b : backends_) set_backend_threads(b, model_->n_threads());
+    const size_t graph_size = forward_graph_size(model_->hparams()) + 64;
+    sched_ = ggml_backend_sched_new(backends_.data(), nullptr, int(backends_.size()), graph_size, false, true);
+    graph_memory_.resize(ggml_tensor_overhead() * graph_size + ggml_graph_overhead_custom(graph_size, false));
+}
+
+Session::~Session() {
+    if (sched_) ggml_backend_sched_free(sched_);
+    for (ggml_backend_t b : backends_) ggml_backend_free(b);
+}
+
+int Session::length(int stream) const {
+    if (stream < 0 || stream >= cache_.n_stream) throw std::invalid_argument("sequence index out of range");
+    return cache_.length[size_t(stream)];
+}
+
+void Session::clear(int stream) {
+    length(stream);
+    cache_.length[size_t(stream)] = 0;
+}
+
+void Session::truncate(int stream, int new_length) {
+    if (new_length < 0 || new_length > length(stream)) {
+        throw std::invalid_argument("cannot truncate sequence " + std::to_string(stream) + " to " + std::to_string(new_length) +
+                                    " tokens: it holds " + std::to_string(length(stream)));
+    }
+    cache_.length[size_t(stream)] = new_length;
+}
+
+void Session::clear_all() { std::fill(cache_.length.begin(), cache_.length.end(), 0); }
+
+void Session::check_tokens(int first_stream, int n_stream, const std::vector<int32_t> & tokens) const {
+    if (n_stream < 1 || first_stream < 0 || first_stream + n_stream > cache_.n_stream) {
+        throw std::invalid_argument("sequences [" + std::to_string(first_stream) + ", " +
+                                    std::to_string(first_stream + n_stream) + ") are outside this session's " +
+                                    std::to_string(cache_.n_stream));
+    }
+    if (tokens.empty()) throw std::invalid_argument("no tokens to evaluate (empty prompt)");
+    if (tokens.size() % size_t(n_stream) != 0) {
+        throw std::invalid_argument("every sequence in one evaluation must get the same number of tokens");
+    }
+    const int32_t n_vocab = int32_t(model_->hparams().n_vocab);
+    for (int32_t t : tokens) {
+        if (t < 0 || t >= n_vocab) {
+            throw std::invalid_argument("token id " + std::to_string(t) + " is out of range [0, " +
+                                        std::to_string(n_vocab) + ")");
+        }
+    }
+    const int n_per_stream = int(tokens.size() / size_t(n_stream));
+    for (int s = first_stream; s < first_stream + n_stream; ++s) {
+        const int need = cache_.length[size_t(s)] + n_per_stream;
+        if (need > cache_.n_ctx) {
+            throw ContextOverflow("context overflow: sequence " + std::to_string(s) + " would hold " +
+                                  std::to_string(need) + " tokens but n_ctx is " + std::to_string(cache_.n_ctx));
+        }
+    }
+}
+
+std::vector<float> Session::evaluate(int first_stream, int n_stream, const std::vector<int32_t> & tokens,
+                                     bool all_outputs, const LowRankTerms * adapters) {
+    check_tokens(first_stream, n_stream, tokens);
+    const int n_per_stream = int(tokens.size() / size_t(n_stream));
+    const int n_layer = int(model_->hparams().n_layer);
+    if (n_stream == 1) {
+        std::vector<float> out;
+        for (int start = 0; start < n_per_stream; start += n_batch_) {
+            const int n = std::min(n_batch_, n_per_stream - start);
+            const bool last = start + n == n_per_stream;
+            if (!all_outputs && !last) {
+                run_chunk(first_stream, 1, tokens.data() + start, n, false, adapters, n_layer);
+                continue;
+            }
+            std::vector<float> part = run_chunk(first_stream, 1, tokens.data() + start, n, all_outputs, adapters, n_layer);
+            out.insert(out.end(), part.begin(), part.end());
+        }
+        return out;
+    }
+    if (n_per_stream > n_batch_) {
+        throw std::invalid_argument("a joint evaluation of several sequences takes at most n_batch tokens each");
+    }
+    return run_chunk(first_stream, n_stream, tokens.data(), n_per_stream, all_outputs, adapters, n_layer);
+}
+
+std::vector<float> Session::block_input(int stream, const std::vector<int32_t> & tokens, int layer,
+                                        const LowRankTerms * adapters) {
+    const int n_layer = int(model_->hparams().n_layer);
+    if (layer < 0 || layer >= n_layer) {
+        throw std::invalid_argument("layer " + std::to_string(layer) + " is out of range [0, " + std::to_string(n_layer) + ")");
+    }
+    check_tokens(stream, 1, tokens);
+    const int n = int(tokens.size());
+    const int before = cache_.length[size_t(stream)];
+    std::vector<float> out;
+    try {
+        for (int start = 0; start < n; start += n_batch_) {
+            const int m = std::min(n_batch_, n - start);
+            out = run_chunk(stream, 1, tokens.data() + start, m, false, adapters, layer);
+        }
+    } catch (...) {
+        cache_.length[size_t(stream)] = before;
+        throw;
+    }
+    cache_.length[size_t(stream)] = before;
+    return out;
+}
+
+std::vector<float> Session::run_chunk(int first_stream, int n_stream, const int32_t * tokens, int n_per_stream,
+                                      bool all_outputs, const LowRankTerms * adapters, int stop_layer) {
+    BatchShape shape;
+    shape.first_stream = first_stream;
+    shape.n_stream = n_stream;
+    shape.n_per_stream = n_per_stream;
+    shape.all_outputs = all_outputs;
+    int longest = 0;
+    for (int s = first_stream; s < first_stream + n_stream; ++s) {
+        longest = std::max(longest, cache_.length[size_t(s)] + n_per_stream);
+    }
+    // Padding the attended span keeps kernels on aligned sizes; padded rows are masked out.
+    shape.n_kv = std::min(cache_.n_ctx, GGML_PAD(longest, 32));
+
+    ggml_init_params params = {graph_memory_.size(), graph_memory_.data(), true};
+    ggml_context * ctx = ggml_init(params);
+    ForwardGraph fg = build_forward_graph(ctx, *model_, cache_, shape, adapters, stop_layer);
+
+    ggml_backend_sched_reset(sched_);
+    if (!ggml_backend_sched_alloc_graph(sched_, fg.graph)) {
+        ggml_free(ctx);
+        throw std::runtime_error("cannot allocate the compute graph (out of memory?)");
+    }
+
+    const int n_tokens = shape.n_tokens();
+    std::vector<int32_t> positions(static_cast<size_t>(n_tokens));
+    std::vector<int64_t> rows(static_cast<size_t>(n_tokens));
+    std::vector<ggml_fp16_t> mask(size_t(shape.n_kv) * size_t(n_tokens));
+    const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), minus_inf = ggml_fp32_to_fp16(-INFINITY);
+    for (int j = 0; j < n_stream; ++j) {
+        const int s = first_stream + j;
+        const int start = cache_.length[size_t(s)];
+        for (int t = 0; t < n_per_stream; ++t) {
+            const size_t i = size_t(j * n_per_stream + t);
+            const int pos = start + t;
+            positions[i] = pos;
+            rows[i] = int64_t(s) * cache_.n_ctx + pos;
+            // Causal: a token sees its own stream's rows up to its own position.
+            ggml_fp16_t * m = mask.data() + i * size_t(shape.n_kv);
+            for (int c = 0; c < shape.n_kv; ++c) m[c] = c <= pos ? zero : minus_inf;
+        }
+    }
+    ggml_backend_tensor_set(fg.inputs.tokens, tokens, 0, sizeof(int32_t) * size_t(n_tokens));
+    ggml_backend_tensor_set(fg.inputs.positions, positions.data(), 0, sizeof(int32_t) * positions.size());
+    ggml_backend_tensor_set(fg.inputs.cache_rows, rows.data(), 0, sizeof(int64_t) * rows.size());
+    ggml_backend_tensor_set(fg.inputs.mask, mask.data(), 0, sizeof(ggml_fp16_t) * mask.size());
+    if (fg.inputs.output_rows) {
+        std::vector<int32_t> out_rows;
+        for (int j = 0; j < n_stream; ++j) out_rows.push_back(j * n_per_stream + n_per_stream - 1);
+        ggml_backend_tensor_set(fg.inputs.output_rows, out_rows.data(), 0, sizeof(int32_t) * out_rows.size());
+    }
+
+    if (ggml_backend_sched_graph_compute(sched_, fg.graph) != GGML_STATUS_SUCCESS) {
+        ggml_free(ctx);
+        throw std::runtime_error("graph computation failed");
+    }
+    for (int s = first_stream; s < first_stream + n_stream; ++s) cache_.length[size_t(s)] += n_per_stream;
+
+    ggml_tensor * result = fg.logits ? fg.logits : fg.block_input;
+    std::vector<float> out(size_t(ggml_nelements(result)));
+    ggml_backend_tensor_get(result, out.data(), 0, ggml_nbytes(result));
+    ggml_free(ctx);
+    return out;
+}
+
+}  // namespace logo

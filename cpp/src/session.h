@@ -1,0 +1,66 @@
+// Per-run state over a shared Model: the KV cache of n_stream independent sequences, the scheduler
+// and its compute buffers. One Session is used by one thread at a time.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "ggml-backend.h"
+#include "graph.h"
+#include "kv_cache.h"
+#include "model.h"
+
+namespace logo {
+
+struct SessionOptions {
+    int n_ctx = 2048;    // positions per sequence
+    int n_stream = 1;    // sequences decoded together
+    int n_batch = 512;   // tokens per sequence per graph evaluation
+};
+
+class Session {
+public:
+    Session(std::shared_ptr<const Model> model, const SessionOptions & options);
+    ~Session();
+    Session(const Session &) = delete;
+    Session & operator=(const Session &) = delete;
+
+    const Model & model() const { return *model_; }
+    int n_ctx() const { return cache_.n_ctx; }
+    int n_stream() const { return cache_.n_stream; }
+    int length(int stream) const;
+    void clear(int stream);
+    void truncate(int stream, int length);  // forget the tokens past `length`
+    void clear_all();
+
+    // Appends n_per_stream tokens to each of n_stream consecutive streams starting at first_stream
+    // (tokens laid out stream-major) and evaluates them in one graph. Returns logits, row-major
+    // [n_outputs][n_vocab]: every token's when all_outputs, else each stream's last token's.
+    // Long inputs are split into evaluations of at most n_batch tokens per stream.
+    std::vector<float> evaluate(int first_stream, int n_stream, const std::vector<int32_t> & tokens,
+                                bool all_outputs, const LowRankTerms * adapters = nullptr);
+
+    // Runs the blocks before `layer` over one stream's tokens (appended to its cache) and returns the
+    // residual stream entering `layer` at the last token: the LoGo probe vector, [n_embd].
+    // The stream's cache is left as it was (the probe fills only the blocks before `layer`).
+    std::vector<float> block_input(int stream, const std::vector<int32_t> & tokens, int layer,
+                                   const LowRankTerms * adapters = nullptr);
+
+    // The ggml pieces a caller needs to extend a probe graph (LoGo's scoring runs in the same evaluation).
+    ggml_backend_sched_t scheduler() const { return sched_; }
+
+private:
+    std::shared_ptr<const Model> model_;
+    KvCache cache_;
+    int n_batch_;
+    std::vector<ggml_backend_t> backends_;
+    ggml_backend_sched_t sched_ = nullptr;
+    std::vector<uint8_t> graph_memory_;
+
+    void check_tokens(int first_stream, int n_stream, const std::vector<int32_t> & tokens) const;
+    // One evaluation of at most n_batch tokens per stream; stop_layer < n_layer returns the block input.
+    std::vector<float> run_chunk(int first_stream, int n_stream, const int32_t * tokens, int n_per_stream,
+                                 bool all_outputs, const LowRankTerms * adapters, int stop_layer);
+};
+
+}  // namespace logo

@@ -1,0 +1,105 @@
+#include "vocab.h"
+
+#include <stdexcept>
+
+#include "errors.h"
+#include "llama.h"
+
+namespace logo {
+
+Vocab::Vocab(const std::string & path) : path_(path) {
+    llama_model_params params = llama_model_default_params();
+    params.vocab_only = true;
+    model_ = llama_model_load_from_file(path.c_str(), params);
+    if (!model_) throw FormatError("'" + path + "': libllama could not read the tokenizer vocabulary");
+    vocab_ = llama_model_get_vocab(model_);
+}
+
+Vocab::~Vocab() {
+    if (model_) llama_model_free(model_);
+}
+
+std::vector<Token> Vocab::tokenize(const std::string & text, bool add_special, bool parse_special) const {
+    // A token never spans less than one byte, so bytes + specials bound the count.
+    std::vector<Token> tokens(text.size() + 8);
+    int32_t n = llama_tokenize(vocab_, text.data(), int32_t(text.size()), tokens.data(), int32_t(tokens.size()),
+                               add_special, parse_special);
+    if (n < 0) {
+        tokens.resize(size_t(-n));
+        n = llama_tokenize(vocab_, text.data(), int32_t(text.size()), tokens.data(), int32_t(tokens.size()),
+                           add_special, parse_special);
+    }
+    if (n < 0) throw std::runtime_error("tokenization failed");
+    tokens.resize(size_t(n));
+    return tokens;
+}
+
+std::string Vocab::detokenize(const std::vector<Token> & tokens, bool remove_special, bool unparse_special) const {
+    for (Token t : tokens) {
+        if (t < 0 || t >= n_tokens()) {
+            throw std::invalid_argument("token id " + std::to_string(t) + " is out of range [0, " +
+                                        std::to_string(n_tokens()) + ")");
+        }
+    }
+    std::string text(tokens.size() * 8 + 16, '\0');
+    int32_t n = llama_detokenize(vocab_, tokens.data(), int32_t(tokens.size()), text.data(), int32_t(text.size()),
+                                 remove_special, unparse_special);
+    if (n < 0) {
+        text.resize(size_t(-n));
+        n = llama_detokenize(vocab_, tokens.data(), int32_t(tokens.size()), text.data(), int32_t(text.size()),
+                             remove_special, unparse_special);
+    }
+    if (n < 0) throw std::runtime_error("detokenization failed");
+    text.resize(size_t(n));
+    return text;
+}
+
+std::string Vocab::token_piece(Token token, bool special) const {
+    char buf[256];
+    int32_t n = llama_token_to_piece(vocab_, token, buf, sizeof(buf), 0, special);
+    if (n < 0) {
+        std::string big(size_t(-n), '\0');
+        n = llama_token_to_piece(vocab_, token, big.data(), int32_t(big.size()), 0, special);
+        big.resize(size_t(n < 0 ? 0 : n));
+        return big;
+    }
+    return std::string(buf, size_t(n));
+}
+
+int32_t Vocab::n_tokens() const { return llama_vocab_n_tokens(vocab_); }
+Token Vocab::bos() const { return llama_vocab_bos(vocab_); }
+Token Vocab::eos() const { return llama_vocab_eos(vocab_); }
+bool Vocab::is_end_of_generation(Token token) const { return llama_vocab_is_eog(vocab_, token); }
+bool Vocab::adds_bos() const { return llama_vocab_get_add_bos(vocab_); }
+
+std::string Vocab::apply_chat_template(const std::vector<ChatMessage> & messages, bool add_generation_prompt,
+                                       const std::string & template_override) const {
+    const char * tmpl = template_override.empty() ? llama_model_chat_template(model_, nullptr)
+                                                  : template_override.c_str();
+    if (!tmpl) {
+        throw std::invalid_argument("'" + path_ + "' has no chat template (tokenizer.chat_template); "
+                                    "pass chat_template= explicitly");
+    }
+    std::vector<llama_chat_message> chat;
+    size_t total = 0;
+    for (const auto & m : messages) {
+        chat.push_back({m.role.c_str(), m.content.c_str()});
+        total += m.role.size() + m.content.size();
+    }
+    std::string out(2 * total + 256, '\0');
+    int32_t n = llama_chat_apply_template(tmpl, chat.data(), chat.size(), add_generation_prompt, out.data(),
+                                          int32_t(out.size()));
+    if (n > int32_t(out.size())) {
+        out.resize(size_t(n));
+        n = llama_chat_apply_template(tmpl, chat.data(), chat.size(), add_generation_prompt, out.data(),
+                                      int32_t(out.size()));
+    }
+    if (n < 0) {
+        throw std::invalid_argument("the chat template is not one libllama supports; pass chat_template= with a "
+                                    "supported template name (e.g. 'chatml', 'llama3')");
+    }
+    out.resize(size_t(n));
+    return out;
+}
+
+}  // namespace logo

@@ -1,0 +1,48 @@
+// Tokenization, detokenization and chat templates, served by libllama from the same GGUF file.
+// libllama loads only the vocabulary (vocab_only); the forward pass is ours.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+struct llama_model;
+struct llama_vocab;
+
+namespace logo {
+
+using Token = int32_t;
+
+struct ChatMessage {
+    std::string role;
+    std::string content;
+};
+
+class Vocab {
+public:
+    explicit Vocab(const std::string & path);  // throws FormatError if libllama cannot read the vocabulary
+    ~Vocab();
+    Vocab(const Vocab &) = delete;
+    Vocab & operator=(const Vocab &) = delete;
+
+    std::vector<Token> tokenize(const std::string & text, bool add_special, bool parse_special) const;
+    std::string detokenize(const std::vector<Token> & tokens, bool remove_special, bool unparse_special) const;
+    std::string token_piece(Token token, bool special) const;  // raw bytes, possibly a partial UTF-8 sequence
+
+    int32_t n_tokens() const;
+    Token bos() const;
+    Token eos() const;
+    bool is_end_of_generation(Token token) const;
+    bool adds_bos() const;
+
+    // Applies the model's chat template (or `template_override`); throws invalid_argument if unsupported.
+    std::string apply_chat_template(const std::vector<ChatMessage> & messages, bool add_generation_prompt,
+                                    const std::string & template_override) const;
+
+private:
+    llama_model * model_ = nullptr;
+    const llama_vocab * vocab_ = nullptr;
+    std::string path_;
+};
+
+}  // namespace logo

@@ -1,0 +1,20 @@
+"""logo-cpp: many LoRA adapters per input on local hardware (LoGo routing and mixtures on ggml)."""
+
+from . import _build_config
+from ._libs import preload as _preload
+
+_preload(_build_config.LINKED_AGAINST)
+
+from ._core import ContextOverflowError, FormatError, available_devices  # noqa: E402
+from .model import Completion, Model, Timings  # noqa: E402
+
+__version__ = _build_config.VERSION
+
+__all__ = [
+    "Completion",
+    "ContextOverflowError",
+    "FormatError",
+    "Model",
+    "Timings",
+    "available_devices",
+]

@@ -1,0 +1,275 @@
+"""The Python face of a loaded base model: tokenization, logits, generation (plain, streamed, batched), chat."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _core
+
+Prompt = Union[str, Sequence[int]]
+
+
+@dataclass
+class Timings:
+    n_prompt: int
+    n_generated: int
+    prefill_seconds: float
+    decode_seconds: float
+    prefill_tokens_per_second: float
+    decode_tokens_per_second: float
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: list[int]
+    finish_reason: str  # "stop", "eos" or "length"
+    timings: Timings
+    routing: Any = None  # set by LoGo routers: which adapters served this completion
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _completion(raw: Mapping[str, Any]) -> Completion:
+    return Completion(
+        text=raw["text"].decode("utf-8", errors="replace"),
+        tokens=list(raw["tokens"]),
+        finish_reason=raw["finish_reason"],
+        timings=Timings(**raw["timings"]),
+    )
+
+
+def _random_seed() -> int:
+    return int.from_bytes(os.urandom(8), "little") >> 1
+
+
+class Model:
+    """A Llama-family GGUF model (llama, qwen2, qwen3) run by logo-cpp's own ggml graph.
+
+    ``device="auto"`` takes a GPU when the linked ggml has one, else the CPU. ``n_threads=None`` uses one
+    thread per core. One Model serves one call at a time (calls from several threads are serialised);
+    create a Model per thread for parallel work.
+    """
+
+    def __init__(
+        self,
+        path: Union[str, os.PathLike],
+        n_ctx: int = 2048,
+        device: str = "auto",
+        n_threads: Optional[int] = None,
+        *,
+        n_batch: int = 512,
+        use_mmap: bool = True,
+    ):
+        path = os.fspath(path)
+        if not isinstance(n_ctx, int) or n_ctx < 1:
+            raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+        if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
+            raise ValueError(f"n_threads must be a positive integer or None, got {n_threads!r}")
+        if not isinstance(n_batch, int) or n_batch < 1:
+            raise ValueError(f"n_batch must be a positive integer, got {n_batch!r}")
+        self._core = _core.Model(path, device=device, n_threads=n_threads or 0, use_mmap=use_mmap)
+        self.n_ctx = n_ctx
+        self.n_batch = n_batch
+        self._session = _core.Session(self._core, n_ctx=n_ctx, n_seq=1, n_batch=n_batch)
+        self._batch_sessions: dict[int, Any] = {}
+        self._lock = threading.RLock()
+
+    # -- description -------------------------------------------------------------------------------
+    path = property(lambda self: self._core.path)
+    arch = property(lambda self: self._core.arch)
+    n_vocab = property(lambda self: self._core.n_vocab)
+    n_embd = property(lambda self: self._core.n_embd)
+    n_layer = property(lambda self: self._core.n_layer)
+    device = property(lambda self: self._core.device)
+    n_threads = property(lambda self: self._core.n_threads)
+    bos = property(lambda self: self._core.bos)
+    eos = property(lambda self: self._core.eos)
+
+    def __repr__(self) -> str:
+        return (f"Model({self.path!r}, arch={self.arch!r}, n_layer={self.n_layer}, n_embd={self.n_embd}, "
+                f"n_vocab={self.n_vocab}, n_ctx={self.n_ctx}, device={self.device!r})")
+
+    # -- tokens ------------------------------------------------------------------------------------
+    def tokenize(self, text: Union[str, bytes], add_special: bool = True, parse_special: bool = False) -> list[int]:
+        """Token ids of ``text`` through the model's own vocabulary (libllama)."""
+        if isinstance(text, str):
+            text = text.encode("utf-8")
+        if not isinstance(text, bytes):
+            raise TypeError(f"text must be str or bytes, got {type(text).__name__}")
+        return self._core.tokenize(text.decode("utf-8", errors="surrogateescape"), add_special, parse_special)
+
+    def detokenize(self, tokens: Sequence[int], *, remove_special: bool = False, unparse_special: bool = False) -> str:
+        return self._core.detokenize(self._check_tokens(tokens, allow_empty=True), remove_special,
+                                     unparse_special).decode("utf-8", errors="replace")
+
+    def _check_tokens(self, tokens: Sequence[int], allow_empty: bool = False) -> list[int]:
+        ids = [int(t) for t in tokens]
+        if not ids and not allow_empty:
+            raise ValueError("empty prompt: at least one token is needed")
+        for t in ids:
+            if not 0 <= t < self.n_vocab:
+                raise ValueError(f"token id {t} is out of range [0, {self.n_vocab})")
+        return ids
+
+    def _prompt_tokens(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, (str, bytes)):
+            if len(prompt) == 0:
+                raise ValueError("empty prompt: at least one character is needed")
+            return self.tokenize(prompt, add_special=True, parse_special=True)
+        return self._check_tokens(prompt)
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits at every position, float32 of shape (n_tokens, n_vocab), from an empty context."""
+        ids = self._check_tokens(tokens)
+        with self._lock:
+            self._session.clear(0)
+            out = self._session.evaluate(0, 1, ids, all_logits=True)
+            self._session.clear(0)
+        return out
+
+    def _session_for(self, n_seq: int):
+        if n_seq == 1:
+            return self._session
+        session = self._batch_sessions.get(n_seq)
+        if session is None:
+            self._batch_sessions.clear()  # keep one batch session's KV cache at a time
+            session = _core.Session(self._core, n_ctx=self.n_ctx, n_seq=n_seq, n_batch=self.n_batch)
+            self._batch_sessions[n_seq] = session
+        return session
+
+    # -- generation --------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: Prompt,
+        max_tokens: int = 128,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        seed: Optional[int] = None,
+        stop: Union[str, Sequence[str], None] = None,
+        stream: bool = False,
+        *,
+        ignore_eos: bool = False,
+        adapters: Optional[Mapping[str, float]] = None,
+    ) -> Union[Completion, Iterator[str]]:
+        """Generates a continuation of ``prompt`` (text, or token ids).
+
+        ``temperature=0`` is greedy. Generation ends at EOS, at ``max_tokens``, or before the first
+        ``stop`` string. With ``stream=True`` an iterator yields text pieces as they are final.
+        """
+        if adapters is not None:
+            raise NotImplementedError("adapter mixtures need an AdapterPool: see logo_cpp.AdapterPool")
+        ids = self._prompt_tokens(prompt)
+        kwargs = self._sampling_kwargs(max_tokens, temperature, top_k, top_p, min_p, seed, stop, ignore_eos)
+        if stream:
+            return self._stream([ids], kwargs)
+        return self._run([ids], kwargs)[0]
+
+    def generate_batch(self, prompts: Sequence[Prompt], max_tokens: int = 128, temperature: float = 0.8,
+                       top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, seed: Optional[int] = None,
+                       stop: Union[str, Sequence[str], None] = None, *, ignore_eos: bool = False) -> list[Completion]:
+        """Generates for several prompts at once: one graph evaluation per step for all of them."""
+        if len(prompts) == 0:
+            raise ValueError("prompts is empty")
+        ids = [self._prompt_tokens(p) for p in prompts]
+        kwargs = self._sampling_kwargs(max_tokens, temperature, top_k, top_p, min_p, seed, stop, ignore_eos)
+        return self._run(ids, kwargs)
+
+    def chat(self, messages: Sequence[Mapping[str, str]], *, chat_template: Optional[str] = None,
+             **generate_kwargs) -> Union[Completion, Iterator[str]]:
+        """Generates the assistant's reply to ``messages`` ({"role", "content"} dicts) with the model's chat template."""
+        prompt = self.apply_chat_template(messages, chat_template=chat_template)
+        return self.generate(prompt, **generate_kwargs)
+
+    def apply_chat_template(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True,
+                            chat_template: Optional[str] = None) -> str:
+        pairs = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
+                raise ValueError(f"messages[{i}] must be a mapping with 'role' and 'content'")
+            pairs.append((str(m["role"]), str(m["content"])))
+        if not pairs:
+            raise ValueError("messages is empty")
+        return self._core.apply_chat_template(pairs, add_generation_prompt, chat_template or "").decode("utf-8", errors="replace")
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _sampling_kwargs(self, max_tokens, temperature, top_k, top_p, min_p, seed, stop, ignore_eos) -> dict:
+        if isinstance(stop, str):
+            stop = [stop]
+        stop = list(stop or [])
+        if any(not isinstance(s, str) or not s for s in stop):
+            raise ValueError("stop must be a non-empty string or a list of non-empty strings")
+        if not isinstance(max_tokens, int) or max_tokens < 0:
+            raise ValueError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
+        if not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {top_k!r}")
+        if not (float(temperature) >= 0 and np.isfinite(temperature)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        if not 0 < float(top_p) <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        if not 0 <= float(min_p) < 1:
+            raise ValueError(f"min_p must be in [0, 1), got {min_p!r}")
+        if seed is not None and (not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+        return dict(max_tokens=max_tokens, temperature=float(temperature), top_k=top_k, top_p=float(top_p),
+                    min_p=float(min_p), seed=_random_seed() if seed is None else seed, stop=stop,
+                    ignore_eos=ignore_eos)
+
+    def _run(self, prompts: list[list[int]], kwargs: dict, on_text=None) -> list[Completion]:
+        with self._lock:
+            session = self._session_for(len(prompts))
+            raw = session.generate(prompts, on_text=on_text, **kwargs)
+        return [_completion(r) for r in raw]
+
+    def _stream(self, prompts: list[list[int]], kwargs: dict) -> Iterator[str]:
+        """Runs generation on a worker thread; pieces travel through a queue to the consumer."""
+        pieces: "queue.Queue[tuple[str, Any]]" = queue.Queue()
+        cancelled = threading.Event()
+
+        def on_text(_seq: int, piece: bytes) -> bool:
+            pieces.put(("text", piece))
+            return not cancelled.is_set()
+
+        def work() -> None:
+            try:
+                result = self._run(prompts, kwargs, on_text)
+                pieces.put(("done", result))
+            except BaseException as exc:  # delivered to the consumer
+                pieces.put(("error", exc))
+
+        def iterate() -> Iterator[str]:
+            worker = threading.Thread(target=work, name="logo-cpp-generate", daemon=True)
+            worker.start()
+            pending = b""
+            try:
+                while True:
+                    kind, value = pieces.get()
+                    if kind == "text":
+                        pending += value
+                        try:
+                            text, pending = pending.decode("utf-8"), b""
+                        except UnicodeDecodeError:
+                            continue  # a piece may split a character; wait for the rest
+                        if text:
+                            yield text
+                    elif kind == "error":
+                        raise value
+                    else:
+                        if pending:
+                            yield pending.decode("utf-8", errors="replace")
+                        return
+            finally:
+                cancelled.set()
+                worker.join()
+
+        return iterate()
