@@ -1,16 +1,22 @@
 // The Python face of the runtime: type conversions, keyword arguments, exception translation.
 // No logic lives here; logo_cpp/ (Python) adds results as dataclasses, streaming and the CLI.
+#include <cmath>
+
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/function.h>
 #include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
+#include <nanobind/stl/pair.h>
 
+#include "adapter_pool.h"
 #include "backend.h"
 #include "errors.h"
 #include "generate.h"
+#include "mixture.h"
 #include "model.h"
+#include "router.h"
 #include "session.h"
 
 namespace nb = nanobind;
@@ -55,6 +61,29 @@ logo::GenerateOptions make_options(int max_tokens, float temperature, int top_k,
     o.ignore_eos = ignore_eos;
     o.validate();
     return o;
+}
+
+nb::ndarray<nb::numpy, float, nb::ndim<1>> as_vector(std::vector<float> && values) {
+    auto * owned = new std::vector<float>(std::move(values));
+    nb::capsule owner(owned, [](void * p) noexcept { delete static_cast<std::vector<float> *>(p); });
+    return nb::ndarray<nb::numpy, float, nb::ndim<1>>(owned->data(), {owned->size()}, owner);
+}
+
+// Selections cross the boundary as lists of (pool index, weight) per sequence.
+using SelectionSpec = std::vector<std::vector<std::pair<int, float>>>;
+
+std::unique_ptr<logo::Mixture> make_mixture(logo::AdapterPool & pool, const SelectionSpec & spec) {
+    std::vector<logo::Selection> per_sequence;
+    for (const auto & seq : spec) {
+        logo::Selection sel;
+        for (const auto & [index, weight] : seq) {
+            if (index < 0 || size_t(index) >= pool.size()) throw std::invalid_argument("adapter index out of range");
+            if (!std::isfinite(weight)) throw std::invalid_argument("adapter weights must be finite");
+            sel.push_back({&pool.at(size_t(index)), weight});
+        }
+        per_sequence.push_back(std::move(sel));
+    }
+    return std::make_unique<logo::Mixture>(pool.model(), per_sequence, logo::mixture_type_for(pool.model()));
 }
 
 }  // namespace
@@ -150,15 +179,24 @@ NB_MODULE(_core, m) {
         .def("clear_all", &logo::Session::clear_all)
         .def("truncate", &logo::Session::truncate, "seq"_a, "length"_a)
         .def("evaluate",
-             [](logo::Session & s, int first_seq, int n_seq, const std::vector<int32_t> & tokens, bool all_logits) {
+             [](logo::Session & s, int first_seq, int n_seq, const std::vector<int32_t> & tokens, bool all_logits,
+                logo::AdapterPool * pool, const SelectionSpec & selections) {
                  std::vector<float> logits;
                  {
                      nb::gil_scoped_release release;
-                     logits = s.evaluate(first_seq, n_seq, tokens, all_logits, nullptr);
+                     std::unique_ptr<logo::Mixture> mixture;
+                     if (pool && !selections.empty()) {
+                         if (selections.size() != 1 && int(selections.size()) != s.n_stream()) {
+                             throw std::invalid_argument("give one adapter selection for all sequences or one per sequence of the session");
+                         }
+                         mixture = make_mixture(*pool, selections);
+                     }
+                     logits = s.evaluate(first_seq, n_seq, tokens, all_logits, mixture ? &mixture->terms() : nullptr);
                  }
                  return as_matrix(std::move(logits), size_t(s.model().hparams().n_vocab));
              },
-             "first_seq"_a, "n_seq"_a, "tokens"_a, "all_logits"_a = false,
+             "first_seq"_a, "n_seq"_a, "tokens"_a, "all_logits"_a = false, "pool"_a = nb::none(),
+             "selections"_a = SelectionSpec{},
              "Append tokens (sequence-major, equal count per sequence) and return logits.")
         .def("block_input",
              [](logo::Session & s, int seq, const std::vector<int32_t> & tokens, int layer) {
@@ -173,7 +211,7 @@ NB_MODULE(_core, m) {
         .def("generate",
              [](logo::Session & s, const std::vector<std::vector<int32_t>> & prompts, int max_tokens, float temperature,
                 int top_k, float top_p, float min_p, uint64_t seed, const std::vector<std::string> & stop,
-                bool ignore_eos, nb::object on_text) {
+                bool ignore_eos, nb::object on_text, logo::AdapterPool * pool, const SelectionSpec & selections) {
                  std::vector<logo::GenerateOptions> options;
                  for (size_t i = 0; i < prompts.size(); ++i) {
                      // Each sequence gets its own generator, seeded apart so a batch is not n copies.
@@ -190,7 +228,14 @@ NB_MODULE(_core, m) {
                  std::vector<logo::Completion> results;
                  {
                      nb::gil_scoped_release release;
-                     results = logo::generate(s, prompts, options, nullptr, callback);
+                     std::unique_ptr<logo::Mixture> mixture;
+                     if (pool && !selections.empty()) {
+                         if (selections.size() != 1 && int(selections.size()) != s.n_stream()) {
+                             throw std::invalid_argument("give one adapter selection for all sequences or one per sequence of the session");
+                         }
+                         mixture = make_mixture(*pool, selections);
+                     }
+                     results = logo::generate(s, prompts, options, mixture ? &mixture->terms() : nullptr, callback);
                  }
                  nb::list out;
                  for (const auto & c : results) out.append(completion_to_dict(c));
@@ -198,5 +243,76 @@ NB_MODULE(_core, m) {
              },
              "prompts"_a, "max_tokens"_a = 128, "temperature"_a = 0.8f, "top_k"_a = 40, "top_p"_a = 0.95f,
              "min_p"_a = 0.05f, "seed"_a = 0, "stop"_a = std::vector<std::string>{}, "ignore_eos"_a = false,
-             "on_text"_a = nb::none());
+             "on_text"_a = nb::none(), "pool"_a = nb::none(), "selections"_a = SelectionSpec{});
+
+    nb::class_<logo::AdapterPool>(m, "AdapterPool")
+        .def(nb::init<std::shared_ptr<const logo::Model>>(), "model"_a)
+        .def("add",
+             [](logo::AdapterPool & p, const std::vector<std::string> & paths, const std::vector<std::string> & names) {
+                 nb::gil_scoped_release release;
+                 return p.add(paths, names);
+             },
+             "paths"_a, "names"_a = std::vector<std::string>{})
+        .def("remove", &logo::AdapterPool::remove, "name"_a)
+        .def("names", &logo::AdapterPool::names)
+        .def("index_of", &logo::AdapterPool::index_of, "name"_a)
+        .def("__len__", &logo::AdapterPool::size)
+        .def_prop_ro("bytes", &logo::AdapterPool::bytes)
+        .def("info",
+             [](const logo::AdapterPool & p, size_t i) {
+                 const logo::Adapter & a = p.at(i);
+                 nb::dict d;
+                 d["name"] = a.name;
+                 d["path"] = a.path;
+                 d["alpha"] = a.alpha;
+                 d["bytes"] = a.bytes;
+                 nb::list mats;
+                 for (const auto & mtx : a.matrices) {
+                     nb::dict md;
+                     md["weight"] = mtx.weight_name;
+                     md["layer"] = mtx.layer;
+                     md["module"] = mtx.module;
+                     md["rank"] = mtx.rank;
+                     md["scale"] = mtx.scale;
+                     md["type_a"] = std::string(ggml_type_name(mtx.a->type));
+                     md["type_b"] = std::string(ggml_type_name(mtx.b->type));
+                     mats.append(md);
+                 }
+                 d["matrices"] = mats;
+                 return d;
+             },
+             "index"_a);
+
+    m.def("route",
+          [](logo::Session & s, int seq, logo::AdapterPool & pool, const std::vector<int32_t> & tokens, int k,
+             const std::string & signal, const std::string & probe, int layer, const std::string & module) {
+              logo::RouterOptions o;
+              o.k = k;
+              if (signal == "norm") o.signal = logo::Signal::norm;
+              else if (signal == "entropy") o.signal = logo::Signal::entropy;
+              else throw std::invalid_argument("unknown signal '" + signal + "'; use 'norm' or 'entropy'");
+              if (probe == "base") o.probe = logo::ProbeMode::base;
+              else if (probe == "all") o.probe = logo::ProbeMode::all;
+              else throw std::invalid_argument("unknown probe '" + probe + "'; use 'base' or 'all'");
+              o.layer = layer;
+              o.module = module;
+              logo::Routing r;
+              {
+                  nb::gil_scoped_release release;
+                  r = logo::route(s, seq, pool, tokens, o);
+              }
+              nb::dict d;
+              d["selected"] = r.selected;
+              d["weights"] = as_vector(std::move(r.weights));
+              d["signals"] = as_vector(std::move(r.signals));
+              d["norms"] = as_vector(std::move(r.norms));
+              d["entropies"] = as_vector(std::move(r.entropies));
+              d["scored"] = r.scored;
+              d["probe_seconds"] = r.probe_seconds;
+              d["select_seconds"] = r.select_seconds;
+              d["layer"] = o.resolved_layer(s.model());
+              return d;
+          },
+          "session"_a, "seq"_a, "pool"_a, "tokens"_a, "k"_a = 20, "signal"_a = "norm", "probe"_a = "base",
+          "layer"_a = -1, "module"_a = "attn_q");
 }

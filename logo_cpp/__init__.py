@@ -7,10 +7,21 @@ _preload(_build_config.LINKED_AGAINST)
 
 from ._core import ContextOverflowError, FormatError, available_devices  # noqa: E402
 from .model import Completion, Model, Timings  # noqa: E402
+from .adapters import AdapterPool  # noqa: E402
+from .router import ROUTERS, Fixed, LoGo, RandomK, Router, Routing, TopOne, Uniform  # noqa: E402
 
 __version__ = _build_config.VERSION
 
 __all__ = [
+    "AdapterPool",
+    "Fixed",
+    "LoGo",
+    "ROUTERS",
+    "RandomK",
+    "Router",
+    "Routing",
+    "TopOne",
+    "Uniform",
     "Completion",
     "ContextOverflowError",
     "FormatError",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
@@ -81,6 +82,7 @@ class Model:
         self._session = _core.Session(self._core, n_ctx=n_ctx, n_seq=1, n_batch=n_batch)
         self._batch_sessions: dict[int, Any] = {}
         self._lock = threading.RLock()
+        self._pools: "weakref.WeakSet" = weakref.WeakSet()
 
     # -- description -------------------------------------------------------------------------------
     path = property(lambda self: self._core.path)
@@ -167,10 +169,11 @@ class Model:
         ``temperature=0`` is greedy. Generation ends at EOS, at ``max_tokens``, or before the first
         ``stop`` string. With ``stream=True`` an iterator yields text pieces as they are final.
         """
-        if adapters is not None:
-            raise NotImplementedError("adapter mixtures need an AdapterPool: see logo_cpp.AdapterPool")
         ids = self._prompt_tokens(prompt)
         kwargs = self._sampling_kwargs(max_tokens, temperature, top_k, top_p, min_p, seed, stop, ignore_eos)
+        if adapters is not None:
+            pool, selection = self._resolve_mixture(adapters)
+            kwargs.update(pool=pool._core, selections=[selection])
         if stream:
             return self._stream([ids], kwargs)
         return self._run([ids], kwargs)[0]
@@ -201,6 +204,41 @@ class Model:
         if not pairs:
             raise ValueError("messages is empty")
         return self._core.apply_chat_template(pairs, add_generation_prompt, chat_template or "").decode("utf-8", errors="replace")
+
+    # -- adapters ----------------------------------------------------------------------------------
+    def _attach_pool(self, pool) -> None:
+        self._pools.add(pool)
+
+    def _resolve_mixture(self, adapters: Mapping[str, float]):
+        """{"name": weight} over the adapters of this model's pools -> (pool, [(index, weight)])."""
+        if not isinstance(adapters, Mapping) or not adapters:
+            raise ValueError("adapters must be a non-empty mapping of adapter name to weight")
+        chosen_pool = None
+        selection = []
+        for name, weight in adapters.items():
+            holders = [p for p in self._pools if name in p]
+            if not holders:
+                raise KeyError(f"no adapter named {name!r} in any AdapterPool of this model")
+            if len(holders) > 1:
+                raise ValueError(f"adapter name {name!r} is in several pools of this model; use one pool")
+            if chosen_pool is not None and holders[0] is not chosen_pool:
+                raise ValueError("a mixture must come from one AdapterPool")
+            chosen_pool = holders[0]
+            weight = float(weight)
+            if not np.isfinite(weight):
+                raise ValueError(f"weight of adapter {name!r} must be finite, got {weight}")
+            selection.append((chosen_pool.index(name), weight))
+        return chosen_pool, selection
+
+    def logits_with(self, tokens: Sequence[int], adapters: Mapping[str, float]) -> np.ndarray:
+        """As logits(), with a fixed adapter mixture {"name": weight} in every adapted linear map."""
+        ids = self._check_tokens(tokens)
+        pool, selection = self._resolve_mixture(adapters)
+        with self._lock:
+            self._session.clear(0)
+            out = self._session.evaluate(0, 1, ids, all_logits=True, pool=pool._core, selections=[selection])
+            self._session.clear(0)
+        return out
 
     # -- internals ---------------------------------------------------------------------------------
     def _sampling_kwargs(self, max_tokens, temperature, top_k, top_p, min_p, seed, stop, ignore_eos) -> dict:

@@ -95,6 +95,23 @@ bool extra_buft_supports(ggml_backend_dev_t cpu, ggml_backend_buffer_type_t buft
     return ok;
 }
 
+// Whether `dev` can run the op a weight of this type and shape takes part in (matmul, or the embedding
+// lookup); a type ggml stores but cannot compute with (f64, i32, ...) must be refused before ggml asserts.
+bool device_can_use(ggml_backend_dev_t dev, const ggml_tensor * w, bool lookup) {
+    ggml_init_params params = {4 * ggml_tensor_overhead(), nullptr, true};
+    ggml_context * ctx = ggml_init(params);
+    ggml_tensor * weight = ggml_new_tensor_2d(ctx, w->type, w->ne[0], w->ne[1]);
+    ggml_tensor * op = nullptr;
+    if (lookup) {
+        op = ggml_get_rows(ctx, weight, ggml_new_tensor_1d(ctx, GGML_TYPE_I32, 4));
+    } else {
+        op = ggml_mul_mat(ctx, weight, ggml_new_tensor_2d(ctx, GGML_TYPE_F32, w->ne[0], 4));
+    }
+    const bool ok = ggml_backend_dev_supports_op(dev, op);
+    ggml_free(ctx);
+    return ok;
+}
+
 std::vector<ggml_backend_buffer_type_t> cpu_extra_bufts(ggml_backend_dev_t cpu) {
     std::vector<ggml_backend_buffer_type_t> out;
     ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(cpu);
@@ -127,6 +144,18 @@ Model::Model(const std::string & path, const ModelOptions & options) : path_(pat
     }
     device_ = select_device(options.device);
     n_threads_ = options.n_threads > 0 ? options.n_threads : default_thread_count();
+    for (const auto & spec : specs) {
+        const ggml_tensor * t = file.find_tensor(spec.name);
+        if (!t) continue;
+        const bool lookup = spec.name == "token_embd.weight";
+        ggml_backend_dev_t where = lookup && !is_cpu_device(device_) ? cpu_device() : device_;
+        bool usable = device_can_use(where, t, lookup);
+        if (lookup && !file.find_tensor("output.weight")) usable = usable && device_can_use(device_, t, false);  // tied head
+        if (!usable) {
+            throw FormatError("'" + path + "': tensor '" + spec.name + "' has type " + ggml_type_name(t->type) +
+                              ", which " + ggml_backend_dev_name(where) + " cannot compute with");
+        }
+    }
 
     try {
         vocab_ = std::make_unique<Vocab>(path);

@@ -98,7 +98,7 @@ std::vector<float> Session::evaluate(int first_stream, int n_stream, const std::
                 run_chunk(first_stream, 1, tokens.data() + start, n, false, adapters, n_layer);
                 continue;
             }
-            std::vector<float> part = run_chunk(first_stream, 1, tokens.data() + start, n, all_outputs, adapters, n_layer);
+            std::vector<float> part = std::move(run_chunk(first_stream, 1, tokens.data() + start, n, all_outputs, adapters, n_layer)[0]);
             out.insert(out.end(), part.begin(), part.end());
         }
         return out;
@@ -106,11 +106,16 @@ std::vector<float> Session::evaluate(int first_stream, int n_stream, const std::
     if (n_per_stream > n_batch_) {
         throw std::invalid_argument("a joint evaluation of several sequences takes at most n_batch tokens each");
     }
-    return run_chunk(first_stream, n_stream, tokens.data(), n_per_stream, all_outputs, adapters, n_layer);
+    return std::move(run_chunk(first_stream, n_stream, tokens.data(), n_per_stream, all_outputs, adapters, n_layer)[0]);
 }
 
 std::vector<float> Session::block_input(int stream, const std::vector<int32_t> & tokens, int layer,
                                         const LowRankTerms * adapters) {
+    return std::move(probe(stream, tokens, layer, adapters, nullptr)[0]);
+}
+
+std::vector<std::vector<float>> Session::probe(int stream, const std::vector<int32_t> & tokens, int layer,
+                                               const LowRankTerms * adapters, const GraphTail & tail) {
     const int n_layer = int(model_->hparams().n_layer);
     if (layer < 0 || layer >= n_layer) {
         throw std::invalid_argument("layer " + std::to_string(layer) + " is out of range [0, " + std::to_string(n_layer) + ")");
@@ -118,11 +123,13 @@ std::vector<float> Session::block_input(int stream, const std::vector<int32_t> &
     check_tokens(stream, 1, tokens);
     const int n = int(tokens.size());
     const int before = cache_.length[size_t(stream)];
-    std::vector<float> out;
+    std::vector<std::vector<float>> out;
     try {
         for (int start = 0; start < n; start += n_batch_) {
             const int m = std::min(n_batch_, n - start);
-            out = run_chunk(stream, 1, tokens.data() + start, m, false, adapters, layer);
+            const bool last = start + m == n;
+            // Only the last chunk's graph carries the tail: earlier chunks just fill the cache.
+            out = run_chunk(stream, 1, tokens.data() + start, m, false, adapters, layer, last && tail ? &tail : nullptr);
         }
     } catch (...) {
         cache_.length[size_t(stream)] = before;
@@ -132,8 +139,9 @@ std::vector<float> Session::block_input(int stream, const std::vector<int32_t> &
     return out;
 }
 
-std::vector<float> Session::run_chunk(int first_stream, int n_stream, const int32_t * tokens, int n_per_stream,
-                                      bool all_outputs, const LowRankTerms * adapters, int stop_layer) {
+std::vector<std::vector<float>> Session::run_chunk(int first_stream, int n_stream, const int32_t * tokens,
+                                                   int n_per_stream, bool all_outputs, const LowRankTerms * adapters,
+                                                   int stop_layer, const GraphTail * tail) {
     BatchShape shape;
     shape.first_stream = first_stream;
     shape.n_stream = n_stream;
@@ -149,6 +157,14 @@ std::vector<float> Session::run_chunk(int first_stream, int n_stream, const int3
     ggml_init_params params = {graph_memory_.size(), graph_memory_.data(), true};
     ggml_context * ctx = ggml_init(params);
     ForwardGraph fg = build_forward_graph(ctx, *model_, cache_, shape, adapters, stop_layer);
+    std::vector<ggml_tensor *> results = {fg.logits ? fg.logits : fg.block_input};
+    if (tail) {
+        results = (*tail)(ctx, fg.block_input);
+        for (ggml_tensor * t : results) {
+            ggml_set_output(t);
+            ggml_build_forward_expand(fg.graph, t);
+        }
+    }
 
     ggml_backend_sched_reset(sched_);
     if (!ggml_backend_sched_alloc_graph(sched_, fg.graph)) {
@@ -190,9 +206,11 @@ std::vector<float> Session::run_chunk(int first_stream, int n_stream, const int3
     }
     for (int s = first_stream; s < first_stream + n_stream; ++s) cache_.length[size_t(s)] += n_per_stream;
 
-    ggml_tensor * result = fg.logits ? fg.logits : fg.block_input;
-    std::vector<float> out(size_t(ggml_nelements(result)));
-    ggml_backend_tensor_get(result, out.data(), 0, ggml_nbytes(result));
+    std::vector<std::vector<float>> out;
+    for (ggml_tensor * t : results) {
+        out.emplace_back(static_cast<size_t>(ggml_nelements(t)));
+        ggml_backend_tensor_get(t, out.back().data(), 0, ggml_nbytes(t));
+    }
     ggml_free(ctx);
     return out;
 }

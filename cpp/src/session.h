@@ -2,6 +2,7 @@
 // and its compute buffers. One Session is used by one thread at a time.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -11,6 +12,10 @@
 #include "model.h"
 
 namespace logo {
+
+// Appends operations to a probe graph after the residual entering the target block ([n_embd, 1]) and
+// returns the tensors to read back. LoGo's scoring runs this way, in the probe's own evaluation.
+using GraphTail = std::function<std::vector<ggml_tensor *>(ggml_context *, ggml_tensor * block_input)>;
 
 struct SessionOptions {
     int n_ctx = 2048;    // positions per sequence
@@ -46,8 +51,9 @@ public:
     std::vector<float> block_input(int stream, const std::vector<int32_t> & tokens, int layer,
                                    const LowRankTerms * adapters = nullptr);
 
-    // The ggml pieces a caller needs to extend a probe graph (LoGo's scoring runs in the same evaluation).
-    ggml_backend_sched_t scheduler() const { return sched_; }
+    // As block_input, with `tail` extending the same graph; returns the tail's outputs.
+    std::vector<std::vector<float>> probe(int stream, const std::vector<int32_t> & tokens, int layer,
+                                          const LowRankTerms * adapters, const GraphTail & tail);
 
 private:
     std::shared_ptr<const Model> model_;
@@ -58,9 +64,11 @@ private:
     std::vector<uint8_t> graph_memory_;
 
     void check_tokens(int first_stream, int n_stream, const std::vector<int32_t> & tokens) const;
-    // One evaluation of at most n_batch tokens per stream; stop_layer < n_layer returns the block input.
-    std::vector<float> run_chunk(int first_stream, int n_stream, const int32_t * tokens, int n_per_stream,
-                                 bool all_outputs, const LowRankTerms * adapters, int stop_layer);
+    // One evaluation of at most n_batch tokens per stream. With stop_layer < n_layer it returns the
+    // block input, or the outputs of `tail` applied to it; else the logits.
+    std::vector<std::vector<float>> run_chunk(int first_stream, int n_stream, const int32_t * tokens, int n_per_stream,
+                                              bool all_outputs, const LowRankTerms * adapters, int stop_layer,
+                                              const GraphTail * tail = nullptr);
 };
 
 }  // namespace logo

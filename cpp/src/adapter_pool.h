@@ -1,0 +1,67 @@
+// A pool of resident adapters over one model, with the per-module stacks the LoGo probe scores
+// every adapter from (built on first use and rebuilt after the pool changes).
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "adapter.h"
+#include "mixture.h"
+
+namespace logo {
+
+// Every adapter's LoRA on one module of one layer, stacked for one matmul pair:
+// a_all [n_in, r_max * n] (zero rows pad ranks below r_max), b_all [r_max, n_out, n] with alpha/r folded in.
+struct ProbeBank {
+    int layer = -1;
+    std::string module;
+    std::vector<int> adapters;  // pool indices of the adapters that adapt this module, in stack order
+    int r_max = 0;
+    ggml_tensor * a_all = nullptr;
+    ggml_tensor * b_all = nullptr;
+
+    ProbeBank() = default;
+    ~ProbeBank();
+    ProbeBank(const ProbeBank &) = delete;
+    ProbeBank & operator=(const ProbeBank &) = delete;
+
+    ggml_context * ctx = nullptr;
+    ggml_backend_buffer_t buffer = nullptr;
+};
+
+class AdapterPool {
+public:
+    explicit AdapterPool(std::shared_ptr<const Model> model);
+
+    const Model & model() const { return *model_; }
+
+    // Loads all files or none: on any error the pool is unchanged. Empty names take the file's stem.
+    // Returns the names given.
+    std::vector<std::string> add(const std::vector<std::string> & paths, const std::vector<std::string> & names);
+    void remove(const std::string & name);
+
+    size_t size() const { return adapters_.size(); }
+    std::vector<std::string> names() const;
+    int index_of(const std::string & name) const;  // -1 when absent
+    const Adapter & at(size_t index) const { return *adapters_.at(index); }
+    size_t bytes() const;
+
+    // The stacks for one (layer, module); nullptr-free: a module no adapter touches gives an empty bank.
+    const ProbeBank & probe_bank(int layer, const std::string & module);
+    // Every adapter at user scale 1, as one mixture (the probe="all" mode).
+    const Mixture & all_adapters();
+
+private:
+    std::shared_ptr<const Model> model_;
+    std::vector<std::unique_ptr<Adapter>> adapters_;
+    std::mutex cache_mutex_;
+    std::map<std::pair<int, std::string>, std::unique_ptr<ProbeBank>> banks_;
+    std::unique_ptr<Mixture> all_;
+
+    void invalidate();
+};
+
+}  // namespace logo

@@ -1,0 +1,43 @@
+// Weighted adapter mixtures rebuilt as one concatenated low-rank pair per adapted weight:
+//   sum_i w_i s_i B_i A_i x  =  [w_1 s_1 B_1 | ... | w_k s_k B_k] [A_1; ...; A_k] x
+// so k adapters cost one pair of matmuls of rank sum(r_i), not k pairs. With several instances the
+// pairs are stacked per sequence (zero-padded to the largest rank) and each sequence uses its own.
+#pragma once
+
+#include <vector>
+
+#include "adapter.h"
+#include "graph.h"
+
+namespace logo {
+
+struct WeightedAdapter {
+    const Adapter * adapter = nullptr;
+    float weight = 1.0f;
+};
+using Selection = std::vector<WeightedAdapter>;
+
+class Mixture {
+public:
+    // One selection for every sequence (per_sequence.size() == 1), or one per sequence.
+    // F32 keeps an F32 base exact; F16 halves the memory each decode step reads.
+    Mixture(const Model & model, const std::vector<Selection> & per_sequence, ggml_type type);
+    ~Mixture();
+    Mixture(const Mixture &) = delete;
+    Mixture & operator=(const Mixture &) = delete;
+
+    const LowRankTerms & terms() const { return terms_; }
+    int n_sequences() const { return n_mix_; }
+    size_t bytes() const;
+
+private:
+    LowRankTerms terms_;
+    int n_mix_ = 1;
+    ggml_context * ctx_ = nullptr;
+    ggml_backend_buffer_t buffer_ = nullptr;
+};
+
+// The type a mixture uses over a model: F32 over an F32 model, else F16.
+ggml_type mixture_type_for(const Model & model);
+
+}  // namespace logo
