@@ -74,6 +74,7 @@ Routing route(Session & session, int stream, AdapterPool & pool, const std::vect
 
     using Clock = std::chrono::steady_clock;
     const auto t0 = Clock::now();
+    session.clear(stream);  // the probe reads the prompt alone, never what the stream held before
     std::vector<std::vector<float>> out = session.probe(stream, tokens, layer, probe_adapters, scoring);
     const auto t1 = Clock::now();
 

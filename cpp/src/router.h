@@ -35,7 +35,7 @@ struct Routing {
     double select_seconds = 0;
 };
 
-// The probe runs on `stream` of `session`, whose cache for that stream is left unchanged.
+// The probe runs on `stream` of `session` from an empty context: the stream is cleared first.
 Routing route(Session & session, int stream, AdapterPool & pool, const std::vector<int32_t> & tokens,
               const RouterOptions & options);
 
