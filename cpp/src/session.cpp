@@ -190,15 +190,17 @@ std::vector<std::vector<float>> Session::run_chunk(int first_stream, int n_strea
             for (int c = 0; c < shape.n_kv; ++c) m[c] = c <= pos ? zero : minus_inf;
         }
     }
-    ggml_backend_tensor_set(fg.inputs.tokens, tokens, 0, sizeof(int32_t) * size_t(n_tokens));
-    ggml_backend_tensor_set(fg.inputs.positions, positions.data(), 0, sizeof(int32_t) * positions.size());
-    ggml_backend_tensor_set(fg.inputs.cache_rows, rows.data(), 0, sizeof(int64_t) * rows.size());
-    ggml_backend_tensor_set(fg.inputs.mask, mask.data(), 0, sizeof(ggml_fp16_t) * mask.size());
-    if (fg.inputs.output_rows) {
-        std::vector<int32_t> out_rows;
-        for (int j = 0; j < n_stream; ++j) out_rows.push_back(j * n_per_stream + n_per_stream - 1);
-        ggml_backend_tensor_set(fg.inputs.output_rows, out_rows.data(), 0, sizeof(int32_t) * out_rows.size());
-    }
+    // An input the graph does not use (a probe of block 0 attends nothing) has no buffer: skip it.
+    auto set_input = [](ggml_tensor * t, const void * data, size_t size) {
+        if (t && t->buffer) ggml_backend_tensor_set(t, data, 0, size);
+    };
+    std::vector<int32_t> out_rows;
+    for (int j = 0; j < n_stream; ++j) out_rows.push_back(j * n_per_stream + n_per_stream - 1);
+    set_input(fg.inputs.tokens, tokens, sizeof(int32_t) * size_t(n_tokens));
+    set_input(fg.inputs.positions, positions.data(), sizeof(int32_t) * positions.size());
+    set_input(fg.inputs.cache_rows, rows.data(), sizeof(int64_t) * rows.size());
+    set_input(fg.inputs.mask, mask.data(), sizeof(ggml_fp16_t) * mask.size());
+    set_input(fg.inputs.output_rows, out_rows.data(), sizeof(int32_t) * out_rows.size());
 
     if (ggml_backend_sched_graph_compute(sched_, fg.graph) != GGML_STATUS_SUCCESS) {
         ggml_free(ctx);
