@@ -129,12 +129,17 @@ class Model:
         return self._check_tokens(prompt)
 
     # -- evaluation --------------------------------------------------------------------------------
-    def logits(self, tokens: Sequence[int]) -> np.ndarray:
-        """Logits at every position, float32 of shape (n_tokens, n_vocab), from an empty context."""
+    def logits(self, tokens: Sequence[int], *, adapters: Optional[Mapping[str, float]] = None) -> np.ndarray:
+        """Logits at every position, float32 of shape (n_tokens, n_vocab), from an empty context;
+        with ``adapters`` ({"name": weight}) the fixed mixture acts in every adapted linear map."""
         ids = self._check_tokens(tokens)
+        mixture = {}
+        if adapters is not None:
+            pool, selection = self._resolve_mixture(adapters)
+            mixture = dict(pool=pool._core, selections=[selection])
         with self._lock:
             self._session.clear(0)
-            out = self._session.evaluate(0, 1, ids, all_logits=True)
+            out = self._session.evaluate(0, 1, ids, all_logits=True, **mixture)
             self._session.clear(0)
         return out
 
@@ -229,16 +234,6 @@ class Model:
                 raise ValueError(f"weight of adapter {name!r} must be finite, got {weight}")
             selection.append((chosen_pool.index(name), weight))
         return chosen_pool, selection
-
-    def logits_with(self, tokens: Sequence[int], adapters: Mapping[str, float]) -> np.ndarray:
-        """As logits(), with a fixed adapter mixture {"name": weight} in every adapted linear map."""
-        ids = self._check_tokens(tokens)
-        pool, selection = self._resolve_mixture(adapters)
-        with self._lock:
-            self._session.clear(0)
-            out = self._session.evaluate(0, 1, ids, all_logits=True, pool=pool._core, selections=[selection])
-            self._session.clear(0)
-        return out
 
     # -- internals ---------------------------------------------------------------------------------
     def _sampling_kwargs(self, max_tokens, temperature, top_k, top_p, min_p, seed, stop, ignore_eos) -> dict:

@@ -1,0 +1,127 @@
+"""Test models are made once per session by logo_cpp.synthetic (random weights, a small tokenizer of its
+own), quantized variants by llama.cpp's own quantizer; broken files by the same generator."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from logo_cpp import synthetic
+
+THREADS = 2
+
+
+def _spec(arch, **kw):
+    return synthetic.ModelSpec(arch=arch, **kw)
+
+
+# Each architecture with its peculiarity: llama untied with llama-3 rope frequency factors, qwen2 tied
+# with q/k/v biases, qwen3 with a head size other than n_embd / n_head. GQA everywhere.
+SPECS = {
+    "llama": dict(arch="llama", n_embd=128, n_layer=3, n_head=4, n_head_kv=2, n_ff=256, rope_freq_factors=True, seed=1),
+    "qwen2": dict(arch="qwen2", n_embd=128, n_layer=2, n_head=4, n_head_kv=2, n_ff=256, tied_output=True, seed=2),
+    "qwen3": dict(arch="qwen3", n_embd=128, n_layer=2, n_head=4, n_head_kv=2, n_ff=256, head_dim=48, seed=3),
+    # K-quants need rows that are multiples of 256.
+    "llama256": dict(arch="llama", n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512, seed=4),
+}
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    for name, kw in SPECS.items():
+        synthetic.write_model(root / f"{name}-f32.gguf", _spec(**kw), dtype="f32")
+    synthetic.write_model(root / "llama-f16.gguf", _spec(**SPECS["llama"]), dtype="f16")
+    synthetic.write_model(root / "qwen3-bf16.gguf", _spec(**SPECS["qwen3"]), dtype="bf16")
+    synthetic.quantize(root / "llama-f32.gguf", root / "llama-q8_0.gguf", "q8_0")
+    synthetic.quantize(root / "qwen2-f32.gguf", root / "qwen2-q8_0.gguf", "q8_0")
+    synthetic.quantize(root / "llama256-f32.gguf", root / "llama256-q4_k.gguf", "q4_k")
+    synthetic.quantize(root / "llama256-f32.gguf", root / "llama256-q4_0.gguf", "q4_0")
+    return root
+
+
+@pytest.fixture(scope="session")
+def adapter_dir(model_dir) -> Path:
+    """Adapters for llama-f32 (and its quantized variants): mixed ranks, targets and types."""
+    root = model_dir / "adapters"
+    root.mkdir()
+    spec = _spec(**SPECS["llama"])
+    plans = [
+        ("math", dict(targets=("attn_q", "attn_v"), rank=8, alpha=16.0, dtype="f32", seed=10)),
+        ("sql", dict(targets=("attn_q", "attn_k", "attn_v", "attn_output"), rank=4, alpha=8.0, dtype="f32", seed=11)),
+        ("poem", dict(targets=("attn_q", "ffn_gate", "ffn_up", "ffn_down"), rank=16, alpha=16.0, dtype="f16", seed=12)),
+        ("code", dict(targets=("attn_q", "attn_v"), rank=8, alpha=0.0, dtype="f32", seed=13)),  # no alpha: scale 1
+        ("chat", dict(targets=("attn_v", "ffn_up"), rank=8, alpha=16.0, dtype="f32", seed=14)),  # no attn_q
+        ("legal", dict(targets=("attn_q", "attn_v"), rank=8, alpha=16.0, dtype="q8_0", seed=15)),
+        ("mixed", dict(targets=("attn_q", "attn_v"), rank=8, ranks={"attn_v": 2}, alpha=8.0, dtype="bf16", seed=16)),
+    ]
+    for name, kw in plans:
+        synthetic.write_adapter(root / f"{name}.gguf", spec, **kw)
+    return root
+
+
+@pytest.fixture(scope="session")
+def broken_dir(model_dir) -> Path:
+    root = model_dir / "broken"
+    root.mkdir()
+    spec = _spec(**SPECS["llama"])
+    for kind in synthetic.BROKEN_KINDS:
+        synthetic.write_broken(root / f"{kind}.gguf", kind, spec)
+    return root
+
+
+class LlamaCpp:
+    """llama-cpp-python on the same file, as the oracle: flash attention and an F16 KV cache as ours."""
+
+    def __init__(self, path, n_ctx=512):
+        import llama_cpp
+
+        self.llama_cpp = llama_cpp
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False,
+                                   n_threads=THREADS, flash_attn=True, seed=0)
+        self._adapters = {}
+
+    def set_adapters(self, mixture: dict[str, float], adapter_dir: Path):
+        lc = self.llama_cpp
+        handles = []
+        for name in mixture:
+            if name not in self._adapters:
+                handle = lc.llama_adapter_lora_init(self.llm.model, str(adapter_dir / f"{name}.gguf").encode())
+                assert handle, name
+                self._adapters[name] = handle
+            handles.append(self._adapters[name])
+        arr = (lc.llama_adapter_lora_p_ctypes * len(handles))(*handles)
+        scales = (ctypes.c_float * len(handles))(*mixture.values())
+        assert lc.llama_set_adapters_lora(self.llm.ctx, arr, len(handles), scales) == 0
+
+    def logits(self, tokens):
+        self.llm.reset()
+        self.llm.eval(list(tokens))
+        return np.array(self.llm.scores[: len(tokens)], dtype=np.float32)
+
+    def greedy(self, tokens, n):
+        """n argmax tokens, end-of-sequence ignored (compared with ignore_eos=True)."""
+        self.llm.reset()
+        self.llm.eval(list(tokens))
+        out = []
+        for _ in range(n):
+            tok = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            out.append(tok)
+            self.llm.eval([tok])
+        return out
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_oracle():
+    cache = {}
+
+    def get(path):
+        key = str(path)
+        if key not in cache:
+            cache[key] = LlamaCpp(path)
+        return cache[key]
+
+    return get

@@ -1,0 +1,123 @@
+"""Bad input raises a Python exception that names the file, tensor or argument; nothing aborts."""
+
+import os
+
+import pytest
+
+import logo_cpp
+
+from conftest import THREADS
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=64, n_threads=THREADS)
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        logo_cpp.Model(tmp_path / "nope.gguf")
+
+
+def test_directory(tmp_path):
+    with pytest.raises(OSError, match="is a directory"):
+        logo_cpp.Model(tmp_path)
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("empty", "is empty"),
+    ("not_gguf", "not a GGUF file"),
+    ("truncated", "truncated: tensor '.*' needs bytes"),
+    ("truncated_header", "truncated or corrupt header|not a readable GGUF"),
+    ("unsupported_arch", "unsupported architecture '.*'; supported: llama, qwen2, qwen3"),
+    ("missing_tensor", r"missing tensor 'blk\.0\.ffn_up\.weight' \(expected shape \[\d+, \d+\]\)"),
+    ("wrong_shape", r"tensor 'blk\.0\.attn_q\.weight' has shape \[\d+, \d+\], expected \[\d+, \d+\]"),
+])
+def test_broken_files(broken_dir, kind, message):
+    path = broken_dir / f"{kind}.gguf"
+    with pytest.raises(logo_cpp.FormatError, match=message) as info:
+        logo_cpp.Model(path)
+    assert os.fspath(path) in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_adapter_file_is_not_a_model(adapter_dir):
+    with pytest.raises(logo_cpp.FormatError, match="is a LoRA adapter, not a base model"):
+        logo_cpp.Model(adapter_dir / "math.gguf")
+
+
+def test_context_overflow(model):
+    ids = model.tokenize("the cat " * 60)
+    assert len(ids) > 64
+    with pytest.raises(logo_cpp.ContextOverflowError, match="n_ctx is 64"):
+        model.logits(ids)
+    with pytest.raises(logo_cpp.ContextOverflowError):
+        model.generate(ids, max_tokens=4)
+    # The model is still usable afterwards.
+    assert model.logits(ids[:10]).shape[0] == 10
+
+
+def test_generation_stops_when_the_context_is_full(model):
+    ids = model.tokenize("the cat " * 25)
+    out = model.generate(ids, max_tokens=200, temperature=0.0, ignore_eos=True)
+    assert out.finish_reason == "length"
+    assert len(ids) + len(out.tokens) <= 64 + 1
+
+
+def test_empty_prompt(model):
+    with pytest.raises(ValueError, match="empty prompt"):
+        model.generate("")
+    with pytest.raises(ValueError, match="empty prompt"):
+        model.logits([])
+    with pytest.raises(ValueError, match="prompts is empty"):
+        model.generate_batch([])
+
+
+@pytest.mark.parametrize("bad", [-1, 10**6])
+def test_token_id_out_of_range(model, bad):
+    with pytest.raises(ValueError, match=f"token id {bad} is out of range"):
+        model.logits([1, bad])
+    with pytest.raises(ValueError, match="out of range"):
+        model.detokenize([bad])
+    with pytest.raises(ValueError, match="out of range"):
+        model.generate([bad])
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(temperature=-0.5), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(top_k=-1), "top_k"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(min_p=1.0), "min_p"),
+    (dict(max_tokens=-3), "max_tokens"),
+    (dict(seed=-1), "seed"),
+    (dict(stop=[""]), "stop"),
+])
+def test_invalid_sampling_arguments(model, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        model.generate("Hello", **kwargs)
+
+
+def test_invalid_sampling_arguments_reach_the_core_too(model):
+    session = logo_cpp._core.Session(model._core, n_ctx=64)
+    with pytest.raises(ValueError, match="top_p"):
+        session.generate([[1, 2]], top_p=2.0)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(n_ctx=0), "n_ctx"),
+    (dict(n_threads=0), "n_threads"),
+    (dict(n_batch=0), "n_batch"),
+    (dict(device="tpu7"), "device 'tpu7' is not available"),
+])
+def test_invalid_model_arguments(model_dir, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        logo_cpp.Model(model_dir / "llama-f32.gguf", **kwargs)
+
+
+def test_bad_chat_messages(model):
+    with pytest.raises(ValueError, match="messages"):
+        model.chat([])
+    with pytest.raises(ValueError, match=r"messages\[0\]"):
+        model.chat([{"content": "no role"}])
