@@ -69,6 +69,9 @@ nb::ndarray<nb::numpy, float, nb::ndim<1>> as_vector(std::vector<float> && value
     return nb::ndarray<nb::numpy, float, nb::ndim<1>>(owned->data(), {owned->size()}, owner);
 }
 
+// Below this many new tokens, folding a mixture into the weights costs more than it saves.
+constexpr int kFoldMinTokens = 16;
+
 // Selections cross the boundary as lists of (pool index, weight) per sequence.
 using SelectionSpec = std::vector<std::vector<std::pair<int, float>>>;
 
@@ -234,6 +237,11 @@ NB_MODULE(_core, m) {
                              throw std::invalid_argument("give one adapter selection for all sequences or one per sequence of the session");
                          }
                          mixture = make_mixture(*pool, selections);
+                         // One long generation: fold the mixture into the weights so decoding costs what
+                         // the base model costs (see Mixture::fold); batches keep the low-rank terms.
+                         if (prompts.size() == 1 && max_tokens >= kFoldMinTokens && mixture->foldable(s.model())) {
+                             mixture->fold(s);
+                         }
                      }
                      results = logo::generate(s, prompts, options, mixture ? &mixture->terms() : nullptr, callback);
                  }

@@ -15,6 +15,8 @@ namespace logo {
 struct LowRankTerm {
     ggml_tensor * a = nullptr;
     ggml_tensor * b = nullptr;
+    // W + B A precomputed (a "folded" mixture): when set, the linear map uses it instead of W and a, b.
+    ggml_tensor * folded = nullptr;
 };
 using LowRankTerms = std::unordered_map<const ggml_tensor *, LowRankTerm>;
 

@@ -13,17 +13,17 @@ struct Adapters {
 };
 
 static ggml_tensor * linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, const Adapters & adapters) {
-    ggml_tensor * y = ggml_mul_mat(ctx, w, x);  // [n_out, n_rows]
-    if (!adapters.terms) return y;
-    auto it = adapters.terms->find(w);
-    if (it == adapters.terms->end()) return y;
+    auto it = adapters.terms ? adapters.terms->find(w) : LowRankTerms::const_iterator();
+    if (!adapters.terms || it == adapters.terms->end()) return ggml_mul_mat(ctx, w, x);  // [n_out, n_rows]
+    if (it->second.folded) return ggml_mul_mat(ctx, it->second.folded, x);
+    ggml_tensor * y = ggml_mul_mat(ctx, w, x);
     ggml_tensor * a = it->second.a;
     ggml_tensor * b = it->second.b;
     if (a->ne[2] > 1) {
         a = ggml_view_3d(ctx, a, a->ne[0], a->ne[1], adapters.n_stream, a->nb[1], a->nb[2], a->nb[2] * size_t(adapters.first_stream));
         b = ggml_view_3d(ctx, b, b->ne[0], b->ne[1], adapters.n_stream, b->nb[1], b->nb[2], b->nb[2] * size_t(adapters.first_stream));
     }
-    const LowRankTerm term = {a, b};
+    const LowRankTerm term = {a, b, nullptr};
     const int64_t n_mix = term.a->ne[2];
     ggml_tensor * xs = ggml_reshape_3d(ctx, x, x->ne[0], x->ne[1] / n_mix, n_mix);  // [n_in, rows/mix, n_mix]
     ggml_tensor * ax = ggml_mul_mat(ctx, term.a, xs);                               // [rank, rows/mix, n_mix]

@@ -78,10 +78,48 @@ Mixture::Mixture(const Model & model, const std::vector<Selection> & per_sequenc
 }
 
 Mixture::~Mixture() {
+    if (folded_buffer_) ggml_backend_buffer_free(folded_buffer_);
+    if (folded_ctx_) ggml_free(folded_ctx_);
     if (buffer_) ggml_backend_buffer_free(buffer_);
     if (ctx_) ggml_free(ctx_);
 }
 
-size_t Mixture::bytes() const { return buffer_ ? ggml_backend_buffer_get_size(buffer_) : 0; }
+size_t Mixture::bytes() const {
+    return (buffer_ ? ggml_backend_buffer_get_size(buffer_) : 0) +
+           (folded_buffer_ ? ggml_backend_buffer_get_size(folded_buffer_) : 0);
+}
+
+bool Mixture::foldable(const Model & model) const {
+    (void)model;
+    if (n_mix_ != 1 || terms_.empty()) return false;
+    for (const auto & [base, term] : terms_) {
+        if (base->type != GGML_TYPE_F32 && base->type != GGML_TYPE_F16 && base->type != GGML_TYPE_BF16) return false;
+    }
+    return true;
+}
+
+void Mixture::fold(Session & session) {
+    if (folded_buffer_ || !foldable(session.model())) return;
+    ggml_init_params params = {terms_.size() * ggml_tensor_overhead(), nullptr, true};
+    folded_ctx_ = ggml_init(params);
+    std::map<const ggml_tensor *, ggml_tensor *> folded;
+    for (const auto & [base, term] : terms_) folded[base] = ggml_dup_tensor(folded_ctx_, base);
+    folded_buffer_ = ggml_backend_alloc_ctx_tensors_from_buft(folded_ctx_, ggml_backend_dev_buffer_type(session.model().device()));
+    if (!folded_buffer_) throw std::runtime_error("out of memory: cannot allocate folded weights");
+    // One small graph: for each weight, dst = W + B A, with B A of shape [n_in, n_out] like W.
+    session.compute(
+        [&](ggml_context * ctx, ggml_cgraph * graph) {
+            for (const auto & [base, term] : terms_) {
+                ggml_tensor * a = ggml_reshape_2d(ctx, term.a, term.a->ne[0], term.a->ne[1]);  // [n_in, R]
+                ggml_tensor * b = ggml_reshape_2d(ctx, term.b, term.b->ne[0], term.b->ne[1]);  // [R, n_out]
+                ggml_tensor * a_t = ggml_cont(ctx, ggml_transpose(ctx, a));                     // [R, n_in]
+                ggml_tensor * delta = ggml_mul_mat(ctx, a_t, b);                                // [n_in, n_out]
+                ggml_tensor * sum = ggml_add(ctx, delta, ggml_cast(ctx, const_cast<ggml_tensor *>(base), GGML_TYPE_F32));
+                ggml_build_forward_expand(graph, ggml_cpy(ctx, sum, folded[base]));
+            }
+        },
+        terms_.size() * 8 + 16);
+    for (auto & [base, term] : terms_) term.folded = folded[base];
+}
 
 }  // namespace logo

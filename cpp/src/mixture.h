@@ -8,6 +8,7 @@
 
 #include "adapter.h"
 #include "graph.h"
+#include "session.h"
 
 namespace logo {
 
@@ -27,6 +28,14 @@ public:
     Mixture & operator=(const Mixture &) = delete;
 
     const LowRankTerms & terms() const { return terms_; }
+
+    // Whether fold() can serve this mixture: one selection, and every adapted weight stored as
+    // F32, F16 or BF16 (a quantized weight would need requantizing).
+    bool foldable(const Model & model) const;
+    // Adds the mixture into copies of the adapted weights (W' = W + sum_i w_i s_i B_i A_i), computed on
+    // the model's device; generation then costs exactly what the base model costs. Worth it when a
+    // single instance generates many tokens: the fold reads each adapted weight once.
+    void fold(Session & session);
     int n_sequences() const { return n_mix_; }
     size_t bytes() const;
 
@@ -35,6 +44,8 @@ private:
     int n_mix_ = 1;
     ggml_context * ctx_ = nullptr;
     ggml_backend_buffer_t buffer_ = nullptr;
+    ggml_context * folded_ctx_ = nullptr;
+    ggml_backend_buffer_t folded_buffer_ = nullptr;
 };
 
 // The type a mixture uses over a model: F32 over an F32 model, else F16.

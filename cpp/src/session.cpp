@@ -139,6 +139,20 @@ std::vector<std::vector<float>> Session::probe(int stream, const std::vector<int
     return out;
 }
 
+void Session::compute(const std::function<void(ggml_context *, ggml_cgraph *)> & build, size_t max_nodes) {
+    std::vector<uint8_t> memory(ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false));
+    ggml_init_params params = {memory.size(), memory.data(), true};
+    ggml_context * ctx = ggml_init(params);
+    ggml_cgraph * graph = ggml_new_graph_custom(ctx, max_nodes, false);
+    build(ctx, graph);
+    ggml_backend_sched_reset(sched_);
+    const bool ok = ggml_backend_sched_alloc_graph(sched_, graph) &&
+                    ggml_backend_sched_graph_compute(sched_, graph) == GGML_STATUS_SUCCESS;
+    ggml_backend_sched_reset(sched_);
+    ggml_free(ctx);
+    if (!ok) throw std::runtime_error("computation failed (out of memory?)");
+}
+
 std::vector<std::vector<float>> Session::run_chunk(int first_stream, int n_stream, const int32_t * tokens,
                                                    int n_per_stream, bool all_outputs, const LowRankTerms * adapters,
                                                    int stop_layer, const GraphTail * tail) {

@@ -51,6 +51,10 @@ public:
     std::vector<float> block_input(int stream, const std::vector<int32_t> & tokens, int layer,
                                    const LowRankTerms * adapters = nullptr);
 
+    // Builds a graph with `build` and computes it with this session's backends (for one-off work on
+    // tensors that live on the model's device, such as folding a mixture into weights).
+    void compute(const std::function<void(ggml_context *, ggml_cgraph *)> & build, size_t max_nodes);
+
     // As block_input, with `tail` extending the same graph; returns the tail's outputs.
     std::vector<std::vector<float>> probe(int stream, const std::vector<int32_t> & tokens, int layer,
                                           const LowRankTerms * adapters, const GraphTail & tail);
