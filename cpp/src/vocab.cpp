@@ -1,5 +1,7 @@
 #include "vocab.h"
 
+#include <cstdio>
+#include <mutex>
 #include <stdexcept>
 
 #include "errors.h"
@@ -7,10 +9,48 @@
 
 namespace logo {
 
+namespace {
+
+// libllama describes every vocabulary it loads on the log; we load one per model, so while we do,
+// only errors pass on to whatever logger was installed (llama_cpp's, or libllama's default).
+struct QuietLlamaLog {
+    static std::mutex & mutex() {
+        static std::mutex m;
+        return m;
+    }
+    struct Previous {
+        ggml_log_callback callback = nullptr;
+        void * user_data = nullptr;
+    };
+    std::lock_guard<std::mutex> lock{mutex()};
+    Previous previous;
+
+    QuietLlamaLog() {
+        llama_log_get(&previous.callback, &previous.user_data);
+        llama_log_set(&QuietLlamaLog::forward_errors, &previous);
+    }
+    ~QuietLlamaLog() { llama_log_set(previous.callback, previous.user_data); }
+
+    static void forward_errors(ggml_log_level level, const char * text, void * user_data) {
+        const Previous * prev = static_cast<const Previous *>(user_data);
+        if (level != GGML_LOG_LEVEL_ERROR) return;
+        if (prev->callback) {
+            prev->callback(level, text, prev->user_data);
+        } else {
+            std::fputs(text, stderr);
+        }
+    }
+};
+
+}  // namespace
+
 Vocab::Vocab(const std::string & path) : path_(path) {
     llama_model_params params = llama_model_default_params();
     params.vocab_only = true;
-    model_ = llama_model_load_from_file(path.c_str(), params);
+    {
+        QuietLlamaLog quiet;
+        model_ = llama_model_load_from_file(path.c_str(), params);
+    }
     if (!model_) throw FormatError("'" + path + "': libllama could not read the tokenizer vocabulary");
     vocab_ = llama_model_get_vocab(model_);
 }

@@ -1,0 +1,232 @@
+"""The `logo-cpp` command line: run, route, inspect, demo, eval, bench.
+
+User mistakes (a missing file, a bad argument, a file that does not fit) end with one line on stderr and
+exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+EXIT_USER_ERROR = 2
+
+
+def _die(message: str) -> int:
+    print(f"logo-cpp: error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def _add_model_args(p: argparse.ArgumentParser, adapters_required: bool = True) -> None:
+    p.add_argument("--model", "-m", required=True, help="base model GGUF file")
+    p.add_argument("--adapters", "-a", nargs="+", required=adapters_required, default=[],
+                   help="adapter GGUF files or directories of them")
+    p.add_argument("--device", default="auto", help="auto (a GPU if the linked ggml has one), cpu, or a device name")
+    p.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: one per core)")
+    p.add_argument("--ctx", type=int, default=2048, help="context length (tokens)")
+
+
+def _add_router_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--router", default="logo", choices=["logo", "top1", "uniform", "random"],
+                   help="how to choose adapters (default: logo)")
+    p.add_argument("--k", type=int, default=20, help="adapters per instance (capped at the pool size)")
+    p.add_argument("--signal", default="norm", choices=["norm", "entropy"])
+    p.add_argument("--probe", default="base", choices=["base", "all"])
+    p.add_argument("--layer", type=int, default=-1, help="probe block (default: the last)")
+    p.add_argument("--module", default="attn_q", help="probe module (default: attn_q)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _load(args):
+    import logo_cpp
+
+    model = logo_cpp.Model(args.model, n_ctx=args.ctx, device=args.device, n_threads=args.threads)
+    pool = logo_cpp.AdapterPool(model, args.adapters) if args.adapters else None
+    return model, pool
+
+
+def _router(args, model, pool):
+    import logo_cpp
+
+    if args.router == "logo":
+        return logo_cpp.LoGo(model, pool, k=args.k, signal=args.signal, probe=args.probe, layer=args.layer,
+                             module=args.module)
+    if args.router == "top1":
+        return logo_cpp.TopOne(model, pool, signal=args.signal, probe=args.probe, layer=args.layer, module=args.module)
+    if args.router == "uniform":
+        return logo_cpp.Uniform(model, pool)
+    return logo_cpp.RandomK(model, pool, k=args.k, seed=args.seed)
+
+
+def _routing_dict(routing, pool, every: bool = False) -> dict:
+    out = {"method": routing.method, "selected": [{"name": n, "weight": round(float(w), 6)}
+                                                  for n, w in zip(routing.names, routing.weights)]}
+    if routing.unscored:
+        out["unscored"] = routing.unscored
+    if every and routing.signals is not None:
+        out["signals"] = {n: (None if s != s else round(float(s), 6)) for n, s in zip(pool.names, routing.signals)}
+    if routing.timings:
+        out["timings"] = routing.timings
+    return out
+
+
+def _print_routing(routing, pool, every: bool = False, file=sys.stdout) -> None:
+    width = max([len(n) for n in routing.names] + [4])
+    print(f"routing ({routing.method}): {len(routing.names)} of {len(pool)} adapters", file=file)
+    for name, weight in zip(routing.names, routing.weights):
+        bar = "#" * max(1, int(round(float(weight) * 40)))
+        print(f"  {name:<{width}}  {float(weight):.3f}  {bar}", file=file)
+    if routing.unscored:
+        print(f"  not scored (no {routing.module} LoRA): {', '.join(routing.unscored)}", file=file)
+    if every and routing.signals is not None:
+        print("signals:", file=file)
+        order = sorted(range(len(pool)), key=lambda i: -(routing.signals[i] if routing.signals[i] == routing.signals[i] else -1e30))
+        for i in order:
+            s = routing.signals[i]
+            print(f"  {pool.names[i]:<{width}}  {'-' if s != s else f'{float(s):.5g}'}", file=file)
+
+
+def cmd_run(args) -> int:
+    model, pool = _load(args)
+    router = _router(args, model, pool)
+    routing = router.route(args.prompt)
+    gen = dict(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    if args.json:
+        out = model.generate(args.prompt, adapters=routing.as_dict(), **gen)
+        print(json.dumps({"text": out.text, "finish_reason": out.finish_reason, "routing": _routing_dict(routing, pool),
+                          "timings": vars(out.timings)}, indent=2))
+        return 0
+    _print_routing(routing, pool, file=sys.stderr)
+    for piece in model.generate(args.prompt, adapters=routing.as_dict(), stream=True, **gen):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_route(args) -> int:
+    model, pool = _load(args)
+    routing = _router(args, model, pool).route(args.prompt)
+    if args.json:
+        print(json.dumps(_routing_dict(routing, pool, every=args.all), indent=2))
+    else:
+        _print_routing(routing, pool, every=args.all)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .inspect import describe
+
+    info = describe(args.file, base=args.base)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0 if info.get("fits", True) else 1
+    for key, value in info.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for k, v in value.items():
+                print(f"  {k}: {v}")
+        elif isinstance(value, list):
+            print(f"{key}:")
+            for v in value:
+                print(f"  {v}")
+        else:
+            print(f"{key}: {value}")
+    return 0 if info.get("fits", True) else 1
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(threads=args.threads, device=args.device, model_dir=args.model_dir)
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import run_eval
+
+    return run_eval(args)
+
+
+def cmd_bench(args, rest: Sequence[str]) -> int:
+    from .bench import core, logo
+
+    mains = {"core": core.main, "logo": logo.main}
+    mains[args.what](list(rest))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="logo-cpp", description="Many LoRA adapters per input on local hardware "
+                                     "(LoGo routing and mixtures on ggml).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="route a prompt over an adapter pool and stream the answer")
+    _add_model_args(p)
+    _add_router_args(p)
+    p.add_argument("--prompt", "-p", required=True)
+    p.add_argument("--max-tokens", "-n", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("route", help="print the routing of a prompt only")
+    _add_model_args(p)
+    _add_router_args(p)
+    p.add_argument("--prompt", "-p", required=True)
+    p.add_argument("--all", action="store_true", help="the signal of every adapter")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_route)
+
+    p = sub.add_parser("inspect", help="describe a base model or adapter GGUF file")
+    p.add_argument("file")
+    p.add_argument("--base", help="a base model: check that the adapter fits it")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("demo", help="LoGo on the shipped default model and adapters")
+    p.add_argument("--threads", "-t", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--model-dir", type=Path, default=None, help="a model directory with manifest.json")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("eval", help="accuracy of LoGo and baseline routers on the held-out task set")
+    p.add_argument("--model-dir", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=Path("docs") / "eval")
+    p.add_argument("--per-task", type=int, default=None, help="prompts per task (default: all held-out)")
+    p.add_argument("--threads", "-t", type=int, default=None)
+    p.add_argument("--quick", action="store_true", help="fewer methods and prompts, for a smoke test")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="speed side by side with llama.cpp; arguments after WHAT go to it "
+                                     "(logo-cpp bench core --help)")
+    p.add_argument("what", choices=["core", "logo"])
+    p.set_defaults(func=None)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv[:1] == ["bench"] and len(argv) >= 2 and argv[1] in ("core", "logo"):
+        args, rest = parser.parse_known_args(argv[:2])
+        rest = argv[2:]
+    else:
+        args, rest = parser.parse_args(argv), []
+    try:
+        if args.command == "bench":
+            return cmd_bench(args, rest)
+        return args.func(args)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        return _die(str(exc))
+    except (ValueError, KeyError, OSError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        return _die(str(message))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
