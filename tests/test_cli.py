@@ -1,0 +1,80 @@
+"""The command line: real runs in a subprocess, user mistakes as one line and a non-zero exit."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "logo_cpp.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def files(model_dir, adapter_dir):
+    return model_dir / "llama-f32.gguf", adapter_dir
+
+
+def test_run_streams_the_answer_and_shows_the_routing(files, tmp_path):
+    model, adapters = files
+    out = cli("run", "--model", model, "--adapters", adapters, "--prompt", "Hello world", "-n", "8", "--k", "2",
+              "--threads", "2", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "routing (logo): 2 of 7 adapters" in out.stderr
+    assert "not scored (no attn_q LoRA): chat" in out.stderr
+
+
+def test_run_json(files, tmp_path):
+    model, adapters = files
+    out = cli("run", "-m", model, "-a", adapters / "math.gguf", adapters / "sql.gguf", "-p", "Hello", "-n", "6",
+              "--json", "--signal", "entropy", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["finish_reason"] in ("length", "eos") and len(data["routing"]["selected"]) == 2
+    assert abs(sum(s["weight"] for s in data["routing"]["selected"]) - 1) < 1e-4
+
+
+def test_route_all_scores_every_adapter(files, tmp_path):
+    model, adapters = files
+    out = cli("route", "-m", model, "-a", adapters, "-p", "the cat", "--all", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert set(data["signals"]) == {"math", "sql", "poem", "code", "chat", "legal", "mixed"}
+    assert data["signals"]["chat"] is None
+
+
+def test_inspect_model_and_adapter_fit(files, model_dir, tmp_path):
+    model, adapters = files
+    out = cli("inspect", model, "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["architecture"] == "llama"
+    out = cli("inspect", adapters / "mixed.gguf", "--base", model, "--json", cwd=tmp_path)
+    data = json.loads(out.stdout)
+    assert out.returncode == 0 and data["fits"] and "rank 2" in data["modules"]["attn_v"]
+    out = cli("inspect", adapters / "math.gguf", "--base", model_dir / "qwen2-f32.gguf", cwd=tmp_path)
+    assert out.returncode == 1 and "is for architecture 'llama'" in out.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "-m", "missing.gguf", "-a", "x.gguf", "-p", "hi"], "no such file: 'missing.gguf'"),
+    (["inspect", "."], "is a directory"),
+    (["route", "-m", "{model}", "-a", "{adapters}", "-p", "hi", "--k", "0"], "k must be"),
+    (["route", "-m", "{model}", "-a", "{adapters}", "-p", "hi", "--layer", "9"], "layer 9 is out of range"),
+    (["run", "-m", "{model}", "-a", "{broken}", "-p", "hi"], "contains NaN or Inf"),
+])
+def test_user_mistakes_are_one_line(files, broken_dir, tmp_path, args, message):
+    model, adapters = files
+    args = [a.format(model=model, adapters=adapters, broken=broken_dir / "adapter_nan.gguf") for a in args]
+    out = cli(*args, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("logo-cpp: error:") and message in lines[0], out.stderr
+
+
+def test_help_everywhere(tmp_path):
+    for sub in ([], ["run"], ["route"], ["inspect"], ["demo"], ["eval"]):
+        out = cli(*sub, "--help", cwd=tmp_path)
+        assert out.returncode == 0 and "usage: logo-cpp" in out.stdout
