@@ -17,6 +17,9 @@ struct LowRankTerm {
     ggml_tensor * b = nullptr;
     // W + B A precomputed (a "folded" mixture): when set, the linear map uses it instead of W and a, b.
     ggml_tensor * folded = nullptr;
+    // Set when one pair (n_mix = 1) serves sequences with different mixtures: [rank, 1, n_sequences],
+    // each sequence's weight for every rank slot (0 for adapters it did not select).
+    ggml_tensor * slot_weights = nullptr;
 };
 using LowRankTerms = std::unordered_map<const ggml_tensor *, LowRankTerm>;
 

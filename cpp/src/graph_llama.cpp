@@ -19,15 +19,24 @@ static ggml_tensor * linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x
     ggml_tensor * y = ggml_mul_mat(ctx, w, x);
     ggml_tensor * a = it->second.a;
     ggml_tensor * b = it->second.b;
+    if (it->second.slot_weights) {
+        // One shared pair; each sequence scales the rank slots by its own adapter weights.
+        ggml_tensor * sw = it->second.slot_weights;
+        const int64_t R = a->ne[1];
+        sw = ggml_view_3d(ctx, sw, R, 1, adapters.n_stream, sw->nb[1], sw->nb[2], sw->nb[2] * size_t(adapters.first_stream));
+        ggml_tensor * ax = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, a, a->ne[0], R), x);           // [R, rows]
+        ax = ggml_mul(ctx, ggml_reshape_3d(ctx, ax, R, x->ne[1] / adapters.n_stream, adapters.n_stream), sw);
+        ggml_tensor * bax = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, b, R, b->ne[1]), ggml_reshape_2d(ctx, ax, R, x->ne[1]));
+        return ggml_add(ctx, y, bax);
+    }
     if (a->ne[2] > 1) {
         a = ggml_view_3d(ctx, a, a->ne[0], a->ne[1], adapters.n_stream, a->nb[1], a->nb[2], a->nb[2] * size_t(adapters.first_stream));
         b = ggml_view_3d(ctx, b, b->ne[0], b->ne[1], adapters.n_stream, b->nb[1], b->nb[2], b->nb[2] * size_t(adapters.first_stream));
     }
-    const LowRankTerm term = {a, b, nullptr};
-    const int64_t n_mix = term.a->ne[2];
+    const int64_t n_mix = a->ne[2];
     ggml_tensor * xs = ggml_reshape_3d(ctx, x, x->ne[0], x->ne[1] / n_mix, n_mix);  // [n_in, rows/mix, n_mix]
-    ggml_tensor * ax = ggml_mul_mat(ctx, term.a, xs);                               // [rank, rows/mix, n_mix]
-    ggml_tensor * bax = ggml_mul_mat(ctx, term.b, ax);                              // [n_out, rows/mix, n_mix]
+    ggml_tensor * ax = ggml_mul_mat(ctx, a, xs);                                    // [rank, rows/mix, n_mix]
+    ggml_tensor * bax = ggml_mul_mat(ctx, b, ax);                                   // [n_out, rows/mix, n_mix]
     return ggml_add(ctx, y, ggml_reshape_2d(ctx, bax, y->ne[0], y->ne[1]));
 }
 

@@ -10,70 +10,117 @@ ggml_type mixture_type_for(const Model & model) {
     return model.weights().layers.at(0).wq->type == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16;
 }
 
+namespace {
+
+void upload(ggml_tensor * t, const std::vector<float> & values) {
+    if (t->type == GGML_TYPE_F32) {
+        ggml_backend_tensor_set(t, values.data(), 0, ggml_nbytes(t));
+        return;
+    }
+    std::vector<ggml_fp16_t> half(values.size());
+    ggml_fp32_to_fp16_row(values.data(), half.data(), int64_t(values.size()));
+    ggml_backend_tensor_set(t, half.data(), 0, ggml_nbytes(t));
+}
+
+// Copies adapter matrix m into rows [r0, r0 + rank) of a concatenated A ([R][n_in]) and columns of a
+// concatenated B ([n_out][R]), B scaled by `factor`.
+void place(const LoraMatrix & m, float factor, int64_t r0, int64_t R, float * a, float * b) {
+    const int64_t n_in = m.base->ne[0], n_out = m.base->ne[1];
+    const std::vector<float> a_i = to_host_f32(m.a);  // [r][n_in]
+    const std::vector<float> b_i = to_host_f32(m.b);  // [n_out][r]
+    std::copy(a_i.begin(), a_i.end(), a + r0 * n_in);
+    for (int64_t o = 0; o < n_out; ++o) {
+        for (int64_t j = 0; j < m.rank; ++j) b[o * R + r0 + j] = factor * b_i[size_t(o * m.rank + j)];
+    }
+}
+
+// What one adapted weight needs: the adapters touching it (in first-seen order) and each sequence's rank.
+struct WeightPlan {
+    std::vector<const Adapter *> adapters;
+    std::vector<int> rank_per_sequence;
+    int union_rank = 0;
+    int max_rank = 0;
+    bool shared = false;  // one pair for all sequences, with per-sequence slot weights
+};
+
+}  // namespace
+
 Mixture::Mixture(const Model & model, const std::vector<Selection> & per_sequence, ggml_type type)
     : n_mix_(int(per_sequence.size())) {
     if (per_sequence.empty()) throw std::invalid_argument("a mixture needs at least one selection");
     if (type != GGML_TYPE_F32 && type != GGML_TYPE_F16) throw std::invalid_argument("mixtures are F32 or F16");
 
-    // Which weights are adapted, and the rank each sequence's concatenation reaches on each.
-    std::map<const ggml_tensor *, int> rank_needed;
-    std::map<const ggml_tensor *, std::vector<int>> rank_per_seq;
+    std::map<const ggml_tensor *, WeightPlan> plans;
     for (size_t s = 0; s < per_sequence.size(); ++s) {
         for (const WeightedAdapter & wa : per_sequence[s]) {
             if (!wa.adapter) throw std::invalid_argument("null adapter in a mixture");
             for (const LoraMatrix & m : wa.adapter->matrices) {
-                auto & ranks = rank_per_seq[m.base];
-                ranks.resize(per_sequence.size(), 0);
-                ranks[s] += m.rank;
-                rank_needed[m.base] = std::max(rank_needed[m.base], ranks[s]);
+                WeightPlan & plan = plans[m.base];
+                plan.rank_per_sequence.resize(per_sequence.size(), 0);
+                plan.rank_per_sequence[s] += m.rank;
+                plan.max_rank = std::max(plan.max_rank, plan.rank_per_sequence[s]);
+                if (std::find(plan.adapters.begin(), plan.adapters.end(), wa.adapter) == plan.adapters.end()) {
+                    plan.adapters.push_back(wa.adapter);
+                    plan.union_rank += m.rank;
+                }
             }
         }
     }
-    if (rank_needed.empty()) return;  // nothing adapted: no terms
+    if (plans.empty()) return;  // nothing adapted: no terms
 
-    ggml_init_params params = {2 * rank_needed.size() * ggml_tensor_overhead(), nullptr, true};
+    // Instances of one batch often share adapters. Stacking one pair per sequence reads n_mix * R
+    // rows per step; one shared pair over the union reads R_union rows but multiplies every token by
+    // all of them. Share when that at most doubles the multiply-adds.
+    for (auto & [base, plan] : plans) plan.shared = n_mix_ > 1 && plan.union_rank <= 2 * plan.max_rank;
+
+    ggml_init_params params = {3 * plans.size() * ggml_tensor_overhead(), nullptr, true};
     ctx_ = ggml_init(params);
-    for (const auto & [base, rank] : rank_needed) {
+    for (const auto & [base, plan] : plans) {
         LowRankTerm term;
-        term.a = ggml_new_tensor_3d(ctx_, type, base->ne[0], rank, n_mix_);  // [n_in, R, n_mix]
-        term.b = ggml_new_tensor_3d(ctx_, type, rank, base->ne[1], n_mix_);  // [R, n_out, n_mix]
+        const int64_t R = plan.shared ? plan.union_rank : plan.max_rank;
+        const int64_t stacks = plan.shared ? 1 : n_mix_;
+        term.a = ggml_new_tensor_3d(ctx_, type, base->ne[0], R, stacks);  // [n_in, R, stacks]
+        term.b = ggml_new_tensor_3d(ctx_, type, R, base->ne[1], stacks);  // [R, n_out, stacks]
+        if (plan.shared) term.slot_weights = ggml_new_tensor_3d(ctx_, GGML_TYPE_F32, R, 1, n_mix_);
         terms_[base] = term;
     }
     buffer_ = ggml_backend_alloc_ctx_tensors_from_buft(ctx_, ggml_backend_dev_buffer_type(model.device()));
     if (!buffer_) throw std::runtime_error("out of memory: cannot allocate an adapter mixture");
 
     for (const auto & [base, term] : terms_) {
+        const WeightPlan & plan = plans[base];
         const int64_t n_in = base->ne[0], n_out = base->ne[1], R = term.a->ne[1];
-        // Zero rows of A and columns of B pad a sequence whose concatenation is shorter than R.
-        std::vector<float> a(size_t(n_in * R * n_mix_), 0.0f);
-        std::vector<float> b(size_t(R * n_out * n_mix_), 0.0f);
-        for (size_t s = 0; s < per_sequence.size(); ++s) {
-            float * a_seq = a.data() + s * size_t(n_in * R);
-            float * b_seq = b.data() + s * size_t(R * n_out);
+        std::vector<float> a(size_t(ggml_nelements(term.a)), 0.0f), b(size_t(ggml_nelements(term.b)), 0.0f);
+        if (plan.shared) {
+            // The union's pairs at scale alpha/r; each sequence weights the rank slots of its adapters.
+            std::vector<float> slots(size_t(R * n_mix_), 0.0f);
             int64_t r0 = 0;
-            for (const WeightedAdapter & wa : per_sequence[s]) {
-                const LoraMatrix * m = wa.adapter->find(base);
-                if (!m) continue;
-                const std::vector<float> a_i = to_host_f32(m->a);  // [r][n_in]
-                const std::vector<float> b_i = to_host_f32(m->b);  // [n_out][r]
-                std::copy(a_i.begin(), a_i.end(), a_seq + r0 * n_in);
-                const float factor = wa.weight * m->scale;
-                for (int64_t o = 0; o < n_out; ++o) {
-                    for (int64_t j = 0; j < m->rank; ++j) b_seq[o * R + r0 + j] = factor * b_i[size_t(o * m->rank + j)];
+            for (const Adapter * adapter : plan.adapters) {
+                const LoraMatrix * m = adapter->find(base);
+                place(*m, m->scale, r0, R, a.data(), b.data());
+                for (size_t s = 0; s < per_sequence.size(); ++s) {
+                    for (const WeightedAdapter & wa : per_sequence[s]) {
+                        if (wa.adapter != adapter) continue;
+                        for (int64_t j = 0; j < m->rank; ++j) slots[s * size_t(R) + size_t(r0 + j)] += wa.weight;
+                    }
                 }
                 r0 += m->rank;
             }
-        }
-        if (type == GGML_TYPE_F32) {
-            ggml_backend_tensor_set(term.a, a.data(), 0, ggml_nbytes(term.a));
-            ggml_backend_tensor_set(term.b, b.data(), 0, ggml_nbytes(term.b));
+            ggml_backend_tensor_set(term.slot_weights, slots.data(), 0, ggml_nbytes(term.slot_weights));
         } else {
-            std::vector<ggml_fp16_t> half(std::max(a.size(), b.size()));
-            ggml_fp32_to_fp16_row(a.data(), half.data(), int64_t(a.size()));
-            ggml_backend_tensor_set(term.a, half.data(), 0, ggml_nbytes(term.a));
-            ggml_fp32_to_fp16_row(b.data(), half.data(), int64_t(b.size()));
-            ggml_backend_tensor_set(term.b, half.data(), 0, ggml_nbytes(term.b));
+            // One concatenation per sequence; zero rows of A and columns of B pad the shorter ones.
+            for (size_t s = 0; s < per_sequence.size(); ++s) {
+                int64_t r0 = 0;
+                for (const WeightedAdapter & wa : per_sequence[s]) {
+                    const LoraMatrix * m = wa.adapter->find(base);
+                    if (!m) continue;
+                    place(*m, wa.weight * m->scale, r0, R, a.data() + s * size_t(n_in * R), b.data() + s * size_t(R * n_out));
+                    r0 += m->rank;
+                }
+            }
         }
+        upload(term.a, a);
+        upload(term.b, b);
     }
 }
 
@@ -91,7 +138,7 @@ size_t Mixture::bytes() const {
 
 bool Mixture::foldable(const Model & model) const {
     (void)model;
-    if (n_mix_ != 1 || terms_.empty()) return false;
+    if (n_mix_ != 1 || terms_.empty()) return false;  // (a single selection is never stored shared)
     for (const auto & [base, term] : terms_) {
         if (base->type != GGML_TYPE_F32 && base->type != GGML_TYPE_F16 && base->type != GGML_TYPE_BF16) return false;
     }
