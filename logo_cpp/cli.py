@@ -151,9 +151,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args, rest: Sequence[str]) -> int:
-    from .bench import core, logo
+    from .bench import core, logo, suite
 
-    mains = {"core": core.main, "logo": logo.main}
+    mains = {"all": suite.main, "core": core.main, "logo": logo.main}
     mains[args.what](list(rest))
     return 0
 
@@ -201,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="speed side by side with llama.cpp; arguments after WHAT go to it "
-                                     "(logo-cpp bench core --help)")
-    p.add_argument("what", choices=["core", "logo"])
+                                     "(logo-cpp bench all --help)")
+    p.add_argument("what", nargs="?", default="all", choices=["all", "core", "logo"],
+                   help="all (the full report, default), core (base model), logo (the LoGo targets)")
     p.set_defaults(func=None)
     return parser
 
@@ -210,9 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if argv[:1] == ["bench"] and len(argv) >= 2 and argv[1] in ("core", "logo"):
-        args, rest = parser.parse_known_args(argv[:2])
-        rest = argv[2:]
+    if argv[:1] == ["bench"] and "-h" not in argv[1:2] and "--help" not in argv[1:2]:
+        # Everything after `bench [WHAT]` belongs to the benchmark's own parser.
+        what = argv[1:2] if argv[1:2] and argv[1] in ("all", "core", "logo") else []
+        args = parser.parse_args(["bench", *what])
+        rest = argv[1 + len(what):]
     else:
         args, rest = parser.parse_args(argv), []
     try:
