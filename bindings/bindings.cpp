@@ -1,30 +1,21 @@
-// The Python face of the runtime: type conversions, keyword arguments, exception translation.
-// No logic lives here; logo_cpp/ (Python) adds results as dataclasses, streaming and the CLI.
-#include <cmath>
-
+// The Python face of the runtime: a thin layer over the public C++ API (logo/logo.h), with type
+// conversions, keyword arguments and exception translation. logo_cpp/ (Python) adds dataclasses,
+// streaming and the CLI.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/function.h>
-#include <nanobind/stl/shared_ptr.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
-#include <nanobind/stl/pair.h>
 
-#include "adapter_pool.h"
-#include "backend.h"
-#include "errors.h"
-#include "generate.h"
-#include "mixture.h"
-#include "model.h"
-#include "router.h"
-#include "session.h"
+#include "logo/logo.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
 
 namespace {
 
-// Logits leave C++ as a numpy array that owns the vector, without a copy.
+// Float results leave C++ as numpy arrays that own their vector, without a copy.
 nb::ndarray<nb::numpy, float, nb::ndim<2>> as_matrix(std::vector<float> && values, size_t cols) {
     auto * owned = new std::vector<float>(std::move(values));
     nb::capsule owner(owned, [](void * p) noexcept { delete static_cast<std::vector<float> *>(p); });
@@ -32,9 +23,17 @@ nb::ndarray<nb::numpy, float, nb::ndim<2>> as_matrix(std::vector<float> && value
     return nb::ndarray<nb::numpy, float, nb::ndim<2>>(owned->data(), {rows, cols}, owner);
 }
 
+nb::ndarray<nb::numpy, float, nb::ndim<1>> as_vector(std::vector<float> && values) {
+    auto * owned = new std::vector<float>(std::move(values));
+    nb::capsule owner(owned, [](void * p) noexcept { delete static_cast<std::vector<float> *>(p); });
+    return nb::ndarray<nb::numpy, float, nb::ndim<1>>(owned->data(), {owned->size()}, owner);
+}
+
+nb::bytes as_bytes(const std::string & s) { return nb::bytes(s.data(), s.size()); }
+
 nb::dict completion_to_dict(const logo::Completion & c) {
     nb::dict d;
-    d["text"] = nb::bytes(c.text.data(), c.text.size());
+    d["text"] = as_bytes(c.text);
     d["tokens"] = c.tokens;
     d["finish_reason"] = c.finish_reason;
     nb::dict t;
@@ -48,54 +47,29 @@ nb::dict completion_to_dict(const logo::Completion & c) {
     return d;
 }
 
-logo::GenerateOptions make_options(int max_tokens, float temperature, int top_k, float top_p, float min_p,
-                                   uint64_t seed, const std::vector<std::string> & stop, bool ignore_eos) {
-    logo::GenerateOptions o;
-    o.max_tokens = max_tokens;
-    o.sampling.temperature = temperature;
-    o.sampling.top_k = top_k;
-    o.sampling.top_p = top_p;
-    o.sampling.min_p = min_p;
-    o.sampling.seed = seed;
-    o.stop = stop;
-    o.ignore_eos = ignore_eos;
-    o.validate();
+logo::RouterOptions router_options(int k, const std::string & signal, const std::string & probe, int layer,
+                                   const std::string & module) {
+    logo::RouterOptions o;
+    o.k = k;
+    if (signal == "norm") o.signal = logo::Signal::norm;
+    else if (signal == "entropy") o.signal = logo::Signal::entropy;
+    else throw std::invalid_argument("unknown signal '" + signal + "'; use 'norm' or 'entropy'");
+    if (probe == "base") o.probe = logo::ProbeMode::base;
+    else if (probe == "all") o.probe = logo::ProbeMode::all;
+    else throw std::invalid_argument("unknown probe '" + probe + "'; use 'base' or 'all'");
+    o.layer = layer;
+    o.module = module;
     return o;
-}
-
-nb::ndarray<nb::numpy, float, nb::ndim<1>> as_vector(std::vector<float> && values) {
-    auto * owned = new std::vector<float>(std::move(values));
-    nb::capsule owner(owned, [](void * p) noexcept { delete static_cast<std::vector<float> *>(p); });
-    return nb::ndarray<nb::numpy, float, nb::ndim<1>>(owned->data(), {owned->size()}, owner);
-}
-
-// Below this many new tokens, folding a mixture into the weights costs more than it saves.
-constexpr int kFoldMinTokens = 16;
-
-// Selections cross the boundary as lists of (pool index, weight) per sequence.
-using SelectionSpec = std::vector<std::vector<std::pair<int, float>>>;
-
-std::unique_ptr<logo::Mixture> make_mixture(logo::AdapterPool & pool, const SelectionSpec & spec) {
-    std::vector<logo::Selection> per_sequence;
-    for (const auto & seq : spec) {
-        logo::Selection sel;
-        for (const auto & [index, weight] : seq) {
-            if (index < 0 || size_t(index) >= pool.size()) throw std::invalid_argument("adapter index out of range");
-            if (!std::isfinite(weight)) throw std::invalid_argument("adapter weights must be finite");
-            sel.push_back({&pool.at(size_t(index)), weight});
-        }
-        per_sequence.push_back(std::move(sel));
-    }
-    return std::make_unique<logo::Mixture>(pool.model(), per_sequence, logo::mixture_type_for(pool.model()));
 }
 
 }  // namespace
 
 NB_MODULE(_core, m) {
-    m.doc() = "logo-cpp runtime core (C++ on ggml)";
+    m.doc() = "logo-cpp runtime core (C++ on ggml): a thin layer over logo/logo.h";
 
     nb::exception<logo::FormatError>(m, "FormatError", PyExc_ValueError);
     nb::exception<logo::ContextOverflow>(m, "ContextOverflowError", PyExc_ValueError);
+    nb::exception<logo::ConcurrentUse>(m, "ConcurrentUseError", PyExc_RuntimeError);
     nb::register_exception_translator([](const std::exception_ptr & p, void *) {
         try {
             std::rethrow_exception(p);
@@ -106,155 +80,53 @@ NB_MODULE(_core, m) {
         }
     });
 
-    m.def("available_devices", &logo::available_devices, "Devices offered by the linked ggml, e.g. ['CPU'].");
-    m.def("default_thread_count", &logo::default_thread_count);
+    m.def("available_devices", &logo::Model::available_devices, "Devices offered by the linked ggml, e.g. ['CPU'].");
+    m.def("default_thread_count", &logo::Model::default_thread_count);
 
     nb::class_<logo::Model>(m, "Model")
         .def("__init__",
              [](logo::Model * self, const std::string & path, const std::string & device, int n_threads, bool use_mmap) {
-                 logo::ModelOptions o;
-                 o.device = device;
-                 o.n_threads = n_threads;
-                 o.use_mmap = use_mmap;
+                 logo::ModelParams p;
+                 p.device = device;
+                 p.n_threads = n_threads;
+                 p.use_mmap = use_mmap;
                  nb::gil_scoped_release release;
-                 new (self) logo::Model(path, o);
+                 new (self) logo::Model(path, p);
              },
              "path"_a, "device"_a = "auto", "n_threads"_a = 0, "use_mmap"_a = true)
-        .def_prop_ro("path", &logo::Model::path)
-        .def_prop_ro("arch", [](const logo::Model & m) { return m.hparams().arch_name; })
-        .def_prop_ro("n_vocab", [](const logo::Model & m) { return m.hparams().n_vocab; })
-        .def_prop_ro("n_embd", [](const logo::Model & m) { return m.hparams().n_embd; })
-        .def_prop_ro("n_layer", [](const logo::Model & m) { return m.hparams().n_layer; })
-        .def_prop_ro("n_head", [](const logo::Model & m) { return m.hparams().n_head; })
-        .def_prop_ro("n_head_kv", [](const logo::Model & m) { return m.hparams().n_head_kv; })
-        .def_prop_ro("n_ff", [](const logo::Model & m) { return m.hparams().n_ff; })
-        .def_prop_ro("n_ctx_train", [](const logo::Model & m) { return m.hparams().n_ctx_train; })
-        .def_prop_ro("device", [](const logo::Model & m) { return std::string(ggml_backend_dev_name(m.device())); })
-        .def_prop_ro("n_threads", &logo::Model::n_threads)
-        .def_prop_ro("weight_bytes", &logo::Model::weight_bytes)
-        .def_prop_ro("bos", [](const logo::Model & m) { return m.vocab().bos(); })
-        .def_prop_ro("eos", [](const logo::Model & m) { return m.vocab().eos(); })
-        .def("tokenize",
-             [](const logo::Model & m, const std::string & text, bool add_special, bool parse_special) {
-                 return m.vocab().tokenize(text, add_special, parse_special);
-             },
-             "text"_a, "add_special"_a = true, "parse_special"_a = false)
+        .def_prop_ro("path", [](const logo::Model & m) { return m.info().path; })
+        .def_prop_ro("arch", [](const logo::Model & m) { return m.info().arch; })
+        .def_prop_ro("n_vocab", [](const logo::Model & m) { return m.info().n_vocab; })
+        .def_prop_ro("n_embd", [](const logo::Model & m) { return m.info().n_embd; })
+        .def_prop_ro("n_layer", [](const logo::Model & m) { return m.info().n_layer; })
+        .def_prop_ro("n_head", [](const logo::Model & m) { return m.info().n_head; })
+        .def_prop_ro("n_head_kv", [](const logo::Model & m) { return m.info().n_head_kv; })
+        .def_prop_ro("n_ff", [](const logo::Model & m) { return m.info().n_ff; })
+        .def_prop_ro("n_ctx_train", [](const logo::Model & m) { return m.info().n_ctx_train; })
+        .def_prop_ro("device", [](const logo::Model & m) { return m.info().device; })
+        .def_prop_ro("n_threads", [](const logo::Model & m) { return m.info().n_threads; })
+        .def_prop_ro("weight_bytes", [](const logo::Model & m) { return m.info().weight_bytes; })
+        .def_prop_ro("bos", [](const logo::Model & m) { return m.info().bos; })
+        .def_prop_ro("eos", [](const logo::Model & m) { return m.info().eos; })
+        .def("tokenize", &logo::Model::tokenize, "text"_a, "add_special"_a = true, "parse_special"_a = false)
         .def("detokenize",
              [](const logo::Model & m, const std::vector<int32_t> & tokens, bool remove_special, bool unparse_special) {
-                 std::string s = m.vocab().detokenize(tokens, remove_special, unparse_special);
-                 return nb::bytes(s.data(), s.size());
+                 return as_bytes(m.detokenize(tokens, remove_special, unparse_special));
              },
              "tokens"_a, "remove_special"_a = false, "unparse_special"_a = false)
-        .def("token_piece",
-             [](const logo::Model & m, int32_t token) {
-                 if (token < 0 || token >= m.vocab().n_tokens()) throw std::invalid_argument("token id out of range");
-                 std::string s = m.vocab().token_piece(token, true);
-                 return nb::bytes(s.data(), s.size());
-             },
-             "token"_a)
-        .def("is_end_of_generation", [](const logo::Model & m, int32_t t) { return m.vocab().is_end_of_generation(t); })
+        .def("token_piece", [](const logo::Model & m, int32_t t) { return as_bytes(m.token_piece(t)); }, "token"_a)
+        .def("is_end_of_generation", &logo::Model::is_end_of_generation, "token"_a)
         .def("apply_chat_template",
              [](const logo::Model & m, const std::vector<std::pair<std::string, std::string>> & messages,
-                bool add_generation_prompt, const std::string & template_override) {
+                bool add_generation_prompt, const std::string & chat_template) {
                  std::vector<logo::ChatMessage> chat;
                  for (const auto & [role, content] : messages) chat.push_back({role, content});
-                 std::string s = m.vocab().apply_chat_template(chat, add_generation_prompt, template_override);
-                 return nb::bytes(s.data(), s.size());
+                 return as_bytes(m.apply_chat_template(chat, add_generation_prompt, chat_template));
              },
              "messages"_a, "add_generation_prompt"_a = true, "template"_a = "");
 
-    // Sessions hold the model through a shared_ptr so a Python Model may be dropped while sessions live.
-    nb::class_<logo::Session>(m, "Session")
-        .def("__init__",
-             [](logo::Session * self, std::shared_ptr<logo::Model> model, int n_ctx, int n_seq, int n_batch) {
-                 logo::SessionOptions o;
-                 o.n_ctx = n_ctx;
-                 o.n_stream = n_seq;
-                 o.n_batch = n_batch;
-                 nb::gil_scoped_release release;
-                 new (self) logo::Session(std::move(model), o);
-             },
-             "model"_a, "n_ctx"_a = 2048, "n_seq"_a = 1, "n_batch"_a = 512)
-        .def_prop_ro("n_ctx", &logo::Session::n_ctx)
-        .def_prop_ro("n_seq", &logo::Session::n_stream)
-        .def("length", &logo::Session::length, "seq"_a)
-        .def("clear", &logo::Session::clear, "seq"_a)
-        .def("clear_all", &logo::Session::clear_all)
-        .def("truncate", &logo::Session::truncate, "seq"_a, "length"_a)
-        .def("evaluate",
-             [](logo::Session & s, int first_seq, int n_seq, const std::vector<int32_t> & tokens, bool all_logits,
-                logo::AdapterPool * pool, const SelectionSpec & selections) {
-                 std::vector<float> logits;
-                 {
-                     nb::gil_scoped_release release;
-                     std::unique_ptr<logo::Mixture> mixture;
-                     if (pool && !selections.empty()) {
-                         if (selections.size() != 1 && int(selections.size()) != s.n_stream()) {
-                             throw std::invalid_argument("give one adapter selection for all sequences or one per sequence of the session");
-                         }
-                         mixture = make_mixture(*pool, selections);
-                     }
-                     logits = s.evaluate(first_seq, n_seq, tokens, all_logits, mixture ? &mixture->terms() : nullptr);
-                 }
-                 return as_matrix(std::move(logits), size_t(s.model().hparams().n_vocab));
-             },
-             "first_seq"_a, "n_seq"_a, "tokens"_a, "all_logits"_a = false, "pool"_a = nb::none(),
-             "selections"_a = SelectionSpec{},
-             "Append tokens (sequence-major, equal count per sequence) and return logits.")
-        .def("block_input",
-             [](logo::Session & s, int seq, const std::vector<int32_t> & tokens, int layer) {
-                 std::vector<float> h;
-                 {
-                     nb::gil_scoped_release release;
-                     h = s.block_input(seq, tokens, layer, nullptr);
-                 }
-                 return as_matrix(std::move(h), size_t(s.model().hparams().n_embd));
-             },
-             "seq"_a, "tokens"_a, "layer"_a)
-        .def("generate",
-             [](logo::Session & s, const std::vector<std::vector<int32_t>> & prompts, int max_tokens, float temperature,
-                int top_k, float top_p, float min_p, uint64_t seed, const std::vector<std::string> & stop,
-                bool ignore_eos, nb::object on_text, logo::AdapterPool * pool, const SelectionSpec & selections) {
-                 std::vector<logo::GenerateOptions> options;
-                 for (size_t i = 0; i < prompts.size(); ++i) {
-                     // Each sequence gets its own generator, seeded apart so a batch is not n copies.
-                     options.push_back(make_options(max_tokens, temperature, top_k, top_p, min_p, seed + i, stop, ignore_eos));
-                 }
-                 logo::TextCallback callback;
-                 if (!on_text.is_none()) {
-                     callback = [on_text](int seq, const std::string & piece) {
-                         nb::gil_scoped_acquire acquire;
-                         nb::object keep_going = on_text(seq, nb::bytes(piece.data(), piece.size()));
-                         return keep_going.is_none() || nb::cast<bool>(keep_going);
-                     };
-                 }
-                 std::vector<logo::Completion> results;
-                 {
-                     nb::gil_scoped_release release;
-                     std::unique_ptr<logo::Mixture> mixture;
-                     if (pool && !selections.empty()) {
-                         if (selections.size() != 1 && int(selections.size()) != s.n_stream()) {
-                             throw std::invalid_argument("give one adapter selection for all sequences or one per sequence of the session");
-                         }
-                         mixture = make_mixture(*pool, selections);
-                         // One long generation: fold the mixture into the weights so decoding costs what
-                         // the base model costs (see Mixture::fold); batches keep the low-rank terms.
-                         if (prompts.size() == 1 && max_tokens >= kFoldMinTokens && mixture->foldable(s.model())) {
-                             mixture->fold(s);
-                         }
-                     }
-                     results = logo::generate(s, prompts, options, mixture ? &mixture->terms() : nullptr, callback);
-                 }
-                 nb::list out;
-                 for (const auto & c : results) out.append(completion_to_dict(c));
-                 return out;
-             },
-             "prompts"_a, "max_tokens"_a = 128, "temperature"_a = 0.8f, "top_k"_a = 40, "top_p"_a = 0.95f,
-             "min_p"_a = 0.05f, "seed"_a = 0, "stop"_a = std::vector<std::string>{}, "ignore_eos"_a = false,
-             "on_text"_a = nb::none(), "pool"_a = nb::none(), "selections"_a = SelectionSpec{});
-
     nb::class_<logo::AdapterPool>(m, "AdapterPool")
-        .def(nb::init<std::shared_ptr<const logo::Model>>(), "model"_a)
+        .def(nb::init<const logo::Model &>(), "model"_a, nb::keep_alive<1, 2>())
         .def("add",
              [](logo::AdapterPool & p, const std::vector<std::string> & paths, const std::vector<std::string> & names) {
                  nb::gil_scoped_release release;
@@ -268,7 +140,7 @@ NB_MODULE(_core, m) {
         .def_prop_ro("bytes", &logo::AdapterPool::bytes)
         .def("info",
              [](const logo::AdapterPool & p, size_t i) {
-                 const logo::Adapter & a = p.at(i);
+                 const logo::AdapterInfo a = p.info(i);
                  nb::dict d;
                  d["name"] = a.name;
                  d["path"] = a.path;
@@ -277,13 +149,13 @@ NB_MODULE(_core, m) {
                  nb::list mats;
                  for (const auto & mtx : a.matrices) {
                      nb::dict md;
-                     md["weight"] = mtx.weight_name;
+                     md["weight"] = mtx.weight;
                      md["layer"] = mtx.layer;
                      md["module"] = mtx.module;
                      md["rank"] = mtx.rank;
                      md["scale"] = mtx.scale;
-                     md["type_a"] = std::string(ggml_type_name(mtx.a->type));
-                     md["type_b"] = std::string(ggml_type_name(mtx.b->type));
+                     md["type_a"] = mtx.type_a;
+                     md["type_b"] = mtx.type_b;
                      mats.append(md);
                  }
                  d["matrices"] = mats;
@@ -291,23 +163,87 @@ NB_MODULE(_core, m) {
              },
              "index"_a);
 
+    // Python calls it a Session: a logo::Context (KV cache of n_seq sequences over a shared Model).
+    nb::class_<logo::Context>(m, "Session")
+        .def("__init__",
+             [](logo::Context * self, const logo::Model & model, int n_ctx, int n_seq, int n_batch) {
+                 logo::ContextParams p;
+                 p.n_ctx = n_ctx;
+                 p.n_seq = n_seq;
+                 p.n_batch = n_batch;
+                 nb::gil_scoped_release release;
+                 new (self) logo::Context(model, p);
+             },
+             "model"_a, "n_ctx"_a = 2048, "n_seq"_a = 1, "n_batch"_a = 512)
+        .def_prop_ro("n_ctx", &logo::Context::n_ctx)
+        .def_prop_ro("n_seq", &logo::Context::n_seq)
+        .def("length", &logo::Context::length, "seq"_a)
+        .def("clear", &logo::Context::clear, "seq"_a)
+        .def("clear_all", &logo::Context::clear_all)
+        .def("truncate", &logo::Context::truncate, "seq"_a, "length"_a)
+        .def("evaluate",
+             [](logo::Context & c, int first_seq, int n_seq, const std::vector<int32_t> & tokens, bool all_logits,
+                const logo::AdapterPool * pool, const std::vector<logo::Mixture> & selections) {
+                 std::vector<float> logits;
+                 {
+                     nb::gil_scoped_release release;
+                     logits = c.evaluate(first_seq, n_seq, tokens, all_logits, pool, selections);
+                 }
+                 return as_matrix(std::move(logits), size_t(c.n_vocab()));
+             },
+             "first_seq"_a, "n_seq"_a, "tokens"_a, "all_logits"_a = false, "pool"_a = nb::none(),
+             "selections"_a = std::vector<logo::Mixture>{},
+             "Append tokens (sequence-major, equal count per sequence) and return logits.")
+        .def("block_input",
+             [](logo::Context & c, int seq, const std::vector<int32_t> & tokens, int layer) {
+                 std::vector<float> h;
+                 {
+                     nb::gil_scoped_release release;
+                     h = c.block_input(seq, tokens, layer);
+                 }
+                 const size_t n = h.size();
+                 return as_matrix(std::move(h), n);
+             },
+             "seq"_a, "tokens"_a, "layer"_a)
+        .def("generate",
+             [](logo::Context & c, const std::vector<std::vector<int32_t>> & prompts, int max_tokens, float temperature,
+                int top_k, float top_p, float min_p, uint64_t seed, const std::vector<std::string> & stop,
+                bool ignore_eos, nb::object on_text, const logo::AdapterPool * pool,
+                const std::vector<logo::Mixture> & selections) {
+                 logo::GenerateOptions o;
+                 o.max_tokens = max_tokens;
+                 o.sampling = {temperature, top_k, top_p, min_p, seed};
+                 o.stop = stop;
+                 o.ignore_eos = ignore_eos;
+                 logo::TextCallback callback;
+                 if (!on_text.is_none()) {
+                     callback = [on_text](int seq, const std::string & piece) {
+                         nb::gil_scoped_acquire acquire;
+                         nb::object keep_going = on_text(seq, as_bytes(piece));
+                         return keep_going.is_none() || nb::cast<bool>(keep_going);
+                     };
+                 }
+                 std::vector<logo::Completion> results;
+                 {
+                     nb::gil_scoped_release release;
+                     results = c.generate(prompts, o, pool, selections, callback);
+                 }
+                 nb::list out;
+                 for (const auto & r : results) out.append(completion_to_dict(r));
+                 return out;
+             },
+             "prompts"_a, "max_tokens"_a = 128, "temperature"_a = 0.8f, "top_k"_a = 40, "top_p"_a = 0.95f,
+             "min_p"_a = 0.05f, "seed"_a = 0, "stop"_a = std::vector<std::string>{}, "ignore_eos"_a = false,
+             "on_text"_a = nb::none(), "pool"_a = nb::none(), "selections"_a = std::vector<logo::Mixture>{});
+
     m.def("route",
-          [](logo::Session & s, int seq, logo::AdapterPool & pool, const std::vector<int32_t> & tokens, int k,
+          [](logo::Context & c, int seq, const logo::AdapterPool & pool, const std::vector<int32_t> & tokens, int k,
              const std::string & signal, const std::string & probe, int layer, const std::string & module) {
-              logo::RouterOptions o;
-              o.k = k;
-              if (signal == "norm") o.signal = logo::Signal::norm;
-              else if (signal == "entropy") o.signal = logo::Signal::entropy;
-              else throw std::invalid_argument("unknown signal '" + signal + "'; use 'norm' or 'entropy'");
-              if (probe == "base") o.probe = logo::ProbeMode::base;
-              else if (probe == "all") o.probe = logo::ProbeMode::all;
-              else throw std::invalid_argument("unknown probe '" + probe + "'; use 'base' or 'all'");
-              o.layer = layer;
-              o.module = module;
+              const logo::RouterOptions o = router_options(k, signal, probe, layer, module);
               logo::Routing r;
               {
                   nb::gil_scoped_release release;
-                  r = logo::route(s, seq, pool, tokens, o);
+                  r = c.route(seq, pool, tokens, o);
               }
               nb::dict d;
               d["selected"] = r.selected;
@@ -318,7 +254,7 @@ NB_MODULE(_core, m) {
               d["scored"] = r.scored;
               d["probe_seconds"] = r.probe_seconds;
               d["select_seconds"] = r.select_seconds;
-              d["layer"] = o.resolved_layer(s.model());
+              d["layer"] = r.layer;
               return d;
           },
           "session"_a, "seq"_a, "pool"_a, "tokens"_a, "k"_a = 20, "signal"_a = "norm", "probe"_a = "base",

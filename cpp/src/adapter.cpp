@@ -7,10 +7,10 @@
 #include <map>
 #include <stdexcept>
 
-#include "errors.h"
+#include "logo/errors.h"
 #include "gguf_file.h"
 
-namespace logo {
+namespace logo::core {
 
 const std::vector<std::string> & adaptable_modules() {
     static const std::vector<std::string> names = {"attn_q", "attn_k", "attn_v", "attn_output",
@@ -208,4 +208,4 @@ std::unique_ptr<Adapter> load_adapter(const Model & model, const std::string & p
     return adapter;
 }
 
-}  // namespace logo
+}  // namespace logo::core

@@ -10,7 +10,7 @@
 #include "ggml-backend.h"
 #include "model.h"
 
-namespace logo {
+namespace logo::core {
 
 // The names of the linear maps an adapter may adapt, in the order of a block.
 const std::vector<std::string> & adaptable_modules();
@@ -52,4 +52,4 @@ std::unique_ptr<Adapter> load_adapter(const Model & model, const std::string & p
 // The adapter's matrix as F32 on the host, row-major in ggml order ([ne1][ne0]).
 std::vector<float> to_host_f32(const ggml_tensor * t);
 
-}  // namespace logo
+}  // namespace logo::core

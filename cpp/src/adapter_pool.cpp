@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 
-namespace logo {
+namespace logo::core {
 
 ProbeBank::~ProbeBank() {
     if (buffer) ggml_backend_buffer_free(buffer);
@@ -121,4 +121,4 @@ const Mixture & AdapterPool::all_adapters() {
     return *all_;
 }
 
-}  // namespace logo
+}  // namespace logo::core

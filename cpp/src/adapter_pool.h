@@ -11,7 +11,7 @@
 #include "adapter.h"
 #include "mixture.h"
 
-namespace logo {
+namespace logo::core {
 
 // Every adapter's LoRA on one module of one layer, stacked for one matmul pair:
 // a_all [n_in, r_max * n] (zero rows pad ranks below r_max), b_all [r_max, n_out, n] with alpha/r folded in.
@@ -64,4 +64,4 @@ private:
     void invalidate();
 };
 
-}  // namespace logo
+}  // namespace logo::core

@@ -5,7 +5,7 @@
 #include <stdexcept>
 #include <thread>
 
-namespace logo {
+namespace logo::core {
 
 static std::string lower(std::string s) {
     std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return char(std::tolower(c)); });
@@ -70,4 +70,4 @@ int default_thread_count() {
     return n == 0 ? 4 : int(n);
 }
 
-}  // namespace logo
+}  // namespace logo::core

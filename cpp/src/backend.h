@@ -6,7 +6,7 @@
 
 #include "ggml-backend.h"
 
-namespace logo {
+namespace logo::core {
 
 // Names of the devices the linked ggml offers, e.g. {"CPU", "CUDA0"}.
 std::vector<std::string> available_devices();
@@ -24,4 +24,4 @@ void set_backend_threads(ggml_backend_t backend, int n_threads);
 
 int default_thread_count();
 
-}  // namespace logo
+}  // namespace logo::core

@@ -14,6 +14,11 @@ void GenerateOptions::validate() const {
     sampling.validate();
 }
 
+}  // namespace logo
+
+namespace logo::core {
+
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -197,4 +202,4 @@ std::vector<Completion> generate(Session & session, const std::vector<std::vecto
     return results;
 }
 
-}  // namespace logo
+}  // namespace logo::core

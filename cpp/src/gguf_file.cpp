@@ -5,9 +5,9 @@
 #include <cstdio>
 #include <sstream>
 
-#include "errors.h"
+#include "logo/errors.h"
 
-namespace logo {
+namespace logo::core {
 
 std::string shape_string(const std::vector<int64_t> & ne) {
     std::ostringstream out;
@@ -153,4 +153,4 @@ std::vector<std::string> GgufFile::tensor_names() const {
     return names;
 }
 
-}  // namespace logo
+}  // namespace logo::core

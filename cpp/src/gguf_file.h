@@ -10,7 +10,7 @@
 #include "ggml.h"
 #include "gguf.h"
 
-namespace logo {
+namespace logo::core {
 
 struct GgufFile {
     std::string path;
@@ -46,4 +46,4 @@ private:
 std::string shape_string(const ggml_tensor * t);
 std::string shape_string(const std::vector<int64_t> & ne);
 
-}  // namespace logo
+}  // namespace logo::core

@@ -7,7 +7,7 @@
 #include "kv_cache.h"
 #include "model.h"
 
-namespace logo {
+namespace logo::core {
 
 // Low-rank terms added to one weight's output: y += B (A x). The adapter scales are folded into B.
 // a: [n_in, rank, n_mix], b: [rank, n_out, n_mix]; n_mix is 1 (one mixture for every sequence)
@@ -57,4 +57,4 @@ ForwardGraph build_forward_graph(ggml_context * ctx, const Model & model, const 
 
 size_t forward_graph_size(const ModelHparams & hp);
 
-}  // namespace logo
+}  // namespace logo::core

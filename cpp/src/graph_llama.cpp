@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-namespace logo {
+namespace logo::core {
 
 // Every linear map of the model passes through here, so adapters enter the graph in one place.
 // Per-sequence adapter terms cover every stream of the session; a batch uses the slice of its streams.
@@ -164,4 +164,4 @@ ForwardGraph build_forward_graph(ggml_context * ctx, const Model & model, const 
     return fg;
 }
 
-}  // namespace logo
+}  // namespace logo::core

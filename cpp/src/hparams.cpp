@@ -1,10 +1,10 @@
 #include "hparams.h"
 
-#include "errors.h"
+#include "logo/errors.h"
 #include "ggml.h"
 #include "gguf_file.h"
 
-namespace logo {
+namespace logo::core {
 
 const std::vector<std::string> & supported_architectures() {
     static const std::vector<std::string> names = {"llama", "qwen2", "qwen3"};
@@ -91,4 +91,4 @@ ModelHparams read_hparams(const GgufFile & f) {
     return hp;
 }
 
-}  // namespace logo
+}  // namespace logo::core

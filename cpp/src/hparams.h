@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-namespace logo {
+namespace logo::core {
 
 struct GgufFile;
 
@@ -44,4 +44,4 @@ const std::vector<std::string> & supported_architectures();
 // Throws FormatError naming the file and key on anything missing or out of range.
 ModelHparams read_hparams(const GgufFile & file);
 
-}  // namespace logo
+}  // namespace logo::core

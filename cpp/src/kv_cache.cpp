@@ -3,7 +3,7 @@
 #include <stdexcept>
 #include <string>
 
-namespace logo {
+namespace logo::core {
 
 KvCache::KvCache(const ModelHparams & hp, int n_ctx_, int n_stream_, ggml_backend_dev_t device)
     : n_ctx(n_ctx_), n_stream(n_stream_), length(size_t(n_stream_), 0) {
@@ -32,4 +32,4 @@ KvCache::~KvCache() {
 
 size_t KvCache::bytes() const { return ggml_backend_buffer_get_size(buffer_); }
 
-}  // namespace logo
+}  // namespace logo::core

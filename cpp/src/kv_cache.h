@@ -8,7 +8,7 @@
 #include "ggml-backend.h"
 #include "hparams.h"
 
-namespace logo {
+namespace logo::core {
 
 struct KvCache {
     int n_ctx = 0;     // positions per stream
@@ -29,4 +29,4 @@ private:
     ggml_backend_buffer_t buffer_ = nullptr;
 };
 
-}  // namespace logo
+}  // namespace logo::core

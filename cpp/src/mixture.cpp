@@ -4,7 +4,7 @@
 #include <map>
 #include <stdexcept>
 
-namespace logo {
+namespace logo::core {
 
 ggml_type mixture_type_for(const Model & model) {
     return model.weights().layers.at(0).wq->type == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16;
@@ -169,4 +169,4 @@ void Mixture::fold(Session & session) {
     for (auto & [base, term] : terms_) term.folded = folded[base];
 }
 
-}  // namespace logo
+}  // namespace logo::core

@@ -10,7 +10,7 @@
 #include "graph.h"
 #include "session.h"
 
-namespace logo {
+namespace logo::core {
 
 struct WeightedAdapter {
     const Adapter * adapter = nullptr;
@@ -51,4 +51,4 @@ private:
 // The type a mixture uses over a model: F32 over an F32 model, else F16.
 ggml_type mixture_type_for(const Model & model);
 
-}  // namespace logo
+}  // namespace logo::core

@@ -8,10 +8,10 @@
 #include <stdexcept>
 
 #include "backend.h"
-#include "errors.h"
+#include "logo/errors.h"
 #include "gguf_file.h"
 
-namespace logo {
+namespace logo::core {
 
 namespace {
 
@@ -296,4 +296,4 @@ ggml_tensor * Model::find_weight(const std::string & name) const {
     return it == by_name_.end() ? nullptr : it->second;
 }
 
-}  // namespace logo
+}  // namespace logo::core

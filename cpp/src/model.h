@@ -12,7 +12,7 @@
 #include "vocab.h"
 #include "weights.h"
 
-namespace logo {
+namespace logo::core {
 
 struct ModelOptions {
     std::string device = "auto";
@@ -56,4 +56,4 @@ private:
     void release();
 };
 
-}  // namespace logo
+}  // namespace logo::core

@@ -7,9 +7,11 @@
 #include <numeric>
 #include <stdexcept>
 
-namespace logo {
+namespace logo::core {
 
-void RouterOptions::validate(const Model & model) const {
+void validate_router_options(const RouterOptions & options, const Model & model) {
+    const int k = options.k, layer = options.layer;
+    const std::string & module = options.module;
     if (k < 1) throw std::invalid_argument("k must be >= 1, got " + std::to_string(k));
     const int n_layer = int(model.hparams().n_layer);
     if (layer >= n_layer || layer < -n_layer) {
@@ -25,7 +27,8 @@ void RouterOptions::validate(const Model & model) const {
     }
 }
 
-int RouterOptions::resolved_layer(const Model & model) const {
+int resolved_layer(const RouterOptions & options, const Model & model) {
+    const int layer = options.layer;
     return layer < 0 ? int(model.hparams().n_layer) + layer : layer;
 }
 
@@ -50,9 +53,9 @@ void select_top_k(const std::vector<float> & signals, const std::vector<bool> & 
 Routing route(Session & session, int stream, AdapterPool & pool, const std::vector<int32_t> & tokens,
               const RouterOptions & options) {
     const Model & model = session.model();
-    options.validate(model);
+    validate_router_options(options, model);
     if (pool.size() == 0) throw std::invalid_argument("the adapter pool is empty");
-    const int layer = options.resolved_layer(model);
+    const int layer = resolved_layer(options, model);
     const ProbeBank & bank = pool.probe_bank(layer, options.module);
     if (bank.adapters.empty()) {
         throw std::invalid_argument("no adapter in the pool adapts blk." + std::to_string(layer) + "." + options.module +
@@ -93,9 +96,10 @@ Routing route(Session & session, int stream, AdapterPool & pool, const std::vect
         r.signals[i] = options.signal == Signal::norm ? r.norms[i] : float(1.0 / (double(r.entropies[i]) + 1e-6));
     }
     select_top_k(r.signals, r.scored, options.k, r.selected, r.weights);
+    r.layer = layer;
     r.probe_seconds = std::chrono::duration<double>(t1 - t0).count();
     r.select_seconds = std::chrono::duration<double>(Clock::now() - t1).count();
     return r;
 }
 
-}  // namespace logo
+}  // namespace logo::core

@@ -5,6 +5,10 @@
 #include <stdexcept>
 #include <string>
 
+namespace logo::core {
+
+}  // namespace logo::core
+
 namespace logo {
 
 void SamplingParams::validate() const {
@@ -15,6 +19,10 @@ void SamplingParams::validate() const {
     if (!(top_p > 0 && top_p <= 1)) throw std::invalid_argument("top_p must be in (0, 1], got " + std::to_string(top_p));
     if (!(min_p >= 0 && min_p < 1)) throw std::invalid_argument("min_p must be in [0, 1), got " + std::to_string(min_p));
 }
+
+}  // namespace logo
+
+namespace logo::core {
 
 int32_t argmax(const float * logits, int32_t n_vocab) {
     return int32_t(std::max_element(logits, logits + n_vocab) - logits);
@@ -60,4 +68,4 @@ int32_t Sampler::sample(const float * logits, int32_t n_vocab) {
     return candidates_[pick(rng_)].second;
 }
 
-}  // namespace logo
+}  // namespace logo::core

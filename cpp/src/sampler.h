@@ -6,17 +6,10 @@
 #include <random>
 #include <vector>
 
-namespace logo {
+#include "logo/types.h"
 
-struct SamplingParams {
-    float temperature = 0.8f;  // <= 0: greedy
-    int top_k = 40;            // 0: off
-    float top_p = 0.95f;       // 1: off
-    float min_p = 0.05f;       // 0: off
-    uint64_t seed = 0;
+namespace logo::core {
 
-    void validate() const;  // throws invalid_argument naming the argument
-};
 
 class Sampler {
 public:
@@ -31,4 +24,4 @@ private:
 
 int32_t argmax(const float * logits, int32_t n_vocab);
 
-}  // namespace logo
+}  // namespace logo::core

@@ -6,9 +6,9 @@
 #include <string>
 
 #include "backend.h"
-#include "errors.h"
+#include "logo/errors.h"
 
-namespace logo {
+namespace logo::core {
 
 Session::Session(std::shared_ptr<const Model> model, const SessionOptions & options)
     : model_(std::move(model)),
@@ -231,4 +231,4 @@ std::vector<std::vector<float>> Session::run_chunk(int first_stream, int n_strea
     return out;
 }
 
-}  // namespace logo
+}  // namespace logo::core

@@ -11,7 +11,7 @@
 #include "kv_cache.h"
 #include "model.h"
 
-namespace logo {
+namespace logo::core {
 
 // Appends operations to a probe graph after the residual entering the target block ([n_embd, 1]) and
 // returns the tensors to read back. LoGo's scoring runs this way, in the probe's own evaluation.
@@ -75,4 +75,4 @@ private:
                                               const GraphTail * tail = nullptr);
 };
 
-}  // namespace logo
+}  // namespace logo::core

@@ -4,10 +4,10 @@
 #include <mutex>
 #include <stdexcept>
 
-#include "errors.h"
+#include "logo/errors.h"
 #include "llama.h"
 
-namespace logo {
+namespace logo::core {
 
 namespace {
 
@@ -142,4 +142,4 @@ std::string Vocab::apply_chat_template(const std::vector<ChatMessage> & messages
     return out;
 }
 
-}  // namespace logo
+}  // namespace logo::core

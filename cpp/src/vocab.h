@@ -6,17 +6,13 @@
 #include <utility>
 #include <vector>
 
+#include "logo/types.h"
+
 struct llama_model;
 struct llama_vocab;
 
-namespace logo {
+namespace logo::core {
 
-using Token = int32_t;
-
-struct ChatMessage {
-    std::string role;
-    std::string content;
-};
 
 class Vocab {
 public:
@@ -45,4 +41,4 @@ private:
     std::string path_;
 };
 
-}  // namespace logo
+}  // namespace logo::core

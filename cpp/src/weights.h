@@ -5,7 +5,7 @@
 
 #include "ggml.h"
 
-namespace logo {
+namespace logo::core {
 
 struct LayerWeights {
     ggml_tensor * attn_norm = nullptr;  // [n_embd]
@@ -32,4 +32,4 @@ struct ModelWeights {
     std::vector<LayerWeights> layers;
 };
 
-}  // namespace logo
+}  // namespace logo::core

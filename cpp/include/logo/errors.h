@@ -32,3 +32,12 @@ struct ContextOverflow : std::runtime_error {
 // Backend failures (allocation, compute) are std::runtime_error (Python: RuntimeError).
 
 }  // namespace logo
+
+namespace logo {
+
+// One Context used from two threads at once (give each thread its own Context).
+struct ConcurrentUse : std::logic_error {
+    using std::logic_error::logic_error;
+};
+
+}  // namespace logo
