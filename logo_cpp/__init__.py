@@ -5,7 +5,7 @@ from ._libs import preload as _preload
 
 _preload(_build_config.LINKED_AGAINST)
 
-from ._core import ContextOverflowError, FormatError, available_devices  # noqa: E402
+from ._core import ConcurrentUseError, ContextOverflowError, FormatError, available_devices  # noqa: E402
 from .model import Completion, Model, Timings  # noqa: E402
 from .adapters import AdapterPool  # noqa: E402
 from .router import ROUTERS, Fixed, LoGo, RandomK, Router, Routing, TopOne, Uniform  # noqa: E402
@@ -23,6 +23,7 @@ __all__ = [
     "TopOne",
     "Uniform",
     "Completion",
+    "ConcurrentUseError",
     "ContextOverflowError",
     "FormatError",
     "Model",
