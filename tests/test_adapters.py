@@ -140,3 +140,24 @@ def test_memory_is_proportional_to_adapter_size(model_dir, adapter_dir):
     for i in range(20):
         pool.add(adapter_dir / "math.gguf", name=f"copy{i}")
     assert pool.nbytes == 21 * one
+
+
+@pytest.mark.parametrize("name", ["llama-f16.gguf", "llama-q8_0.gguf"])
+def test_batched_mixtures_over_a_compact_base_match_each_alone(model_dir, adapter_dir, name):
+    # Over F16/quantized bases the per-sequence stacks of a batch are stored Q8_0 (half the bytes of
+    # F16 per decode step); the rounding stays far below the adapters' effect.
+    model, pool = make(model_dir, adapter_dir, name)
+    prompts = [model.tokenize(p) for p in ("Hello world", "the cat sat on the mat", "Numbers 12345")]
+    mixtures = [[(pool.index("math"), 1.0)], [(pool.index("poem"), 0.5), (pool.index("sql"), 0.5)],
+                [(pool.index("code"), 0.7), (pool.index("legal"), 0.3)]]
+    session = logo_cpp._core.Session(model._core, n_ctx=256, n_seq=3)
+    firsts = [session.evaluate(i, 1, p, pool=pool._core, selections=mixtures)[0] for i, p in enumerate(prompts)]
+    step = session.evaluate(0, 3, [7, 7, 7], pool=pool._core, selections=mixtures)
+    for i, p in enumerate(prompts):
+        names = {pool.names[j]: w for j, w in mixtures[i]}
+        alone = model.logits(p + [7], adapters=names)
+        base = model.logits(p + [7])
+        scale = np.abs(alone).max()
+        error = max(np.abs(firsts[i] - alone[-2]).max(), np.abs(step[i] - alone[-1]).max())
+        assert error <= 2e-2 * scale
+        assert error < np.abs(alone - base).max() / 10

@@ -21,7 +21,8 @@ using Selection = std::vector<WeightedAdapter>;
 class Mixture {
 public:
     // One selection for every sequence (per_sequence.size() == 1), or one per sequence.
-    // F32 keeps an F32 base exact; F16 halves the memory each decode step reads.
+    // F32 keeps an F32 base exact; F16 halves the memory each decode step reads (and per-sequence
+    // stacks of a batch over an F16 type are stored Q8_0, see the constructor).
     Mixture(const Model & model, const std::vector<Selection> & per_sequence, ggml_type type);
     ~Mixture();
     Mixture(const Mixture &) = delete;
