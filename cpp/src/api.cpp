@@ -190,11 +190,7 @@ std::unique_ptr<core::Mixture> make_mixture(const core::Model & model, const cor
 
 Context::Context(const Model & model, const ContextParams & params)
     : model_(model.impl_), guard_(std::make_unique<Guard>()) {
-    core::SessionOptions o;
-    o.n_ctx = params.n_ctx;
-    o.n_stream = params.n_seq;
-    o.n_batch = params.n_batch;
-    session_ = std::make_unique<core::Session>(model_, o);
+    session_ = std::make_unique<core::Session>(model_, params);
 }
 
 Context::~Context() = default;

@@ -14,7 +14,7 @@ Session::Session(std::shared_ptr<const Model> model, const SessionOptions & opti
     : model_(std::move(model)),
       cache_(model_->hparams(),
              options.n_ctx > 0 ? options.n_ctx : throw std::invalid_argument("n_ctx must be positive"),
-             options.n_stream > 0 ? options.n_stream : throw std::invalid_argument("the number of sequences must be positive"),
+             options.n_seq > 0 ? options.n_seq : throw std::invalid_argument("the number of sequences must be positive"),
              model_->device()),
       n_batch_(options.n_batch) {
     if (n_batch_ < 1) throw std::invalid_argument("n_batch must be positive");

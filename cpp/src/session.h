@@ -9,6 +9,7 @@
 #include "ggml-backend.h"
 #include "graph.h"
 #include "kv_cache.h"
+#include "logo/logo.h"
 #include "model.h"
 
 namespace logo::core {
@@ -17,11 +18,8 @@ namespace logo::core {
 // returns the tensors to read back. LoGo's scoring runs this way, in the probe's own evaluation.
 using GraphTail = std::function<std::vector<ggml_tensor *>(ggml_context *, ggml_tensor * block_input)>;
 
-struct SessionOptions {
-    int n_ctx = 2048;    // positions per sequence
-    int n_stream = 1;    // sequences decoded together
-    int n_batch = 512;   // tokens per sequence per graph evaluation
-};
+// n_ctx positions per sequence, n_seq sequences decoded together, n_batch tokens per evaluation.
+using SessionOptions = ContextParams;
 
 class Session {
 public:
