@@ -65,8 +65,14 @@ def make_vocab() -> tuple[list[str], list[float], list[int]]:
 
 # -- models -----------------------------------------------------------------------------------------
 
+ARCHS = ("llama", "qwen2", "qwen3")
+
+
 @dataclass
 class ModelSpec:
+    """Shape of a synthetic model. The vocabulary is always make_vocab()'s (plus extra_vocab padding
+    tokens), so n_vocab() is derived; hd is the head size (head_dim, default n_embd // n_head)."""
+
     arch: str = "llama"  # llama | qwen2 | qwen3
     n_embd: int = 128
     n_layer: int = 2
@@ -82,6 +88,16 @@ class ModelSpec:
     seed: int = 0
     extra_vocab: int = 0  # pad the vocabulary with unused tokens (bigger embeddings for benchmarks)
     vocab: tuple = field(default_factory=tuple, repr=False)
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"unsupported arch {self.arch!r}: one of {', '.join(ARCHS)}")
+        if self.n_head % self.n_head_kv != 0:
+            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_head_kv ({self.n_head_kv})")
+        if self.head_dim is None and self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) is not a multiple of n_head ({self.n_head}); set head_dim")
+        if self.hd % 2 != 0:
+            raise ValueError(f"head size {self.hd} must be even (rotary pairs)")
 
     @property
     def hd(self) -> int:
@@ -145,6 +161,7 @@ def _write_header(writer: GGUFWriter, spec: ModelSpec, arch: Optional[str] = Non
     writer.add_uint32(f"{arch}.attention.head_count_kv", spec.n_head_kv)
     writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", spec.eps)
     writer.add_float32(f"{arch}.rope.freq_base", spec.rope_theta)
+    writer.add_uint32(f"{arch}.rope.dimension_count", spec.hd)  # llama.cpp's default too (full rotary)
     if spec.head_dim:
         writer.add_uint32(f"{arch}.attention.key_length", spec.hd)
         writer.add_uint32(f"{arch}.attention.value_length", spec.hd)
@@ -172,8 +189,15 @@ def model_tensors(spec: ModelSpec) -> dict[str, np.ndarray]:
     def norm(n):
         return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
-    out["token_embd.weight"] = rng.standard_normal((n_vocab, spec.n_embd)).astype(np.float32)
-    out["output_norm.weight"] = norm(spec.n_embd)
+    if spec.tied_output:
+        # The embedding is also the read-out. Kept small against the residual branches (else every token's
+        # own embedding dominates its logits and greedy decoding repeats the prompt's last token forever),
+        # with output_norm scaled up instead so the logits still have a spread of about 2.
+        out["token_embd.weight"] = (rng.standard_normal((n_vocab, spec.n_embd)) * 0.25 / np.sqrt(spec.n_embd)).astype(np.float32)
+        out["output_norm.weight"] = 8.0 * norm(spec.n_embd)
+    else:
+        out["token_embd.weight"] = rng.standard_normal((n_vocab, spec.n_embd)).astype(np.float32)
+        out["output_norm.weight"] = norm(spec.n_embd)
     if not spec.tied_output:
         out["output.weight"] = mat(n_vocab, spec.n_embd, gain=2.0)
     if spec.rope_freq_factors:
@@ -201,7 +225,11 @@ FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1"
 
 
 def write_model(path: PathLike, spec: ModelSpec, dtype: str = "f32") -> Path:
-    """Writes the model; f32/f16/bf16 directly, other types through llama.cpp's quantizer."""
+    """Writes a random-weight model llama.cpp loads: every tensor of its architecture (model_tensors), the
+    hyperparameters, and the tokenizer (make_vocab, BOS 1, EOS 2, ChatML template).
+
+    dtype f32/f16/bf16 is written here (1-D tensors stay F32; with bf16 token_embd stays F32 too); any
+    other FTYPES key (q8_0, q4_0, q4_k, ...) goes through an F32 temporary and llama.cpp's quantizer."""
     path = Path(path)
     if dtype not in ("f32", "f16", "bf16"):
         tmp = path.with_suffix(".f32.tmp.gguf")
@@ -228,7 +256,11 @@ def _finish(writer: GGUFWriter) -> None:
 
 
 def quantize(src: PathLike, dst: PathLike, ftype: str) -> Path:
-    """llama.cpp's own quantizer (llama_model_quantize) with its default parameters."""
+    """llama.cpp's own quantizer (llama_model_quantize) with its default parameters, ftype one of FTYPES
+    (q4_k = Q4_K_M, q5_k = Q5_K_M: these mix in Q6_K for some tensors). K-quants need rows that are a
+    multiple of 256: llama.cpp quantizes a tensor whose rows are not to a fallback type (Q5_0, Q5_1 or
+    Q8_0) rather than failing, so use n_embd and n_ff multiples of 256 to get real K-quant matrices.
+    Logs a line per tensor through llama.cpp's logger. Raises RuntimeError on a non-zero return."""
     import llama_cpp
 
     if ftype not in FTYPES:
@@ -244,13 +276,52 @@ def quantize(src: PathLike, dst: PathLike, ftype: str) -> Path:
 
 # -- adapters ---------------------------------------------------------------------------------------
 
-def adapter_tensors(spec: ModelSpec, targets: Sequence[str] = ("attn_q", "attn_v"), rank: int = 8,
+def spec_from_gguf(path: PathLike) -> ModelSpec:
+    """The ModelSpec of an existing base model file (shapes only: arch, sizes, head size, tying), enough to
+    make adapters for it. Works for any llama/qwen2/qwen3 GGUF, not only synthetic ones; the vocabulary
+    and the weights are not read."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(os.fspath(path))
+
+    def value(key, default=None):
+        f = reader.fields.get(key)
+        if f is None:
+            return default
+        v = f.contents()
+        return v[0] if isinstance(v, list) and v else v
+
+    arch = value("general.architecture")
+    if value("general.type") == "adapter":
+        raise ValueError(f"{path} is an adapter, not a base model")
+    n_embd, n_head = int(value(f"{arch}.embedding_length")), int(value(f"{arch}.attention.head_count"))
+    key_length = value(f"{arch}.attention.key_length")
+    names = {t.name for t in reader.tensors}
+    return ModelSpec(arch=arch, n_embd=n_embd, n_layer=int(value(f"{arch}.block_count")), n_head=n_head,
+                     n_head_kv=int(value(f"{arch}.attention.head_count_kv", n_head)),
+                     n_ff=int(value(f"{arch}.feed_forward_length")),
+                     head_dim=int(key_length) if key_length is not None and int(key_length) != n_embd // n_head else None,
+                     n_ctx_train=int(value(f"{arch}.context_length", 4096)),
+                     tied_output="output.weight" not in names, rope_freq_factors="rope_freqs.weight" in names)
+
+
+def _as_spec(spec_or_base_path: Union[ModelSpec, PathLike]) -> ModelSpec:
+    return spec_or_base_path if isinstance(spec_or_base_path, ModelSpec) else spec_from_gguf(spec_or_base_path)
+
+
+def adapter_tensors(spec: Union[ModelSpec, PathLike], targets: Sequence[str] = ("attn_q", "attn_v"), rank: int = 8,
                     seed: int = 0, layers: Optional[Sequence[int]] = None,
                     ranks: Optional[dict[str, int]] = None) -> dict[str, np.ndarray]:
-    """LoRA A (r, n_in) and B (n_out, r) per adapted weight; B is non-zero (unlike a fresh PEFT
-    init) so each adapter visibly moves the output."""
+    """LoRA A (r, n_in) and B (n_out, r) per adapted weight, float32 numpy, named
+    ``blk.{i}.{target}.weight.lora_a`` / ``.lora_b``. B is non-zero (unlike a fresh PEFT init) so each
+    adapter visibly moves the output: A ~ N(0, 1/n_in), B ~ N(0, 0.25/r), so that B @ A x has about
+    half the size of x per unit of scale. ``spec`` may be a base model file."""
+    spec = _as_spec(spec)
     rng = np.random.default_rng(seed)
     shapes = spec.matrix_shapes()
+    unknown = set(targets) - set(shapes)
+    if unknown:
+        raise ValueError(f"unknown LoRA target(s) {sorted(unknown)}: one of {', '.join(shapes)}")
     out = {}
     for il in (range(spec.n_layer) if layers is None else layers):
         for module in targets:
@@ -262,12 +333,23 @@ def adapter_tensors(spec: ModelSpec, targets: Sequence[str] = ("attn_q", "attn_v
     return out
 
 
-def write_adapter(path: PathLike, spec: ModelSpec, targets: Sequence[str] = ("attn_q", "attn_v"), rank: int = 8,
-                  alpha: float = 16.0, dtype: str = "f32", seed: int = 0, layers: Optional[Sequence[int]] = None,
+def write_adapter(path: PathLike, spec_or_base_path: Union[ModelSpec, PathLike],
+                  targets: Sequence[str] = ("attn_q", "attn_v"), rank: int = 8, alpha: float = 16.0,
+                  dtype: str = "f32", seed: int = 0, layers: Optional[Sequence[int]] = None,
                   arch: Optional[str] = None, ranks: Optional[dict[str, int]] = None,
                   tensors: Optional[dict[str, np.ndarray]] = None) -> Path:
-    """A LoRA adapter in llama.cpp's GGUF format (as its convert_lora_to_gguf.py writes them)."""
+    """A LoRA adapter in llama.cpp's GGUF format (as its convert_lora_to_gguf.py writes them).
+
+    Keys: general.architecture (``arch`` or the model's), general.type="adapter", adapter.type="lora",
+    adapter.lora.alpha (f32; llama.cpp scales by alpha / rank, or 1 when alpha is 0). Tensors
+    ``blk.{i}.{target}.weight.lora_a`` (numpy (r, n_in), ggml ne [n_in, r]) and ``.lora_b`` (numpy
+    (n_out, r), ggml ne [r, n_out]) for each layer in ``layers`` (default all) and target in ``targets``
+    (attn_q/k/v, attn_output, ffn_gate/up/down), rank ``ranks.get(target, rank)``. dtype: f32, f16,
+    bf16 or q8_0 (a matrix whose rows are not a multiple of 32, typically B, is written F16 then).
+    ``spec_or_base_path``: a ModelSpec or the path of a base model GGUF (see spec_from_gguf).
+    ``tensors`` overrides the generated ones (for broken files)."""
     path = Path(path)
+    spec = _as_spec(spec_or_base_path)
     writer = GGUFWriter(str(path), arch or spec.arch)
     writer.add_string("general.type", "adapter")
     writer.add_string("adapter.type", "lora")
@@ -276,7 +358,7 @@ def write_adapter(path: PathLike, spec: ModelSpec, targets: Sequence[str] = ("at
         tensors = adapter_tensors(spec, targets, rank, seed, layers, ranks)
     for name, array in tensors.items():
         kind = dtype
-        # As llama.cpp's converter: a q8_0 B of rank below 32 stays F16 (its rows would not fill a block).
+        # As llama.cpp's converter: a q8_0 matrix whose rows do not fill whole blocks stays F16.
         if dtype == "q8_0" and array.shape[-1] % 32 != 0:
             kind = "f16"
         _add(writer, name, array, kind)
@@ -337,19 +419,35 @@ def write_broken(path: PathLike, kind: str, spec: ModelSpec) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    """``python -m logo_cpp.synthetic OUTDIR``: a small standard set of models and adapters."""
     parser = argparse.ArgumentParser(description="Write a small standard set of synthetic GGUF models and adapters.")
     parser.add_argument("outdir", type=Path)
     args = parser.parse_args(argv)
-    args.outdir.mkdir(parents=True, exist_ok=True)
-    specs = {"llama": ModelSpec("llama", rope_freq_factors=True), "qwen2": ModelSpec("qwen2", tied_output=True),
-             "qwen3": ModelSpec("qwen3", head_dim=48)}
+    out = args.outdir
+    out.mkdir(parents=True, exist_ok=True)
+    # GQA everywhere; llama untied with llama-3 rope factors, qwen2 tied with q/k/v biases, qwen3 with a
+    # head size other than n_embd / n_head; llama256 has rows that K-quants accept.
+    specs = {"llama": ModelSpec("llama", n_embd=128, n_layer=3, n_head=4, n_head_kv=2, n_ff=256,
+                                rope_freq_factors=True, seed=1),
+             "qwen2": ModelSpec("qwen2", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=192, tied_output=True,
+                                seed=2),
+             "qwen3": ModelSpec("qwen3", n_embd=128, n_layer=2, n_head=4, n_head_kv=2, n_ff=256, head_dim=48, seed=3),
+             "llama256": ModelSpec("llama", n_embd=256, n_layer=2, n_head=4, n_head_kv=1, n_ff=512, seed=4)}
     for name, spec in specs.items():
-        write_model(args.outdir / f"{name}-f32.gguf", spec)
-        write_model(args.outdir / f"{name}-f16.gguf", spec, "f16")
-        write_model(args.outdir / f"{name}-q8_0.gguf", spec, "q8_0")
-        for i in range(3):
-            write_adapter(args.outdir / f"{name}-lora{i}.gguf", spec, seed=i)
-    print(f"wrote {len(list(args.outdir.glob('*.gguf')))} files to {args.outdir}")
+        f32 = write_model(out / f"{name}-f32.gguf", spec)
+        if name == "llama256":
+            quantize(f32, out / f"{name}-q4_k.gguf", "q4_k")
+            continue
+        write_model(out / f"{name}-f16.gguf", spec, "f16")
+        quantize(f32, out / f"{name}-q8_0.gguf", "q8_0")
+        write_adapter(out / f"{name}-lora-qv.gguf", spec, seed=10)
+        write_adapter(out / f"{name}-lora-all.gguf", spec, targets=tuple(spec.matrix_shapes()), rank=4, alpha=8.0,
+                      dtype="f16", seed=11)
+    write_adapter(out / "llama-lora-mixed.gguf", specs["llama"], targets=("attn_q", "attn_v", "ffn_up"), rank=8,
+                  ranks={"attn_v": 2}, dtype="bf16", seed=12)
+    write_adapter(out / "llama-lora-q8_0.gguf", specs["llama"], rank=32, alpha=32.0, dtype="q8_0", seed=13)
+    write_adapter(out / "llama256-lora-qv.gguf", specs["llama256"], seed=14)
+    print(f"wrote {len(list(out.glob('*.gguf')))} files to {out}")
 
 
 if __name__ == "__main__":
