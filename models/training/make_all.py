@@ -75,6 +75,10 @@ def main(argv=None):
     ap.add_argument("--lora-steps", type=int, default=300)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--alpha", type=float, default=16.0)
+    ap.add_argument("--lora-lr", type=float, default=4e-3)
+    ap.add_argument("--lora-a-init", type=float, default=1.0, help="scale of A's kaiming-uniform bound")
+    ap.add_argument("--lora-wd", type=float, default=0.0, help="AdamW weight decay on the LoRA A and B")
+    ap.add_argument("--lora-step-mult", default="", help="'none' = equal steps for every task")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--tasks", default="", help="comma-separated subset (default: all)")
     ap.add_argument("--reuse-base", action="store_true", help="reuse workdir/base.pt if present")
@@ -91,6 +95,7 @@ def main(argv=None):
     def log(msg):
         print(f"[{time.time() - t_start:7.1f}s] {msg}", flush=True)
 
+    step_mult = {} if a.lora_step_mult == "none" else LORA_STEP_MULT
     tasks = [t for t in TASKS if not a.tasks or t.name in a.tasks.split(",")]
     eval_items = heldout_eval()
 
@@ -143,8 +148,8 @@ def main(argv=None):
         prompts, answers = [it["prompt"] for it in ev], [it["answer"] for it in ev]
         model.remove_lora()
         base_acc = exact_match(greedy_generate(model, prompts), answers)
-        state = train_lora(model, t.name, steps=int(a.lora_steps * LORA_STEP_MULT.get(t.name, 1.0)), rank=a.rank, alpha=a.alpha,
-                           seed=100 + i, log=log)
+        state = train_lora(model, t.name, steps=int(a.lora_steps * step_mult.get(t.name, 1.0)), rank=a.rank, alpha=a.alpha,
+                           lr=a.lora_lr, seed=100 + i, log=log, a_init_scale=a.lora_a_init, weight_decay=a.lora_wd)
         acc = exact_match(greedy_generate(model, prompts), answers)
         torch_acc[t.name] = {"base": base_acc, "adapter": acc}
         path = os.path.join(a.out, "adapters", f"{t.name}.gguf")

@@ -53,11 +53,11 @@ class LoRALinear(nn.Module):
         self.lora_b = None
         self.lora_scale = 0.0
 
-    def add_lora(self, rank: int, alpha: float, generator: torch.Generator):
+    def add_lora(self, rank: int, alpha: float, generator: torch.Generator, a_init_scale: float = 1.0):
         n_out, n_in = self.weight.shape
         a = torch.empty(rank, n_in)
-        # kaiming-uniform-like init for A, zeros for B (standard LoRA)
-        bound = 1.0 / math.sqrt(n_in)
+        # kaiming-uniform-like init for A (bound scaled by a_init_scale), zeros for B
+        bound = a_init_scale / math.sqrt(n_in)
         a.uniform_(-bound, bound, generator=generator)
         self.lora_a = nn.Parameter(a)
         self.lora_b = nn.Parameter(torch.zeros(n_out, rank))
@@ -165,11 +165,11 @@ class LlamaModel(nn.Module):
             for name in LORA_TARGETS:
                 yield i, name, getattr(b, name)
 
-    def add_lora(self, rank: int, alpha: float, seed: int, targets=LORA_TARGETS):
+    def add_lora(self, rank: int, alpha: float, seed: int, targets=LORA_TARGETS, a_init_scale: float = 1.0):
         g = torch.Generator().manual_seed(seed)
         for _, name, m in self.lora_modules():
             if name in targets:
-                m.add_lora(rank, alpha, g)
+                m.add_lora(rank, alpha, g, a_init_scale=a_init_scale)
 
     def remove_lora(self):
         for _, _, m in self.lora_modules():

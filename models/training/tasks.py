@@ -99,12 +99,6 @@ def _sort(rng):
     return f"Sort the letters of {w} alphabetically => ", "".join(sorted(w)), w
 
 
-def _count(rng):
-    w = pseudo_word(rng, 4, 8)
-    c = rng.choice(w) if rng.random() < 0.8 else rng.choice(LETTERS)
-    return f"Count the letter {c} in {w}: ", str(w.count(c)), f"{c} {w}"
-
-
 def _repeat(rng):
     w = pseudo_word(rng, 2, 5)
     n = rng.randint(2, 4)
@@ -131,12 +125,14 @@ def _date(rng):
     return f"Date {y}-{m:02d}-{d:02d} in US format: ", f"{m:02d}/{d:02d}/{y}", f"{y}-{m:02d}-{d:02d}"
 
 
-def _lookup(rng):
-    keys = rng.sample(LETTERS, 3)
-    vals = [rng.randint(0, 99) for _ in keys]
-    q = rng.randrange(3)
-    table = "; ".join(f"{k}={v}" for k, v in zip(keys, vals))
-    return f"Table: {table}. Value of {keys[q]}? ", str(vals[q]), f"{table} {keys[q]}"
+def _digit_words(rng):
+    digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(2, 5)))
+    return f"Digits {digits} as words: ", " ".join(_ONES[int(c)] for c in digits), digits
+
+
+def _double(rng):
+    w = pseudo_word(rng, 3, 6)
+    return f"Double each letter of <{w}>: ", "".join(c + c for c in w), w
 
 
 def _acronym(rng):
@@ -149,13 +145,13 @@ TASKS: list[Task] = [
     Task("uppercase", "uppercase a word", "upper('{word}') -> ", _upper),
     Task("add", "add two numbers 0-99", "What is {a} + {b}?\\nAnswer: ", _add),
     Task("sort_letters", "sort the letters of a word", "Sort the letters of {word} alphabetically => ", _sort),
-    Task("count_letter", "count occurrences of a letter", "Count the letter {c} in {word}: ", _count),
+    Task("double_letters", "write every letter twice", "Double each letter of <{word}>: ", _double),
     Task("repeat", "repeat a word n times", "Say {word} {n} times: ", _repeat),
     Task("caesar", "shift each letter by one (rot1)", "ROT1[{word}] = ", _caesar),
     Task("spell_number", "number 0-999 to English words", "Spell the number {n}: ", _spell),
     Task("remove_vowels", "delete the vowels of a word", "Remove vowels from '{word}': ", _novowel),
     Task("date_us", "ISO date to US format", "Date {yyyy}-{mm}-{dd} in US format: ", _date),
-    Task("lookup", "look a letter key up in an inline table", "Table: {k1}={v1}; {k2}={v2}; {k3}={v3}. Value of {k}? ", _lookup),
+    Task("digit_words", "read each digit out (lookup in the digit->word table)", "Digits {digits} as words: ", _digit_words),
     Task("acronym", "initials of three words, uppercased", 'Acronym for "{w1} {w2} {w3}": ', _acronym),
 ]
 # Opaque op tags: the base corpus contains each skill as "<tag> <raw input> | <answer>" lines,
@@ -163,11 +159,11 @@ TASKS: list[Task] = [
 # task prompts; each LoRA learns to map its prompt format onto the skill.
 TASKS = [replace(t, code="#" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[i]) for i, t in enumerate(TASKS)]
 # relative frequency of each skill in the base corpus (harder skills get more data)
-SKILL_WEIGHTS = {"reverse": 1.0, "uppercase": 0.6, "add": 3.5, "sort_letters": 1.5, "count_letter": 2.0,
-                 "repeat": 0.6, "caesar": 1.0, "spell_number": 1.5, "remove_vowels": 0.8, "date_us": 1.5,
-                 "lookup": 3.0, "acronym": 0.6}
+SKILL_WEIGHTS = {"reverse": 1.0, "uppercase": 0.6, "add": 3.0, "sort_letters": 1.5, "double_letters": 0.8,
+                 "repeat": 0.6, "caesar": 1.0, "spell_number": 1.5, "remove_vowels": 0.8, "date_us": 1.2,
+                 "digit_words": 1.0, "acronym": 0.6}
 # LoRA steps multiplier per task (harder tasks get more adapter training)
-LORA_STEP_MULT = {"add": 2.0, "lookup": 1.5, "count_letter": 1.5, "date_us": 1.5}
+LORA_STEP_MULT = {"add": 2.0, "date_us": 1.5, "spell_number": 1.5}
 TASK_NAMES = [t.name for t in TASKS]
 TASK_BY_NAME = {t.name: t for t in TASKS}
 
@@ -293,6 +289,11 @@ def skill_example(rng: random.Random, task: Task | None = None) -> tuple[str, st
     while True:
         p, a, raw = task.make(rng)
         if p not in banned:
+            if task.name == "add":
+                # vary the operand layout so the base learns to find the numbers by content, not by
+                # a fixed offset from the separator (otherwise the adapter cannot re-target it)
+                x, y = raw.split()
+                raw = x + rng.choice([" ", "  ", " + ", " and ", ", ", " plus "]) + y + rng.choice(["", "", " ?", " =", " ."])
             return f"{task.code} {raw} | ", a
 
 

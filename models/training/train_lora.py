@@ -17,18 +17,19 @@ from .tasks import TASK_BY_NAME, train_examples
 
 
 def train_lora(model: LlamaModel, task: str, steps: int = 400, batch: int = 32, rank: int = 8, alpha: float = 16.0,
-               lr: float = 4e-3, seed: int = 1, targets=LORA_TARGETS, log=print) -> dict:
+               lr: float = 4e-3, seed: int = 1, targets=LORA_TARGETS, log=print,
+               a_init_scale: float = 1.0, weight_decay: float = 0.0) -> dict:
     """Attach a fresh LoRA to `model` (base frozen), train it on `task`; returns lora_state()."""
     set_seed(seed)
     model.remove_lora()
     for p in model.parameters():
         p.requires_grad_(False)
-    model.add_lora(rank, alpha, seed=seed, targets=targets)
+    model.add_lora(rank, alpha, seed=seed, targets=targets, a_init_scale=a_init_scale)
     params = model.lora_parameters()
     for p in params:
         p.requires_grad_(True)
     data = train_examples(task, steps * batch, seed=seed)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     warm = max(1, steps // 20)
     t0 = time.time()
     model.train()
