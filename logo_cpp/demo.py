@@ -45,7 +45,7 @@ def run_demo(threads: Optional[int] = None, device: str = "auto", model_dir: Opt
                                       f"{model.device}), {len(pool)} task adapters, LoGo k={k}, signal norm"))
     print(dim(f"loaded in {load_s:.2f} s; no task labels are given: LoGo picks adapters from each prompt alone\n"))
     gen = dict(max_tokens=32, temperature=0.0)
-    right_logo = right_base = 0
+    right_logo = right_own = right_base = 0
     probe_ms, tokens, gen_s = [], 0, 0.0
     for n, it in enumerate(prompts, 1):
         routing = router.route(it["prompt"])
@@ -54,20 +54,27 @@ def run_demo(threads: Optional[int] = None, device: str = "auto", model_dir: Opt
         gen_s += time.perf_counter() - t
         tokens += len(logo_out.tokens)
         base_out = model.generate(it["prompt"], **gen)
+        # The prompt's own task adapter, which a router with perfect knowledge would pick.
+        own_out = model.generate(it["prompt"], adapters={it["task"]: 1.0}, **gen) if it["task"] in pool.names else None
         probe_ms.append(routing.timings["probe_seconds"] * 1e3)
         ok_logo = logo_out.text.strip() == it["answer"]
         ok_base = base_out.text.strip() == it["answer"]
         right_logo += ok_logo
         right_base += ok_base
+        ok_own = own_out is not None and own_out.text.strip() == it["answer"]
+        right_own += ok_own
         prompt = it["prompt"].replace("\n", " / ").strip()
         print(bold(f"[{n}] ") + prompt + dim(f"   (task: {it['task']})"))
         chosen = ", ".join(f"{cyan(name)} {w:.2f}" for name, w in zip(routing.names, routing.weights))
         print(f"    LoGo chose  {chosen}")
         mark = lambda ok: green("✓") if ok else red("✗")  # noqa: E731
         print(f"    LoGo        {mark(ok_logo)} {logo_out.text.strip()!r}")
+        if own_out is not None:
+            print(f"    own adapter {mark(ok_own)} {own_out.text.strip()!r}" + dim(f"   ({it['task']} alone)"))
         print(f"    base model  {mark(ok_base)} {base_out.text.strip()!r}")
         print(dim(f"    expected      {it['answer']!r}\n"))
-    print(bold(f"LoGo {right_logo}/{len(prompts)} correct, base model {right_base}/{len(prompts)}."))
+    print(bold(f"LoGo {right_logo}/{len(prompts)} correct, own adapter {right_own}/{len(prompts)}, "
+               f"base model {right_base}/{len(prompts)}."))
     print(dim(f"probe (all {len(pool)} signals + selection): median {sorted(probe_ms)[len(probe_ms) // 2]:.1f} ms per prompt; "
               f"generation with the mixture: {tokens / max(gen_s, 1e-9):.0f} tokens/s"))
     print(dim("full comparison: logo-cpp eval; speed against llama.cpp: logo-cpp bench"))

@@ -24,16 +24,25 @@ BATCH = 16
 
 
 class Progress:
+    """A progress bar on a terminal; one summary line per stage when stderr is a file or a pipe."""
+
     def __init__(self, total: int, label: str):
         self.total, self.label, self.done, self.t0 = total, label, 0, time.perf_counter()
+        self.live = sys.stderr.isatty()
+        self.last_draw = 0.0
 
     def step(self, n: int = 1) -> None:
         self.done += n
-        frac = self.done / max(self.total, 1)
-        bar = "#" * int(frac * 30)
-        rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
-        sys.stderr.write(f"\r{self.label:<22} [{bar:<30}] {self.done}/{self.total} ({rate:.0f}/s)")
-        if self.done >= self.total:
+        finished = self.done >= self.total
+        now = time.perf_counter()
+        if not finished and (not self.live or now - self.last_draw < 0.1):
+            return
+        self.last_draw = now
+        rate = self.done / max(now - self.t0, 1e-9)
+        bar = "#" * int(self.done / max(self.total, 1) * 30)
+        prefix = "\r" if self.live else ""
+        sys.stderr.write(f"{prefix}{self.label:<22} [{bar:<30}] {self.done}/{self.total} ({rate:.0f}/s)")
+        if finished:
             sys.stderr.write("\n")
         sys.stderr.flush()
 

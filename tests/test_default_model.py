@@ -83,6 +83,8 @@ def test_eval_quick_writes_json_markdown_and_plots(shipped, tmp_path):
     assert {"base", "oracle", "uniform", "top1", "logo-norm k=1", "logo-entropy k=3"} <= set(report["accuracy"])
     assert report["accuracy"]["oracle"]["overall"] > report["accuracy"]["base"]["overall"]
     assert (tmp_path / "eval.md").exists()
+    # progress on a pipe: one finished line per stage, no carriage-return redraws
+    assert "\r" not in out.stderr and "probing" in out.stderr and "60/60" in out.stderr
     try:
         import matplotlib  # noqa: F401
     except ImportError:
