@@ -78,6 +78,8 @@ def main(argv=None):
     ap.add_argument("--lora-lr", type=float, default=4e-3)
     ap.add_argument("--lora-a-init", type=float, default=1.0, help="scale of A's kaiming-uniform bound")
     ap.add_argument("--lora-wd", type=float, default=0.0, help="AdamW weight decay on the LoRA A and B")
+    ap.add_argument("--lora-targets", default=",".join(LORA_TARGETS),
+                    help="comma-separated matrices each LoRA adapts (default: all seven per block)")
     ap.add_argument("--lora-step-mult", default="", help="'none' = equal steps for every task")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--tasks", default="", help="comma-separated subset (default: all)")
@@ -95,6 +97,9 @@ def main(argv=None):
     def log(msg):
         print(f"[{time.time() - t_start:7.1f}s] {msg}", flush=True)
 
+    targets = tuple(a.lora_targets.split(","))
+    if not targets or any(t not in LORA_TARGETS for t in targets):
+        sys.exit(f"--lora-targets: expected a comma-separated subset of {','.join(LORA_TARGETS)}")
     step_mult = {} if a.lora_step_mult == "none" else LORA_STEP_MULT
     tasks = [t for t in TASKS if not a.tasks or t.name in a.tasks.split(",")]
     eval_items = heldout_eval()
@@ -149,7 +154,7 @@ def main(argv=None):
         model.remove_lora()
         base_acc = exact_match(greedy_generate(model, prompts), answers)
         state = train_lora(model, t.name, steps=int(a.lora_steps * step_mult.get(t.name, 1.0)), rank=a.rank, alpha=a.alpha,
-                           lr=a.lora_lr, seed=100 + i, log=log, a_init_scale=a.lora_a_init, weight_decay=a.lora_wd)
+                           lr=a.lora_lr, seed=100 + i, targets=targets, log=log, a_init_scale=a.lora_a_init, weight_decay=a.lora_wd)
         acc = exact_match(greedy_generate(model, prompts), answers)
         torch_acc[t.name] = {"base": base_acc, "adapter": acc}
         path = os.path.join(a.out, "adapters", f"{t.name}.gguf")
@@ -181,7 +186,7 @@ def main(argv=None):
                  "config": cfg.to_dict(), "n_params": sum(p.numel() for p in model.base_parameters())},
         "tokenizer": {"type": "llama (SPM), character pieces + byte fallback", "n_vocab": tok.N_VOCAB,
                       "bos_id": tok.BOS_ID, "eos_id": tok.EOS_ID, "add_bos": True, "add_space_prefix": False},
-        "lora": {"rank": a.rank, "alpha": a.alpha, "scale": a.alpha / a.rank, "targets": list(LORA_TARGETS),
+        "lora": {"rank": a.rank, "alpha": a.alpha, "scale": a.alpha / a.rank, "targets": list(targets),
                  "dtype": "f32"},
         "generation": {"greedy": True, "stop": "EOS (id 2)", "max_new_tokens": 32,
                        "prompt": "BOS + prompt text exactly as given (answer follows directly)"},
@@ -191,7 +196,8 @@ def main(argv=None):
         "tasks": [],
         "checks": checks,
         "seeds": {"base": a.seed, "lora": "100 + task index", "eval": EVAL_SEED},
-        "build": {"threads": a.threads, "base_steps": a.base_steps, "lora_steps": a.lora_steps, "lora_step_mult": LORA_STEP_MULT,
+        "build": {"threads": a.threads, "base_steps": a.base_steps, "lora_steps": a.lora_steps, "lora_step_mult": step_mult,
+                  "lora_lr": a.lora_lr, "lora_a_init": a.lora_a_init, "lora_wd": a.lora_wd,
                   "torch": torch.__version__, "python": platform.python_version(), "timings_s": timings},
     }
     for t in tasks:
