@@ -194,14 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="accuracy of LoGo and baseline routers on the held-out task set")
     p.add_argument("--model-dir", type=Path, default=None)
-    p.add_argument("--out", type=Path, default=Path("docs") / "eval")
+    p.add_argument("--out", type=Path, default=Path("logo-cpp-eval"),
+                   help="where eval.json, eval.md and the plots go (default ./logo-cpp-eval)")
     p.add_argument("--per-task", type=int, default=None, help="prompts per task (default: all held-out)")
     p.add_argument("--threads", "-t", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="fewer methods and prompts, for a smoke test")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("bench", help="speed side by side with llama.cpp; arguments after WHAT go to it "
-                                     "(logo-cpp bench all --help)")
+    p = sub.add_parser("bench", help="speed side by side with llama.cpp (logo-cpp bench --help for its options)")
     p.add_argument("what", nargs="?", default="all", choices=["all", "core", "logo"],
                    help="all (the full report, default), core (base model), logo (the LoGo targets)")
     p.set_defaults(func=None)
@@ -211,8 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if argv[:1] == ["bench"] and "-h" not in argv[1:2] and "--help" not in argv[1:2]:
-        # Everything after `bench [WHAT]` belongs to the benchmark's own parser.
+    if argv[:1] == ["bench"]:
+        # Everything after `bench [WHAT]` belongs to the benchmark's own parser, --help included.
         what = argv[1:2] if argv[1:2] and argv[1] in ("all", "core", "logo") else []
         args = parser.parse_args(["bench", *what])
         rest = argv[1 + len(what):]

@@ -63,6 +63,8 @@ def test_inspect_model_and_adapter_fit(files, model_dir, tmp_path):
     (["route", "-m", "{model}", "-a", "{adapters}", "-p", "hi", "--k", "0"], "k must be"),
     (["route", "-m", "{model}", "-a", "{adapters}", "-p", "hi", "--layer", "9"], "layer 9 is out of range"),
     (["run", "-m", "{model}", "-a", "{broken}", "-p", "hi"], "contains NaN or Inf"),
+    (["bench", "--types", "q3"], "--types: unknown weight type 'q3'"),
+    (["bench", "logo", "--type", "f8"], "--type: unknown weight type 'f8'"),
 ])
 def test_user_mistakes_are_one_line(files, broken_dir, tmp_path, args, message):
     model, adapters = files
@@ -78,3 +80,7 @@ def test_help_everywhere(tmp_path):
     for sub in ([], ["run"], ["route"], ["inspect"], ["demo"], ["eval"]):
         out = cli(*sub, "--help", cwd=tmp_path)
         assert out.returncode == 0 and "usage: logo-cpp" in out.stdout
+    # bench hands --help to the benchmark's own parser, so its options are listed
+    for sub, option in ((["bench"], "--pool-sizes"), (["bench", "core"], "--types"), (["bench", "logo"], "--n-adapters")):
+        out = cli(*sub, "--help", cwd=tmp_path)
+        assert out.returncode == 0 and f"usage: logo-cpp {' '.join(sub)}" in out.stdout and option in out.stdout, out.stdout

@@ -27,6 +27,30 @@ def spec_for(size: str) -> synthetic.ModelSpec:
     return spec
 
 
+DEFAULT_OUT = Path("logo-cpp-bench")
+
+
+def add_common_args(parser, reps: int) -> None:
+    """The options every benchmark takes: model size, threads, repetitions, where files go."""
+    from logo_cpp import _core
+
+    parser.add_argument("--size", choices=["150m", "1b"], default="150m",
+                        help="shape of the random-weight model (default 150m: ~139M parameters)")
+    parser.add_argument("--threads", type=int, default=_core.default_thread_count(),
+                        help="threads for both runtimes (default: this machine's cores)")
+    parser.add_argument("--reps", type=int, default=reps, help=f"repetitions per measurement; medians (default {reps})")
+    parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "logo-cpp-bench",
+                        help="where the generated models and adapters are kept and reused")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help=f"where JSON, markdown and PNG plots are written (default ./{DEFAULT_OUT})")
+
+
+def check_types(option: str, types) -> None:
+    bad = [t for t in types if t not in synthetic.FTYPES]
+    if bad:
+        raise ValueError(f"{option}: unknown weight type {bad[0]!r}; expected one of {', '.join(synthetic.FTYPES)}")
+
+
 def ensure_models(workdir: Path, size: str, types=("f16", "q8_0", "q4_0")) -> dict[str, Path]:
     """Writes the F16 model once, then llama.cpp quantizes it; files are reused between runs."""
     workdir.mkdir(parents=True, exist_ok=True)

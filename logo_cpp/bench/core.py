@@ -4,7 +4,7 @@ For each weight type: prefill of a 128-token prompt and 64 greedy decode steps, 
 alternating the two runtimes, medians and ratios. Both are driven the same way from Python (one call per
 evaluation, argmax in numpy), so per-call overheads are comparable.
 
-    logo-cpp bench core [--types f16 q8_0 q4_0] [--reps 5] [--threads N] [--out docs/bench]
+    logo-cpp bench core [--types f16 q8_0 q4_0] [--reps 5] [--threads N] [--out DIR]
 """
 
 from __future__ import annotations
@@ -82,16 +82,14 @@ def report(results: dict) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--types", nargs="+", default=["f16", "q8_0", "q4_0"])
-    parser.add_argument("--size", choices=["150m", "1b"], default="150m")
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=logo_cpp._core.default_thread_count())
-    parser.add_argument("--prompt", type=int, default=128)
-    parser.add_argument("--decode", type=int, default=64)
-    parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "logo-cpp-bench")
-    parser.add_argument("--out", type=Path, default=Path("docs") / "bench")
+    parser = argparse.ArgumentParser(prog="logo-cpp bench core", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--types", nargs="+", default=["f16", "q8_0", "q4_0"], help="weight types to compare")
+    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens for prefill")
+    parser.add_argument("--decode", type=int, default=64, help="greedy decode steps")
+    common.add_common_args(parser, reps=5)
     args = parser.parse_args(argv)
+    common.check_types("--types", args.types)
 
     files = common.ensure_models(args.workdir, args.size, args.types)
     results = {"machine": common.machine_info(args.threads), "size": args.size,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -39,20 +38,18 @@ def llama_decode_rate(runner, ids_per_seq, n_decode, mixture_paths):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--type", default="f16")
-    parser.add_argument("--size", choices=["150m", "1b"], default="150m")
-    parser.add_argument("--n-adapters", type=int, default=260)
-    parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--prompt", type=int, default=128)
-    parser.add_argument("--decode", type=int, default=64)
-    parser.add_argument("--e2e-tokens", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=_core.default_thread_count())
-    parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "logo-cpp-bench")
-    parser.add_argument("--out", type=Path, default=Path("docs") / "bench")
+    parser = argparse.ArgumentParser(prog="logo-cpp bench logo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--type", default="f16", help="weight type of the base model")
+    parser.add_argument("--n-adapters", type=int, default=260, help="pool size N (rank-16 adapters on attn_q, attn_v)")
+    parser.add_argument("--k", type=int, default=20, help="adapters per mixture")
+    parser.add_argument("--batch", type=int, default=8, help="instances in the heterogeneous batch")
+    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens")
+    parser.add_argument("--decode", type=int, default=64, help="decode steps for the tokens/s measurements")
+    parser.add_argument("--e2e-tokens", type=int, default=256, help="new tokens per instance, end to end")
+    common.add_common_args(parser, reps=3)
     args = parser.parse_args(argv)
+    common.check_types("--type", [args.type])
 
     path = common.ensure_models(args.workdir, args.size, [args.type])[args.type]
     adapter_paths = common.ensure_adapters(args.workdir, args.size, args.n_adapters)

@@ -272,24 +272,24 @@ def report(res, files) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="logo-cpp bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=["150m", "1b"], default="150m")
-    parser.add_argument("--types", nargs="+", default=["f16", "q8_0", "q4_0"])
+    parser = argparse.ArgumentParser(
+        prog="logo-cpp bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Single sections with their own options: logo-cpp bench core --help, logo-cpp bench logo --help.")
+    parser.add_argument("--types", nargs="+", default=["f16", "q8_0", "q4_0"], help="weight types for section 1")
     parser.add_argument("--mixture-type", default="f16", help="weight type for sections 2-5")
-    parser.add_argument("--ks", nargs="+", type=int, default=[1, 5, 20])
-    parser.add_argument("--pool-sizes", nargs="+", type=int, default=[1, 10, 100, 260, 1000])
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8, 16])
-    parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--n-adapters", type=int, default=260)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--prompt", type=int, default=128)
-    parser.add_argument("--decode", type=int, default=32)
-    parser.add_argument("--e2e-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=_core.default_thread_count())
-    parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "logo-cpp-bench")
-    parser.add_argument("--out", type=Path, default=Path("docs") / "bench")
+    parser.add_argument("--ks", nargs="+", type=int, default=[1, 5, 20], help="mixture sizes for section 2")
+    parser.add_argument("--pool-sizes", nargs="+", type=int, default=[1, 10, 100, 260, 1000],
+                        help="pool sizes N for section 3")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8, 16], help="batch sizes for section 5")
+    parser.add_argument("--k", type=int, default=20, help="adapters per mixture in sections 3-5")
+    parser.add_argument("--n-adapters", type=int, default=260, help="pool size for sections 4-5")
+    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens")
+    parser.add_argument("--decode", type=int, default=32, help="decode steps for the tokens/s measurements")
+    parser.add_argument("--e2e-tokens", type=int, default=64, help="new tokens per instance in section 4")
+    common.add_common_args(parser, reps=3)
     args = parser.parse_args(argv)
+    common.check_types("--types", args.types)
+    common.check_types("--mixture-type", [args.mixture_type])
     args.out.mkdir(parents=True, exist_ok=True)
 
     files = common.ensure_models(args.workdir, args.size, sorted(set(args.types) | {args.mixture_type}))
