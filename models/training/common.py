@@ -1,6 +1,7 @@
 """Shared helpers: seeding, batching, greedy decoding with the PyTorch model."""
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 
@@ -22,6 +23,12 @@ def setup_threads(n: int) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass  # already set
+
+
+def warmup_cosine_lr(lr: float, step: int, steps: int, floor: float) -> float:
+    """Linear warm-up over the first 5% of steps, then cosine decay from lr down to floor * lr."""
+    warm = max(1, steps // 20)
+    return lr * min(1.0, (step + 1) / warm) * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / steps)))
 
 
 def sft_batch(pairs, pad_id: int = tok.EOS_ID):

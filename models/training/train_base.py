@@ -5,14 +5,13 @@
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import torch
 import torch.nn.functional as F
 
 from . import tokenizer as tok
-from .common import set_seed, setup_threads
+from .common import set_seed, setup_threads, warmup_cosine_lr
 from .model import LlamaModel, ModelConfig
 from .tasks import base_corpus_segments
 
@@ -58,11 +57,10 @@ def train_base(out_path: str, steps: int = 1500, batch: int = 32, seq_len: int =
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.98))
-    warm = max(1, steps // 20)
     t0 = time.time()
     model.train()
     for step in range(steps):
-        cur_lr = lr * min(1.0, (step + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        cur_lr = warmup_cosine_lr(lr, step, steps, floor=0.1)
         for gr in opt.param_groups:
             gr["lr"] = cur_lr
         idx = perm[(step * batch) % data.shape[0]: (step * batch) % data.shape[0] + batch]

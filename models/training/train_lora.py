@@ -5,13 +5,12 @@
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import torch
 import torch.nn.functional as F
 
-from .common import exact_match, greedy_generate, set_seed, setup_threads, sft_batch
+from .common import exact_match, greedy_generate, set_seed, setup_threads, sft_batch, warmup_cosine_lr
 from .model import LORA_TARGETS, LlamaModel
 from .tasks import TASK_BY_NAME, train_examples
 
@@ -30,11 +29,10 @@ def train_lora(model: LlamaModel, task: str, steps: int = 400, batch: int = 32, 
         p.requires_grad_(True)
     data = train_examples(task, steps * batch, seed=seed)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
-    warm = max(1, steps // 20)
     t0 = time.time()
     model.train()
     for step in range(steps):
-        cur_lr = lr * min(1.0, (step + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        cur_lr = warmup_cosine_lr(lr, step, steps, floor=0.05)
         for gr in opt.param_groups:
             gr["lr"] = cur_lr
         x, y, m = sft_batch(data[step * batch: (step + 1) * batch])
