@@ -141,7 +141,7 @@ def cmd_inspect(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(threads=args.threads, device=args.device, model_dir=args.model_dir)
+    return run_demo(threads=args.threads, device=args.device, model_dir=args.model_dir, k=args.k)
 
 
 def cmd_eval(args) -> int:
@@ -190,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", "-t", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--model-dir", type=Path, default=None, help="a model directory with manifest.json")
+    p.add_argument("--k", type=int, default=1, help="adapters per prompt (default 1: on the shipped model, "
+                   "mixing its narrow adapters cancels them out; see the README)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("eval", help="accuracy of LoGo and baseline routers on the held-out task set")

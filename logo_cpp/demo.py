@@ -8,9 +8,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from .default_model import load_manifest, read_eval_set
 
 DEMO_TASKS = 6
+# On the shipped model, mixing several of its narrow adapters cancels them out (logo-cpp eval: k=1 0.15,
+# k=3 0.00 exact match), so the demo routes to one adapter by default; --k shows mixtures.
+DEFAULT_K = 1
 
 
 def _style(code: str):
@@ -21,7 +26,8 @@ def _style(code: str):
 bold, dim, green, red, cyan = _style("1"), _style("2"), _style("32"), _style("31"), _style("36")
 
 
-def run_demo(threads: Optional[int] = None, device: str = "auto", model_dir: Optional[Path] = None) -> int:
+def run_demo(threads: Optional[int] = None, device: str = "auto", model_dir: Optional[Path] = None,
+             k: int = DEFAULT_K) -> int:
     import logo_cpp
 
     model_dir, manifest = load_manifest(model_dir)
@@ -29,7 +35,6 @@ def run_demo(threads: Optional[int] = None, device: str = "auto", model_dir: Opt
     model = logo_cpp.Model(model_dir / manifest["base"]["f16"], n_ctx=256, device=device, n_threads=threads)
     pool = logo_cpp.AdapterPool(model, model_dir / "adapters")
     load_s = time.perf_counter() - t0
-    k = 3
     router = logo_cpp.LoGo(model, pool, k=k)
     items = read_eval_set(model_dir, manifest)
     # A handful of mixed prompts: the first held-out prompt of several tasks, in mixed order.
@@ -66,7 +71,9 @@ def run_demo(threads: Optional[int] = None, device: str = "auto", model_dir: Opt
         prompt = it["prompt"].replace("\n", " / ").strip()
         print(bold(f"[{n}] ") + prompt + dim(f"   (task: {it['task']})"))
         chosen = ", ".join(f"{cyan(name)} {w:.2f}" for name, w in zip(routing.names, routing.weights))
-        print(f"    LoGo chose  {chosen}")
+        ranked = [pool.names[i] for i in np.argsort(-np.nan_to_num(routing.signals, nan=-np.inf), kind="stable")]
+        runners_up = ", ".join(ranked[len(routing.names):len(routing.names) + 3])
+        print(f"    LoGo chose  {chosen}" + dim(f"   (next by signal: {runners_up})"))
         mark = lambda ok: green("✓") if ok else red("✗")  # noqa: E731
         print(f"    LoGo        {mark(ok_logo)} {logo_out.text.strip()!r}")
         if own_out is not None:

@@ -70,10 +70,14 @@ def _cli(*args):
                           timeout=600, cwd=Path(__file__).parent)
 
 
-def test_demo(shipped):
-    out = _cli("demo", "--threads", str(THREADS))
+@pytest.mark.parametrize("k", [None, 3])
+def test_demo(shipped, k):
+    out = _cli("demo", "--threads", str(THREADS), *(["--k", k] if k else []))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("LoGo chose") >= 5 and "base model" in out.stdout and "correct" in out.stdout
+    assert out.stdout.count("LoGo chose") >= 5 and "base model" in out.stdout and "own adapter" in out.stdout
+    assert f"LoGo k={k or 1}" in out.stdout and "correct" in out.stdout
+    chosen = [line.split("LoGo chose")[1].split("(next")[0] for line in out.stdout.splitlines() if "LoGo chose" in line]
+    assert all(part.count(",") == (k or 1) - 1 for part in chosen), chosen
 
 
 def test_eval_quick_writes_json_markdown_and_plots(shipped, tmp_path):
