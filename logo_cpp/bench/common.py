@@ -191,6 +191,12 @@ def median(xs):
     return float(statistics.median(xs))
 
 
+def describe_machine(m: dict) -> str:
+    """One line for a report: CPU, cores, threads and both runtimes' versions."""
+    return (f"Machine: {m.get('cpu') or m['machine']}, {m['cores']} cores, {m['threads']} threads; "
+            f"llama-cpp-python {m['llama_cpp_python']}, logo-cpp {m['logo_cpp']}.")
+
+
 def machine_info(threads: int) -> dict:
     info = {"machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version(),
             "cores": os.cpu_count(), "threads": threads}

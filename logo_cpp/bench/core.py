@@ -103,7 +103,7 @@ def main(argv=None):
     common.write_json(args.out / f"core-{args.size}.json", results)
     (args.out / f"core-{args.size}.md").write_text(
         f"# Base model speed, logo-cpp vs llama.cpp ({args.size}, {results['params'] / 1e6:.0f}M parameters)\n\n"
-        f"{results['machine']}\n\nPrompt {args.prompt} tokens, {args.decode} decode steps, median of {args.reps} "
+        f"{common.describe_machine(results['machine'])}\n\nPrompt {args.prompt} tokens, {args.decode} decode steps, median of {args.reps} "
         f"repetitions (tokens/s, higher is better; ratio = logo-cpp / llama.cpp).\n\n{table}\n")
 
 

@@ -138,7 +138,7 @@ def main(argv=None):
     common.write_json(args.out / f"logo-{args.size}-{args.type}.json", res)
     md = f"""# LoGo speed ({args.size} {args.type}, N = {len(pool)} rank-16 adapters on attn_q/attn_v, k = {args.k})
 
-{res['machine']}
+{common.describe_machine(res['machine'])}
 
 Pool load: {load_s:.2f} s for {len(pool)} adapters, {res['bytes_per_adapter'] / 2**20:.2f} MiB resident per adapter.
 Medians of {args.reps} repetitions, prompts of {args.prompt} tokens.

@@ -228,10 +228,8 @@ def plots(res, out: Path) -> list[str]:
 
 
 def report(res, files) -> str:
-    m = res["machine"]
     lines = [f"# logo-cpp bench ({res['size']}, {res['params'] / 1e6:.0f}M parameters)", "",
-             f"Machine: {m.get('cpu', m['machine'])}, {m['cores']} cores, {m['threads']} threads; "
-             f"llama-cpp-python {m['llama_cpp_python']}, logo-cpp {m['logo_cpp']}. Medians of {res['reps']} repetitions; "
+             f"{common.describe_machine(res['machine'])} Medians of {res['reps']} repetitions; "
              "the machine is shared, so read ratios (measured in the same run) rather than absolute numbers.", "",
              "## 1. Base model (tokens/s)", "",
              "| weights | prefill logo-cpp | prefill llama.cpp | ratio | decode logo-cpp | decode llama.cpp | ratio |",
