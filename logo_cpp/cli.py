@@ -139,9 +139,10 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .demo import DEFAULT_K, run_demo
 
-    return run_demo(threads=args.threads, device=args.device, model_dir=args.model_dir, k=args.k)
+    k = DEFAULT_K if args.k is None else args.k
+    return run_demo(threads=args.threads, device=args.device, model_dir=args.model_dir, k=k)
 
 
 def cmd_eval(args) -> int:
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", "-t", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--model-dir", type=Path, default=None, help="a model directory with manifest.json")
-    p.add_argument("--k", type=int, default=1, help="adapters per prompt (default 1: on the shipped model, "
+    p.add_argument("--k", type=int, default=None, help="adapters per prompt (default 1: on the shipped model, "
                    "mixing its narrow adapters cancels them out; see the README)")
     p.set_defaults(func=cmd_demo)
 

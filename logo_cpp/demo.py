@@ -73,7 +73,7 @@ def run_demo(threads: Optional[int] = None, device: str = "auto", model_dir: Opt
         chosen = ", ".join(f"{cyan(name)} {w:.2f}" for name, w in zip(routing.names, routing.weights))
         ranked = [pool.names[i] for i in np.argsort(-np.nan_to_num(routing.signals, nan=-np.inf), kind="stable")]
         runners_up = ", ".join(ranked[len(routing.names):len(routing.names) + 3])
-        print(f"    LoGo chose  {chosen}" + dim(f"   (next by signal: {runners_up})"))
+        print(f"    LoGo chose  {chosen}" + (dim(f"   (next by signal: {runners_up})") if runners_up else ""))
         mark = lambda ok: green("✓") if ok else red("✗")  # noqa: E731
         print(f"    LoGo        {mark(ok_logo)} {logo_out.text.strip()!r}")
         if own_out is not None:
