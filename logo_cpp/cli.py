@@ -84,8 +84,7 @@ def _print_routing(routing, pool, every: bool = False, file=sys.stdout) -> None:
         print(f"  not scored (no {routing.module} LoRA): {', '.join(routing.unscored)}", file=file)
     if every and routing.signals is not None:
         print("signals:", file=file)
-        order = sorted(range(len(pool)), key=lambda i: -(routing.signals[i] if routing.signals[i] == routing.signals[i] else -1e30))
-        for i in order:
+        for i in routing.ranking():
             s = routing.signals[i]
             print(f"  {pool.names[i]:<{width}}  {'-' if s != s else f'{float(s):.5g}'}", file=file)
 

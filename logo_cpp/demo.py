@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from .default_model import load_manifest, read_eval_set
 
 DEMO_TASKS = 6
@@ -71,8 +69,7 @@ def run_demo(threads: Optional[int] = None, device: str = "auto", model_dir: Opt
         prompt = it["prompt"].replace("\n", " / ").strip()
         print(bold(f"[{n}] ") + prompt + dim(f"   (task: {it['task']})"))
         chosen = ", ".join(f"{cyan(name)} {w:.2f}" for name, w in zip(routing.names, routing.weights))
-        ranked = [pool.names[i] for i in np.argsort(-np.nan_to_num(routing.signals, nan=-np.inf), kind="stable")]
-        runners_up = ", ".join(ranked[len(routing.names):len(routing.names) + 3])
+        runners_up = ", ".join(pool.names[i] for i in routing.ranking()[len(routing.names):len(routing.names) + 3])
         print(f"    LoGo chose  {chosen}" + (dim(f"   (next by signal: {runners_up})") if runners_up else ""))
         mark = lambda ok: green("✓") if ok else red("✗")  # noqa: E731
         print(f"    LoGo        {mark(ok_logo)} {logo_out.text.strip()!r}")

@@ -36,6 +36,12 @@ class Routing:
     def as_dict(self) -> dict[str, float]:
         return {n: float(w) for n, w in zip(self.names, self.weights)}
 
+    def ranking(self) -> list[int]:
+        """Pool positions by signal, highest first; unscored adapters last; ties keep pool order."""
+        if self.signals is None:
+            raise ValueError(f"the {self.method} router computes no signals to rank by")
+        return [int(i) for i in np.argsort(-np.nan_to_num(self.signals, nan=-np.inf), kind="stable")]
+
     def __str__(self) -> str:
         return ", ".join(f"{n} {w:.2f}" for n, w in zip(self.names, self.weights))
 

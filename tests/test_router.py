@@ -48,6 +48,9 @@ def test_signals_selection_and_weights_match_reference(setup, probe, signal, lay
         assert routing.weights.sum() == pytest.approx(1.0, abs=1e-5)
         assert routing.unscored == ["chat"]  # no attn_q LoRA: never selectable
         assert "chat" not in routing.names
+        ranking = routing.ranking()  # every pool adapter once: the selection first, unscored last
+        assert sorted(ranking) == list(range(len(pool))) and ranking[:k] == routing.indices
+        assert pool.names[ranking[-1]] == "chat"
 
 
 def test_routing_is_deterministic_and_independent_of_history(setup):
