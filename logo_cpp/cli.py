@@ -75,7 +75,7 @@ def _routing_dict(routing, pool, every: bool = False) -> dict:
 
 
 def _print_routing(routing, pool, every: bool = False, file=sys.stdout) -> None:
-    width = max([len(n) for n in routing.names] + [4])
+    width = max([len(n) for n in (pool.names if every else routing.names)] + [4])
     print(f"routing ({routing.method}): {len(routing.names)} of {len(pool)} adapters", file=file)
     for name, weight in zip(routing.names, routing.weights):
         bar = "#" * max(1, int(round(float(weight) * 40)))
