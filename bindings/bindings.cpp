@@ -85,15 +85,17 @@ NB_MODULE(_core, m) {
 
     nb::class_<logo::Model>(m, "Model")
         .def("__init__",
-             [](logo::Model * self, const std::string & path, const std::string & device, int n_threads, bool use_mmap) {
+             [](logo::Model * self, const std::string & path, const std::string & device, int n_threads, bool use_mmap,
+                bool repack) {
                  logo::ModelParams p;
                  p.device = device;
                  p.n_threads = n_threads;
                  p.use_mmap = use_mmap;
+                 p.repack = repack;
                  nb::gil_scoped_release release;
                  new (self) logo::Model(path, p);
              },
-             "path"_a, "device"_a = "auto", "n_threads"_a = 0, "use_mmap"_a = true)
+             "path"_a, "device"_a = "auto", "n_threads"_a = 0, "use_mmap"_a = true, "repack"_a = true)
         .def_prop_ro("path", [](const logo::Model & m) { return m.info().path; })
         .def_prop_ro("arch", [](const logo::Model & m) { return m.info().arch; })
         .def_prop_ro("n_vocab", [](const logo::Model & m) { return m.info().n_vocab; })

@@ -57,6 +57,10 @@ class Model:
     ``device="auto"`` takes a GPU when the linked ggml has one, else the CPU. ``n_threads=None`` uses one
     thread per core. One Model serves one call at a time (calls from several threads are serialised);
     create a Model per thread for parallel work.
+
+    ``repack=False`` keeps every weight in the file's own layout, as llama.cpp's ``--no-repack`` does; by
+    default the weight types that have a repacked CPU layout (Q4_0, Q4_K, IQ4_NL on x86) use it, as llama.cpp
+    does. ggml's AMX layout is never used: its matmul crashes on some CPUs (ggml-org/llama.cpp#20824).
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class Model:
         *,
         n_batch: int = 512,
         use_mmap: bool = True,
+        repack: bool = True,
     ):
         path = os.fspath(path)
         if not isinstance(n_ctx, int) or n_ctx < 1:
@@ -76,7 +81,8 @@ class Model:
             raise ValueError(f"n_threads must be a positive integer or None, got {n_threads!r}")
         if not isinstance(n_batch, int) or n_batch < 1:
             raise ValueError(f"n_batch must be a positive integer, got {n_batch!r}")
-        self._core = _core.Model(path, device=device, n_threads=n_threads or 0, use_mmap=use_mmap)
+        self._core = _core.Model(path, device=device, n_threads=n_threads or 0, use_mmap=use_mmap,
+                                repack=repack)
         self.n_ctx = n_ctx
         self.n_batch = n_batch
         self._session = _core.Session(self._core, n_ctx=n_ctx, n_seq=1, n_batch=n_batch)

@@ -10,6 +10,11 @@ import numpy as np
 import pytest
 
 from logo_cpp import synthetic
+from logo_cpp._llama_cpp import avoid_amx, cpu_has_amx
+
+avoid_amx()  # llama.cpp as the oracle, off ggml's AMX matmul that crashes on this project's machines
+# Where the oracle runs without repacked layouts (CPUs with AMX), ours must too for bit-equal kernels.
+REPACK = not cpu_has_amx()
 
 THREADS = 2
 

@@ -9,6 +9,7 @@ SCRIPT = r"""
 import sys
 first, second = sys.argv[1], sys.argv[2]
 __import__(first); __import__(second)
+from logo_cpp._llama_cpp import avoid_amx; avoid_amx()
 import numpy as np, logo_cpp, llama_cpp
 path = sys.argv[3]
 ours = logo_cpp.Model(path, n_ctx=128, n_threads=2)

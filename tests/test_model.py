@@ -5,7 +5,7 @@ import pytest
 
 import logo_cpp
 
-from conftest import THREADS
+from conftest import REPACK, THREADS
 
 PROMPTS = [
     "Hello world, the cat sat on the mat.",
@@ -39,7 +39,7 @@ def models(model_dir):
     def get(name, **kw):
         key = (name, tuple(sorted(kw.items())))
         if key not in cache:
-            cache[key] = logo_cpp.Model(model_dir / name, n_ctx=512, n_threads=THREADS, **kw)
+            cache[key] = logo_cpp.Model(model_dir / name, n_ctx=512, n_threads=THREADS, repack=REPACK, **kw)
         return cache[key]
 
     return get

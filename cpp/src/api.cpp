@@ -29,6 +29,7 @@ Model::Model(const std::string & path, const ModelParams & params) {
     o.device = params.device;
     o.n_threads = params.n_threads;
     o.use_mmap = params.use_mmap;
+    o.repack = params.repack;
     impl_ = std::make_shared<core::Model>(path, o);
     const core::ModelHparams & hp = impl_->hparams();
     info_.path = path;

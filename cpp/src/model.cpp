@@ -118,7 +118,12 @@ std::vector<ggml_backend_buffer_type_t> cpu_extra_bufts(ggml_backend_dev_t cpu) 
     auto get_extra = (ggml_backend_dev_get_extra_bufts_t)ggml_backend_reg_get_proc_address(
         reg, "ggml_backend_dev_get_extra_bufts");
     if (!get_extra) return out;
-    for (ggml_backend_buffer_type_t * b = get_extra(cpu); b && *b; ++b) out.push_back(*b);
+    for (ggml_backend_buffer_type_t * b = get_extra(cpu); b && *b; ++b) {
+        // ggml's AMX matmul segfaults on some Sapphire Rapids machines (this project's among them, and
+        // llama.cpp itself there: ggml-org/llama.cpp#20824, unfixed); the repacked AVX kernels are safe.
+        if (std::string(ggml_backend_buft_name(*b)) == "AMX") continue;
+        out.push_back(*b);
+    }
     return out;
 }
 
@@ -170,7 +175,7 @@ Model::Model(const std::string & path, const ModelOptions & options) : path_(pat
 
         ggml_backend_dev_t cpu = cpu_device();
         const bool on_cpu = is_cpu_device(device_);
-        const std::vector<ggml_backend_buffer_type_t> extras = on_cpu ? cpu_extra_bufts(cpu)
+        const std::vector<ggml_backend_buffer_type_t> extras = on_cpu && options.repack ? cpu_extra_bufts(cpu)
                                                                       : std::vector<ggml_backend_buffer_type_t>{};
         const bool map_weights = on_cpu && options.use_mmap;
 

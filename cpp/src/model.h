@@ -18,6 +18,7 @@ struct ModelOptions {
     std::string device = "auto";
     int n_threads = 0;  // 0: one per core
     bool use_mmap = true;
+    bool repack = true;  // the CPU backend's repacked weight layouts (llama.cpp's use_extra_bufts)
 };
 
 class Model {

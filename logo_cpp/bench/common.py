@@ -99,7 +99,9 @@ class LlamaCppRunner:
         import llama_cpp as lc
 
         self.lc = lc
-        mp = lc.llama_model_default_params()
+        from .._llama_cpp import model_params
+
+        mp = model_params()  # off ggml's AMX matmul where the CPU has it (see logo_cpp/_llama_cpp.py)
         self.model = lc.llama_model_load_from_file(str(path).encode(), mp)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {path}")
