@@ -6,6 +6,7 @@
 #include <nanobind/stl/function.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
 #include "logo/logo.h"
@@ -61,6 +62,11 @@ logo::RouterOptions router_options(int k, const std::string & signal, const std:
     o.module = module;
     return o;
 }
+
+// One matrix of an adapter from memory, as Python passes it: (weight, A, B, scale, type, a_name, b_name).
+using Matrix2D = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using MatrixTuple = std::tuple<std::string, Matrix2D, Matrix2D, float, std::string, std::string, std::string>;
+using AdapterTuple = std::tuple<std::string, std::string, float, std::vector<MatrixTuple>>;
 
 }  // namespace
 
@@ -135,6 +141,28 @@ NB_MODULE(_core, m) {
                  return p.add(paths, names);
              },
              "paths"_a, "names"_a = std::vector<std::string>{})
+        .def("add_tensors",
+             [](logo::AdapterPool & p, const std::vector<AdapterTuple> & adapters) {
+                 std::vector<logo::AdapterData> data;
+                 for (const auto & [name, source, alpha, matrices] : adapters) {
+                     logo::AdapterData d{name, source, alpha, {}};
+                     for (const auto & [weight, a, b, scale, type, a_name, b_name] : matrices) {
+                         if (a.shape(0) != b.shape(1)) {
+                             throw std::invalid_argument("adapter '" + source + "': '" + weight + "' has A of " +
+                                                         std::to_string(a.shape(0)) + " rows but B of " +
+                                                         std::to_string(b.shape(1)) + " columns; both are the rank");
+                         }
+                         d.matrices.push_back({weight, int64_t(a.shape(0)), int64_t(a.shape(1)), int64_t(b.shape(0)),
+                                               a.data(), b.data(), scale, type, a_name, b_name});
+                     }
+                     data.push_back(std::move(d));
+                 }
+                 nb::gil_scoped_release release;  // the arrays stay alive: `adapters` holds them
+                 return p.add_tensors(data);
+             },
+             "adapters"_a,
+             "Adapters from memory: [(name, source, alpha, [(weight, A (r, n_in) float32, B (n_out, r) float32, "
+             "scale, type, a_name, b_name), ...]), ...]; all or none, checked as files are.")
         .def("remove", &logo::AdapterPool::remove, "name"_a)
         .def("names", &logo::AdapterPool::names)
         .def("index_of", &logo::AdapterPool::index_of, "name"_a)

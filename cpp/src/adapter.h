@@ -8,6 +8,7 @@
 
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
+#include "logo/types.h"
 #include "model.h"
 
 namespace logo::core {
@@ -45,9 +46,32 @@ struct Adapter {
     ggml_backend_buffer_t buffer = nullptr;
 };
 
+// One LoRA pair staged on the host between its checks and its upload: raw data in the type it keeps,
+// shapes in ggml order (a [n_in, r], b [r, n_out]). Files and memory both come through here.
+struct StagedMatrix {
+    LoraMatrix m;                      // weight_name, layer, module, base, rank filled by check_matrix; scale by the caller
+    std::string a_label, b_label;      // A's and B's names as the source calls them, for messages
+    ggml_type type_a = GGML_TYPE_F32, type_b = GGML_TYPE_F32;
+    int64_t a_ne[2] = {0, 0}, b_ne[2] = {0, 0};
+    std::vector<uint8_t> a, b;
+};
+
+// llama.cpp's checks of a pair against the base: the weight is an adaptable linear map the model has,
+// a is [n_in, r] and b is [r, n_out] of it. Throws FormatError naming `where` and the weight.
+void check_matrix(const Model & model, const std::string & where, const std::string & weight, StagedMatrix & staged);
+// Throws FormatError when `bytes` (of `type`) hold a NaN or Inf.
+void check_finite(const std::string & where, const std::string & label, ggml_type type, const std::vector<uint8_t> & bytes);
+// Allocates the adapter's tensors on the model's device and copies the staged data there.
+std::unique_ptr<Adapter> upload_adapter(const Model & model, const std::string & where, std::unique_ptr<Adapter> adapter,
+                                        std::vector<StagedMatrix> & staged);
+
 // Reads, validates and uploads one adapter. Throws FileError/FormatError naming the file and tensor;
 // validation (architecture, names, shapes, types, finite values) happens before any allocation.
 std::unique_ptr<Adapter> load_adapter(const Model & model, const std::string & path, const std::string & name);
+
+// An adapter from memory (logo::AdapterData: a PEFT directory read by Python, say), checked as files are
+// (check_matrix, check_finite after conversion to the kept type) before anything is allocated.
+std::unique_ptr<Adapter> adapter_from_memory(const Model & model, const AdapterData & data);
 
 // The adapter's matrix as F32 on the host, row-major in ggml order ([ne1][ne0]).
 std::vector<float> to_host_f32(const ggml_tensor * t);

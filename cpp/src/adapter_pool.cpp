@@ -33,9 +33,30 @@ std::vector<std::string> AdapterPool::add(const std::vector<std::string> & paths
     // Load everything first; only then change the pool, so a failure leaves it as it was.
     std::vector<std::unique_ptr<Adapter>> loaded;
     for (size_t i = 0; i < paths.size(); ++i) loaded.push_back(load_adapter(*model_, paths[i], chosen[i]));
+    insert(std::move(loaded));
+    return chosen;
+}
+
+std::vector<std::string> AdapterPool::add_tensors(const std::vector<AdapterData> & adapters) {
+    std::vector<std::string> chosen;
+    for (const AdapterData & a : adapters) {
+        if (a.name.empty()) throw std::invalid_argument("an adapter from memory needs a name (from '" + a.source + "')");
+        if (index_of(a.name) >= 0 || std::find(chosen.begin(), chosen.end(), a.name) != chosen.end()) {
+            throw std::invalid_argument("duplicate adapter name '" + a.name + "' (from '" + a.source +
+                                        "'); adapter names in a pool must be unique");
+        }
+        chosen.push_back(a.name);
+    }
+    std::vector<std::unique_ptr<Adapter>> loaded;
+    for (const AdapterData & a : adapters) loaded.push_back(adapter_from_memory(*model_, a));
+    insert(std::move(loaded));
+    return chosen;
+}
+
+// The one place adapters enter the pool, from files or memory, after all of them loaded.
+void AdapterPool::insert(std::vector<std::unique_ptr<Adapter>> loaded) {
     for (auto & a : loaded) adapters_.push_back(std::move(a));
     invalidate();
-    return chosen;
 }
 
 void AdapterPool::remove(const std::string & name) {

@@ -41,6 +41,8 @@ public:
     // Loads all files or none: on any error the pool is unchanged. Empty names take the file's stem.
     // Returns the names given.
     std::vector<std::string> add(const std::vector<std::string> & paths, const std::vector<std::string> & names);
+    // Adapters from memory (each named): the same checks and the same all-or-nothing rule as files.
+    std::vector<std::string> add_tensors(const std::vector<AdapterData> & adapters);
     void remove(const std::string & name);
 
     size_t size() const { return adapters_.size(); }
@@ -61,6 +63,7 @@ private:
     std::map<std::pair<int, std::string>, std::unique_ptr<ProbeBank>> banks_;
     std::unique_ptr<Mixture> all_;
 
+    void insert(std::vector<std::unique_ptr<Adapter>> loaded);
     void invalidate();
 };
 

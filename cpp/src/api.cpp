@@ -93,6 +93,11 @@ std::vector<std::string> AdapterPool::add(const std::vector<std::string> & paths
     return impl_->pool.add(paths, names);
 }
 
+std::vector<std::string> AdapterPool::add_tensors(const std::vector<AdapterData> & adapters) {
+    std::unique_lock<std::shared_mutex> lock(impl_->mutex);
+    return impl_->pool.add_tensors(adapters);
+}
+
 void AdapterPool::remove(const std::string & name) {
     std::unique_lock<std::shared_mutex> lock(impl_->mutex);
     impl_->pool.remove(name);

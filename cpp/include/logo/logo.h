@@ -94,6 +94,9 @@ public:
 
     // Loads all files or none (the pool is unchanged on error); empty names take the file's stem.
     std::vector<std::string> add(const std::vector<std::string> & paths, const std::vector<std::string> & names = {});
+    // Adapters from memory, with the same checks as files (names, shapes against the model, finite
+    // values) and the same all-or-nothing rule; the data are copied, the caller keeps its buffers.
+    std::vector<std::string> add_tensors(const std::vector<AdapterData> & adapters);
     void remove(const std::string & name);
     std::vector<std::string> names() const;
     int index_of(const std::string & name) const;  // -1 when absent

@@ -82,6 +82,27 @@ struct Routing {
     double select_seconds = 0;
 };
 
+// An adapter given from memory rather than a GGUF file (e.g. a PEFT directory read by the caller).
+// Each matrix adds scale * B A x to the output of the base weight it names. Data are row-major float32,
+// read during AdapterPool::add_tensors and not kept: `a` is PEFT's lora_A, [rank][n_in]; `b` is lora_B,
+// [n_out][rank] (rows already in the base GGUF's order, e.g. llama.cpp's Q/K permutation applied).
+struct LoraMatrixData {
+    std::string weight;      // the base tensor it adapts, e.g. "blk.3.attn_q.weight"
+    int64_t rank = 0, n_in = 0, n_out = 0;
+    const float * a = nullptr;
+    const float * b = nullptr;
+    float scale = 1.0f;      // PEFT: alpha / r, or alpha / sqrt(r) with rsLoRA
+    std::string type = "f32";  // kept resident as "f32", "f16" or "bf16"
+    std::string a_name, b_name;  // the source's names for A and B, for error messages (default weight.lora_a/b)
+};
+
+struct AdapterData {
+    std::string name;        // its name in the pool (required, unique)
+    std::string source;      // where it came from (a file path), shown in errors and AdapterInfo::path
+    float alpha = 0.0f;      // informational only (AdapterInfo::alpha): each matrix carries its own scale
+    std::vector<LoraMatrixData> matrices;
+};
+
 // A weighted set of pool adapters: (pool index, weight).
 using Mixture = std::vector<std::pair<int, float>>;
 
