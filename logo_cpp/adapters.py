@@ -6,34 +6,41 @@ import os
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
-from . import _core
+from . import _core, peft
 from .model import Model
 
 PathLike = Union[str, os.PathLike]
 
 
-def _expand(paths: Union[PathLike, Iterable[PathLike]]) -> list[str]:
-    """Files as given; a directory stands for its *.gguf files, sorted by name."""
+def _expand(paths: Union[PathLike, Iterable[PathLike]]) -> list[tuple[str, str]]:
+    """(kind, path) per adapter, kind "gguf" or "peft": files and PEFT adapter directories as given; any
+    other directory stands for its *.gguf files and the PEFT adapter directories in it, sorted by name."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    out: list[str] = []
+    out: list[tuple[str, str]] = []
     for p in paths:
         p = Path(p)
-        if p.is_dir():
-            found = sorted(str(f) for f in p.glob("*.gguf"))
+        if peft.is_peft_path(p):
+            out.append(("peft", str(p)))
+        elif p.is_dir():
+            found = sorted([f for f in p.glob("*.gguf")] + [d for d in p.iterdir() if d.is_dir() and peft.is_peft_path(d)])
             if not found:
-                raise FileNotFoundError(f"directory '{p}' holds no .gguf adapter files")
-            out.extend(found)
+                raise FileNotFoundError(f"directory '{p}' holds no .gguf adapter files and no PEFT adapter directories "
+                                        f"(with {peft.CONFIG_FILE})")
+            out.extend(("peft" if f.is_dir() else "gguf", str(f)) for f in found)
         else:
-            out.append(str(p))
+            out.append(("gguf", str(p)))
     return out
 
 
 class AdapterPool:
-    """LoRA adapters (llama.cpp's GGUF format) validated against ``model`` and kept resident.
+    """LoRA adapters validated against ``model`` and kept resident: GGUF files in llama.cpp's format, and
+    Hugging Face PEFT LoRA directories (adapter_config.json + adapter_model.safetensors, read without torch;
+    see logo_cpp.peft for how module names, scales and llama's Q/K row order are mapped).
 
-    Adapters are named after their file's stem unless ``names`` says otherwise. Every load is all or
-    nothing: if one file is bad, the pool stays as it was and the error names the file and tensor.
+    Adapters are named after their file's stem (a PEFT adapter after its directory) unless ``names`` says
+    otherwise. Every load is all or nothing: if one adapter is bad, the pool stays as it was and the error
+    names the file and the tensor or setting.
     """
 
     def __init__(self, model: Model, paths: Union[PathLike, Iterable[PathLike], None] = None, *,
@@ -48,16 +55,43 @@ class AdapterPool:
 
     def add(self, paths: Union[PathLike, Iterable[PathLike]], *, names: Optional[Sequence[str]] = None,
             name: Optional[str] = None) -> list[str]:
-        """Loads one file, several, or a directory of *.gguf; returns the names given to them."""
-        files = _expand(paths)
+        """Loads adapters and returns the names given to them. ``paths``: a GGUF file, a PEFT adapter
+        directory (or its adapter_model.safetensors), a directory of those, or a list of any of these.
+
+        Raises FileNotFoundError, logo_cpp.FormatError (naming the file and tensor or setting: DoRA,
+        modules_to_save, embedding or lm_head LoRA, unknown modules, shapes that do not fit the base, ...),
+        ValueError for duplicate names; on any error the pool is unchanged."""
+        entries = _expand(paths)
         if name is not None:
-            if len(files) != 1:
-                raise ValueError("name= applies to a single adapter file; use names= for several")
+            if len(entries) != 1:
+                raise ValueError("name= applies to a single adapter; use names= for several")
             names = [name]
-        if names is not None and len(names) != len(files):
-            raise ValueError(f"{len(names)} names for {len(files)} adapter files")
+        if names is not None and len(names) != len(entries):
+            raise ValueError(f"{len(names)} names for {len(entries)} adapters")
+        names = list(names or [""] * len(entries))
+        # Read every PEFT adapter before touching the pool: their errors come first and change nothing.
+        loaded = [peft.load_for_model(p, self.model._core, name=n or None) if kind == "peft" else p
+                  for (kind, p), n in zip(entries, names)]
         with self.model._lock:
-            return self._core.add(files, list(names or []))
+            added: list[str] = []
+            try:
+                # Consecutive adapters of one kind go in one all-or-nothing call; a later failure takes the
+                # earlier calls' adapters out again.
+                i = 0
+                while i < len(loaded):
+                    j = i
+                    while j < len(loaded) and entries[j][0] == entries[i][0]:
+                        j += 1
+                    if entries[i][0] == "gguf":
+                        added += self._core.add(loaded[i:j], names[i:j])
+                    else:
+                        added += self._core.add_tensors([peft.as_core_adapter(a) for a in loaded[i:j]])
+                    i = j
+            except BaseException:
+                for n in added:
+                    self._core.remove(n)
+                raise
+            return added
 
     def remove(self, name: str) -> None:
         with self.model._lock:

@@ -1,4 +1,4 @@
-"""The `logo-cpp` command line: run, route, inspect, demo, eval, bench.
+"""The `logo-cpp` command line: run, route, inspect, convert, demo, eval, bench.
 
 User mistakes (a missing file, a bad argument, a file that does not fit) end with one line on stderr and
 exit code 2, never a traceback.
@@ -24,7 +24,7 @@ def _die(message: str) -> int:
 def _add_model_args(p: argparse.ArgumentParser, adapters_required: bool = True) -> None:
     p.add_argument("--model", "-m", required=True, help="base model GGUF file")
     p.add_argument("--adapters", "-a", nargs="+", required=adapters_required, default=[],
-                   help="adapter GGUF files or directories of them")
+                   help="adapter GGUF files, PEFT adapter directories, or directories of them")
     p.add_argument("--device", default="auto", help="auto (a GPU if the linked ggml has one), cpu, or a device name")
     p.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: one per core)")
     p.add_argument("--ctx", type=int, default=2048, help="context length (tokens)")
@@ -122,7 +122,7 @@ def cmd_inspect(args) -> int:
     info = describe(args.file, base=args.base)
     if args.json:
         print(json.dumps(info, indent=2))
-        return 0 if info.get("fits", True) else 1
+        return 0 if info.get("fits", True) and info.get("supported", True) else 1
     for key, value in info.items():
         if isinstance(value, dict):
             print(f"{key}:")
@@ -134,7 +134,19 @@ def cmd_inspect(args) -> int:
                 print(f"  {v}")
         else:
             print(f"{key}: {value}")
-    return 0 if info.get("fits", True) else 1
+    return 0 if info.get("fits", True) and info.get("supported", True) else 1
+
+
+def cmd_convert(args) -> int:
+    from .convert import convert
+
+    out = args.out or Path(Path(args.peft_dir).resolve().name + ".gguf")
+    result = convert(args.peft_dir, out, args.base, outtype=args.outtype)
+    folded = (f"; {len(result.folded)} matrices carry their own PEFT scale in lora_b (alpha_pattern/use_rslora)"
+              if result.folded else "")
+    print(f"wrote {result.path}: {result.arch} LoRA, {result.matrices} matrices, {args.outtype}, "
+          f"alpha {result.alpha:g}{folded}")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -180,11 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_route)
 
-    p = sub.add_parser("inspect", help="describe a base model or adapter GGUF file")
+    p = sub.add_parser("inspect", help="describe a base model or adapter GGUF file, or a PEFT LoRA directory")
     p.add_argument("file")
     p.add_argument("--base", help="a base model: check that the adapter fits it")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("convert", help="write a PEFT LoRA directory as a GGUF LoRA in llama.cpp's format")
+    p.add_argument("peft_dir", help="PEFT adapter directory (adapter_config.json + adapter_model.safetensors)")
+    p.add_argument("--out", "-o", type=Path, default=None, help="output GGUF (default: ./<directory name>.gguf)")
+    p.add_argument("--base", required=True, help="the base model GGUF the adapter is for (shapes are checked)")
+    p.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"],
+                   help="tensor type (default f32, as llama.cpp's convert_lora_to_gguf.py)")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("demo", help="LoGo on the shipped default model and adapters")
     p.add_argument("--threads", "-t", type=int, default=None)

@@ -1,7 +1,9 @@
-"""`logo-cpp inspect`: what a GGUF file is (base model or LoRA adapter), read with the gguf package."""
+"""`logo-cpp inspect`: what a GGUF file is (base model or LoRA adapter), read with the gguf package, or what a
+PEFT LoRA directory holds."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -13,14 +15,71 @@ def _value(reader, key, default=None):
     return default if field is None else field.contents()
 
 
+def describe_peft(path: str, base: Optional[str] = None) -> dict:
+    """A PEFT LoRA directory: its settings, each adapted module's layers, rank, scale and stored type, and
+    with `base` whether it fits that model. A directory logo-cpp refuses is described with the reason
+    (``supported: False``); missing files raise FileNotFoundError."""
+    from . import peft
+
+    directory, config_path, weights = peft.adapter_files(path)
+    info: dict = {"directory": str(directory), "kind": "PEFT LoRA adapter",
+                  "size_mib": round(weights.stat().st_size / 2**20, 2)}
+    try:
+        raw = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raw = {}
+    if isinstance(raw, dict):
+        for key in ("base_model_name_or_path", "peft_type", "r", "lora_alpha", "use_rslora", "target_modules"):
+            if key in raw:
+                info[key] = raw[key]
+        for key in ("rank_pattern", "alpha_pattern"):
+            if raw.get(key):
+                info[key] = raw[key]
+    try:
+        adapter = peft.read_adapter(path)
+    except ValueError as exc:
+        info["supported"] = False
+        info["reason"] = str(exc)
+        return info
+    info["supported"] = True
+    modules: dict[str, dict] = {}
+    for m in adapter.matrices:
+        module = m.weight.split(".")[2]
+        entry = modules.setdefault(module, {"layers": 0, "ranks": set(), "scales": set(), "types": set()})
+        entry["layers"] += 1
+        entry["ranks"].add(m.rank)
+        entry["scales"].add(round(m.scale, 6))
+        entry["types"].add(m.dtype)
+    hf = {gguf: name for name, (_, gguf) in peft.MODULES.items()}
+    info["modules"] = {f"{module} ({hf[module]})": f"{e['layers']} layers, rank {'/'.join(map(str, sorted(e['ranks'])))}, "
+                       f"scale {'/'.join(f'{s:g}' for s in sorted(e['scales']))}, {'/'.join(sorted(e['types']))}"
+                       for module, e in modules.items()}
+    if base is not None:
+        import logo_cpp
+
+        model = logo_cpp.Model(base, n_ctx=16)
+        try:
+            logo_cpp.AdapterPool(model, [path])
+            info["fits"] = True
+            info["fit"] = f"fits '{base}'"
+        except logo_cpp.FormatError as exc:
+            info["fits"] = False
+            info["fit"] = str(exc)
+    return info
+
+
 def describe(path: str, base: Optional[str] = None) -> dict:
     from gguf import GGUFReader
+
+    from . import peft
 
     path = os.fspath(path)
     if not Path(path).exists():
         raise FileNotFoundError(f"no such file: '{path}'")
+    if peft.is_peft_path(path):
+        return describe_peft(path, base)
     if Path(path).is_dir():
-        raise IsADirectoryError(f"'{path}' is a directory, expected a GGUF file")
+        raise IsADirectoryError(f"'{path}' is a directory, expected a GGUF file or a PEFT adapter directory")
     try:
         reader = GGUFReader(path)
     except Exception as exc:  # the gguf package raises assorted types for foreign files
