@@ -141,7 +141,7 @@ def cmd_convert(args) -> int:
     from .convert import convert
 
     out = args.out or Path(Path(args.peft_dir).resolve().name + ".gguf")
-    result = convert(args.peft_dir, out, args.base, outtype=args.outtype)
+    result = convert(args.peft_dir, out, args.base, outtype=args.outtype, task_name=args.task_name)
     folded = (f"; {len(result.folded)} matrices carry their own PEFT scale in lora_b (alpha_pattern/use_rslora)"
               if result.folded else "")
     print(f"wrote {result.path}: {result.arch} LoRA, {result.matrices} matrices, {args.outtype}, "
@@ -204,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", required=True, help="the base model GGUF the adapter is for (shapes are checked)")
     p.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"],
                    help="tensor type (default f32, as llama.cpp's convert_lora_to_gguf.py)")
+    p.add_argument("--task-name", default=None, help="written as adapter.lora.task_name")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("demo", help="LoGo on the shipped default model and adapters")

@@ -74,9 +74,10 @@ def _encode(array: np.ndarray, outtype: str):
 
 
 def convert(peft_path: PathLike, out: PathLike, base: PathLike, outtype: str = "f32",
-            name: Optional[str] = None) -> Converted:
+            name: Optional[str] = None, task_name: Optional[str] = None) -> Converted:
     """Writes the PEFT adapter at `peft_path` (directory or safetensors file) as a GGUF LoRA for the base
     model file `base`, tensors in `outtype` (f32 as llama.cpp's converter does by default, f16, bf16, q8_0).
+    `name` is general.name (default: the directory's name); `task_name` goes to adapter.lora.task_name.
 
     The adapter is loaded into a pool over `base` first (every refusal and shape check of AdapterPool.add),
     and the written file is loaded back before returning. Raises FileNotFoundError, logo_cpp.FormatError,
@@ -101,6 +102,8 @@ def convert(peft_path: PathLike, out: PathLike, base: PathLike, outtype: str = "
     writer.add_string("adapter.type", "lora")
     writer.add_float32("adapter.lora.alpha", float(alpha))
     writer.add_quantization_version(GGML_QUANT_VERSION)
+    if task_name:
+        writer.add_string("adapter.lora.task_name", task_name)
     folded = []
     for m in adapter.matrices:
         b = m.b

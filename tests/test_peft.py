@@ -362,9 +362,12 @@ def test_cli_convert_inspect_and_run(model_dir, tmp_path):
     assert (tmp_path / "my-adapter.gguf").exists()
     assert "wrote my-adapter.gguf: llama LoRA, 12 matrices, f32, alpha" in out.stdout
     assert "3 matrices carry their own PEFT scale in lora_b" in out.stdout  # the rank-2 k_proj of 3 layers
-    out = cli("convert", directory, "-o", tmp_path / "q.gguf", "--base", base, "--outtype", "q8_0", cwd=tmp_path)
+    out = cli("convert", directory, "-o", tmp_path / "q.gguf", "--base", base, "--outtype", "q8_0", "--task-name",
+              "sums", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert {t.tensor_type.name for t in GGUFReader(tmp_path / "q.gguf").tensors} == {"Q8_0", "F16"}
+    reader = GGUFReader(tmp_path / "q.gguf")
+    assert {t.tensor_type.name for t in reader.tensors} == {"Q8_0", "F16"}  # rank-8/2 lora_b rows stay F16
+    assert reader.fields["adapter.lora.task_name"].contents() == "sums"
 
     out = cli("inspect", directory, "--base", base, "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
