@@ -3,6 +3,14 @@ own), quantized variants by llama.cpp's own quantizer; broken files by the same 
 
 from __future__ import annotations
 
+import os
+
+# ggml's CPU threads wait at each node's barrier through OpenMP, which spins by default: when the machine runs
+# more busy threads than it has cores (CI runners, a shared dev box), every graph then waits on descheduled
+# spinners (measured here: a 16-token greedy run 26 s instead of 1.5 s at load 15 on 2 cores). Tests check
+# results, not speed, so they let waiting threads sleep. Set before ggml (and libgomp) load.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import ctypes
 from pathlib import Path
 
