@@ -179,6 +179,22 @@ def test_converted_file_in_llama_cpp_matches_the_directory_in_logo_cpp(model_dir
     close(m.logits(ids, adapters={out.stem: weight}), theirs, base, tolerance)
 
 
+def test_generation_with_per_module_scales_matches_llama_cpp(model_dir, tmp_path, llama_cpp_oracle):
+    # 24 tokens from one instance: the mixture is folded into the F32 weights (per-module scales included).
+    directory = ref.write_peft(tmp_path / "patterns", spec("llama"), seed=43, **SCALE_CASES["patterns"])
+    convert(directory, tmp_path / "converted.gguf", model_dir / "llama-f32.gguf")
+    m = model(model_dir, "llama")
+    pool = logo_cpp.AdapterPool(m, directory)  # noqa: F841
+    ids = m.tokenize(PROMPT)
+    ours = m.generate(ids, max_tokens=24, temperature=0.0, ignore_eos=True, adapters={"patterns": 0.5})
+    oracle = llama_cpp_oracle(model_dir / "llama-f32.gguf")
+    oracle.set_adapters({"converted": 0.5}, tmp_path)
+    theirs = oracle.greedy(ids, 24)
+    oracle.set_adapters({}, tmp_path)
+    assert ours.tokens == theirs
+    assert ours.tokens != m.generate(ids, max_tokens=24, temperature=0.0, ignore_eos=True).tokens
+
+
 def test_file_alpha_keeps_the_common_scale_and_folds_the_rest(model_dir, tmp_path):
     directory = ref.write_peft(tmp_path / "a", spec("qwen2"), targets=("q_proj", "v_proj"), r=4, lora_alpha=8,
                                alpha_pattern={"model.layers.1.self_attn.v_proj": 2}, seed=3)
