@@ -322,7 +322,7 @@ def _unexpected_tensor(where: str, name: str) -> str:
     if ".lm_head." in name:
         return (f"{where}: tensor '{name}' adapts the output head (lm_head); logo-cpp adapts only the blocks' linear "
                 f"maps ({', '.join(MODULES)})")
-    if "modules_to_save" in name or name.endswith(".bias") or name.endswith(".weight") and ".lora_" not in name:
+    if "modules_to_save" in name or name.endswith(".bias") or (name.endswith(".weight") and ".lora_" not in name):
         return (f"{where}: tensor '{name}' is a trained copy of a base weight or bias (modules_to_save, bias training "
                 f"or saved embeddings), not a LoRA delta; logo-cpp cannot apply it")
     return (f"{where}: unexpected tensor '{name}'; expected [base_model.model.]model.layers.N.{{self_attn,mlp}}."
