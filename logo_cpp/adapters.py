@@ -69,23 +69,23 @@ class AdapterPool:
         if names is not None and len(names) != len(entries):
             raise ValueError(f"{len(names)} names for {len(entries)} adapters")
         names = list(names or [""] * len(entries))
-        # Read every PEFT adapter before touching the pool: their errors come first and change nothing.
-        loaded = [peft.load_for_model(p, self.model._core, name=n or None) if kind == "peft" else p
-                  for (kind, p), n in zip(entries, names)]
         with self.model._lock:
             added: list[str] = []
             try:
-                # Consecutive adapters of one kind go in one all-or-nothing call; a later failure takes the
-                # earlier calls' adapters out again.
+                # Consecutive GGUF files go in one all-or-nothing call; PEFT adapters are read and added one
+                # at a time (only one is ever held in Python memory). Any failure takes out what this call
+                # added before it.
                 i = 0
-                while i < len(loaded):
+                while i < len(entries):
+                    if entries[i][0] == "peft":
+                        adapter = peft.load_for_model(entries[i][1], self.model._core, name=names[i] or None)
+                        added += self._core.add_tensors([peft.as_core_adapter(adapter)])
+                        i += 1
+                        continue
                     j = i
-                    while j < len(loaded) and entries[j][0] == entries[i][0]:
+                    while j < len(entries) and entries[j][0] == "gguf":
                         j += 1
-                    if entries[i][0] == "gguf":
-                        added += self._core.add(loaded[i:j], names[i:j])
-                    else:
-                        added += self._core.add_tensors([peft.as_core_adapter(a) for a in loaded[i:j]])
+                    added += self._core.add([p for _, p in entries[i:j]], names[i:j])
                     i = j
             except BaseException:
                 for n in added:
