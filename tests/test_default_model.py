@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 import logo_cpp
-from logo_cpp.default_model import default_model_dir, load_manifest, read_eval_set
+from logo_cpp.default_model import load_toy_manifest, read_eval_set
 
 from conftest import THREADS
 
 
 @pytest.fixture(scope="module")
 def shipped():
-    model_dir, manifest = load_manifest(default_model_dir())
+    model_dir, manifest = load_toy_manifest()
     return model_dir, manifest, read_eval_set(model_dir, manifest)
 
 
