@@ -9,6 +9,7 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include "convert.h"
 #include "logo/logo.h"
 
 namespace nb = nanobind;
@@ -28,24 +29,6 @@ nb::ndarray<nb::numpy, float, nb::ndim<1>> as_vector(std::vector<float> && value
     auto * owned = new std::vector<float>(std::move(values));
     nb::capsule owner(owned, [](void * p) noexcept { delete static_cast<std::vector<float> *>(p); });
     return nb::ndarray<nb::numpy, float, nb::ndim<1>>(owned->data(), {owned->size()}, owner);
-}
-
-nb::bytes as_bytes(const std::string & s) { return nb::bytes(s.data(), s.size()); }
-
-nb::dict completion_to_dict(const logo::Completion & c) {
-    nb::dict d;
-    d["text"] = as_bytes(c.text);
-    d["tokens"] = c.tokens;
-    d["finish_reason"] = c.finish_reason;
-    nb::dict t;
-    t["n_prompt"] = c.timings.n_prompt;
-    t["n_generated"] = c.timings.n_generated;
-    t["prefill_seconds"] = c.timings.prefill_seconds;
-    t["decode_seconds"] = c.timings.decode_seconds;
-    t["prefill_tokens_per_second"] = c.timings.prefill_tokens_per_second();
-    t["decode_tokens_per_second"] = c.timings.decode_tokens_per_second();
-    d["timings"] = t;
-    return d;
 }
 
 logo::RouterOptions router_options(int k, const std::string & signal, const std::string & probe, int layer,
@@ -265,6 +248,8 @@ NB_MODULE(_core, m) {
              "prompts"_a, "max_tokens"_a = 128, "temperature"_a = 0.8f, "top_k"_a = 40, "top_p"_a = 0.95f,
              "min_p"_a = 0.05f, "seed"_a = 0, "stop"_a = std::vector<std::string>{}, "ignore_eos"_a = false,
              "on_text"_a = nb::none(), "pool"_a = nb::none(), "selections"_a = std::vector<logo::Mixture>{});
+
+    bind_batch(m);
 
     m.def("route",
           [](logo::Context & c, int seq, const logo::AdapterPool & pool, const std::vector<int32_t> & tokens, int k,

@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "adapter_pool.h"
+#include "api_internal.h"
 #include "backend.h"
 #include "generate.h"
 #include "logo/logo.h"
@@ -78,13 +79,6 @@ int Model::default_thread_count() { return core::default_thread_count(); }
 
 // -- AdapterPool ---------------------------------------------------------------------------------
 
-struct AdapterPool::Impl {
-    core::AdapterPool pool;
-    // Readers (routing, mixtures) share; add/remove wait for them to finish.
-    mutable std::shared_mutex mutex;
-    explicit Impl(std::shared_ptr<const core::Model> model) : pool(std::move(model)) {}
-};
-
 AdapterPool::AdapterPool(const Model & model) : impl_(std::make_unique<Impl>(model.impl_)) {}
 AdapterPool::~AdapterPool() = default;
 
@@ -148,6 +142,28 @@ std::vector<std::pair<std::string, float>> describe(const Routing & routing, con
     return out;
 }
 
+// -- shared by the API's files ---------------------------------------------------------------------
+
+Entered::Entered(std::mutex & m, const char * what) : lock_(m, std::try_to_lock) {
+    if (!lock_.owns_lock()) {
+        throw ConcurrentUse(std::string("this ") + what + " is in use by another thread; give each thread its own " +
+                            what + " (a Model and an AdapterPool can be shared)");
+    }
+}
+
+core::Selection to_selection(const core::AdapterPool & pool, const Mixture & mixture) {
+    core::Selection selection;
+    for (const auto & [index, weight] : mixture) {
+        if (index < 0 || size_t(index) >= pool.size()) {
+            throw std::invalid_argument("adapter index " + std::to_string(index) + " is out of range for a pool of " +
+                                        std::to_string(pool.size()));
+        }
+        if (!std::isfinite(weight)) throw std::invalid_argument("adapter weights must be finite");
+        selection.push_back({&pool.at(size_t(index)), weight});
+    }
+    return selection;
+}
+
 // -- Context -------------------------------------------------------------------------------------
 
 // Detects a Context used from two threads at once, which would corrupt its cache.
@@ -157,19 +173,6 @@ struct Context::Guard {
 
 namespace {
 
-class Entered {
-public:
-    explicit Entered(std::mutex & m) : lock_(m, std::try_to_lock) {
-        if (!lock_.owns_lock()) {
-            throw ConcurrentUse("this Context is in use by another thread; give each thread its own Context "
-                                "(a Model and an AdapterPool can be shared)");
-        }
-    }
-
-private:
-    std::unique_lock<std::mutex> lock_;
-};
-
 std::unique_ptr<core::Mixture> make_mixture(const core::Model & model, const core::AdapterPool & pool,
                                             const std::vector<Mixture> & mixtures, int n_seq) {
     if (mixtures.size() != 1 && int(mixtures.size()) != n_seq) {
@@ -177,18 +180,7 @@ std::unique_ptr<core::Mixture> make_mixture(const core::Model & model, const cor
                                     std::to_string(n_seq) + "), not " + std::to_string(mixtures.size()));
     }
     std::vector<core::Selection> per_sequence;
-    for (const Mixture & mixture : mixtures) {
-        core::Selection selection;
-        for (const auto & [index, weight] : mixture) {
-            if (index < 0 || size_t(index) >= pool.size()) {
-                throw std::invalid_argument("adapter index " + std::to_string(index) + " is out of range for a pool of " +
-                                            std::to_string(pool.size()));
-            }
-            if (!std::isfinite(weight)) throw std::invalid_argument("adapter weights must be finite");
-            selection.push_back({&pool.at(size_t(index)), weight});
-        }
-        per_sequence.push_back(std::move(selection));
-    }
+    for (const Mixture & mixture : mixtures) per_sequence.push_back(to_selection(pool, mixture));
     return std::make_unique<core::Mixture>(model, per_sequence, core::mixture_type_for(model));
 }
 
@@ -207,23 +199,23 @@ int64_t Context::n_vocab() const { return model_->hparams().n_vocab; }
 int Context::length(int seq) const { return session_->length(seq); }
 
 void Context::clear(int seq) {
-    Entered entered(guard_->mutex);
+    Entered entered(guard_->mutex, "Context");
     session_->clear(seq);
 }
 
 void Context::clear_all() {
-    Entered entered(guard_->mutex);
+    Entered entered(guard_->mutex, "Context");
     session_->clear_all();
 }
 
 void Context::truncate(int seq, int length) {
-    Entered entered(guard_->mutex);
+    Entered entered(guard_->mutex, "Context");
     session_->truncate(seq, length);
 }
 
 std::vector<float> Context::evaluate(int first_seq, int n_seq, const std::vector<Token> & tokens, bool all_logits,
                                      const AdapterPool * pool, const std::vector<Mixture> & mixtures) {
-    Entered entered(guard_->mutex);
+    Entered entered(guard_->mutex, "Context");
     if (!pool || mixtures.empty()) return session_->evaluate(first_seq, n_seq, tokens, all_logits, nullptr);
     std::shared_lock<std::shared_mutex> lock(pool->impl_->mutex);
     auto mixture = make_mixture(*model_, pool->impl_->pool, mixtures, session_->n_stream());
@@ -231,14 +223,14 @@ std::vector<float> Context::evaluate(int first_seq, int n_seq, const std::vector
 }
 
 std::vector<float> Context::block_input(int seq, const std::vector<Token> & tokens, int layer) {
-    Entered entered(guard_->mutex);
+    Entered entered(guard_->mutex, "Context");
     return session_->block_input(seq, tokens, layer, nullptr);
 }
 
 std::vector<Completion> Context::generate(const std::vector<std::vector<Token>> & prompts, const GenerateOptions & options,
                                           const AdapterPool * pool, const std::vector<Mixture> & mixtures,
                                           const TextCallback & on_text) {
-    Entered entered(guard_->mutex);
+    Entered entered(guard_->mutex, "Context");
     options.validate();
     std::vector<GenerateOptions> per_prompt;
     for (size_t i = 0; i < prompts.size(); ++i) {
@@ -256,7 +248,7 @@ std::vector<Completion> Context::generate(const std::vector<std::vector<Token>> 
 }
 
 Routing Context::route(int seq, const AdapterPool & pool, const std::vector<Token> & tokens, const RouterOptions & options) {
-    Entered entered(guard_->mutex);
+    Entered entered(guard_->mutex, "Context");
     std::shared_lock<std::shared_mutex> lock(pool.impl_->mutex);
     return core::route(*session_, seq, pool.impl_->pool, tokens, options);
 }

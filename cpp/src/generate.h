@@ -7,14 +7,10 @@
 #include <vector>
 
 #include "graph.h"
-#include "sampler.h"
+#include "sequence.h"
 #include "session.h"
 
 namespace logo::core {
-
-
-
-
 
 // Generates for each prompt in its own stream (0..n-1) of `session`, which must have at least as many
 // streams; prompts are prefilled one after another, then decoded together one token per step.

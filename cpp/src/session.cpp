@@ -57,6 +57,29 @@ void Session::truncate(int stream, int new_length) {
 
 void Session::clear_all() { std::fill(cache_.length.begin(), cache_.length.end(), 0); }
 
+void Session::copy_stream(int from, int to) {
+    const int n = length(from);
+    length(to);
+    if (from == to) return;
+    if (n > 0) {
+        const auto & cache = cache_;
+        compute(
+            [&](ggml_context * ctx, ggml_cgraph * graph) {
+                // A stream's rows are contiguous: rows [stream * n_ctx, stream * n_ctx + length).
+                for (const auto * layer : {&cache.k, &cache.v}) {
+                    for (ggml_tensor * t : *layer) {
+                        const size_t row = t->nb[1];
+                        ggml_tensor * src = ggml_view_2d(ctx, t, t->ne[0], n, row, row * size_t(from) * size_t(cache.n_ctx));
+                        ggml_tensor * dst = ggml_view_2d(ctx, t, t->ne[0], n, row, row * size_t(to) * size_t(cache.n_ctx));
+                        ggml_build_forward_expand(graph, ggml_cpy(ctx, src, dst));
+                    }
+                }
+            },
+            cache_.k.size() * 2 * 3 + 16);
+    }
+    cache_.length[size_t(to)] = n;
+}
+
 void Session::check_tokens(int first_stream, int n_stream, const std::vector<int32_t> & tokens) const {
     if (n_stream < 1 || first_stream < 0 || first_stream + n_stream > cache_.n_stream) {
         throw std::invalid_argument("sequences [" + std::to_string(first_stream) + ", " +

@@ -35,6 +35,9 @@ public:
     void clear(int stream);
     void truncate(int stream, int length);  // forget the tokens past `length`
     void clear_all();
+    // Stream `to` takes a copy of stream `from`'s cache (its rows and length), computed on the device;
+    // continuous batching uses it to keep the running sequences in consecutive streams.
+    void copy_stream(int from, int to);
 
     // Appends n_per_stream tokens to each of n_stream consecutive streams starting at first_stream
     // (tokens laid out stream-major) and evaluates them in one graph. Returns logits, row-major

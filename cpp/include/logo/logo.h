@@ -66,6 +66,7 @@ public:
 private:
     friend class Context;
     friend class AdapterPool;
+    friend class ContinuousBatch;
     std::shared_ptr<core::Model> impl_;
     ModelInfo info_;
 };
@@ -106,6 +107,7 @@ public:
 
 private:
     friend class Context;
+    friend class ContinuousBatch;
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
@@ -177,3 +179,5 @@ private:
 std::vector<std::pair<std::string, float>> describe(const Routing & routing, const AdapterPool & pool);
 
 }  // namespace logo
+
+#include "logo/batch.h"  // ContinuousBatch: continuous batching for servers

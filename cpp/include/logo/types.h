@@ -106,4 +106,13 @@ struct AdapterData {
 // A weighted set of pool adapters: (pool index, weight).
 using Mixture = std::vector<std::pair<int, float>>;
 
+// What one request of a ContinuousBatch produced in one call: the text that became final (complete
+// UTF-8, possibly empty), and once it ended, its whole result.
+struct RequestEvent {
+    int64_t id = 0;
+    std::string text;
+    bool finished = false;
+    Completion completion;  // complete when finished: text, tokens, finish_reason, timings
+};
+
 }  // namespace logo

@@ -1,0 +1,70 @@
+// _core.ContinuousBatch: logo::ContinuousBatch (logo/batch.h) for the server's engine loop. Events are
+// (id, text bytes, finished, completion dict or None) tuples; the GIL is released while C++ evaluates.
+#include <nanobind/stl/pair.h>
+
+#include "convert.h"
+
+using namespace nb::literals;
+
+namespace {
+
+nb::tuple event_to_tuple(const logo::RequestEvent & e) {
+    nb::object completion = e.finished ? nb::object(completion_to_dict(e.completion)) : nb::none();
+    return nb::make_tuple(e.id, as_bytes(e.text), e.finished, completion);
+}
+
+}  // namespace
+
+void bind_batch(nb::module_ & m) {
+    nb::class_<logo::ContinuousBatch>(m, "ContinuousBatch",
+                                      "Continuous batching: requests start and end between decode steps; each step "
+                                      "decodes every running request in one evaluation, each with its own mixture.")
+        .def("__init__",
+             [](logo::ContinuousBatch * self, const logo::Model & model, int n_ctx, int n_slots, int n_batch) {
+                 logo::ContextParams p;
+                 p.n_ctx = n_ctx;
+                 p.n_seq = n_slots;
+                 p.n_batch = n_batch;
+                 nb::gil_scoped_release release;
+                 new (self) logo::ContinuousBatch(model, p);
+             },
+             "model"_a, "n_ctx"_a = 2048, "n_slots"_a = 8, "n_batch"_a = 512)
+        .def_prop_ro("n_slots", &logo::ContinuousBatch::n_slots)
+        .def_prop_ro("n_active", &logo::ContinuousBatch::n_active)
+        .def_prop_ro("n_ctx", &logo::ContinuousBatch::n_ctx)
+        .def("active", &logo::ContinuousBatch::active, "Ids of the running requests, in slot order.")
+        .def("start",
+             [](logo::ContinuousBatch & b, int64_t id, const std::vector<int32_t> & prompt, int max_tokens,
+                float temperature, int top_k, float top_p, float min_p, uint64_t seed,
+                const std::vector<std::string> & stop, bool ignore_eos, const logo::AdapterPool * pool,
+                const logo::Mixture & selection) {
+                 logo::GenerateOptions o;
+                 o.max_tokens = max_tokens;
+                 o.sampling = {temperature, top_k, top_p, min_p, seed};
+                 o.stop = stop;
+                 o.ignore_eos = ignore_eos;
+                 logo::RequestEvent e;
+                 {
+                     nb::gil_scoped_release release;
+                     e = b.start(id, prompt, o, pool, selection);
+                 }
+                 return event_to_tuple(e);
+             },
+             "id"_a, "prompt"_a, "max_tokens"_a = 128, "temperature"_a = 0.8f, "top_k"_a = 40, "top_p"_a = 0.95f,
+             "min_p"_a = 0.05f, "seed"_a = 0, "stop"_a = std::vector<std::string>{}, "ignore_eos"_a = false,
+             "pool"_a = nb::none(), "selection"_a = logo::Mixture{},
+             "Prefills a request in a free slot and samples its first token; returns its first event.")
+        .def("step",
+             [](logo::ContinuousBatch & b) {
+                 std::vector<logo::RequestEvent> events;
+                 {
+                     nb::gil_scoped_release release;
+                     events = b.step();
+                 }
+                 nb::list out;
+                 for (const auto & e : events) out.append(event_to_tuple(e));
+                 return out;
+             },
+             "One decode step for every running request; returns one event per request.")
+        .def("cancel", &logo::ContinuousBatch::cancel, "id"_a, "Ends a running request and frees its slot.");
+}

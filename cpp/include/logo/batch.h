@@ -1,0 +1,56 @@
+// Continuous batching for servers: requests start and end between decode steps, and every step decodes
+// all running requests in one graph evaluation, each with its own adapter mixture.
+//
+//   logo::ContinuousBatch batch(model, {/*n_ctx=*/2048, /*n_seq (slots)=*/8});
+//   batch.start(id, prompt, options, &pool, mixture);   // prefill + first token, between steps
+//   while (batch.n_active() > 0) for (auto & e : batch.step()) ...;   // e.text, e.finished, e.completion
+//
+// A request's output does not depend on what runs beside it: greedy decoding gives the same tokens alone
+// or in a full batch. A ContinuousBatch belongs to one thread at a time (ConcurrentUse otherwise).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "logo/logo.h"
+
+namespace logo {
+
+namespace core {
+class BatchDecoder;
+}
+
+class ContinuousBatch {
+public:
+    // params.n_seq is the number of slots (requests decoding at once); params.n_ctx the positions of each.
+    ContinuousBatch(const Model & model, const ContextParams & params = {});
+    ~ContinuousBatch();
+    ContinuousBatch(const ContinuousBatch &) = delete;
+    ContinuousBatch & operator=(const ContinuousBatch &) = delete;
+
+    int n_slots() const;
+    int n_active() const;  // requests running (slots in use)
+    int n_ctx() const;
+    std::vector<int64_t> active() const;  // their ids
+
+    // Starts request `id` in a free slot with `mixture` over `pool` (none: the base model): prefills the
+    // prompt and samples the first token, whose text (if final) the event carries; the event is finished
+    // when the request ended at once. The mixture is copied: the pool may change afterwards.
+    // Throws std::invalid_argument (no free slot, an id already running, bad options or mixture, empty
+    // prompt) or ContextOverflow (a prompt longer than n_ctx); every slot stays as it was.
+    RequestEvent start(int64_t id, const std::vector<Token> & prompt, const GenerateOptions & options,
+                       const AdapterPool * pool = nullptr, const Mixture & mixture = {});
+    // One decode step for every running request; finished ones free their slots before it returns.
+    std::vector<RequestEvent> step();
+    // Ends a running request at once (its client went away) and frees its slot; false if none runs.
+    bool cancel(int64_t id);
+
+private:
+    std::shared_ptr<core::Model> model_;
+    std::unique_ptr<core::BatchDecoder> decoder_;
+    struct Guard;
+    std::unique_ptr<Guard> guard_;
+};
+
+}  // namespace logo

@@ -1,0 +1,48 @@
+// The public ContinuousBatch (logo/batch.h) over core::BatchDecoder: locking and argument conversion.
+#include "api_internal.h"
+#include "batch_decoder.h"
+#include "logo/batch.h"
+
+namespace logo {
+
+struct ContinuousBatch::Guard {
+    std::mutex mutex;
+};
+
+ContinuousBatch::ContinuousBatch(const Model & model, const ContextParams & params)
+    : model_(model.impl_), guard_(std::make_unique<Guard>()) {
+    decoder_ = std::make_unique<core::BatchDecoder>(model_, params);
+}
+
+ContinuousBatch::~ContinuousBatch() = default;
+
+int ContinuousBatch::n_slots() const { return decoder_->n_slots(); }
+int ContinuousBatch::n_active() const { return decoder_->n_active(); }
+int ContinuousBatch::n_ctx() const { return decoder_->n_ctx(); }
+
+std::vector<int64_t> ContinuousBatch::active() const { return decoder_->active_ids(); }
+
+RequestEvent ContinuousBatch::start(int64_t id, const std::vector<Token> & prompt, const GenerateOptions & options,
+                                    const AdapterPool * pool, const Mixture & mixture) {
+    Entered entered(guard_->mutex, "ContinuousBatch");
+    if (mixture.empty()) return decoder_->start(id, prompt, options, {});
+    if (!pool) throw std::invalid_argument("a mixture needs the AdapterPool its indices refer to");
+    if (&pool->impl_->pool.model() != model_.get()) {
+        throw std::invalid_argument("the adapter pool belongs to another model");
+    }
+    // The slot keeps a copy of the mixture, so the lock is needed only while it is written.
+    std::shared_lock<std::shared_mutex> lock(pool->impl_->mutex);
+    return decoder_->start(id, prompt, options, to_selection(pool->impl_->pool, mixture));
+}
+
+std::vector<RequestEvent> ContinuousBatch::step() {
+    Entered entered(guard_->mutex, "ContinuousBatch");
+    return decoder_->step();
+}
+
+bool ContinuousBatch::cancel(int64_t id) {
+    Entered entered(guard_->mutex, "ContinuousBatch");
+    return decoder_->cancel(id);
+}
+
+}  // namespace logo

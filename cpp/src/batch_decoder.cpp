@@ -1,0 +1,142 @@
+#include "batch_decoder.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "logo/errors.h"
+
+namespace logo::core {
+
+namespace {
+
+double seconds_between(std::chrono::steady_clock::time_point t0, std::chrono::steady_clock::time_point t1) {
+    return std::chrono::duration<double>(t1 - t0).count();
+}
+
+}  // namespace
+
+BatchDecoder::BatchDecoder(std::shared_ptr<const Model> model, const SessionOptions & options)
+    : session_(model, options), mixtures_(*model, options.n_seq) {}
+
+std::vector<int64_t> BatchDecoder::active_ids() const {
+    std::vector<int64_t> ids;
+    for (const Request & r : running_) ids.push_back(r.id);
+    return ids;
+}
+
+RequestEvent BatchDecoder::finished_event(Request & request, std::string text) {
+    RequestEvent event;
+    event.id = request.id;
+    event.text = std::move(text);
+    event.text += request.state.finish();
+    event.finished = true;
+    event.completion = std::move(request.state.completion);
+    return event;
+}
+
+RequestEvent BatchDecoder::start(int64_t id, const std::vector<int32_t> & prompt, const GenerateOptions & options,
+                                 const Selection & selection) {
+    options.validate();
+    if (n_active() >= n_slots()) {
+        throw std::invalid_argument("no free slot: all " + std::to_string(n_slots()) + " slots are running requests");
+    }
+    for (const Request & r : running_) {
+        if (r.id == id) throw std::invalid_argument("request id " + std::to_string(id) + " is already running");
+    }
+    if (prompt.empty()) throw std::invalid_argument("empty prompt: at least one token is needed");
+    if (int(prompt.size()) > n_ctx()) {
+        throw ContextOverflow("context overflow: the prompt has " + std::to_string(prompt.size()) +
+                              " tokens but a slot holds " + std::to_string(n_ctx()));
+    }
+
+    Request request{id, SequenceState(options)};
+    Completion & c = request.state.completion;
+    c.timings.n_prompt = int(prompt.size());
+    if (options.max_tokens == 0) {
+        c.finish_reason = "length";
+        return finished_event(request, "");
+    }
+
+    const int slot = n_active();
+    session_.clear(slot);
+    const auto t0 = Clock::now();
+    std::vector<float> logits;
+    try {
+        mixtures_.set(slot, selection);
+        logits = session_.evaluate(slot, 1, prompt, false, mixtures_.terms(slot + 1));
+    } catch (...) {
+        mixtures_.clear(slot);
+        session_.clear(slot);
+        throw;
+    }
+    c.timings.prefill_seconds = seconds_between(t0, Clock::now());
+
+    const int32_t n_vocab = int32_t(session_.model().hparams().n_vocab);
+    RequestEvent event;
+    event.id = id;
+    const bool going = request.state.accept(request.state.sampler.sample(logits.data(), n_vocab),
+                                            session_.model().vocab(), session_.length(slot), n_ctx(), event.text);
+    if (!going) {
+        mixtures_.clear(slot);
+        session_.clear(slot);
+        return finished_event(request, std::move(event.text));
+    }
+    running_.push_back(std::move(request));
+    return event;
+}
+
+std::vector<RequestEvent> BatchDecoder::step() {
+    std::vector<RequestEvent> events;
+    const int n = n_active();
+    if (n == 0) return events;
+    std::vector<int32_t> tokens;
+    for (const Request & r : running_) tokens.push_back(r.state.next);
+
+    const auto t0 = Clock::now();
+    std::vector<float> logits = session_.evaluate(0, n, tokens, false, mixtures_.terms(n));
+    const double elapsed = seconds_between(t0, Clock::now());
+
+    const int32_t n_vocab = int32_t(session_.model().hparams().n_vocab);
+    const Vocab & vocab = session_.model().vocab();
+    std::vector<bool> done(size_t(n), false);
+    for (int i = 0; i < n; ++i) {
+        SequenceState & s = running_[size_t(i)].state;
+        s.completion.timings.decode_seconds += elapsed;
+        RequestEvent event;
+        event.id = running_[size_t(i)].id;
+        const float * row = logits.data() + size_t(i) * size_t(n_vocab);
+        done[size_t(i)] = !s.accept(s.sampler.sample(row, n_vocab), vocab, session_.length(i), n_ctx(), event.text);
+        if (done[size_t(i)]) event = finished_event(running_[size_t(i)], std::move(event.text));
+        events.push_back(std::move(event));
+    }
+    // From the highest slot down, so the request moved into a freed slot is never one that just finished.
+    for (int i = n - 1; i >= 0; --i) {
+        if (done[size_t(i)]) release(i);
+    }
+    return events;
+}
+
+bool BatchDecoder::cancel(int64_t id) {
+    for (int i = 0; i < n_active(); ++i) {
+        if (running_[size_t(i)].id == id) {
+            release(i);
+            return true;
+        }
+    }
+    return false;
+}
+
+void BatchDecoder::release(int slot) {
+    const int last = n_active() - 1;
+    if (slot != last) {
+        session_.copy_stream(last, slot);
+        mixtures_.move(session_, last, slot);
+        running_[size_t(slot)] = std::move(running_[size_t(last)]);
+    } else {
+        mixtures_.clear(slot);
+    }
+    session_.clear(last);
+    running_.pop_back();
+}
+
+}  // namespace logo::core

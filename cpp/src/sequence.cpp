@@ -1,0 +1,92 @@
+#include "sequence.h"
+
+#include <algorithm>
+
+namespace logo::core {
+
+namespace {
+
+// Length of the longest prefix of `text` that is complete UTF-8 (a token may end mid-character).
+size_t complete_utf8_prefix(const std::string & text) {
+    size_t i = text.size();
+    for (size_t back = 1; back <= 4 && back <= text.size(); ++back) {
+        const unsigned char c = static_cast<unsigned char>(text[text.size() - back]);
+        if ((c & 0xC0) == 0x80) continue;  // continuation byte: look further back
+        size_t need = (c & 0x80) == 0 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
+        if (need > back) i = text.size() - back;
+        break;
+    }
+    return i;
+}
+
+}  // namespace
+
+std::string TextStream::push(const std::string & piece) {
+    text_ += piece;
+    size_t limit = complete_utf8_prefix(text_);
+    for (const auto & s : stop_) {
+        const size_t at = text_.find(s, released_ > s.size() ? released_ - s.size() : 0);
+        if (at != std::string::npos) {
+            text_.resize(at);
+            stopped_ = true;
+            limit = at;
+        }
+    }
+    if (!stopped_) {
+        // Hold back a suffix that could still grow into a stop string.
+        for (const auto & s : stop_) {
+            for (size_t k = std::min(s.size() - 1, text_.size()); k > 0; --k) {
+                if (text_.compare(text_.size() - k, k, s, 0, k) == 0) {
+                    limit = std::min(limit, text_.size() - k);
+                    break;
+                }
+            }
+        }
+    }
+    limit = std::max(limit, released_);
+    std::string out = text_.substr(released_, limit - released_);
+    released_ = limit;
+    return out;
+}
+
+std::string TextStream::flush() {
+    std::string out = text_.substr(released_);
+    released_ = text_.size();
+    return out;
+}
+
+SequenceState::SequenceState(const GenerateOptions & options_)
+    : options(options_), sampler(options_.sampling), text(options_.stop) {}
+
+bool SequenceState::accept(int32_t token, const Vocab & vocab, int length, int n_ctx, std::string & fresh) {
+    fresh.clear();
+    if (!options.ignore_eos && vocab.is_end_of_generation(token)) {
+        completion.finish_reason = "eos";
+        return false;
+    }
+    completion.tokens.push_back(token);
+    completion.timings.n_generated = int(completion.tokens.size());
+    fresh = text.push(vocab.token_piece(token, false));
+    if (text.stopped()) {
+        completion.finish_reason = "stop";
+        return false;
+    }
+    if (int(completion.tokens.size()) >= options.max_tokens) {
+        completion.finish_reason = "length";
+        return false;
+    }
+    if (length + 1 > n_ctx) {
+        completion.finish_reason = "length";  // the context is full
+        return false;
+    }
+    next = token;
+    return true;
+}
+
+std::string SequenceState::finish() {
+    std::string rest = text.flush();
+    completion.text = text.text();
+    return rest;
+}
+
+}  // namespace logo::core

@@ -1,0 +1,207 @@
+#include "slot_mixtures.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace logo::core {
+
+namespace {
+
+// Capacities are multiples of 64 ranks. Besides sparing reallocations, this keeps a request's output
+// independent of what runs beside it: B (A x) sums over R, and ggml's SIMD dot products (64 elements a
+// step at most, AVX-512) give bit-identical sums for any R that is a multiple of the step when the
+// entries past the request's own rank are zero. So a request yields the same tokens alone or in a batch.
+constexpr int kRankQuantum = 64;
+
+int round_up(int r) { return (r + kRankQuantum - 1) / kRankQuantum * kRankQuantum; }
+
+}  // namespace
+
+SlotMixtures::SlotMixtures(const Model & model, int n_slots)
+    : model_(model), n_slots_(n_slots), type_(mixture_type_for(model)) {
+    if (n_slots < 1) throw std::invalid_argument("the number of slots must be positive");
+}
+
+SlotMixtures::~SlotMixtures() {
+    if (buffer_) ggml_backend_buffer_free(buffer_);
+    if (ctx_) ggml_free(ctx_);
+}
+
+size_t SlotMixtures::bytes() const { return buffer_ ? ggml_backend_buffer_get_size(buffer_) : 0; }
+
+void SlotMixtures::check_slot(int slot) const {
+    if (slot < 0 || slot >= n_slots_) {
+        throw std::invalid_argument("slot " + std::to_string(slot) + " is out of range [0, " + std::to_string(n_slots_) + ")");
+    }
+}
+
+void SlotMixtures::upload_slice(ggml_tensor * t, int slot, const std::vector<float> & values) {
+    const size_t offset = t->nb[2] * size_t(slot);
+    if (t->type == GGML_TYPE_F32) {
+        ggml_backend_tensor_set(t, values.data(), offset, t->nb[2]);
+        return;
+    }
+    std::vector<ggml_fp16_t> half(values.size());
+    ggml_fp32_to_fp16_row(values.data(), half.data(), int64_t(values.size()));
+    ggml_backend_tensor_set(t, half.data(), offset, t->nb[2]);
+}
+
+void SlotMixtures::grow(const std::map<const ggml_tensor *, int> & capacity) {
+    // The new layout: every existing stack, widened where asked, plus the new weights.
+    std::map<const ggml_tensor *, Stack> next;
+    for (const auto & [base, stack] : stacks_) {
+        Stack s;
+        s.n_in = stack.n_in;
+        s.n_out = stack.n_out;
+        s.rank = stack.rank;
+        s.used = stack.used;
+        next[base] = s;
+    }
+    for (const auto & [base, need] : capacity) {
+        Stack & s = next[base];
+        if (s.used.empty()) {
+            s.n_in = base->ne[0];
+            s.n_out = base->ne[1];
+            s.used.assign(size_t(n_slots_), 0);
+        }
+        s.rank = std::max(s.rank, round_up(need));
+    }
+
+    ggml_init_params params = {2 * next.size() * ggml_tensor_overhead(), nullptr, true};
+    ggml_context * ctx = ggml_init(params);
+    for (auto & [base, s] : next) {
+        s.a = ggml_new_tensor_3d(ctx, type_, s.n_in, s.rank, n_slots_);
+        s.b = ggml_new_tensor_3d(ctx, type_, s.rank, s.n_out, n_slots_);
+    }
+    ggml_backend_buffer_t buffer = ggml_backend_alloc_ctx_tensors_from_buft(ctx, ggml_backend_dev_buffer_type(model_.device()));
+    if (!buffer) {
+        ggml_free(ctx);
+        throw std::runtime_error("out of memory: cannot allocate the slots' adapter mixtures");
+    }
+    ggml_backend_buffer_clear(buffer, 0);
+
+    // Copy the old contents through the host: growth is rare, and rows change length in b.
+    const size_t elem = ggml_type_size(type_);
+    for (const auto & [base, old] : stacks_) {
+        const Stack & s = next[base];
+        std::vector<uint8_t> a(ggml_nbytes(old.a)), b(ggml_nbytes(old.b));
+        ggml_backend_tensor_get(old.a, a.data(), 0, a.size());
+        ggml_backend_tensor_get(old.b, b.data(), 0, b.size());
+        std::vector<uint8_t> a_new(ggml_nbytes(s.a), 0), b_new(ggml_nbytes(s.b), 0);
+        for (int64_t slot = 0; slot < n_slots_; ++slot) {
+            // a: the slot's old R_old rows of n_in come first in its new slice.
+            std::memcpy(a_new.data() + slot * s.a->nb[2], a.data() + slot * old.a->nb[2], old.a->nb[2]);
+            // b: each of n_out rows keeps its first R_old entries.
+            for (int64_t o = 0; o < s.n_out; ++o) {
+                std::memcpy(b_new.data() + slot * s.b->nb[2] + o * s.b->nb[1], b.data() + slot * old.b->nb[2] + o * old.b->nb[1],
+                            size_t(old.rank) * elem);
+            }
+        }
+        ggml_backend_tensor_set(s.a, a_new.data(), 0, a_new.size());
+        ggml_backend_tensor_set(s.b, b_new.data(), 0, b_new.size());
+    }
+
+    if (buffer_) ggml_backend_buffer_free(buffer_);
+    if (ctx_) ggml_free(ctx_);
+    ctx_ = ctx;
+    buffer_ = buffer;
+    stacks_ = std::move(next);
+    terms_.clear();
+}
+
+void SlotMixtures::set(int slot, const Selection & selection) {
+    check_slot(slot);
+    for (const auto & [base, s] : stacks_) {
+        if (s.used[size_t(slot)] != 0) throw std::logic_error("slot " + std::to_string(slot) + " is not clear");
+    }
+    // Rank each weight needs: the sum over the selected adapters that adapt it.
+    std::map<const ggml_tensor *, int> need;
+    for (const WeightedAdapter & wa : selection) {
+        if (!wa.adapter) throw std::invalid_argument("null adapter in a mixture");
+        for (const LoraMatrix & m : wa.adapter->matrices) need[m.base] += m.rank;
+    }
+    std::map<const ggml_tensor *, int> too_small;
+    for (const auto & [base, r] : need) {
+        auto it = stacks_.find(base);
+        if (it == stacks_.end() || it->second.rank < r) too_small[base] = r;
+    }
+    if (!too_small.empty()) grow(too_small);
+
+    for (const auto & [base, r] : need) {
+        Stack & s = stacks_.at(base);
+        const int64_t R = s.rank;
+        std::vector<float> a(size_t(s.n_in * R), 0.0f), b(size_t(R * s.n_out), 0.0f);  // [R][n_in], [n_out][R]
+        int64_t r0 = 0;
+        for (const WeightedAdapter & wa : selection) {
+            const LoraMatrix * m = wa.adapter->find(base);
+            if (!m) continue;
+            const std::vector<float> a_i = to_host_f32(m->a);  // [rank][n_in]
+            const std::vector<float> b_i = to_host_f32(m->b);  // [n_out][rank]
+            std::copy(a_i.begin(), a_i.end(), a.begin() + r0 * s.n_in);
+            const float factor = wa.weight * m->scale;
+            for (int64_t o = 0; o < s.n_out; ++o) {
+                for (int64_t j = 0; j < m->rank; ++j) b[size_t(o * R + r0 + j)] = factor * b_i[size_t(o * m->rank + j)];
+            }
+            r0 += m->rank;
+        }
+        upload_slice(s.a, slot, a);
+        upload_slice(s.b, slot, b);
+        s.used[size_t(slot)] = r;
+    }
+}
+
+void SlotMixtures::clear(int slot) {
+    check_slot(slot);
+    for (auto & [base, s] : stacks_) {
+        if (s.used[size_t(slot)] == 0) continue;
+        ggml_backend_tensor_memset(s.a, 0, s.a->nb[2] * size_t(slot), s.a->nb[2]);
+        ggml_backend_tensor_memset(s.b, 0, s.b->nb[2] * size_t(slot), s.b->nb[2]);
+        s.used[size_t(slot)] = 0;
+    }
+}
+
+void SlotMixtures::move(Session & session, int from, int to) {
+    check_slot(from);
+    check_slot(to);
+    if (from == to) return;
+    clear(to);
+    size_t n_copies = 0;
+    for (const auto & [base, s] : stacks_) n_copies += s.used[size_t(from)] ? 2 : 0;
+    if (n_copies > 0) {
+        session.compute(
+            [&](ggml_context * ctx, ggml_cgraph * graph) {
+                for (const auto & [base, s] : stacks_) {
+                    if (s.used[size_t(from)] == 0) continue;
+                    for (ggml_tensor * t : {s.a, s.b}) {
+                        // A slot's slice is contiguous: [ne0, ne1] at offset slot * nb[2].
+                        ggml_tensor * src = ggml_view_2d(ctx, t, t->ne[0], t->ne[1], t->nb[1], t->nb[2] * size_t(from));
+                        ggml_tensor * dst = ggml_view_2d(ctx, t, t->ne[0], t->ne[1], t->nb[1], t->nb[2] * size_t(to));
+                        ggml_build_forward_expand(graph, ggml_cpy(ctx, src, dst));
+                    }
+                }
+            },
+            n_copies * 3 + 16);
+    }
+    for (auto & [base, s] : stacks_) s.used[size_t(to)] = s.used[size_t(from)];
+    clear(from);
+}
+
+const LowRankTerms * SlotMixtures::terms(int n) {
+    if (n < 0 || n > n_slots_) throw std::invalid_argument("slot count out of range");
+    terms_.clear();
+    for (const auto & [base, s] : stacks_) {
+        for (int slot = 0; slot < n; ++slot) {
+            if (s.used[size_t(slot)] == 0) continue;
+            LowRankTerm term;
+            term.a = s.a;
+            term.b = s.b;
+            terms_[base] = term;
+            break;
+        }
+    }
+    return terms_.empty() ? nullptr : &terms_;
+}
+
+}  // namespace logo::core

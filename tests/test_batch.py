@@ -1,0 +1,151 @@
+"""Continuous batching in the C++ core (_core.ContinuousBatch, logo/batch.h): requests that join and leave
+between decode steps produce exactly what they produce alone, and bad requests leave the others intact."""
+
+import pytest
+
+import logo_cpp
+from logo_cpp import _core
+
+from conftest import THREADS
+
+PROMPTS = ["Hello world", "the cat sat on the mat", "Numbers 12345", "the dog", "quick brown fox", "the",
+           "a b c", "sum list"]
+MIXTURES = [{"math": 1.0}, {"sql": 0.5, "poem": 0.5}, {"code": 0.2, "chat": 0.3, "legal": 0.5}, {"mixed": 1.0}, {},
+            {"poem": 1.0}, {"math": 0.3, "sql": 0.3, "poem": 0.2, "code": 0.2}, {"chat": 2.0}]
+
+
+@pytest.fixture(scope="module", params=["llama-f32.gguf", "llama-q8_0.gguf"])
+def setup(request, model_dir, adapter_dir):
+    model = logo_cpp.Model(model_dir / request.param, n_ctx=256, n_threads=THREADS)
+    pool = logo_cpp.AdapterPool(model, adapter_dir)
+    selections = [[(pool.index(n), w) for n, w in m.items()] for m in MIXTURES]
+    ids = [model.tokenize(p) for p in PROMPTS]
+    return model, pool, selections, ids
+
+
+def run(setup, order, n_slots=8, max_tokens=lambda i: 12 + i, **kw):
+    """Admits requests in `order` whenever a slot is free (between steps); returns {i: completion}."""
+    model, pool, selections, ids = setup
+    batch = _core.ContinuousBatch(model._core, n_ctx=256, n_slots=n_slots)
+    done, texts, pending = {}, {}, list(order)
+    while pending or batch.n_active:
+        while pending and batch.n_active < batch.n_slots:
+            i = pending.pop(0)
+            event = batch.start(i, ids[i], max_tokens=max_tokens(i), temperature=0.0, ignore_eos=True,
+                                pool=pool._core, selection=selections[i], **kw)
+            events = [event]
+            if not event[2]:
+                break  # one admission per step: later requests join a batch already running
+        else:
+            events = []
+        events += batch.step()
+        for rid, text, finished, completion in events:
+            texts[rid] = texts.get(rid, b"") + text
+            if finished:
+                done[rid] = completion
+    for rid, completion in done.items():
+        assert texts[rid] == completion["text"]  # the streamed pieces add up to the text
+    return done
+
+
+def test_each_request_generates_what_it_generates_alone(setup):
+    alone = {i: run(setup, [i])[i]["tokens"] for i in range(len(PROMPTS))}
+    together = run(setup, range(len(PROMPTS)))
+    staggered = run(setup, [5, 0, 7, 2, 1, 6, 3, 4], n_slots=3)  # slots freed and refilled, requests moved
+    for i in range(len(PROMPTS)):
+        assert together[i]["tokens"] == alone[i]
+        assert staggered[i]["tokens"] == alone[i]
+        assert together[i]["finish_reason"] == "length" and len(alone[i]) == 12 + i
+
+
+def test_alone_equals_the_python_api(setup):
+    model = setup[0]
+    for i in (0, 1, 4):
+        out = run(setup, [i])[i]
+        api = model.generate(PROMPTS[i], max_tokens=12 + i, temperature=0.0, ignore_eos=True,
+                             adapters=MIXTURES[i] or None)
+        assert out["tokens"] == api.tokens
+
+
+def test_cancel_frees_the_slot_and_the_others_go_on(setup):
+    model, pool, selections, ids = setup
+    alone = {i: run(setup, [i], max_tokens=lambda i: 16)[i]["tokens"] for i in (0, 1, 2)}
+    batch = _core.ContinuousBatch(model._core, n_ctx=256, n_slots=2)
+    for i in (0, 1):
+        batch.start(i, ids[i], max_tokens=16, temperature=0.0, ignore_eos=True, pool=pool._core, selection=selections[i])
+    for _ in range(3):
+        batch.step()
+    assert batch.cancel(0) and not batch.cancel(0)
+    assert batch.active() == [1] and batch.n_active == 1
+    first = batch.start(2, ids[2], max_tokens=16, temperature=0.0, ignore_eos=True, pool=pool._core,
+                        selection=selections[2])
+    assert not first[2]
+    results = {}
+    while batch.n_active:
+        for rid, _, finished, completion in batch.step():
+            if finished:
+                results[rid] = completion["tokens"]
+    assert results[1] == alone[1] and results[2] == alone[2]
+
+
+def test_bad_requests_leave_the_batch_intact(setup):
+    model, pool, selections, ids = setup
+    expected = run(setup, [0], max_tokens=lambda i: 10)[0]["tokens"]
+    batch = _core.ContinuousBatch(model._core, n_ctx=64, n_slots=2)
+    start = dict(max_tokens=10, temperature=0.0, ignore_eos=True)
+    batch.start(7, ids[0], pool=pool._core, selection=selections[0], **start)
+    with pytest.raises(ValueError, match="already running"):
+        batch.start(7, ids[1], **start)
+    with pytest.raises(ValueError, match="empty prompt"):
+        batch.start(8, [], **start)
+    with pytest.raises(logo_cpp.ContextOverflowError, match="65 tokens but a slot holds 64"):
+        batch.start(8, [5] * 65, **start)
+    with pytest.raises(ValueError, match="adapter index 99 is out of range"):
+        batch.start(8, ids[1], pool=pool._core, selection=[(99, 1.0)], **start)
+    with pytest.raises(ValueError, match="finite"):
+        batch.start(8, ids[1], pool=pool._core, selection=[(0, float("nan"))], **start)
+    with pytest.raises(ValueError, match="top_p"):
+        batch.start(8, ids[1], top_p=0.0, max_tokens=4)
+    with pytest.raises(ValueError, match="token id"):
+        batch.start(8, [10**6], **start)
+    batch.start(8, ids[1], **start)
+    with pytest.raises(ValueError, match="no free slot"):
+        batch.start(9, ids[2], **start)
+    assert batch.active() == [7, 8]
+    results = {}
+    while batch.n_active:
+        for rid, _, finished, completion in batch.step():
+            if finished:
+                results[rid] = completion
+    assert results[7]["tokens"] == expected
+
+
+def test_requests_end_at_eos_stop_strings_max_tokens_and_a_full_context(setup):
+    model, pool, selections, ids = setup
+    batch = _core.ContinuousBatch(model._core, n_ctx=16, n_slots=2)
+    rid, text, finished, completion = batch.start(0, ids[0], max_tokens=0)
+    assert finished and completion["finish_reason"] == "length" and completion["tokens"] == []
+    batch.start(1, ids[1], max_tokens=100, temperature=0.0, ignore_eos=True)
+    results = {}
+    while batch.n_active:
+        for rid, _, finished, completion in batch.step():
+            if finished:
+                results[rid] = completion
+    # The context holds 16 positions: the prompt's, then one per generated token but the last.
+    assert results[1]["finish_reason"] == "length"
+    assert len(ids[1]) + len(results[1]["tokens"]) == 16 + 1
+    # A stop string cuts the text before its first occurrence and ends the request.
+    free = run(setup, [3], max_tokens=lambda i: 24)[3]
+    for token in free["tokens"][6:]:
+        piece = model._core.token_piece(token)
+        try:
+            stop = piece.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if stop.strip():
+            break
+    else:
+        pytest.fail("no generated token is a whole UTF-8 piece")
+    stopped = run(setup, [3], max_tokens=lambda i: 24, stop=[stop])[3]
+    assert stopped["finish_reason"] == "stop"
+    assert stopped["text"] == free["text"][:free["text"].index(stop.encode())]
