@@ -1,4 +1,4 @@
-"""The `logo-cpp` command line: run, route, inspect, convert, demo, eval, bench.
+"""The `logo-cpp` command line: run, route, inspect, convert, demo, eval, serve, bench.
 
 User mistakes (a missing file, a bad argument, a file that does not fit) end with one line on stderr and
 exit code 2, never a traceback.
@@ -162,6 +162,17 @@ def cmd_eval(args) -> int:
     return run_eval(args)
 
 
+def cmd_serve(args) -> int:
+    from .server.main import MISSING_EXTRA, run
+
+    try:
+        return run(args)
+    except ImportError as exc:
+        if str(exc).startswith(MISSING_EXTRA):
+            return _die(str(exc))
+        raise
+
+
 def cmd_bench(args, rest: Sequence[str]) -> int:
     from .bench import core, logo, suite
 
@@ -223,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", "-t", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="fewer methods and prompts, for a smoke test")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server that routes every request with LoGo "
+                       "and batches all running requests")
+    from .server.main import add_arguments as add_serve_arguments
+
+    add_serve_arguments(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="speed side by side with llama.cpp (logo-cpp bench --help for its options)")
     p.add_argument("what", nargs="?", default="all", choices=["all", "core", "logo"],

@@ -1,0 +1,14 @@
+"""`logo-cpp serve`: an OpenAI-compatible HTTP server that routes every request with LoGo and decodes all
+running requests together (continuous batching), each with its own adapter mixture.
+
+    app.py       the HTTP layer (Starlette): endpoints, responses, streaming, errors, API key
+    protocol.py  request validation (pydantic): OpenAI's parameters and logo-cpp's extensions
+    engine.py    the engine loop: one thread over a C++ ContinuousBatch
+    main.py      the command line and the uvicorn runner (also in a background thread, for tests and benchmarks)
+
+Needs the `server` extra: pip install "logo-cpp[server]".
+"""
+
+from .main import add_arguments, run, start_in_thread
+
+__all__ = ["add_arguments", "run", "start_in_thread"]

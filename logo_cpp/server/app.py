@@ -1,0 +1,497 @@
+"""The HTTP layer: an OpenAI-compatible API (Starlette) over the engine loop.
+
+Endpoints: GET /health, GET /v1/models, GET /v1/models/{id}, GET /lora-adapters (llama-server's list),
+POST /v1/completions and POST /v1/chat/completions (also without the /v1 prefix, as llama-server serves them).
+Every error is answered in OpenAI's format, {"error": {"message", "type", "param", "code"}}, with its status:
+400 (malformed JSON, a bad parameter, an unknown adapter, a prompt longer than the context), 401 (missing or
+wrong API key), 404 (unknown model or path), 405, 413 (body too large), 503 (queue full), 500 (a failure of ours).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Optional
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route as HttpRoute
+
+from .engine import Engine, Job, Route
+from .protocol import ApiError, ChatRequest, CompletionRequest, parse
+
+log = logging.getLogger("logo_cpp.server")
+
+MAX_BODY_BYTES = 16 * 2**20
+PUBLIC_PATHS = ("/health", "/v1/health")
+RESERVED_MODELS = ("logo", "base")
+CHAT_ROUTE_ON = ("last-user", "prompt")
+
+
+@dataclass
+class ServerConfig:
+    """What `logo-cpp serve` was started with (see cli.py for the options' meaning)."""
+
+    n_slots: int = 8
+    n_ctx: int = 2048
+    max_queue: int = 64
+    api_key: Optional[str] = None
+    k: int = 20
+    signal: str = "norm"
+    probe: str = "base"
+    chat_route_on: str = "last-user"
+    model_name: str = ""   # the base model's file name, for /v1/models
+    allow_origins: list = field(default_factory=list)
+
+
+class Server:
+    """The model, its pool, the engine and the config: what every handler needs."""
+
+    def __init__(self, model, pool, config: ServerConfig):
+        names = pool.names if pool is not None else []
+        clash = [n for n in names if n in RESERVED_MODELS]
+        if clash:
+            raise ValueError(f"adapter name(s) {', '.join(map(repr, clash))} collide with the model ids 'logo' and "
+                             f"'base'; rename the file(s)")
+        if config.chat_route_on not in CHAT_ROUTE_ON:
+            raise ValueError(f"chat_route_on must be one of {', '.join(CHAT_ROUTE_ON)}")
+        self.model = model
+        self.pool = pool
+        self.config = config
+        self.created = int(time.time())
+        self.engine = Engine(model, pool, n_slots=config.n_slots, n_ctx=config.n_ctx, max_queue=config.max_queue)
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return self.pool.names if self.pool is not None else []
+
+    def close(self) -> None:
+        self.engine.close()
+
+    # -- requests to jobs --------------------------------------------------------------------------
+    def route_for(self, req) -> Route:
+        """The model name picks the default (logo: routed, base: none, an adapter: that one at weight 1);
+        `adapters` or `lora` in the body replace it."""
+        names = self.adapter_names
+        if req.model == "logo":
+            route = self._logo_route(req)
+        elif req.model == "base":
+            route = Route(kind="base", method="base")
+        elif req.model in names:
+            route = Route(kind="fixed", method="adapter", mixture=((req.model, 1.0),))
+        else:
+            raise ApiError(404, f"the model '{req.model}' does not exist: use 'logo' (routed per request), 'base', "
+                                f"or an adapter name (GET /v1/models lists them)", param="model", code="model_not_found")
+        if req.adapters == "auto":
+            route = self._logo_route(req)
+        elif req.adapters == "none":
+            route = Route(kind="base", method="base")
+        elif isinstance(req.adapters, dict):
+            unknown = [n for n in req.adapters if n not in names]
+            if unknown:
+                raise ApiError(400, f"adapters: no adapter named {unknown[0]!r} (have: {', '.join(names) or 'none'})",
+                               param="adapters", code="adapter_not_found")
+            route = Route(kind="fixed", method="adapters", mixture=tuple(req.adapters.items()))
+        elif req.lora is not None:
+            mixture = []
+            for i, entry in enumerate(req.lora):
+                if entry.id >= len(names):
+                    raise ApiError(400, f"lora[{i}].id: no adapter with id {entry.id} (GET /lora-adapters lists "
+                                        f"{len(names)})", param=f"lora.{i}.id", code="adapter_not_found")
+                if entry.scale != 0.0:
+                    mixture.append((names[entry.id], float(entry.scale)))
+            route = Route(kind="fixed", method="lora", mixture=tuple(mixture)) if mixture else Route("base", "lora")
+        elif req.logo is not None and route.kind != "logo":
+            raise ApiError(400, "logo: options apply to routed requests (model 'logo' or adapters 'auto')", param="logo")
+        return route
+
+    def _logo_route(self, req) -> Route:
+        if not self.adapter_names:
+            return Route(kind="base", method="logo")
+        options = req.logo
+        if options is not None and options.calibration is not None:
+            raise ApiError(400, "logo.calibration: calibrated routing is not available in this version",
+                           param="logo.calibration", code="unsupported_parameter")
+        c = self.config
+        return Route(kind="logo", method="logo",
+                     k=options.k if options and options.k else c.k,
+                     signal=options.signal if options and options.signal else c.signal,
+                     probe=options.probe if options and options.probe else c.probe)
+
+    def tokens(self, prompt, param: str) -> list[int]:
+        model = self.model
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ApiError(400, f"{param}: the prompt is empty", param=param)
+            ids = model.tokenize(prompt, add_special=True, parse_special=True)
+        else:
+            ids = list(prompt)
+            if not ids:
+                raise ApiError(400, f"{param}: the prompt is empty", param=param)
+            bad = next((t for t in ids if not 0 <= t < model.n_vocab), None)
+            if bad is not None:
+                raise ApiError(400, f"{param}: token id {bad} is out of range [0, {model.n_vocab})", param=param)
+        if len(ids) > self.config.n_ctx:
+            raise ApiError(400, f"the prompt has {len(ids)} tokens but the context holds {self.config.n_ctx} "
+                                f"(--ctx-size)", param=param, code="context_length_exceeded")
+        return ids
+
+    def jobs(self, req, prompts: list[tuple[list[int], list[int]]], max_tokens: Optional[int]) -> list[Job]:
+        route = self.route_for(req)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()  # shared: one consumer per HTTP request
+        seed = req.seed if req.seed is not None else secrets.randbits(62)
+        jobs = []
+        for prompt, probe in prompts:
+            limit = self.config.n_ctx if max_tokens is None else min(max_tokens, self.config.n_ctx)
+            for j in range(req.n):
+                sampling = dict(req.sampling(), max_tokens=limit, seed=seed + len(jobs))
+                jobs.append(Job(prompt=prompt, probe_tokens=probe, route=route, sampling=sampling, loop=loop,
+                                events=events))
+        return jobs
+
+
+# -- responses ---------------------------------------------------------------------------------------
+
+FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+DISCONNECTED = object()
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def read_json(request: Request) -> Any:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES // 2**20} MiB")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES // 2**20} MiB")
+    if not body:
+        raise ApiError(400, "the request body is empty: a JSON object is expected")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+
+
+class Exchange:
+    """The jobs of one HTTP request and the events they produce, with the client's disconnection watched:
+    a client that goes away cancels its jobs at once, freeing their slots."""
+
+    def __init__(self, server: Server, request: Request, jobs: list[Job]):
+        self.server, self.request, self.jobs = server, request, jobs
+        self.queue = jobs[0].events
+        self.done = 0
+        self._watch: Optional[asyncio.Task] = None
+
+    async def __aenter__(self):
+        self.server.engine.submit(self.jobs)
+        self._watch = asyncio.create_task(self._watch_disconnect())
+        return self
+
+    async def __aexit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        for job in self.jobs:
+            self.server.engine.cancel(job)
+
+    async def _watch_disconnect(self) -> None:
+        while True:
+            message = await self.request.receive()
+            if message["type"] == "http.disconnect":
+                for job in self.jobs:
+                    self.server.engine.cancel(job)
+                self.queue.put_nowait(DISCONNECTED)
+                return
+
+    async def next(self):
+        """(job index, kind, payload); raises the job's ApiError, or ClientDisconnect."""
+        item = await self.queue.get()
+        if item is DISCONNECTED:
+            raise ClientDisconnect()
+        job, kind, payload = item
+        if kind == "error":
+            raise payload
+        if kind == "done":
+            self.done += 1
+        return self.jobs.index(job), kind, payload
+
+    @property
+    def finished(self) -> bool:
+        return self.done == len(self.jobs)
+
+
+def _usage(jobs: list[Job], done: dict[int, dict]) -> dict:
+    prompt = sum(len(p) for p in {id(j.prompt): j.prompt for j in jobs}.values())
+    completion = sum(d["tokens"] for d in done.values())
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _routing_field(routings: dict[int, dict], n: int):
+    """One routing for a single choice, else one per choice (index order)."""
+    return routings.get(0) if n == 1 else [routings.get(i) for i in range(n)]
+
+
+async def respond(server: Server, request: Request, jobs: list[Job], req, *, chat: bool) -> Response:
+    rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
+    created = int(time.time())
+    exchange = Exchange(server, request, jobs)
+    await exchange.__aenter__()
+    try:
+        # Wait until every job has been routed (or refused) before answering, so that an error found at
+        # admission still gets its own status code, streamed or not.
+        routings: dict[int, dict] = {}
+        early: list = []
+        while len(routings) < len(jobs):
+            index, kind, payload = await exchange.next()
+            if kind == "routing":
+                routings[index] = payload
+            else:
+                early.append((index, kind, payload))
+    except ClientDisconnect:
+        exchange.close()
+        return Response(status_code=499)
+    except BaseException:
+        exchange.close()
+        raise
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        body = _stream(exchange, early, routings, rid, created, req.model, chat, include_usage)
+        return StreamingResponse(body, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    try:
+        texts = {i: [] for i in range(len(jobs))}
+        done: dict[int, dict] = {}
+        pending = list(early)
+        while True:
+            for index, kind, payload in pending:
+                if kind == "text":
+                    texts[index].append(payload)
+                elif kind == "done":
+                    done[index] = payload
+            pending = []
+            if exchange.finished:
+                break
+            pending.append(await exchange.next())
+    except ClientDisconnect:
+        return Response(status_code=499)
+    finally:
+        exchange.close()
+    choices = []
+    for i in range(len(jobs)):
+        text = "".join(texts[i])
+        finish = FINISH.get(done[i]["finish_reason"], done[i]["finish_reason"])
+        if chat:
+            choices.append({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                            "finish_reason": finish})
+        else:
+            choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": finish})
+    return JSONResponse({
+        "id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
+        "model": req.model, "system_fingerprint": None, "choices": choices, "usage": _usage(jobs, done),
+        "routing": _routing_field(routings, len(jobs)),
+    })
+
+
+async def _stream(exchange: Exchange, early: list, routings: dict, rid: str, created: int, model: str, chat: bool,
+                  include_usage: bool) -> AsyncIterator[str]:
+    """OpenAI's chunks as server-sent events, ending with `data: [DONE]`. The first chunk of each choice
+    carries its routing (and, for chat, the assistant role)."""
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    announced: set[int] = set()
+    done: dict[int, dict] = {}
+
+    def chunk(index: int, text: Optional[str], finish: Optional[str]) -> str:
+        if chat:
+            delta: dict = {}
+            if index not in announced:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+        body = {"id": rid, "object": obj, "created": created, "model": model, "system_fingerprint": None,
+                "choices": [choice]}
+        if index not in announced:
+            body["routing"] = routings.get(index)
+            announced.add(index)
+        if include_usage:
+            body["usage"] = None
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    try:
+        if chat:
+            for index in range(len(exchange.jobs)):
+                yield chunk(index, "", None)
+        pending = list(early)
+        while True:
+            for index, kind, payload in pending:
+                if kind == "text":
+                    yield chunk(index, payload, None)
+                elif kind == "done":
+                    done[index] = payload
+                    yield chunk(index, None if chat else "", FINISH.get(payload["finish_reason"], "stop"))
+            pending = []
+            if exchange.finished:
+                break
+            try:
+                pending.append(await exchange.next())
+            except ApiError as exc:
+                yield f"data: {json.dumps(exc.body())}\n\n"
+                return
+        if include_usage:
+            body = {"id": rid, "object": obj, "created": created, "model": model, "system_fingerprint": None,
+                    "choices": [], "usage": _usage(exchange.jobs, done)}
+            yield f"data: {json.dumps(body)}\n\n"
+        yield "data: [DONE]\n\n"
+    except ClientDisconnect:
+        return
+    finally:
+        exchange.close()
+
+
+# -- handlers ----------------------------------------------------------------------------------------
+
+def build_app(server: Server) -> Starlette:
+    """The ASGI application over a started Server (closed on the app's shutdown)."""
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", **server.engine.status()})
+
+    def model_card(name: str, kind: str) -> dict:
+        return {"id": name, "object": "model", "created": server.created, "owned_by": "logo-cpp", "kind": kind}
+
+    def cards() -> list[dict]:
+        return ([model_card("logo", "routed"), model_card("base", "base")] +
+                [model_card(n, "adapter") for n in server.adapter_names])
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": cards()})
+
+    async def model(request: Request) -> Response:
+        name = request.path_params["name"]
+        for card in cards():
+            if card["id"] == name:
+                return JSONResponse(card)
+        raise ApiError(404, f"the model '{name}' does not exist", param="model", code="model_not_found")
+
+    async def lora_adapters(request: Request) -> Response:
+        pool = server.pool
+        return JSONResponse([{"id": i, "name": n, "path": pool.info(n)["path"], "scale": 0.0}
+                             for i, n in enumerate(server.adapter_names)])
+
+    async def completions(request: Request) -> Response:
+        req = parse(CompletionRequest, await read_json(request))
+        prompts = []
+        for i, p in enumerate(req.prompts()):
+            ids = server.tokens(p, "prompt" if len(req.prompts()) == 1 else f"prompt.{i}")
+            prompts.append((ids, ids))
+        _check_choices(len(prompts) * req.n, server)
+        return await respond(server, request, server.jobs(req, prompts, req.max_tokens), req, chat=False)
+
+    async def chat_completions(request: Request) -> Response:
+        req = parse(ChatRequest, await read_json(request))
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
+                    for i, m in enumerate(req.messages)]
+        try:
+            text = server.model.apply_chat_template(messages)
+        except ValueError as exc:
+            raise ApiError(400, f"messages: the chat template cannot format them: {exc}", param="messages") from None
+        ids = server.tokens(text, "messages")
+        probe = ids
+        if server.config.chat_route_on == "last-user":
+            users = [m["content"] for m in messages if m["role"] == "user" and m["content"]]
+            if users:
+                probe = server.model.tokenize(users[-1], add_special=True, parse_special=False)
+        _check_choices(req.n, server)
+        return await respond(server, request, server.jobs(req, [(ids, probe)], req.token_limit()), req, chat=True)
+
+    async def on_api_error(request: Request, exc: ApiError) -> Response:
+        return error_response(exc)
+
+    async def on_http_error(request: Request, exc: HTTPException) -> Response:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        message = {404: f"no such endpoint: {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        return error_response(ApiError(exc.status_code, message, code=codes.get(exc.status_code)))
+
+    async def on_internal_error(request: Request, exc: Exception) -> Response:
+        log.exception("internal error on %s", request.url.path)
+        return error_response(ApiError(500, f"internal error: {exc}"))
+
+    routes = [
+        HttpRoute("/health", health, methods=["GET"]),
+        HttpRoute("/v1/health", health, methods=["GET"]),
+        HttpRoute("/v1/models", models, methods=["GET"]),
+        HttpRoute("/models", models, methods=["GET"]),
+        HttpRoute("/v1/models/{name:path}", model, methods=["GET"]),
+        HttpRoute("/lora-adapters", lora_adapters, methods=["GET"]),
+        HttpRoute("/v1/completions", completions, methods=["POST"]),
+        HttpRoute("/completions", completions, methods=["POST"]),
+        HttpRoute("/v1/chat/completions", chat_completions, methods=["POST"]),
+        HttpRoute("/chat/completions", chat_completions, methods=["POST"]),
+    ]
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        try:
+            yield
+        finally:
+            server.close()
+
+    app = Starlette(routes=routes, exception_handlers={ApiError: on_api_error, HTTPException: on_http_error,
+                                                       Exception: on_internal_error}, lifespan=lifespan)
+    if server.config.allow_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=server.config.allow_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    if server.config.api_key:
+        return ApiKeyCheck(app, server.config.api_key)
+    return app
+
+
+def _check_choices(n: int, server: Server) -> None:
+    if n > server.config.n_slots + server.config.max_queue:
+        raise ApiError(400, f"{n} choices (prompts x n) cannot run on {server.config.n_slots} slots and a queue of "
+                            f"{server.config.max_queue}", param="n")
+
+
+class ApiKeyCheck:
+    """ASGI middleware: every path but /health needs `Authorization: Bearer <key>` (OpenAI's header)."""
+
+    def __init__(self, app, key: str):
+        self.app = app
+        self.key = key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS and scope.get("method") != "OPTIONS":
+            header = dict(scope["headers"]).get(b"authorization", b"")
+            scheme, _, token = header.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+                message = ("missing API key: send 'Authorization: Bearer <key>'" if not header else "invalid API key")
+                response = error_response(ApiError(401, message, code="invalid_api_key",
+                                                   headers={"WWW-Authenticate": "Bearer"}))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def api_key_from_env() -> Optional[str]:
+    return os.environ.get("LOGO_CPP_API_KEY") or None

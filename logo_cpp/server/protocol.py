@@ -1,0 +1,249 @@
+"""The request bodies the server accepts: OpenAI's completion and chat-completion parameters, llama-server's
+per-request ``lora``, and logo-cpp's ``adapters`` and ``logo`` extensions, validated with pydantic.
+
+Unknown fields are ignored (clients and SDKs send fields of their own); known OpenAI parameters this server does
+not implement are refused when they would change the result (``n`` is supported, ``logprobs`` is not), so a
+client never gets a silently different answer. Defaults follow llama-server where OpenAI leaves the choice to
+the server (``temperature`` 0.8, ``top_k`` 40, ``top_p`` 0.95, ``min_p`` 0.05).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MAX_STOP = 16      # OpenAI allows 4; llama-server any number: a bound keeps the stop search cheap
+MAX_CHOICES = 16   # n (and prompts x n) per request; each choice takes a slot
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's format: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, *, param: Optional[str] = None, code: Optional[str] = None,
+                 type: Optional[str] = None, headers: Optional[dict] = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or ("invalid_request_error" if status < 500 else "server_error")
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class LogoOptions(BaseModel):
+    """The ``logo`` extension: how LoGo routes this request (server defaults for what is left out)."""
+
+    model_config = ConfigDict(extra="forbid")
+    k: Optional[int] = Field(default=None, ge=1)
+    signal: Optional[Literal["norm", "entropy"]] = None
+    probe: Optional[Literal["base", "all"]] = None
+    calibration: Optional[Any] = None
+
+
+class LoraEntry(BaseModel):
+    """llama-server's per-request adapter scale: ``{"id": <index in /lora-adapters>, "scale": <float>}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: int = Field(ge=0)
+    scale: float
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Common(BaseModel):
+    """Parameters completions and chat completions share."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = "logo"
+    temperature: float = Field(default=0.8, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    top_k: int = Field(default=40, ge=0)
+    min_p: float = Field(default=0.05, ge=0.0, lt=1.0)
+    seed: Optional[int] = Field(default=None, ge=0, lt=2**63)
+    stop: Optional[Union[str, list[str]]] = None
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
+    ignore_eos: bool = False  # llama-server's extension (benchmarks: always the full max_tokens)
+    # logo-cpp's extensions
+    adapters: Optional[Union[Literal["auto", "none"], dict[str, float]]] = None
+    logo: Optional[LogoOptions] = None
+    lora: Optional[list[LoraEntry]] = None
+    # OpenAI parameters that would change the answer and are not implemented: only their neutral value passes.
+    logprobs: Optional[Union[bool, int]] = None
+    top_logprobs: Optional[int] = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: Optional[dict[str, float]] = None
+
+    @field_validator("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v):
+        if v is None:
+            return []
+        stops = [v] if isinstance(v, str) else v
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings")
+        if any(not s for s in stops):
+            raise ValueError("stop strings must not be empty")
+        return stops
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapters(cls, v):
+        if isinstance(v, dict):
+            if not v:
+                raise ValueError("a mixture names at least one adapter (or use \"none\")")
+            for name, weight in v.items():
+                if not math.isfinite(weight):
+                    raise ValueError(f"the weight of adapter {name!r} must be finite")
+        return v
+
+    @model_validator(mode="after")
+    def _unsupported(self):
+        for name, neutral in (("logprobs", (None, False, 0)), ("top_logprobs", (None, 0)),
+                              ("presence_penalty", (0.0,)), ("frequency_penalty", (0.0,))):
+            if getattr(self, name) not in neutral:
+                raise _Unsupported(name)
+        if self.logit_bias:
+            raise _Unsupported("logit_bias")
+        if self.lora is not None and self.adapters is not None:
+            raise _Conflict("lora", "give either 'adapters' or 'lora', not both")
+        if self.logo is not None and (isinstance(self.adapters, dict) or self.adapters == "none" or self.lora is not None):
+            raise _Conflict("logo", "'logo' options apply to routed requests; this one has a fixed mixture")
+        return self
+
+    def sampling(self) -> dict:
+        return dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
+                    stop=list(self.stop or []), ignore_eos=self.ignore_eos)
+
+
+class CompletionRequest(_Common):
+    """POST /v1/completions. ``prompt``: a string, a list of token ids, or a list of either (one choice each)."""
+
+    prompt: Union[str, list[int], list[Union[str, list[int]]]]
+    max_tokens: Optional[int] = Field(default=16, ge=0)  # OpenAI's default for completions
+    echo: bool = False
+    best_of: Optional[int] = None
+    suffix: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _completion_only(self):
+        if self.echo:
+            raise _Unsupported("echo")
+        if self.best_of not in (None, 1):
+            raise _Unsupported("best_of")
+        if self.suffix:
+            raise _Unsupported("suffix")
+        return self
+
+    def prompts(self) -> list[Union[str, list[int]]]:
+        p = self.prompt
+        if isinstance(p, str) or (isinstance(p, list) and p and all(isinstance(t, int) for t in p)):
+            return [p]
+        if not p:
+            raise ApiError(400, "prompt is empty", param="prompt")
+        return list(p)
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str
+    text: Optional[str] = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Optional[Union[str, list[ContentPart]]] = None
+
+    def text(self, index: int) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for part in self.content:
+            if part.type != "text" or part.text is None:
+                raise ApiError(400, f"messages[{index}].content: only text parts are supported, got {part.type!r}",
+                               param=f"messages.{index}.content")
+            parts.append(part.text)
+        return "".join(parts)
+
+
+class ChatRequest(_Common):
+    """POST /v1/chat/completions: the model's chat template over ``messages``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: Optional[int] = Field(default=None, ge=0)  # None: until the end of text or of the context
+    max_completion_tokens: Optional[int] = Field(default=None, ge=0)
+    tools: Optional[list[Any]] = None
+    tool_choice: Optional[Any] = None
+    response_format: Optional[dict[str, Any]] = None
+
+    @model_validator(mode="after")
+    def _chat_only(self):
+        if self.tools:
+            raise _Unsupported("tools")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise _Unsupported("response_format")
+        return self
+
+    def token_limit(self) -> Optional[int]:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class _Unsupported(ValueError):
+    def __init__(self, param: str):
+        super().__init__(f"'{param}' is not supported by this server")
+        self.param = param
+
+
+class _Conflict(ValueError):
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
+def parse(kind: type[BaseModel], body: Any):
+    """Validates a decoded JSON body; every problem becomes a 400 ApiError naming the field."""
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}")
+    try:
+        return kind.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, (_Unsupported, _Conflict)):
+            return _raise(400, str(cause), cause.param, "unsupported_parameter" if isinstance(cause, _Unsupported) else None)
+        # A union reports one error per member type; its first location names the field well enough.
+        loc = [str(p) for p in err["loc"] if not _is_type_tag(p)]
+        param = ".".join(loc) or None
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            message = "a required field is missing"
+        return _raise(400, f"{param}: {message}" if param else message, param, None)
+
+
+def _is_type_tag(part) -> bool:
+    # pydantic names union members in locations ("str", "list[int]", "literal['auto','none']"...): not fields.
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part or part.startswith("function-"))
+
+
+def _raise(status, message, param, code):
+    raise ApiError(status, message, param=param, code=code)

@@ -1,0 +1,445 @@
+"""`logo-cpp serve` through the official openai client (and plain HTTP where a client would not misbehave):
+greedy answers equal the Python API's, concurrent requests with different mixtures equal each alone, a client
+that disconnects frees its slot, every bad input gets its status and message, and a load run loses nothing.
+
+The server runs in-process on a free loopback port; every exchange has a timeout."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import logo_cpp
+
+from conftest import THREADS
+from server_util import TIMEOUT, client, health, request, running_server, wait_until
+
+openai = pytest.importorskip("openai")  # the `test` extra installs it; a missing client fails loudly below
+assert openai is not None
+
+PROMPTS = ["Hello world", "the cat sat on the mat", "Numbers 12345", "the dog", "quick brown fox", "the",
+           "a b c", "sum list"]
+MIXTURES = [{"math": 1.0}, {"sql": 0.5, "poem": 0.5}, {"code": 0.2, "chat": 0.3, "legal": 0.5}, {"mixed": 1.0}, {},
+            {"poem": 1.0}, {"math": 0.3, "sql": 0.3, "poem": 0.2, "code": 0.2}, {"chat": 2.0}]
+K = 2
+
+
+@pytest.fixture(scope="module")
+def served(model_dir, adapter_dir):
+    with running_server(model_dir / "llama-f32.gguf", adapter_dir, n_slots=8, n_ctx=256, max_queue=64, k=K) as bg:
+        yield bg
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir, adapter_dir):
+    """The Python API on the same files, for the expected answers."""
+    model = logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=256, n_threads=THREADS)
+    pool = logo_cpp.AdapterPool(model, adapter_dir)
+    return model, pool
+
+
+def test_models_health_and_adapter_list(served, adapter_dir):
+    names = sorted(p.stem for p in adapter_dir.glob("*.gguf"))
+    assert [m.id for m in client(served).models.list()] == ["logo", "base", *names]
+    assert client(served).models.retrieve("sql").id == "sql"
+    body = health(served)
+    assert body["status"] == "ok" and body["slots_total"] == 8
+    status, listed, _ = request(served, "GET", "/lora-adapters")
+    assert status == 200 and [a["name"] for a in listed] == names and [a["id"] for a in listed] == list(range(len(names)))
+
+
+def _complete(served, stream, **kw):
+    c = client(served)
+    if not stream:
+        r = c.completions.create(**kw)
+        return r.choices[0].text, r.choices[0].finish_reason, r.usage.completion_tokens, r.model_extra["routing"]
+    text, finish, usage, routing = "", None, None, None
+    for chunk in c.completions.create(stream=True, stream_options={"include_usage": True}, **kw):
+        if chunk.usage is not None:
+            usage = chunk.usage.completion_tokens
+        if routing is None:
+            routing = chunk.model_extra.get("routing")
+        for choice in chunk.choices:
+            text += choice.text
+            finish = choice.finish_reason or finish
+    return text, finish, usage, routing
+
+
+def _chat(served, stream, **kw):
+    c = client(served)
+    if not stream:
+        r = c.chat.completions.create(**kw)
+        return r.choices[0].message.content, r.choices[0].finish_reason, r.usage.completion_tokens, r.model_extra["routing"]
+    text, finish, usage, routing = "", None, None, None
+    for chunk in c.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw):
+        if chunk.usage is not None:
+            usage = chunk.usage.completion_tokens
+        if routing is None:
+            routing = chunk.model_extra.get("routing")
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            finish = choice.finish_reason or finish
+    return text, finish, usage, routing
+
+
+FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("how", ["mixture", "adapter", "lora", "base", "logo"])
+def test_greedy_completion_equals_the_python_api(served, reference, stream, how):
+    model, pool = reference
+    prompt = "the cat sat on the mat"
+    request_kw = dict(model="logo", prompt=prompt, max_tokens=24, temperature=0)
+    if how == "mixture":
+        mixture = {"sql": 0.5, "poem": 0.3, "chat": 0.2}
+        request_kw["extra_body"] = {"adapters": mixture}
+    elif how == "adapter":
+        mixture = {"legal": 1.0}
+        request_kw["model"] = "legal"
+    elif how == "lora":
+        mixture = {"math": 0.7, "mixed": 0.4}
+        request_kw["extra_body"] = {"lora": [{"id": pool.names.index(n), "scale": w} for n, w in mixture.items()]}
+    elif how == "base":
+        mixture = None
+        request_kw["model"] = "base"
+    else:
+        routing = logo_cpp.LoGo(model, pool, k=K).route(prompt)
+        mixture = routing.as_dict()
+    expected = model.generate(prompt, max_tokens=24, temperature=0.0, adapters=mixture)
+    text, finish, n_tokens, routing = _complete(served, stream, **request_kw)
+    assert text == expected.text
+    assert finish == FINISH[expected.finish_reason] and n_tokens == len(expected.tokens)
+    got = {a["name"]: a["weight"] for a in routing["adapters"]}
+    assert got.keys() == (mixture or {}).keys()
+    np.testing.assert_allclose([got[n] for n in got], [mixture[n] for n in got], rtol=1e-6)
+    assert routing["method"] == {"mixture": "adapters", "adapter": "adapter", "lora": "lora", "base": "base",
+                                 "logo": "logo"}[how]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("route_on", ["last-user", "prompt"])
+def test_greedy_chat_equals_the_python_api(served, reference, model_dir, adapter_dir, stream, route_on):
+    model, pool = reference
+    messages = [{"role": "system", "content": "the answer"}, {"role": "user", "content": "Hello world"},
+                {"role": "assistant", "content": "the dog"}, {"role": "user", "content": "quick brown fox"}]
+    templated = model.apply_chat_template(messages)
+    routing = logo_cpp.LoGo(model, pool, k=K).route("quick brown fox" if route_on == "last-user" else templated)
+    expected = model.chat(messages, max_tokens=20, temperature=0.0, adapters=routing.as_dict())
+    if route_on == "last-user":
+        bg = served
+        text, finish, n_tokens, got = _chat(bg, stream, model="logo", messages=messages, max_tokens=20, temperature=0)
+    else:
+        with running_server(model_dir / "llama-f32.gguf", adapter_dir, n_slots=2, k=K, chat_route_on="prompt") as bg:
+            text, finish, n_tokens, got = _chat(bg, stream, model="logo", messages=messages, max_tokens=20,
+                                                temperature=0)
+    assert text == expected.text and n_tokens == len(expected.tokens)
+    assert finish == FINISH[expected.finish_reason]
+    assert [a["name"] for a in got["adapters"]] == routing.names
+
+
+def test_logo_options_per_request(served, reference):
+    model, pool = reference
+    prompt = "Numbers 12345"
+    for k, signal in ((1, "norm"), (3, "entropy")):
+        routing = logo_cpp.LoGo(model, pool, k=k, signal=signal).route(prompt)
+        r = client(served).completions.create(model="logo", prompt=prompt, max_tokens=4, temperature=0,
+                                              extra_body={"logo": {"k": k, "signal": signal}})
+        got = r.model_extra["routing"]
+        assert [a["name"] for a in got["adapters"]] == routing.names and got["k"] == k and got["signal"] == signal
+
+
+def test_concurrent_requests_with_different_mixtures_equal_each_alone(served):
+    def one(i):
+        r = client(served).completions.create(model="logo", prompt=PROMPTS[i], max_tokens=16 + i, temperature=0,
+                                              extra_body={"adapters": MIXTURES[i] or "none", "ignore_eos": True})
+        return r.choices[0].text, r.usage.completion_tokens
+
+    alone = [one(i) for i in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        together = list(ex.map(one, range(8)))
+    assert together == alone
+    assert all(n == 16 + i for i, (_, n) in enumerate(together))
+
+
+def test_n_choices_and_several_prompts(served, reference):
+    model, _ = reference
+    r = client(served).completions.create(model="base", prompt=["Hello world", "the dog"], max_tokens=6, temperature=0,
+                                          n=2)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    for i, prompt in enumerate(["Hello world", "the dog"]):
+        expected = model.generate(prompt, max_tokens=6, temperature=0.0).text
+        assert r.choices[2 * i].text == expected and r.choices[2 * i + 1].text == expected
+    sampling = dict(model="base", prompt="the", max_tokens=8, temperature=1.5, top_p=1.0, n=3, seed=7,
+                    extra_body={"ignore_eos": True, "top_k": 0, "min_p": 0.0})
+    sampled = client(served).completions.create(**sampling)
+    again = client(served).completions.create(**sampling)
+    assert [c.text for c in sampled.choices] == [c.text for c in again.choices]  # seeded: reproducible
+    assert len({c.text for c in sampled.choices}) > 1  # each choice its own seed
+
+
+def test_stop_strings(served, reference):
+    model, _ = reference
+    free = model.generate("the cat sat on the mat", max_tokens=24, temperature=0.0, ignore_eos=True)
+    word = next(w for w in free.text.split(" ")[2:] if w.isascii() and w.strip())
+    r = client(served).completions.create(model="base", prompt="the cat sat on the mat", max_tokens=24, temperature=0,
+                                          stop=[word], extra_body={"ignore_eos": True})
+    assert r.choices[0].text == free.text[:free.text.index(word)] and r.choices[0].finish_reason == "stop"
+
+
+def _stream_raw(bg, body, headers=None):
+    """Opens a streaming completion with plain HTTP; returns the connection and its response."""
+    conn = http.client.HTTPConnection(bg.host, bg.port, timeout=TIMEOUT)
+    conn.request("POST", "/v1/completions", body=json.dumps({**body, "stream": True}),
+                 headers={"Content-Type": "application/json", **(headers or {})})
+    return conn, conn.getresponse()
+
+
+def _send_raw(bg, body):
+    """Sends a completion request on a raw socket without waiting for anything; returns the socket."""
+    data = json.dumps(body).encode()
+    sock = socket.create_connection((bg.host, bg.port), timeout=TIMEOUT)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+    return sock
+
+
+def test_sse_format_ends_with_done(served):
+    conn, response = _stream_raw(served, {"model": "base", "prompt": "the dog", "max_tokens": 5, "temperature": 0})
+    try:
+        assert response.status == 200 and response.getheader("Content-Type").startswith("text/event-stream")
+        events = [e for e in response.read().decode().split("\n\n") if e]
+    finally:
+        conn.close()
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
+    assert chunks[0]["routing"] == {"method": "base", "adapters": []}
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop")
+    assert {c["object"] for c in chunks} == {"text_completion"} and len({c["id"] for c in chunks}) == 1
+
+
+def test_a_client_that_disconnects_frees_its_slot(model_dir, adapter_dir):
+    with running_server(model_dir / "llama-f32.gguf", adapter_dir, n_slots=2, max_queue=4, n_ctx=512) as bg:
+        long = {"model": "logo", "prompt": "the quick brown fox", "max_tokens": 500, "temperature": 0,
+                "ignore_eos": True}
+        conn, response = _stream_raw(bg, long)
+        assert response.status == 200
+        response.fp.readline()  # the first chunk has arrived: the request runs in a slot
+        wait_until(lambda: health(bg)["slots_busy"] == 1, what="the request to start")
+        with concurrent.futures.ThreadPoolExecutor(3) as ex:
+            others = [ex.submit(client(bg).completions.create, model="logo", prompt=p, max_tokens=12, temperature=0)
+                      for p in PROMPTS[:3]]
+            # Vanish mid-stream (no reading, no closing handshake beyond the socket).
+            conn.sock.shutdown(socket.SHUT_RDWR)
+            conn.close()
+            results = [f.result(timeout=TIMEOUT) for f in others]
+        assert all(r.usage.completion_tokens == 12 for r in results)
+        wait_until(lambda: health(bg)["slots_busy"] == 0, what="the disconnected request's slot to be freed")
+        assert bg.server.engine.stats["cancelled"] == 1
+        # Every slot works again: two concurrent requests run at once.
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            again = list(ex.map(lambda p: client(bg).completions.create(model="base", prompt=p, max_tokens=4),
+                                PROMPTS[:2]))
+        assert len(again) == 2
+
+
+def test_a_non_streaming_client_that_disconnects_frees_its_slot(model_dir, adapter_dir):
+    with running_server(model_dir / "llama-f32.gguf", adapter_dir, n_slots=1, max_queue=2, n_ctx=1024) as bg:
+        sock = _send_raw(bg, {"model": "base", "prompt": "the dog", "max_tokens": 1000, "ignore_eos": True})
+        wait_until(lambda: health(bg)["slots_busy"] == 1, what="the request to start")
+        sock.close()
+        wait_until(lambda: health(bg)["slots_busy"] == 0, what="the slot to be freed")
+        r = client(bg).completions.create(model="base", prompt="the", max_tokens=3)
+        assert r.usage.completion_tokens <= 3
+
+
+BAD = [
+    # (body or raw bytes, status, param, message fragment)
+    (b"{not json", 400, None, "not valid JSON"),
+    (b"[1, 2]", 400, None, "must be a JSON object"),
+    (b"", 400, None, "body is empty"),
+    ({"model": "nope", "prompt": "x"}, 404, "model", "does not exist"),
+    ({"model": "logo"}, 400, "prompt", "required"),
+    ({"prompt": "x", "temperature": -1}, 400, "temperature", "greater than or equal to 0"),
+    ({"prompt": "x", "temperature": "hot"}, 400, "temperature", "valid number"),
+    ({"prompt": "x", "top_p": 0}, 400, "top_p", "greater than 0"),
+    ({"prompt": "x", "top_k": -3}, 400, "top_k", "greater than or equal to 0"),
+    ({"prompt": "x", "min_p": 1.5}, 400, "min_p", "less than 1"),
+    ({"prompt": "x", "max_tokens": -1}, 400, "max_tokens", "greater than or equal to 0"),
+    ({"prompt": "x", "seed": -5}, 400, "seed", "greater than or equal to 0"),
+    ({"prompt": "x", "stop": [""]}, 400, "stop", "must not be empty"),
+    ({"prompt": "x", "n": 0}, 400, "n", "greater than or equal to 1"),
+    ({"prompt": "x", "logprobs": 3}, 400, "logprobs", "not supported"),
+    ({"prompt": "x", "presence_penalty": 1.0}, 400, "presence_penalty", "not supported"),
+    ({"prompt": "x", "echo": True}, 400, "echo", "not supported"),
+    ({"prompt": ""}, 400, "prompt", "empty"),
+    ({"prompt": [5, 10 ** 7]}, 400, "prompt", "token id 10000000 is out of range"),
+    ({"prompt": "the " * 400}, 400, "prompt", "context holds 256"),
+    ({"prompt": "x", "adapters": {"nope": 1.0}}, 400, "adapters", "no adapter named 'nope'"),
+    ({"prompt": "x", "adapters": {}}, 400, "adapters", "at least one adapter"),
+    ({"prompt": "x", "adapters": "sometimes"}, 400, "adapters", None),
+    ({"prompt": "x", "lora": [{"id": 99, "scale": 1.0}]}, 400, "lora.0.id", "no adapter with id 99"),
+    ({"prompt": "x", "lora": [{"id": 0}]}, 400, "lora.0.scale", "required"),
+    ({"prompt": "x", "lora": [], "adapters": "none"}, 400, "lora", "either 'adapters' or 'lora'"),
+    ({"prompt": "x", "logo": {"k": 0}}, 400, "logo.k", "greater than or equal to 1"),
+    ({"prompt": "x", "logo": {"signal": "loud"}}, 400, "logo.signal", "'norm' or 'entropy'"),
+    ({"prompt": "x", "logo": {"k": 2}, "adapters": {"sql": 1.0}}, 400, "logo", "routed requests"),
+    ({"prompt": "x", "model": "base", "logo": {"k": 2}}, 400, "logo", "routed requests"),
+]
+
+BAD_CHAT = [
+    ({"model": "logo", "messages": []}, 400, "messages", "at least 1 item"),
+    ({"model": "logo"}, 400, "messages", "required"),
+    ({"model": "logo", "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages.0.role", None),
+    ({"model": "logo", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400,
+     "messages.0.content", "only text parts"),
+    ({"model": "logo", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, 400,
+     "tools", "not supported"),
+    ({"model": "sql", "messages": [{"role": "user", "content": "the " * 400}]}, 400, "messages", "context holds 256"),
+]
+
+
+def _check_error(status, body, expected_status, param, fragment):
+    assert status == expected_status, body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == ("invalid_request_error" if expected_status < 500 else "server_error")
+    assert error["param"] == param, error
+    if fragment:
+        assert fragment in error["message"], error
+
+
+@pytest.mark.parametrize("body,status,param,fragment", BAD, ids=[str(b)[:40] for b, *_ in BAD])
+def test_bad_completion_requests(served, body, status, param, fragment):
+    raw = body if isinstance(body, bytes) else None
+    code, payload, _ = request(served, "POST", "/v1/completions", body=None if raw is not None else body, raw=raw)
+    _check_error(code, payload, status, param, fragment)
+
+
+@pytest.mark.parametrize("body,status,param,fragment", BAD_CHAT, ids=[str(b)[:40] for b, *_ in BAD_CHAT])
+def test_bad_chat_requests(served, body, status, param, fragment):
+    code, payload, _ = request(served, "POST", "/v1/chat/completions", body=body)
+    _check_error(code, payload, status, param, fragment)
+
+
+def test_bad_requests_through_the_openai_client_and_the_server_still_serves(served):
+    c = client(served)
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        c.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.BadRequestError, match="context holds 256"):
+        c.completions.create(model="logo", prompt="the " * 300)
+    with pytest.raises(openai.BadRequestError, match="no adapter named"):
+        c.completions.create(model="logo", prompt="x", extra_body={"adapters": {"missing": 1}})
+    code, payload, _ = request(served, "GET", "/v1/nothing")
+    _check_error(code, payload, 404, None, "no such endpoint")
+    code, payload, _ = request(served, "GET", "/v1/completions")
+    _check_error(code, payload, 405, None, "GET is not allowed")
+    assert c.completions.create(model="base", prompt="the dog", max_tokens=3).usage.completion_tokens <= 3
+    assert health(served)["slots_busy"] == 0
+
+
+def test_api_key(model_dir):
+    with running_server(model_dir / "llama-f32.gguf", n_slots=1, api_key="sesame") as bg:
+        assert health(bg)["status"] == "ok"  # /health stays open, as llama-server's
+        with pytest.raises(openai.AuthenticationError, match="invalid API key"):
+            client(bg, api_key="wrong").models.list()
+        code, payload, headers = request(bg, "GET", "/v1/models")
+        _check_error(code, payload, 401, None, "missing API key")
+        assert payload["error"]["code"] == "invalid_api_key" and headers.get("www-authenticate") == "Bearer"
+        code, payload, _ = request(bg, "POST", "/v1/completions", body={"prompt": "x"},
+                                   headers={"Authorization": "Bearer sesame-not"})
+        assert code == 401
+        r = client(bg, api_key="sesame").completions.create(model="base", prompt="the", max_tokens=2)
+        assert r.usage.completion_tokens <= 2
+
+
+def test_a_full_queue_answers_503(model_dir):
+    with running_server(model_dir / "llama-f32.gguf", n_slots=1, max_queue=1, n_ctx=1024) as bg:
+        long = {"model": "base", "prompt": "the dog", "max_tokens": 1000, "ignore_eos": True}
+        first = _send_raw(bg, long)
+        wait_until(lambda: health(bg)["slots_busy"] == 1, what="the first request to start")
+        second = _send_raw(bg, long)
+        wait_until(lambda: health(bg)["waiting"] == 1, what="the second request to wait")
+        code, payload, headers = request(bg, "POST", "/v1/completions", body=long)
+        _check_error(code, payload, 503, None, "busy")
+        assert headers.get("retry-after") == "1"
+        for sock in (first, second):
+            sock.close()
+        wait_until(lambda: health(bg)["slots_busy"] == 0 and health(bg)["waiting"] == 0, what="the queue to drain")
+        assert client(bg).completions.create(model="base", prompt="the", max_tokens=2).usage.completion_tokens <= 2
+
+
+def test_load_run_loses_no_request(model_dir, adapter_dir):
+    """64 requests from 16 concurrent clients (half streamed, routed, fixed and base mixed) on 8 slots."""
+    with running_server(model_dir / "llama-f32.gguf", adapter_dir, n_slots=8, max_queue=16, k=K) as bg:
+        def one(i):
+            c = client(bg)
+            kw = dict(prompt=PROMPTS[i % 8], max_tokens=8 + i % 5, temperature=0.7, seed=i,
+                      extra_body={"ignore_eos": True, "adapters": ["auto", "none", MIXTURES[i % 8] or "none"][i % 3]})
+            if i % 2:
+                pieces = [ch.choices[0].text for ch in c.completions.create(model="logo", stream=True, **kw)
+                          if ch.choices]
+                return len(pieces) > 0
+            return c.completions.create(model="logo", **kw).usage.completion_tokens == 8 + i % 5
+
+        with concurrent.futures.ThreadPoolExecutor(16) as ex:
+            results = list(ex.map(one, range(64), timeout=10 * TIMEOUT))
+        assert all(results) and len(results) == 64
+        assert health(bg) == {"status": "ok", "slots_total": 8, "slots_busy": 0, "waiting": 0, "queue_limit": 16}
+        assert bg.server.engine.stats["started"] == 64
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_logo_cpp_serve_command(model_dir, adapter_dir):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "logo_cpp.cli", "serve", "--model", str(model_dir / "llama-f32.gguf"),
+                             "--adapters", str(adapter_dir), "--port", str(port), "--parallel", "2", "--ctx-size", "128",
+                             "--threads", "2", "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "logo-cpp serve did not start"
+                time.sleep(0.1)
+        from openai import OpenAI
+
+        c = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=TIMEOUT)
+        assert [m.id for m in c.models.list()][:2] == ["logo", "base"]
+        assert c.completions.create(model="logo", prompt="Hello", max_tokens=3).usage.completion_tokens <= 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err
+    assert "logo-cpp serve:" in out and "7 adapters, 2 slots of 128 tokens" in out
+
+
+def test_logo_cpp_serve_reports_bad_arguments(model_dir):
+    out = subprocess.run([sys.executable, "-m", "logo_cpp.cli", "serve", "--model", str(model_dir / "missing.gguf")],
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 2 and "logo-cpp: error:" in out.stderr and "missing.gguf" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "logo_cpp.cli", "serve", "--model", str(model_dir / "llama-f32.gguf"),
+                          "--parallel", "0"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 2 and "--parallel must be positive" in out.stderr
+    env = dict(os.environ)
+    assert env  # the environment reaches the child unchanged
