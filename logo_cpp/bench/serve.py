@@ -164,20 +164,21 @@ def _percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (x - lo)
 
 
-def default_files() -> tuple[Path, Path]:
+def default_files() -> tuple[Path, list[Path]]:
     from ..server.main import default_model_paths
 
-    base, pool = default_model_paths()
-    if pool is None:
+    base, files = default_model_paths()
+    if not files:
         raise FileNotFoundError("no default adapter pool found; pass --adapters")
-    return base, pool
+    return base, files
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="logo-cpp bench serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="base model GGUF (default: the shipped default)")
-    parser.add_argument("--adapters", type=Path, default=None, help="adapter directory (default: the default pool)")
+    parser.add_argument("--adapters", type=Path, default=None,
+                        help="a directory of adapter GGUF files (default: the shipped pool)")
     parser.add_argument("--adapter", default=None,
                         help="the adapter llama_cpp.server serves (a name in the pool; default: the first)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
@@ -191,16 +192,19 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT, help="where serve.json and serve.md go")
     args = parser.parse_args(argv)
 
-    model_path, pool_dir = args.model, args.adapters
-    if model_path is None or pool_dir is None:
-        base, pool = default_files()
-        model_path, pool_dir = model_path or base, pool_dir or pool
-    adapters = sorted(Path(pool_dir).glob("*.gguf"))
-    if not adapters:
-        raise FileNotFoundError(f"no *.gguf adapters in '{pool_dir}'")
+    model_path = args.model
+    if args.adapters is not None:
+        adapters = sorted(Path(args.adapters).glob("*.gguf"))
+        if not adapters:
+            raise FileNotFoundError(f"no *.gguf adapters in '{args.adapters}'")
+    if model_path is None or args.adapters is None:
+        base, files = default_files()
+        model_path = model_path or base
+        if args.adapters is None:
+            adapters = files
     adapter = next((a for a in adapters if a.stem == args.adapter), None) if args.adapter else adapters[0]
     if adapter is None:
-        raise ValueError(f"--adapter {args.adapter!r} is not in '{pool_dir}'")
+        raise ValueError(f"--adapter {args.adapter!r} is not among the adapters")
     parallel = args.parallel or max(args.clients)
     # A terminated benchmark still stops the servers it started (the finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -210,8 +214,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     eos = logo_cpp.Model(model_path, n_ctx=64, n_threads=1).eos
     logs = args.out / "serve-logs"
     logo_port, llama_port = _free_port(), _free_port()
-    logo_cmd = [sys.executable, "-m", "logo_cpp.cli", "serve", "--model", str(model_path), "--adapters", str(pool_dir),
-                "--port", str(logo_port), "--parallel", str(parallel), "--ctx-size", str(args.ctx_size),
+    logo_cmd = [sys.executable, "-m", "logo_cpp.cli", "serve", "--model", str(model_path), "--adapters",
+                *map(str, adapters), "--port", str(logo_port), "--parallel", str(parallel), "--ctx-size", str(args.ctx_size),
                 "--threads", str(args.threads), "--queue", str(max(args.clients)), "--log-level", "warning"]
     if args.k is not None:
         logo_cmd += ["--k", str(args.k)]
@@ -246,13 +250,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         for server in servers.values():
             server.stop()
 
-    report = summarize(samples, args, model_path, pool_dir, adapter, parallel)
+    report = summarize(samples, args, model_path, adapters, adapter, parallel)
     common.write_json(args.out / "serve.json", report)
     (args.out / "serve.md").write_text(markdown(report))
     print(markdown(report))
 
 
-def summarize(samples, args, model_path, pool_dir, adapter, parallel) -> dict:
+def summarize(samples, args, model_path, adapters, adapter, parallel) -> dict:
     rows = []
     for clients in args.clients:
         row = {"clients": clients}
@@ -267,7 +271,7 @@ def summarize(samples, args, model_path, pool_dir, adapter, parallel) -> dict:
     k = routed[0].get("k") if routed else None
     return {
         "machine": common.machine_info(args.threads),
-        "model": Path(model_path).name, "pool": str(pool_dir), "pool_size": len(list(Path(pool_dir).glob("*.gguf"))),
+        "model": Path(model_path).name, "pool": sorted(a.stem for a in adapters), "pool_size": len(adapters),
         "llama_cpp_server_adapter": adapter.stem, "k": k, "distinct_selections": len(distinct),
         "max_tokens": args.max_tokens, "requests_per_client": args.requests_per_client, "reps": args.reps,
         "parallel": parallel, "ctx_size": args.ctx_size, "rows": rows,

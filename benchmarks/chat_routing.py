@@ -1,0 +1,129 @@
+"""What should LoGo probe for a chat request: the last user message, or the whole templated prompt?
+
+For every in-pool item of the pool's held-out set (eval.jsonl: "task", "messages", "answer"), LoGo routes on
+each candidate probe input; reported per candidate are how often the item's own adapter ranks first and is in
+the top 3, and the task score of the chat answer generated with that routing (greedy, k adapters). The raw
+completion-style prompt ("prompt", what the paper probes) is shown for reference.
+
+    python benchmarks/chat_routing.py [--pool-dir models/pool] [--k 1] [--per-task N] [--out docs/server]
+
+`logo-cpp serve --chat-route-on` takes the winner's name (last-user or prompt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import logo_cpp
+from logo_cpp import _core
+
+CANDIDATES = ("last-user", "prompt", "raw")
+
+
+def probe_inputs(model, item) -> dict[str, list[int]]:
+    messages = item["messages"]
+    templated = model.apply_chat_template(messages)
+    last_user = [m["content"] for m in messages if m["role"] == "user"][-1]
+    return {
+        "last-user": model.tokenize(last_user, add_special=True, parse_special=False),  # what the server does
+        "prompt": model._prompt_tokens(templated),
+        "raw": model._prompt_tokens(item["prompt"]),
+    }
+
+
+def generate_all(model, pool, jobs, max_tokens, n_slots=16):
+    """Greedy chat answers for (prompt ids, mixture) jobs, decoded together through the server's engine core."""
+    batch = _core.ContinuousBatch(model._core, n_ctx=model.n_ctx, n_slots=n_slots)
+    out, pending = {}, list(enumerate(jobs))
+    while pending or batch.n_active:
+        while pending and batch.n_active < batch.n_slots:
+            i, (ids, selection) = pending.pop(0)
+            event = batch.start(i, ids, max_tokens=max_tokens, temperature=0.0, pool=pool._core if selection else None,
+                                selection=selection)
+            if event[2]:
+                out[i] = event[3]["text"]
+        for rid, _, finished, completion in batch.step():
+            if finished:
+                out[rid] = completion["text"]
+    return [out[i].decode("utf-8", errors="replace") for i in range(len(jobs))]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=None, help="base model (default: the shipped default)")
+    p.add_argument("--pool-dir", type=Path, default=Path("models/pool"), help="pool with adapters/ and eval.jsonl")
+    p.add_argument("--k", type=int, default=1, help="adapters per request for the generated answers")
+    p.add_argument("--per-task", type=int, default=None, help="items per task (default all)")
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path, default=Path("docs/server"))
+    args = p.parse_args(argv)
+
+    from logo_cpp.server.main import default_model_paths
+
+    base = args.model or default_model_paths()[0]
+    model = logo_cpp.Model(base, n_ctx=1024, n_threads=args.threads)
+    pool = logo_cpp.AdapterPool(model, args.pool_dir / "adapters")
+    try:
+        from logo_cpp.tasks import score
+    except ImportError:
+        score = None
+    items, seen = [], defaultdict(int)
+    for line in (args.pool_dir / "eval.jsonl").read_text().splitlines():
+        item = json.loads(line)
+        if item.get("in_pool") and item["task"] in pool and (args.per_task is None or seen[item["task"]] < args.per_task):
+            seen[item["task"]] += 1
+            items.append(item)
+
+    router = logo_cpp.LoGo(model, pool, k=max(3, args.k))
+    first = {c: 0 for c in CANDIDATES}
+    top3 = {c: 0 for c in CANDIDATES}
+    jobs = {c: [] for c in CANDIDATES}
+    t0 = time.perf_counter()
+    for item in items:
+        inputs = probe_inputs(model, item)
+        chat_ids = inputs["prompt"]
+        for c in CANDIDATES:
+            routing = router.route(inputs[c])
+            ranked = routing.names
+            first[c] += ranked[0] == item["task"]
+            top3[c] += item["task"] in ranked[:3]
+            jobs[c].append((chat_ids, list(zip(routing.indices[:args.k], map(float, _renorm(routing.weights[:args.k]))))))
+    route_seconds = time.perf_counter() - t0
+    scores = {}
+    if score is not None:
+        for c in CANDIDATES:
+            answers = generate_all(model, pool, jobs[c], args.max_tokens)
+            scores[c] = statistics.mean(score(it["task"], a, it["answer"]) for it, a in zip(items, answers))
+    n = len(items)
+    lines = ["# What LoGo probes for a chat request", "",
+             f"{Path(base).name}, pool {args.pool_dir} ({len(pool)} adapters), {n} held-out in-pool items "
+             f"({len(seen)} tasks). Own adapter ranked first / in the top 3 by LoGo-norm, and the task score of the "
+             f"greedy chat answer with the top-{args.k} mixture (weights renormalised).", "",
+             "| probe input | own adapter first | own adapter in top 3 | chat answer score |", "|---|---|---|---|"]
+    for c in CANDIDATES:
+        s = f"{scores[c]:.3f}" if c in scores else "n/a"
+        lines.append(f"| {c} | {first[c] / n:.3f} | {top3[c] / n:.3f} | {s} |")
+    lines += ["", f"chance: {1 / len(pool):.3f} / {min(3, len(pool)) / len(pool):.3f}; routing took "
+              f"{route_seconds:.0f} s for {3 * n} probes.", "",
+              f"Command: `python benchmarks/chat_routing.py {' '.join(sys.argv[1:])}`", ""]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "chat-routing.md").write_text("\n".join(lines))
+    (args.out / "chat-routing.json").write_text(json.dumps(
+        {"n": n, "k": args.k, "first": first, "top3": top3, "scores": scores, "pool_size": len(pool)}, indent=2))
+    print("\n".join(lines))
+
+
+def _renorm(weights):
+    total = float(sum(weights))
+    return [float(w) / total for w in weights] if total > 0 else [1.0 / len(weights)] * len(weights)
+
+
+if __name__ == "__main__":
+    main()
