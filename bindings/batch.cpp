@@ -20,15 +20,26 @@ void bind_batch(nb::module_ & m) {
                                       "Continuous batching: requests start and end between decode steps; each step "
                                       "decodes every running request in one evaluation, each with its own mixture.")
         .def("__init__",
-             [](logo::ContinuousBatch * self, const logo::Model & model, int n_ctx, int n_slots, int n_batch) {
+             [](logo::ContinuousBatch * self, const logo::Model & model, int n_ctx, int n_slots, int n_batch,
+                const logo::AdapterPool * pool, const std::string & layout) {
                  logo::ContextParams p;
                  p.n_ctx = n_ctx;
                  p.n_seq = n_slots;
                  p.n_batch = n_batch;
+                 logo::SlotLayout l;
+                 if (layout == "auto") l = logo::SlotLayout::automatic;
+                 else if (layout == "stacked") l = logo::SlotLayout::stacked;
+                 else if (layout == "pooled") l = logo::SlotLayout::pooled;
+                 else throw std::invalid_argument("unknown layout '" + layout + "'; use 'auto', 'stacked' or 'pooled'");
                  nb::gil_scoped_release release;
-                 new (self) logo::ContinuousBatch(model, p);
+                 new (self) logo::ContinuousBatch(model, p, pool, l);
              },
-             "model"_a, "n_ctx"_a = 2048, "n_slots"_a = 8, "n_batch"_a = 512)
+             "model"_a, "n_ctx"_a = 2048, "n_slots"_a = 8, "n_batch"_a = 512, "pool"_a = nb::none(),
+             "layout"_a = "auto")
+        .def_prop_ro("layout",
+                     [](const logo::ContinuousBatch & b) {
+                         return b.layout() == logo::SlotLayout::pooled ? "pooled" : "stacked";
+                     })
         .def_prop_ro("n_slots", &logo::ContinuousBatch::n_slots)
         .def_prop_ro("n_active", &logo::ContinuousBatch::n_active)
         .def_prop_ro("n_ctx", &logo::ContinuousBatch::n_ctx)

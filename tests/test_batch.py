@@ -14,19 +14,29 @@ MIXTURES = [{"math": 1.0}, {"sql": 0.5, "poem": 0.5}, {"code": 0.2, "chat": 0.3,
             {"poem": 1.0}, {"math": 0.3, "sql": 0.3, "poem": 0.2, "code": 0.2}, {"chat": 2.0}]
 
 
-@pytest.fixture(scope="module", params=["llama-f32.gguf", "llama-q8_0.gguf"])
+@pytest.fixture(scope="module", params=[("llama-f32.gguf", "stacked"), ("llama-f32.gguf", "pooled"),
+                                        ("llama-q8_0.gguf", "stacked"), ("llama-q8_0.gguf", "pooled")],
+                ids=lambda p: f"{p[0]}-{p[1]}")
 def setup(request, model_dir, adapter_dir):
-    model = logo_cpp.Model(model_dir / request.param, n_ctx=256, n_threads=THREADS)
+    name, layout = request.param
+    model = logo_cpp.Model(model_dir / name, n_ctx=256, n_threads=THREADS)
     pool = logo_cpp.AdapterPool(model, adapter_dir)
     selections = [[(pool.index(n), w) for n, w in m.items()] for m in MIXTURES]
     ids = [model.tokenize(p) for p in PROMPTS]
-    return model, pool, selections, ids
+    return model, pool, selections, ids, layout
+
+
+def new_batch(setup, n_slots, n_ctx=256):
+    model, pool, _, _, layout = setup
+    batch = _core.ContinuousBatch(model._core, n_ctx=n_ctx, n_slots=n_slots, pool=pool._core, layout=layout)
+    assert batch.layout == layout
+    return batch
 
 
 def run(setup, order, n_slots=8, max_tokens=lambda i: 12 + i, **kw):
     """Admits requests in `order` whenever a slot is free (between steps); returns {i: completion}."""
-    model, pool, selections, ids = setup
-    batch = _core.ContinuousBatch(model._core, n_ctx=256, n_slots=n_slots)
+    model, pool, selections, ids, _ = setup
+    batch = new_batch(setup, n_slots)
     done, texts, pending = {}, {}, list(order)
     while pending or batch.n_active:
         while pending and batch.n_active < batch.n_slots:
@@ -68,9 +78,9 @@ def test_alone_equals_the_python_api(setup):
 
 
 def test_cancel_frees_the_slot_and_the_others_go_on(setup):
-    model, pool, selections, ids = setup
+    model, pool, selections, ids, _ = setup
     alone = {i: run(setup, [i], max_tokens=lambda i: 16)[i]["tokens"] for i in (0, 1, 2)}
-    batch = _core.ContinuousBatch(model._core, n_ctx=256, n_slots=2)
+    batch = new_batch(setup, 2)
     for i in (0, 1):
         batch.start(i, ids[i], max_tokens=16, temperature=0.0, ignore_eos=True, pool=pool._core, selection=selections[i])
     for _ in range(3):
@@ -89,9 +99,9 @@ def test_cancel_frees_the_slot_and_the_others_go_on(setup):
 
 
 def test_bad_requests_leave_the_batch_intact(setup):
-    model, pool, selections, ids = setup
+    model, pool, selections, ids, _ = setup
     expected = run(setup, [0], max_tokens=lambda i: 10)[0]["tokens"]
-    batch = _core.ContinuousBatch(model._core, n_ctx=64, n_slots=2)
+    batch = new_batch(setup, 2, n_ctx=64)
     start = dict(max_tokens=10, temperature=0.0, ignore_eos=True)
     batch.start(7, ids[0], pool=pool._core, selection=selections[0], **start)
     with pytest.raises(ValueError, match="already running"):
@@ -121,8 +131,8 @@ def test_bad_requests_leave_the_batch_intact(setup):
 
 
 def test_requests_end_at_eos_stop_strings_max_tokens_and_a_full_context(setup):
-    model, pool, selections, ids = setup
-    batch = _core.ContinuousBatch(model._core, n_ctx=16, n_slots=2)
+    model, pool, selections, ids, _ = setup
+    batch = new_batch(setup, 2, n_ctx=16)
     rid, text, finished, completion = batch.start(0, ids[0], max_tokens=0)
     assert finished and completion["finish_reason"] == "length" and completion["tokens"] == []
     batch.start(1, ids[1], max_tokens=100, temperature=0.0, ignore_eos=True)
@@ -149,3 +159,40 @@ def test_requests_end_at_eos_stop_strings_max_tokens_and_a_full_context(setup):
     stopped = run(setup, [3], max_tokens=lambda i: 24, stop=[stop])[3]
     assert stopped["finish_reason"] == "stop"
     assert stopped["text"] == free["text"][:free["text"].index(stop.encode())]
+
+
+def test_automatic_layout_and_adapters_added_after_the_batch(model_dir, adapter_dir):
+    model = logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=128, n_threads=THREADS)
+    pool = logo_cpp.AdapterPool(model, [adapter_dir / "math.gguf", adapter_dir / "sql.gguf"])
+    # Two rank-8/4 adapters: one pooled stack of 64 ranks per weight costs what one slot's slice costs.
+    assert _core.ContinuousBatch(model._core, n_ctx=128, n_slots=4, pool=pool._core).layout == "pooled"
+    assert _core.ContinuousBatch(model._core, n_ctx=128, n_slots=1, pool=pool._core).layout == "pooled"
+    # 20 more rank-16 adapters: 372 ranks on attn_q, more than 4 slots' slices (4 x 64) but not 16 slots'.
+    other = logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=128, n_threads=THREADS)
+    big = logo_cpp.AdapterPool(other, adapter_dir)
+    for i in range(20):
+        big.add(adapter_dir / "poem.gguf", name=f"poem{i}")
+    assert _core.ContinuousBatch(other._core, n_ctx=128, n_slots=4, pool=big._core).layout == "stacked"
+    assert _core.ContinuousBatch(other._core, n_ctx=128, n_slots=16, pool=big._core).layout == "pooled"
+    with pytest.raises(ValueError, match="another model"):
+        _core.ContinuousBatch(model._core, n_slots=2, pool=big._core)
+    with pytest.raises(ValueError, match="unknown layout"):
+        _core.ContinuousBatch(model._core, n_slots=2, layout="sideways")
+
+    # A pooled batch meets an adapter added to the pool after it was made: the stacks grow, and the request
+    # already running goes on unchanged.
+    ids = model.tokenize("the cat sat on the mat")
+    batch = _core.ContinuousBatch(model._core, n_ctx=128, n_slots=2, pool=pool._core, layout="pooled")
+    start = dict(max_tokens=12, temperature=0.0, ignore_eos=True, pool=pool._core)
+    batch.start(0, ids, selection=[(0, 1.0)], **start)
+    batch.step()
+    pool.add(adapter_dir / "poem.gguf")
+    batch.start(1, ids, selection=[(pool.index("poem"), 0.5), (1, 0.5)], **start)
+    done = {}
+    while batch.n_active:
+        for rid, _, finished, completion in batch.step():
+            if finished:
+                done[rid] = completion["tokens"]
+    for rid, mixture in ((0, {"math": 1.0}), (1, {"poem": 0.5, "sql": 0.5})):
+        expected = model.generate(ids, max_tokens=12, temperature=0.0, ignore_eos=True, adapters=mixture)
+        assert done[rid] == expected.tokens

@@ -431,7 +431,7 @@ def test_logo_cpp_serve_command(model_dir, adapter_dir):
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, err
-    assert "logo-cpp serve:" in out and "7 adapters, 2 slots of 128 tokens" in out
+    assert "logo-cpp serve:" in out and "7 adapters, 2 slots of 128 tokens (pooled mixtures)" in out
 
 
 def test_logo_cpp_serve_reports_bad_arguments(model_dir):

@@ -9,9 +9,24 @@ struct ContinuousBatch::Guard {
     std::mutex mutex;
 };
 
-ContinuousBatch::ContinuousBatch(const Model & model, const ContextParams & params)
+ContinuousBatch::ContinuousBatch(const Model & model, const ContextParams & params, const AdapterPool * pool,
+                                 SlotLayout layout)
     : model_(model.impl_), guard_(std::make_unique<Guard>()) {
-    decoder_ = std::make_unique<core::BatchDecoder>(model_, params);
+    std::vector<const core::Adapter *> adapters;
+    std::shared_lock<std::shared_mutex> lock;
+    if (pool) {
+        if (&pool->impl_->pool.model() != model_.get()) throw std::invalid_argument("the adapter pool belongs to another model");
+        lock = std::shared_lock<std::shared_mutex>(pool->impl_->mutex);
+        for (size_t i = 0; i < pool->impl_->pool.size(); ++i) adapters.push_back(&pool->impl_->pool.at(i));
+    }
+    const core::SlotLayout core_layout = layout == SlotLayout::stacked  ? core::SlotLayout::stacked
+                                         : layout == SlotLayout::pooled ? core::SlotLayout::pooled
+                                                                        : core::SlotLayout::automatic;
+    decoder_ = std::make_unique<core::BatchDecoder>(model_, params, adapters, core_layout);
+}
+
+SlotLayout ContinuousBatch::layout() const {
+    return decoder_->layout() == core::SlotLayout::pooled ? SlotLayout::pooled : SlotLayout::stacked;
 }
 
 ContinuousBatch::~ContinuousBatch() = default;

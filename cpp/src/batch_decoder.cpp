@@ -15,8 +15,9 @@ double seconds_between(std::chrono::steady_clock::time_point t0, std::chrono::st
 
 }  // namespace
 
-BatchDecoder::BatchDecoder(std::shared_ptr<const Model> model, const SessionOptions & options)
-    : session_(model, options), mixtures_(*model, options.n_seq) {}
+BatchDecoder::BatchDecoder(std::shared_ptr<const Model> model, const SessionOptions & options,
+                           const std::vector<const Adapter *> & pool, SlotLayout layout)
+    : session_(model, options), mixtures_(make_slot_mixtures(*model, options.n_seq, pool, layout)) {}
 
 std::vector<int64_t> BatchDecoder::active_ids() const {
     std::vector<int64_t> ids;
@@ -62,10 +63,10 @@ RequestEvent BatchDecoder::start(int64_t id, const std::vector<int32_t> & prompt
     const auto t0 = Clock::now();
     std::vector<float> logits;
     try {
-        mixtures_.set(slot, selection);
-        logits = session_.evaluate(slot, 1, prompt, false, mixtures_.terms(slot + 1));
+        mixtures_->set(slot, selection);
+        logits = session_.evaluate(slot, 1, prompt, false, mixtures_->terms(slot + 1));
     } catch (...) {
-        mixtures_.clear(slot);
+        mixtures_->clear(slot);
         session_.clear(slot);
         throw;
     }
@@ -77,7 +78,7 @@ RequestEvent BatchDecoder::start(int64_t id, const std::vector<int32_t> & prompt
     const bool going = request.state.accept(request.state.sampler.sample(logits.data(), n_vocab),
                                             session_.model().vocab(), session_.length(slot), n_ctx(), event.text);
     if (!going) {
-        mixtures_.clear(slot);
+        mixtures_->clear(slot);
         session_.clear(slot);
         return finished_event(request, std::move(event.text));
     }
@@ -93,7 +94,7 @@ std::vector<RequestEvent> BatchDecoder::step() {
     for (const Request & r : running_) tokens.push_back(r.state.next);
 
     const auto t0 = Clock::now();
-    std::vector<float> logits = session_.evaluate(0, n, tokens, false, mixtures_.terms(n));
+    std::vector<float> logits = session_.evaluate(0, n, tokens, false, mixtures_->terms(n));
     const double elapsed = seconds_between(t0, Clock::now());
 
     const int32_t n_vocab = int32_t(session_.model().hparams().n_vocab);
@@ -130,10 +131,10 @@ void BatchDecoder::release(int slot) {
     const int last = n_active() - 1;
     if (slot != last) {
         session_.copy_stream(last, slot);
-        mixtures_.move(session_, last, slot);
+        mixtures_->move(session_, last, slot);
         running_[size_t(slot)] = std::move(running_[size_t(last)]);
     } else {
-        mixtures_.clear(slot);
+        mixtures_->clear(slot);
     }
     session_.clear(last);
     running_.pop_back();

@@ -20,11 +20,14 @@ namespace logo::core {
 
 class BatchDecoder {
 public:
-    BatchDecoder(std::shared_ptr<const Model> model, const SessionOptions & options);
+    // `pool` and `layout` choose how slots hold their mixtures (slot_mixtures.h).
+    BatchDecoder(std::shared_ptr<const Model> model, const SessionOptions & options,
+                 const std::vector<const Adapter *> & pool = {}, SlotLayout layout = SlotLayout::automatic);
 
     int n_slots() const { return session_.n_stream(); }
     int n_active() const { return int(running_.size()); }
     int n_ctx() const { return session_.n_ctx(); }
+    SlotLayout layout() const { return mixtures_->layout(); }
     std::vector<int64_t> active_ids() const;
 
     // Takes the next free slot for request `id`: writes its mixture, prefills `prompt` and samples the
@@ -46,7 +49,7 @@ private:
     };
 
     Session session_;
-    SlotMixtures mixtures_;
+    std::unique_ptr<SlotMixtures> mixtures_;
     std::vector<Request> running_;  // running_[i] generates in stream i
 
     // Frees slot i, moving the last running request into it.

@@ -20,6 +20,10 @@ struct LowRankTerm {
     // Set when one pair (n_mix = 1) serves sequences with different mixtures: [rank, 1, n_sequences],
     // each sequence's weight for every rank slot (0 for adapters it did not select).
     ggml_tensor * slot_weights = nullptr;
+    // With slot_weights: multiply each stream by the shared pair on its own (the pair broadcast over streams)
+    // rather than all rows at once, so a stream's result does not depend on how many streams the batch holds
+    // (continuous batching, slot_mixtures.h: ggml may pick another kernel for a product over more rows).
+    bool per_stream = false;
 };
 using LowRankTerms = std::unordered_map<const ggml_tensor *, LowRankTerm>;
 

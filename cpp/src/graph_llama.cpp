@@ -24,6 +24,12 @@ static ggml_tensor * linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x
         ggml_tensor * sw = it->second.slot_weights;
         const int64_t R = a->ne[1];
         sw = ggml_view_3d(ctx, sw, R, 1, adapters.n_stream, sw->nb[1], sw->nb[2], sw->nb[2] * size_t(adapters.first_stream));
+        if (it->second.per_stream) {
+            ggml_tensor * xs = ggml_reshape_3d(ctx, x, x->ne[0], x->ne[1] / adapters.n_stream, adapters.n_stream);
+            ggml_tensor * ax = ggml_mul(ctx, ggml_mul_mat(ctx, a, xs), sw);                         // [R, rows/stream, n_stream]
+            ggml_tensor * bax = ggml_mul_mat(ctx, b, ax);                                           // [n_out, rows/stream, n_stream]
+            return ggml_add(ctx, y, ggml_reshape_2d(ctx, bax, y->ne[0], y->ne[1]));
+        }
         ggml_tensor * ax = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, a, a->ne[0], R), x);           // [R, rows]
         ax = ggml_mul(ctx, ggml_reshape_3d(ctx, ax, R, x->ne[1] / adapters.n_stream, adapters.n_stream), sw);
         ggml_tensor * bax = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, b, R, b->ne[1]), ggml_reshape_2d(ctx, ax, R, x->ne[1]));

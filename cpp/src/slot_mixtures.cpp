@@ -7,48 +7,51 @@
 
 namespace logo::core {
 
-namespace {
+std::unique_ptr<SlotMixtures> make_slot_mixtures(const Model & model, int n_slots, const std::vector<const Adapter *> & pool,
+                                                 SlotLayout layout) {
+    if (layout == SlotLayout::automatic) {
+        // Bytes each step reads: the pooled stacks once, or one slice of at least kRankQuantum ranks per slot.
+        std::map<const ggml_tensor *, int> pool_ranks;
+        for (const Adapter * a : pool) {
+            for (const LoraMatrix & m : a->matrices) pool_ranks[m.base] += m.rank;
+        }
+        bool pooled = !pool_ranks.empty();
+        for (const auto & [base, r] : pool_ranks) pooled = pooled && round_up_ranks(r) <= n_slots * kRankQuantum;
+        layout = pooled ? SlotLayout::pooled : SlotLayout::stacked;
+    }
+    if (layout == SlotLayout::pooled) return std::make_unique<PooledMixtures>(model, n_slots, pool);
+    return std::make_unique<StackedMixtures>(model, n_slots);
+}
 
-// Capacities are multiples of 64 ranks. Besides sparing reallocations, this keeps a request's output
-// independent of what runs beside it: B (A x) sums over R, and ggml's SIMD dot products (64 elements a
-// step at most, AVX-512) give bit-identical sums for any R that is a multiple of the step when the
-// entries past the request's own rank are zero. So a request yields the same tokens alone or in a batch.
-constexpr int kRankQuantum = 64;
-
-int round_up(int r) { return (r + kRankQuantum - 1) / kRankQuantum * kRankQuantum; }
-
-}  // namespace
-
-SlotMixtures::SlotMixtures(const Model & model, int n_slots)
+StackedMixtures::StackedMixtures(const Model & model, int n_slots)
     : model_(model), n_slots_(n_slots), type_(mixture_type_for(model)) {
     if (n_slots < 1) throw std::invalid_argument("the number of slots must be positive");
 }
 
-SlotMixtures::~SlotMixtures() {
+StackedMixtures::~StackedMixtures() {
     if (buffer_) ggml_backend_buffer_free(buffer_);
     if (ctx_) ggml_free(ctx_);
 }
 
-size_t SlotMixtures::bytes() const { return buffer_ ? ggml_backend_buffer_get_size(buffer_) : 0; }
+size_t StackedMixtures::bytes() const { return buffer_ ? ggml_backend_buffer_get_size(buffer_) : 0; }
 
-void SlotMixtures::check_slot(int slot) const {
+void StackedMixtures::check_slot(int slot) const {
     if (slot < 0 || slot >= n_slots_) {
         throw std::invalid_argument("slot " + std::to_string(slot) + " is out of range [0, " + std::to_string(n_slots_) + ")");
     }
 }
 
-void SlotMixtures::upload_slice(ggml_tensor * t, int slot, const std::vector<float> & values) {
-    const size_t offset = t->nb[2] * size_t(slot);
+void upload_values(ggml_tensor * t, size_t offset, const std::vector<float> & values) {
     if (t->type == GGML_TYPE_F32) {
-        ggml_backend_tensor_set(t, values.data(), offset, t->nb[2]);
+        ggml_backend_tensor_set(t, values.data(), offset, sizeof(float) * values.size());
         return;
     }
     std::vector<ggml_fp16_t> half(values.size());
     ggml_fp32_to_fp16_row(values.data(), half.data(), int64_t(values.size()));
-    ggml_backend_tensor_set(t, half.data(), offset, t->nb[2]);
+    ggml_backend_tensor_set(t, half.data(), offset, sizeof(ggml_fp16_t) * half.size());
 }
 
-void SlotMixtures::grow(const std::map<const ggml_tensor *, int> & capacity) {
+void StackedMixtures::grow(const std::map<const ggml_tensor *, int> & capacity) {
     // The new layout: every existing stack, widened where asked, plus the new weights.
     std::map<const ggml_tensor *, Stack> next;
     for (const auto & [base, stack] : stacks_) {
@@ -66,7 +69,7 @@ void SlotMixtures::grow(const std::map<const ggml_tensor *, int> & capacity) {
             s.n_out = base->ne[1];
             s.used.assign(size_t(n_slots_), 0);
         }
-        s.rank = std::max(s.rank, round_up(need));
+        s.rank = std::max(s.rank, round_up_ranks(need));
     }
 
     ggml_init_params params = {2 * next.size() * ggml_tensor_overhead(), nullptr, true};
@@ -111,7 +114,7 @@ void SlotMixtures::grow(const std::map<const ggml_tensor *, int> & capacity) {
     terms_.clear();
 }
 
-void SlotMixtures::set(int slot, const Selection & selection) {
+void StackedMixtures::set(int slot, const Selection & selection) {
     check_slot(slot);
     for (const auto & [base, s] : stacks_) {
         if (s.used[size_t(slot)] != 0) throw std::logic_error("slot " + std::to_string(slot) + " is not clear");
@@ -146,13 +149,13 @@ void SlotMixtures::set(int slot, const Selection & selection) {
             }
             r0 += m->rank;
         }
-        upload_slice(s.a, slot, a);
-        upload_slice(s.b, slot, b);
+        upload_values(s.a, s.a->nb[2] * size_t(slot), a);
+        upload_values(s.b, s.b->nb[2] * size_t(slot), b);
         s.used[size_t(slot)] = r;
     }
 }
 
-void SlotMixtures::clear(int slot) {
+void StackedMixtures::clear(int slot) {
     check_slot(slot);
     for (auto & [base, s] : stacks_) {
         if (s.used[size_t(slot)] == 0) continue;
@@ -162,7 +165,7 @@ void SlotMixtures::clear(int slot) {
     }
 }
 
-void SlotMixtures::move(Session & session, int from, int to) {
+void StackedMixtures::move(Session & session, int from, int to) {
     check_slot(from);
     check_slot(to);
     if (from == to) return;
@@ -188,7 +191,7 @@ void SlotMixtures::move(Session & session, int from, int to) {
     clear(from);
 }
 
-const LowRankTerms * SlotMixtures::terms(int n) {
+const LowRankTerms * StackedMixtures::terms(int n) {
     if (n < 0 || n > n_slots_) throw std::invalid_argument("slot count out of range");
     terms_.clear();
     for (const auto & [base, s] : stacks_) {

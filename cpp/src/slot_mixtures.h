@@ -1,13 +1,23 @@
-// Per-slot adapter mixtures for continuous batching. Every weight that some slot adapts gets one stacked
-// low-rank pair with a slice per slot:
-//   a: [n_in, R, n_slots], b: [R, n_out, n_slots]
-// Slice s holds slot s's selection concatenated and weighted (w_i s_i B_i | ...)(A_i; ...), zero-padded to
-// the capacity R; a slot that does not adapt the weight holds zeros. A request taking a slot rewrites only
-// that slot's slices, so the requests already running keep theirs; a batch over slots [0, n) multiplies
-// each token by its own slot's slice (graph_llama.cpp's linear()).
+// Per-slot adapter mixtures for continuous batching: each running request (slot) multiplies its tokens by its
+// own mixture inside one batch evaluation, and a request taking a slot changes only that slot's state, so the
+// requests already running keep theirs. Two layouts:
+//
+// - Stacked: for every adapted weight one pair a: [n_in, R, n_slots], b: [R, n_out, n_slots] whose slice s holds
+//   slot s's selection concatenated and weighted, (w_1 s_1 B_1 | ...)(A_1; ...), zero-padded to the capacity R.
+//   Every step reads n_active slices: the layout for large pools (each slot reads only its own k adapters).
+// - Pooled: for every adapted weight the whole pool stacked once, a: [n_in, R, 1], b: [R, n_out, 1] (alpha/r
+//   folded into B), and per-slot rank weights [R, 1, n_slots] (w_i on adapter i's ranks, 0 elsewhere):
+//   y += B (w_s * (A x)). Every step reads the pool once, whatever the number of slots: the layout for small
+//   pools and many slots. Writing a slot is R floats per weight.
+//
+// Both keep a request's output independent of what runs beside it: capacities are multiples of 64 ranks and an
+// adapter's ranks never move, so each dot product over R adds the same non-zero terms in the same SIMD lanes
+// (ggml's steps are at most 64 elements) plus exact zeros.
 #pragma once
 
 #include <map>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "graph.h"
@@ -16,23 +26,49 @@
 
 namespace logo::core {
 
+enum class SlotLayout { automatic, stacked, pooled };
+
 class SlotMixtures {
 public:
-    SlotMixtures(const Model & model, int n_slots);
-    ~SlotMixtures();
-    SlotMixtures(const SlotMixtures &) = delete;
-    SlotMixtures & operator=(const SlotMixtures &) = delete;
-
-    // Writes `selection` into `slot` (which must be clear), growing the stacks when a weight is new or
-    // its capacity is too small (the other slots' contents are kept).
-    void set(int slot, const Selection & selection);
-    // Zeroes the slot's slices.
-    void clear(int slot);
+    virtual ~SlotMixtures() = default;
+    // Writes `selection` into `slot` (which must be clear), growing storage as needed (other slots keep theirs).
+    virtual void set(int slot, const Selection & selection) = 0;
+    // Zeroes the slot.
+    virtual void clear(int slot) = 0;
     // Slot `to` takes slot `from`'s mixture (copied on the device through `session`); `from` is cleared.
-    void move(Session & session, int from, int to);
+    virtual void move(Session & session, int from, int to) = 0;
     // The terms a batch over slots [0, n) needs (weights one of them adapts), or nullptr when none.
-    const LowRankTerms * terms(int n);
-    size_t bytes() const;
+    virtual const LowRankTerms * terms(int n) = 0;
+    virtual size_t bytes() const = 0;
+    virtual SlotLayout layout() const = 0;
+};
+
+// `pool`: the adapters the slots will select (the pooled layout stacks them up front; adapters met later are
+// appended). automatic takes the pooled layout when, for every weight, the pool's ranks are at most what
+// n_slots stacked slices of the minimal capacity (64) would read per step.
+std::unique_ptr<SlotMixtures> make_slot_mixtures(const Model & model, int n_slots, const std::vector<const Adapter *> & pool,
+                                                 SlotLayout layout);
+
+// Writes F32 values into a F32 or F16 tensor at a byte offset (converting to F16 as needed).
+void upload_values(ggml_tensor * t, size_t offset, const std::vector<float> & values);
+
+// Capacities are rounded up to this many ranks (see the header comment).
+constexpr int kRankQuantum = 64;
+inline int round_up_ranks(int r) { return (r + kRankQuantum - 1) / kRankQuantum * kRankQuantum; }
+
+class StackedMixtures : public SlotMixtures {
+public:
+    StackedMixtures(const Model & model, int n_slots);
+    ~StackedMixtures() override;
+    StackedMixtures(const StackedMixtures &) = delete;
+    StackedMixtures & operator=(const StackedMixtures &) = delete;
+
+    void set(int slot, const Selection & selection) override;
+    void clear(int slot) override;
+    void move(Session & session, int from, int to) override;
+    const LowRankTerms * terms(int n) override;
+    size_t bytes() const override;
+    SlotLayout layout() const override { return SlotLayout::stacked; }
 
 private:
     struct Stack {
@@ -54,7 +90,52 @@ private:
     void check_slot(int slot) const;
     // Reallocates with at least `capacity` ranks per weight, keeping every slot's contents.
     void grow(const std::map<const ggml_tensor *, int> & capacity);
-    void upload_slice(ggml_tensor * t, int slot, const std::vector<float> & values);
+};
+
+class PooledMixtures : public SlotMixtures {
+public:
+    PooledMixtures(const Model & model, int n_slots, const std::vector<const Adapter *> & pool);
+    ~PooledMixtures() override;
+    PooledMixtures(const PooledMixtures &) = delete;
+    PooledMixtures & operator=(const PooledMixtures &) = delete;
+
+    void set(int slot, const Selection & selection) override;
+    void clear(int slot) override;
+    void move(Session & session, int from, int to) override;
+    const LowRankTerms * terms(int n) override;
+    size_t bytes() const override;
+    SlotLayout layout() const override { return SlotLayout::pooled; }
+
+private:
+    struct Stack {
+        int64_t n_in = 0, n_out = 0;
+        int rank = 0;                        // capacity R
+        int filled = 0;                      // ranks holding adapters
+        ggml_tensor * a = nullptr;           // [n_in, R, 1]
+        ggml_tensor * b = nullptr;           // [R, n_out, 1], alpha/r folded in
+        ggml_tensor * slot_weights = nullptr;  // F32 [R, 1, n_slots]
+        std::vector<char> used;              // whether each slot has non-zero weights here
+    };
+    // An adapter's place in the stacks; its data is a copy, so the pool may drop it meanwhile.
+    struct Entry {
+        const Adapter * adapter;
+        std::string name;
+        std::map<const ggml_tensor *, int> offset;  // first rank per adapted weight
+    };
+
+    const Model & model_;
+    int n_slots_;
+    ggml_type type_;
+    std::map<const ggml_tensor *, Stack> stacks_;
+    std::vector<Entry> entries_;
+    ggml_context * ctx_ = nullptr;
+    ggml_backend_buffer_t buffer_ = nullptr;
+    LowRankTerms terms_;
+
+    void check_slot(int slot) const;
+    const Entry * find(const Adapter * adapter) const;
+    // Appends adapters to the stacks (reallocating when capacities grow, keeping contents and slot weights).
+    void append(const std::vector<const Adapter *> & adapters);
 };
 
 }  // namespace logo::core

@@ -49,6 +49,7 @@ class ServerConfig:
     signal: str = "norm"
     probe: str = "base"
     chat_route_on: str = "last-user"
+    layout: str = "auto"   # how slots hold mixtures: auto, stacked, pooled (logo/batch.h)
     model_name: str = ""   # the base model's file name, for /v1/models
     allow_origins: list = field(default_factory=list)
 
@@ -68,7 +69,8 @@ class Server:
         self.pool = pool
         self.config = config
         self.created = int(time.time())
-        self.engine = Engine(model, pool, n_slots=config.n_slots, n_ctx=config.n_ctx, max_queue=config.max_queue)
+        self.engine = Engine(model, pool, n_slots=config.n_slots, n_ctx=config.n_ctx, max_queue=config.max_queue,
+                             layout=config.layout)
 
     @property
     def adapter_names(self) -> list[str]:

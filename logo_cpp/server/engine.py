@@ -70,13 +70,16 @@ class Engine:
     """Continuous batching over one model and adapter pool. ``submit`` and ``cancel`` are called from the
     asyncio loop; everything that touches the model runs on the engine's own thread."""
 
-    def __init__(self, model, pool, *, n_slots: int, n_ctx: int, max_queue: int, n_batch: int = 512):
+    def __init__(self, model, pool, *, n_slots: int, n_ctx: int, max_queue: int, n_batch: int = 512,
+                 layout: str = "auto"):
         self.model = model
         self.pool = pool
         self.n_slots = n_slots
         self.n_ctx = n_ctx
         self.max_queue = max_queue
-        self.batch = _core.ContinuousBatch(model._core, n_ctx=n_ctx, n_slots=n_slots, n_batch=n_batch)
+        # The pool decides the slot layout: stacked once for all slots (small pools) or per slot (large ones).
+        self.batch = _core.ContinuousBatch(model._core, n_ctx=n_ctx, n_slots=n_slots, n_batch=n_batch,
+                                           pool=pool._core if pool is not None and len(pool) else None, layout=layout)
         self._routers: dict[tuple, LoGo] = {}
         self._ids = itertools.count(1)
         self._cond = threading.Condition()

@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat-route-on", default="last-user", choices=["last-user", "prompt"],
                    help="what LoGo probes for a chat request: the last user message (default) or the whole "
                         "templated prompt")
+    p.add_argument("--mixture-layout", default="auto", choices=["auto", "stacked", "pooled"],
+                   help="how slots hold their mixtures: the pool stacked once (pooled: small pools, many slots) or "
+                        "each slot its own adapters (stacked: large pools); auto picks by the bytes a step reads")
     p.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: one per core)")
     p.add_argument("--device", default="auto", help="auto (a GPU if the linked ggml has one), cpu, or a device name")
     p.add_argument("--allow-origin", action="append", default=[],
@@ -100,7 +103,8 @@ def load(args) -> Loaded:
     pool = logo_cpp.AdapterPool(model, adapters) if adapters else logo_cpp.AdapterPool(model)
     config = ServerConfig(n_slots=args.parallel, n_ctx=args.ctx_size, max_queue=args.queue,
                           api_key=args.api_key or api_key_from_env(), k=args.k, signal=args.signal, probe=args.probe,
-                          chat_route_on=args.chat_route_on, model_name=Path(model_path).name,
+                          chat_route_on=args.chat_route_on, layout=args.mixture_layout,
+                          model_name=Path(model_path).name,
                           allow_origins=list(args.allow_origin))
     server = Server(model, pool, config)
     return Loaded(model, pool, server, build_app(server))
@@ -117,7 +121,8 @@ def run(args) -> int:
     model, pool, server = loaded.model, loaded.pool, loaded.server
     log = logging.getLogger("uvicorn.error")
     print(f"logo-cpp serve: {Path(model.path).name} ({model.device}), {len(pool)} adapters, {args.parallel} slots of "
-          f"{args.ctx_size} tokens, loaded in {time.perf_counter() - t0:.1f} s", flush=True)
+          f"{args.ctx_size} tokens ({server.engine.batch.layout} mixtures), loaded in {time.perf_counter() - t0:.1f} s",
+          flush=True)
     if server.config.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without an API key: anyone who can reach this address can use it", args.host)
     uvicorn.run(loaded.app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)

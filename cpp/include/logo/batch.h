@@ -21,10 +21,19 @@ namespace core {
 class BatchDecoder;
 }
 
+// How slots hold their mixtures. stacked: each slot its own concatenated pair (each step reads every running
+// slot's k adapters; best for large pools). pooled: the pool stacked once plus per-slot weights (each step reads
+// the pool once; best for small pools and many slots). automatic: pooled when the pool's ranks per weight are at
+// most 64 per slot, else stacked.
+enum class SlotLayout { automatic, stacked, pooled };
+
 class ContinuousBatch {
 public:
     // params.n_seq is the number of slots (requests decoding at once); params.n_ctx the positions of each.
-    ContinuousBatch(const Model & model, const ContextParams & params = {});
+    // `pool`, when given, is the pool requests will draw their mixtures from (it decides the automatic layout
+    // and the pooled layout stacks it up front); start() may still be given any pool of the same model.
+    ContinuousBatch(const Model & model, const ContextParams & params = {}, const AdapterPool * pool = nullptr,
+                    SlotLayout layout = SlotLayout::automatic);
     ~ContinuousBatch();
     ContinuousBatch(const ContinuousBatch &) = delete;
     ContinuousBatch & operator=(const ContinuousBatch &) = delete;
@@ -32,6 +41,7 @@ public:
     int n_slots() const;
     int n_active() const;  // requests running (slots in use)
     int n_ctx() const;
+    SlotLayout layout() const;  // the layout in use (never automatic)
     std::vector<int64_t> active() const;  // their ids
 
     // Starts request `id` in a free slot with `mixture` over `pool` (none: the base model): prefills the
