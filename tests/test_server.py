@@ -406,12 +406,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_logo_cpp_serve_command(model_dir, adapter_dir):
+def test_logo_cpp_serve_command(model_dir, adapter_dir, tmp_path):
+    # The CLI runs from tmp_path: from the checkout's root, `python -m` would import the source tree's
+    # logo_cpp (no compiled _core in a non-editable install) instead of the installed package.
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "logo_cpp.cli", "serve", "--model", str(model_dir / "llama-f32.gguf"),
                              "--adapters", str(adapter_dir), "--port", str(port), "--parallel", "2", "--ctx-size", "128",
                              "--threads", "2", "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         deadline = time.monotonic() + TIMEOUT
         while True:
@@ -434,12 +436,13 @@ def test_logo_cpp_serve_command(model_dir, adapter_dir):
     assert "logo-cpp serve:" in out and "7 adapters, 2 slots of 128 tokens (pooled mixtures)" in out
 
 
-def test_logo_cpp_serve_reports_bad_arguments(model_dir):
+def test_logo_cpp_serve_reports_bad_arguments(model_dir, tmp_path):
     out = subprocess.run([sys.executable, "-m", "logo_cpp.cli", "serve", "--model", str(model_dir / "missing.gguf")],
-                         capture_output=True, text=True, timeout=TIMEOUT)
+                         capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
     assert out.returncode == 2 and "logo-cpp: error:" in out.stderr and "missing.gguf" in out.stderr
     out = subprocess.run([sys.executable, "-m", "logo_cpp.cli", "serve", "--model", str(model_dir / "llama-f32.gguf"),
-                          "--parallel", "0"], capture_output=True, text=True, timeout=TIMEOUT)
+                          "--parallel", "0"], capture_output=True, text=True, timeout=TIMEOUT,
+                         cwd=tmp_path)
     assert out.returncode == 2 and "--parallel must be positive" in out.stderr
     env = dict(os.environ)
     assert env  # the environment reaches the child unchanged
