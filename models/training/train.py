@@ -1,5 +1,5 @@
 """Trains one task's LoRA adapter on SmolLM2-135M-Instruct (PyTorch on CPU, PEFT), saves the PEFT directory
-and writes the GGUF LoRA.
+and writes the GGUF LoRA (``logo_cpp.convert``).
 
     python -m models.training.train --task sentiment --recipe final --seed 0 --out models/pool
         -> models/training/build/<pool>/peft/sentiment/   (PEFT's save_pretrained: config + safetensors)
@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import random
+import resource
 import time
 import zlib
 from pathlib import Path
@@ -82,7 +83,8 @@ def train(task: str, recipe: Recipe, seed: int, out: Path, pool_name: str, threa
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from .export_lora import peft_dir_to_gguf
+    from logo_cpp.convert import convert
+
     from .hf_base import base_gguf_path, load_base
 
     torch.set_num_threads(threads)
@@ -116,15 +118,19 @@ def train(task: str, recipe: Recipe, seed: int, out: Path, pool_name: str, threa
         if step % 10 == 0 or step == recipe.steps - 1:
             log(f"[{task}] step {step + 1}/{recipe.steps} loss {losses[-1]:.4f} ({time.time() - t0:.0f} s)")
     t_train = time.time() - t0 - t_load
+    usage = resource.getrusage(resource.RUSAGE_SELF)
 
     build = BUILD / pool_name
     peft_dir = build / "peft" / task
     peft_model.save_pretrained(str(peft_dir))
     gguf_path = out / "adapters" / f"{task}.gguf"
     gguf_path.parent.mkdir(parents=True, exist_ok=True)
-    peft_dir_to_gguf(peft_dir, gguf_path, config.num_attention_heads, config.num_key_value_heads, "F16", task)
+    # logo-cpp's converter: the tensors llama.cpp's convert_lora_to_gguf.py writes (Q/K B rows permuted), F16
+    # (exact on quantized bases in llama.cpp today), checked against the base and loaded back
+    convert(peft_dir, gguf_path, base_path, outtype="f16", task_name=task)
     record = {"task": task, "seed": seed, "recipe": recipe.as_dict(), "losses": losses,
               "seconds_load": round(t_load, 1), "seconds_train": round(t_train, 1),
+              "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
               "torch": torch.__version__, "threads": threads}
     (build / "logs").mkdir(parents=True, exist_ok=True)
     (build / "logs" / f"{task}.json").write_text(json.dumps(record, indent=1))

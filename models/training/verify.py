@@ -8,8 +8,9 @@
    quantization: this is the tight check of the config, the Q/K un-permutation and RoPE).
 2. Each adapter: HF + PEFT against llama.cpp + the GGUF LoRA on the F32 copy (checks the export, including
    the Q/K row permutation of the B matrices), and the change the adapter makes to the logits.
-3. Our exporter against llama.cpp's ``convert_lora_to_gguf.py`` (from llama-cpp-python's sdist, when
-   ``--converter`` points at it): same tensors, bit for bit.
+3. The shipped GGUF (written by ``logo_cpp.convert``) against llama.cpp's ``convert_lora_to_gguf.py`` (from
+   llama-cpp-python's sdist, when ``--converter`` points at it) on the same PEFT directory: same tensors, bit
+   for bit.
 """
 
 from __future__ import annotations
