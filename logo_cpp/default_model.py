@@ -89,7 +89,8 @@ def load_manifest(pool: Optional[Path] = None) -> dict:
 def adapter_files(pool: Optional[Path] = None, manifest: Optional[dict] = None) -> dict[str, Path]:
     """{task: adapter GGUF path} for the tasks that have an adapter in the pool, in manifest order.
 
-    Out-of-pool tasks (no "adapter" entry) are left out. Raises FileNotFoundError for a listed file that is absent.
+    Reads each ``manifest["tasks"][i]`` entry's "name" and "adapter" (models/pool/README.md). Out-of-pool tasks
+    (no "adapter" entry) are left out. Raises FileNotFoundError for a listed file that is absent.
     """
     pool = Path(pool if pool is not None else pool_dir())
     manifest = manifest if manifest is not None else load_manifest(pool)
@@ -99,8 +100,8 @@ def adapter_files(pool: Optional[Path] = None, manifest: Optional[dict] = None) 
             path = pool / task["adapter"]
             if not path.is_file():
                 raise FileNotFoundError(f"the manifest of '{pool}' lists adapter '{task['adapter']}' for task "
-                                        f"'{task['task']}', but the file is missing")
-            files[task["task"]] = path
+                                        f"'{task['name']}', but the file is missing")
+            files[task["name"]] = path
     return files
 
 

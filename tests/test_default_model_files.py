@@ -36,8 +36,8 @@ def _pool(tmp_path, manifest, eval_lines=('{"task": "a", "prompt": "p", "answer"
 
 
 def test_pool_files_in_manifest_order_out_of_pool_tasks_left_out(tmp_path):
-    pool = _pool(tmp_path, {"tasks": [{"task": "a", "adapter": "adapters/a.gguf"}, {"task": "b", "adapter": None},
-                                      {"task": "c"}]})
+    pool = _pool(tmp_path, {"tasks": [{"name": "a", "adapter": "adapters/a.gguf"}, {"name": "b", "adapter": None},
+                                      {"name": "c"}]})
     assert default_model.adapter_files(pool) == {"a": pool / "adapters" / "a.gguf"}
     assert default_model.read_eval_set(pool) == [{"task": "a", "prompt": "p", "answer": "x"}]
 
@@ -45,7 +45,7 @@ def test_pool_files_in_manifest_order_out_of_pool_tasks_left_out(tmp_path):
 @pytest.mark.parametrize("manifest,eval_lines,call,message", [
     ("{not json", None, "load_manifest", "manifest.json' is not valid JSON"),
     ({"name": "x"}, None, "load_manifest", 'has no "tasks" list'),
-    ({"tasks": [{"task": "z", "adapter": "adapters/z.gguf"}]}, None, "adapter_files",
+    ({"tasks": [{"name": "z", "adapter": "adapters/z.gguf"}]}, None, "adapter_files",
      "lists adapter 'adapters/z.gguf' for task 'z', but the file is missing"),
     ({"tasks": []}, ['{"task": "a"}', "{oops"], "read_eval_set", "eval.jsonl' line 2 is not valid JSON"),
 ])
