@@ -99,7 +99,7 @@ def stream_completion(port: int, body: dict, timeout: float = 600.0) -> dict:
     response = conn.getresponse()
     if response.status != 200:
         raise RuntimeError(f"HTTP {response.status}: {response.read()[:500]!r}")
-    first, chunks, routing = None, 0, None
+    first, chunks, routing, usage, finish = None, 0, None, None, None
     for raw in response:
         line = raw.strip()
         if not line.startswith(b"data: "):
@@ -110,13 +110,21 @@ def stream_completion(port: int, body: dict, timeout: float = 600.0) -> dict:
         chunk = json.loads(data)
         if routing is None and chunk.get("routing"):
             routing = chunk["routing"]
+        if chunk.get("usage"):
+            usage = chunk["usage"]["completion_tokens"]
+        for c in chunk.get("choices", []):
+            finish = c.get("finish_reason") or finish
         if any(c.get("text") for c in chunk.get("choices", [])):
             chunks += 1
             if first is None:
                 first = time.perf_counter() - t0
     total = time.perf_counter() - t0
     conn.close()
-    return {"ttft": first if first is not None else total, "seconds": total, "chunks": chunks, "routing": routing}
+    # Tokens: the usage chunk where the server sends one (logo-cpp; it merges pieces that queue up into one chunk),
+    # else max_tokens when the request ran to its length, else one per text chunk (a lower bound).
+    tokens = usage if usage is not None else body["max_tokens"] if finish == "length" else chunks
+    return {"ttft": first if first is not None else total, "seconds": total, "chunks": chunks, "routing": routing,
+            "tokens": tokens}
 
 
 def run_load(port: int, bodies: list[dict], clients: int, per_client: int) -> dict:
@@ -146,12 +154,20 @@ def run_load(port: int, bodies: list[dict], clients: int, per_client: int) -> di
     wall = time.perf_counter() - t0
     if errors:
         raise RuntimeError(f"{len(errors)} requests failed, first: {errors[0]}")
-    tokens = sum(b["max_tokens"] for b in bodies[:1]) * len(results)
+    tokens = sum(r["tokens"] for r in results)
     ttfts = sorted(r["ttft"] for r in results)
     return {"wall_seconds": wall, "requests": len(results), "tokens": tokens, "tokens_per_second": tokens / wall,
             "ttft_p50": _percentile(ttfts, 50), "ttft_p95": _percentile(ttfts, 95),
-            "chunks_per_request": statistics.mean(r["chunks"] for r in results),
+            "tokens_per_request": statistics.mean(r["tokens"] for r in results),
             "routings": [r["routing"] for r in results if r["routing"]]}
+
+
+def _load() -> str:
+    """The 1-minute load average: the recorded run is only meaningful on an otherwise idle machine."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "n/a"
 
 
 def _percentile(sorted_values: list[float], p: float) -> float:
@@ -211,7 +227,10 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     import logo_cpp
 
-    eos = logo_cpp.Model(model_path, n_ctx=64, n_threads=1).eos
+    probe_model = logo_cpp.Model(model_path, n_ctx=64, n_threads=1)
+    # Every end-of-generation token (llama.cpp stops at any of them), banned for llama_cpp.server by a logit bias.
+    eog = [t for t in range(probe_model.n_vocab) if probe_model._core.is_end_of_generation(t)]
+    del probe_model
     logs = args.out / "serve-logs"
     logo_port, llama_port = _free_port(), _free_port()
     logo_cmd = [sys.executable, "-m", "logo_cpp.cli", "serve", "--model", str(model_path), "--adapters",
@@ -222,7 +241,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     llama_cmd = [sys.executable, "-m", "logo_cpp.bench.llama_server", "--model", str(model_path),
                  "--lora_path", str(adapter), "--port", str(llama_port), "--n_ctx", str(args.ctx_size),
                  "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads), "--flash_attn", "true",
-                 "--verbose", "false"]
+                 # By default a new request cuts the one being streamed short; every request must run to the end.
+                 "--interrupt_requests", "false", "--verbose", "false"]
+    load_before = _load()
     servers = {"logo-cpp": ServerProcess("logo-cpp serve", logo_cmd, logo_port, logs / "logo-cpp.log"),
                "llama_cpp.server": ServerProcess("llama_cpp.server", llama_cmd, llama_port, logs / "llama_cpp.log")}
     try:
@@ -231,8 +252,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         # Exactly max_tokens per request on both: end of text is ignored (ours) or forbidden by a logit bias.
         common_body = {"max_tokens": args.max_tokens, "temperature": 0.8, "top_p": 0.95, "seed": 1}
         bodies = {
-            "logo-cpp": [{**common_body, "model": "logo", "prompt": p, "ignore_eos": True} for p in PROMPTS],
-            "llama_cpp.server": [{**common_body, "prompt": p, "logit_bias": {str(eos): -100.0}} for p in PROMPTS],
+            "logo-cpp": [{**common_body, "model": "logo", "prompt": p, "ignore_eos": True,
+                          "stream_options": {"include_usage": True}} for p in PROMPTS],
+            "llama_cpp.server": [{**common_body, "prompt": p, "logit_bias": {str(t): -100.0 for t in eog}} for p in PROMPTS],
         }
         for name, server in servers.items():  # warm-up, not measured
             stream_completion(server.port, bodies[name][0])
@@ -251,6 +273,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             server.stop()
 
     report = summarize(samples, args, model_path, adapters, adapter, parallel)
+    report["load"] = f"{load_before} / {_load()}"
     common.write_json(args.out / "serve.json", report)
     (args.out / "serve.md").write_text(markdown(report))
     print(markdown(report))
@@ -263,7 +286,7 @@ def summarize(samples, args, model_path, adapters, adapter, parallel) -> dict:
         for name in samples:
             runs = samples[name][clients]
             row[name] = {key: common.median([r[key] for r in runs])
-                         for key in ("tokens_per_second", "ttft_p50", "ttft_p95", "chunks_per_request")}
+                         for key in ("tokens_per_second", "ttft_p50", "ttft_p95", "tokens_per_request")}
         row["throughput_ratio"] = row["logo-cpp"]["tokens_per_second"] / row["llama_cpp.server"]["tokens_per_second"]
         rows.append(row)
     routed = [r for runs in samples["logo-cpp"].values() for run in runs for r in run["routings"]]
@@ -298,7 +321,12 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['clients']} | {ours['tokens_per_second']:.1f} | {theirs['tokens_per_second']:.1f} | "
                      f"{row['throughput_ratio']:.2f}x | {ours['ttft_p50'] * 1000:.0f} / {ours['ttft_p95'] * 1000:.0f} | "
                      f"{theirs['ttft_p50'] * 1000:.0f} / {theirs['ttft_p95'] * 1000:.0f} |")
-    lines += ["", common.describe_machine(report["machine"]), "", f"Command: `{report['command']}`", ""]
+    per_request = {name: [row[name]["tokens_per_request"] for row in report["rows"]] for name in report["rows"][0]
+                   if isinstance(report["rows"][0][name], dict)}
+    lines += ["", "Tokens generated per request (must be the requested count on both): " +
+              "; ".join(f"{name} {min(v):.1f}-{max(v):.1f}" for name, v in per_request.items()) + ".",
+              "", common.describe_machine(report["machine"]) + f" Load average before/after: {report['load']}.",
+              "", f"Command: `{report['command']}`", ""]
     return "\n".join(lines)
 
 

@@ -224,7 +224,16 @@ class Exchange:
 
     async def next(self):
         """(job index, kind, payload); raises the job's ApiError, or ClientDisconnect."""
-        item = await self.queue.get()
+        return self._unpack(await self.queue.get())
+
+    def ready(self) -> list:
+        """The events already waiting, without blocking (a stream behind by several tokens sends them at once)."""
+        events = []
+        while not self.queue.empty():
+            events.append(self._unpack(self.queue.get_nowait()))
+        return events
+
+    def _unpack(self, item):
         if item is DISCONNECTED:
             raise ClientDisconnect()
         job, kind, payload = item
@@ -311,6 +320,17 @@ async def respond(server: Server, request: Request, jobs: list[Job], req, *, cha
     })
 
 
+def _merge_text(events: list) -> list:
+    """Adjacent text events of one choice as one (fewer chunks when a client reads slower than tokens come)."""
+    merged: list = []
+    for index, kind, payload in events:
+        if kind == "text" and merged and merged[-1][1] == "text" and merged[-1][0] == index:
+            merged[-1] = (index, kind, merged[-1][2] + payload)
+        else:
+            merged.append((index, kind, payload))
+    return merged
+
+
 async def _stream(exchange: Exchange, early: list, routings: dict, rid: str, created: int, model: str, chat: bool,
                   include_usage: bool) -> AsyncIterator[str]:
     """OpenAI's chunks as server-sent events, ending with `data: [DONE]`. The first chunk of each choice
@@ -342,7 +362,7 @@ async def _stream(exchange: Exchange, early: list, routings: dict, rid: str, cre
         if chat:
             for index in range(len(exchange.jobs)):
                 yield chunk(index, "", None)
-        pending = list(early)
+        pending = _merge_text(list(early))
         while True:
             for index, kind, payload in pending:
                 if kind == "text":
@@ -354,7 +374,7 @@ async def _stream(exchange: Exchange, early: list, routings: dict, rid: str, cre
             if exchange.finished:
                 break
             try:
-                pending.append(await exchange.next())
+                pending = _merge_text([await exchange.next(), *exchange.ready()])
             except ApiError as exc:
                 yield f"data: {json.dumps(exc.body())}\n\n"
                 return
