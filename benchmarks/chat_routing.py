@@ -58,7 +58,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=None, help="base model (default: the shipped default)")
     p.add_argument("--pool-dir", type=Path, default=Path("models/pool"), help="pool with adapters/ and eval.jsonl")
-    p.add_argument("--k", type=int, default=1, help="adapters per request for the generated answers")
+    p.add_argument("--k", type=int, nargs="+", default=[1, 3], help="adapters per request for the generated answers")
     p.add_argument("--per-task", type=int, default=None, help="items per task (default all)")
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--threads", type=int, default=None)
@@ -81,10 +81,10 @@ def main(argv=None) -> None:
             seen[item["task"]] += 1
             items.append(item)
 
-    router = logo_cpp.LoGo(model, pool, k=max(3, args.k))
+    router = logo_cpp.LoGo(model, pool, k=max(3, *args.k))
     first = {c: 0 for c in CANDIDATES}
     top3 = {c: 0 for c in CANDIDATES}
-    jobs = {c: [] for c in CANDIDATES}
+    jobs = {(c, k): [] for c in CANDIDATES for k in args.k}
     t0 = time.perf_counter()
     for item in items:
         inputs = probe_inputs(model, item)
@@ -94,35 +94,39 @@ def main(argv=None) -> None:
             ranked = routing.names
             first[c] += ranked[0] == item["task"]
             top3[c] += item["task"] in ranked[:3]
-            jobs[c].append((chat_ids, list(zip(routing.indices[:args.k], map(float, _renorm(routing.weights[:args.k]))))))
+            for k in args.k:
+                jobs[c, k].append((chat_ids, list(zip(routing.indices[:k], _renorm(routing.weights[:k])))))
     route_seconds = time.perf_counter() - t0
     scores = {}
     if score is not None:
-        for c in CANDIDATES:
-            answers = generate_all(model, pool, jobs[c], args.max_tokens)
-            scores[c] = statistics.mean(score(it["task"], a, it["answer"]) for it, a in zip(items, answers))
+        for (c, k), batch_jobs in jobs.items():
+            answers = generate_all(model, pool, batch_jobs, args.max_tokens)
+            scores[f"{c} k={k}"] = statistics.mean(score(it["task"], a, it["answer"]) for it, a in zip(items, answers))
     n = len(items)
     lines = ["# What LoGo probes for a chat request", "",
              f"{Path(base).name}, pool {args.pool_dir} ({len(pool)} adapters), {n} held-out in-pool items "
              f"({len(seen)} tasks). Own adapter ranked first / in the top 3 by LoGo-norm, and the task score of the "
-             f"greedy chat answer with the top-{args.k} mixture (weights renormalised).", "",
-             "| probe input | own adapter first | own adapter in top 3 | chat answer score |", "|---|---|---|---|"]
+             f"greedy chat answer with the top-k mixture (weights renormalised to sum 1).", "",
+             "| probe input | own adapter first | own adapter in top 3 | " +
+             " | ".join(f"chat answer score, k={k}" for k in args.k) + " |",
+             "|---|---|---|" + "---|" * len(args.k)]
     for c in CANDIDATES:
-        s = f"{scores[c]:.3f}" if c in scores else "n/a"
-        lines.append(f"| {c} | {first[c] / n:.3f} | {top3[c] / n:.3f} | {s} |")
+        cells = [f"{scores[f'{c} k={k}']:.3f}" if f"{c} k={k}" in scores else "n/a" for k in args.k]
+        lines.append(f"| {c} | {first[c] / n:.3f} | {top3[c] / n:.3f} | " + " | ".join(cells) + " |")
     lines += ["", f"chance: {1 / len(pool):.3f} / {min(3, len(pool)) / len(pool):.3f}; routing took "
               f"{route_seconds:.0f} s for {3 * n} probes.", "",
               f"Command: `python benchmarks/chat_routing.py {' '.join(sys.argv[1:])}`", ""]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "chat-routing.md").write_text("\n".join(lines))
     (args.out / "chat-routing.json").write_text(json.dumps(
-        {"n": n, "k": args.k, "first": first, "top3": top3, "scores": scores, "pool_size": len(pool)}, indent=2))
+        {"n": n, "ks": args.k, "first": first, "top3": top3, "scores": scores, "pool_size": len(pool)}, indent=2))
     print("\n".join(lines))
 
 
 def _renorm(weights):
     total = float(sum(weights))
     return [float(w) / total for w in weights] if total > 0 else [1.0 / len(weights)] * len(weights)
+
 
 
 if __name__ == "__main__":
