@@ -185,8 +185,8 @@ async def read_json(request: Request) -> Any:
         raise ApiError(400, "the request body is empty: a JSON object is expected")
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, an int of >4300 digits, deep nesting
+        raise ApiError(400, f"the request body is not valid JSON: {str(exc)[:200]}") from None
 
 
 class Exchange:
