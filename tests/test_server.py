@@ -151,12 +151,12 @@ def test_greedy_chat_equals_the_python_api(served, reference, model_dir, adapter
 def test_logo_options_per_request(served, reference):
     model, pool = reference
     prompt = "Numbers 12345"
-    for k, signal in ((1, "norm"), (3, "entropy")):
-        routing = logo_cpp.LoGo(model, pool, k=k, signal=signal).route(prompt)
+    for k, sig in ((1, "norm"), (3, "entropy")):
+        routing = logo_cpp.LoGo(model, pool, k=k, signal=sig).route(prompt)
         r = client(served).completions.create(model="logo", prompt=prompt, max_tokens=4, temperature=0,
-                                              extra_body={"logo": {"k": k, "signal": signal}})
+                                              extra_body={"logo": {"k": k, "signal": sig}})
         got = r.model_extra["routing"]
-        assert [a["name"] for a in got["adapters"]] == routing.names and got["k"] == k and got["signal"] == signal
+        assert [a["name"] for a in got["adapters"]] == routing.names and got["k"] == k and got["signal"] == sig
 
 
 def test_concurrent_requests_with_different_mixtures_equal_each_alone(served):

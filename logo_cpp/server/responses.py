@@ -1,0 +1,245 @@
+"""OpenAI's response formats over the engine's events: whole responses, server-sent event chunks ending in
+`data: [DONE]`, usage counts, the routing extension field, and errors; every exchange watches its client, so one
+that goes away cancels its jobs at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from typing import Any, AsyncIterator, Optional
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from .engine import Job
+from .protocol import ApiError
+
+MAX_BODY_BYTES = 16 * 2**20
+
+
+FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+DISCONNECTED = object()
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def read_json(request: Request) -> Any:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES // 2**20} MiB")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES // 2**20} MiB")
+    if not body:
+        raise ApiError(400, "the request body is empty: a JSON object is expected")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, an int of >4300 digits, deep nesting
+        raise ApiError(400, f"the request body is not valid JSON: {str(exc)[:200]}") from None
+
+
+class Exchange:
+    """The jobs of one HTTP request and the events they produce, with the client's disconnection watched:
+    a client that goes away cancels its jobs at once, freeing their slots."""
+
+    def __init__(self, engine, request: Request, jobs: list[Job]):
+        self.engine, self.request, self.jobs = engine, request, jobs
+        self.queue = jobs[0].events
+        self.done = 0
+        self._watch: Optional[asyncio.Task] = None
+
+    async def __aenter__(self):
+        self.engine.submit(self.jobs)
+        self._watch = asyncio.create_task(self._watch_disconnect())
+        return self
+
+    async def __aexit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        for job in self.jobs:
+            self.engine.cancel(job)
+
+    async def _watch_disconnect(self) -> None:
+        while True:
+            message = await self.request.receive()
+            if message["type"] == "http.disconnect":
+                for job in self.jobs:
+                    self.engine.cancel(job)
+                self.queue.put_nowait(DISCONNECTED)
+                return
+
+    async def next(self):
+        """(job index, kind, payload); raises the job's ApiError, or ClientDisconnect."""
+        return self._unpack(await self.queue.get())
+
+    def ready(self) -> list:
+        """The events already waiting, without blocking (a stream behind by several tokens sends them at once)."""
+        events = []
+        while not self.queue.empty():
+            events.append(self._unpack(self.queue.get_nowait()))
+        return events
+
+    def _unpack(self, item):
+        if item is DISCONNECTED:
+            raise ClientDisconnect()
+        job, kind, payload = item
+        if kind == "error":
+            raise payload
+        if kind == "done":
+            self.done += 1
+        return self.jobs.index(job), kind, payload
+
+    @property
+    def finished(self) -> bool:
+        return self.done == len(self.jobs)
+
+
+def _usage(jobs: list[Job], done: dict[int, dict]) -> dict:
+    prompt = sum(len(p) for p in {id(j.prompt): j.prompt for j in jobs}.values())
+    completion = sum(d["tokens"] for d in done.values())
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _routing_field(routings: dict[int, dict], n: int):
+    """One routing for a single choice, else one per choice (index order)."""
+    return routings.get(0) if n == 1 else [routings.get(i) for i in range(n)]
+
+
+async def respond(engine, request: Request, jobs: list[Job], req, *, chat: bool) -> Response:
+    """The answer to one completion or chat request whose jobs are ready to submit to `engine`."""
+    rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
+    created = int(time.time())
+    exchange = Exchange(engine, request, jobs)
+    await exchange.__aenter__()
+    try:
+        # Wait until every job has been routed (or refused) before answering, so that an error found at
+        # admission still gets its own status code, streamed or not.
+        routings: dict[int, dict] = {}
+        early: list = []
+        while len(routings) < len(jobs):
+            index, kind, payload = await exchange.next()
+            if kind == "routing":
+                routings[index] = payload
+            else:
+                early.append((index, kind, payload))
+    except ClientDisconnect:
+        exchange.close()
+        return Response(status_code=499)
+    except BaseException:
+        exchange.close()
+        raise
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        body = _stream(exchange, early, routings, rid, created, req.model, chat, include_usage)
+        return StreamingResponse(body, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    try:
+        texts = {i: [] for i in range(len(jobs))}
+        done: dict[int, dict] = {}
+        pending = list(early)
+        while True:
+            for index, kind, payload in pending:
+                if kind == "text":
+                    texts[index].append(payload)
+                elif kind == "done":
+                    done[index] = payload
+            pending = []
+            if exchange.finished:
+                break
+            pending.append(await exchange.next())
+    except ClientDisconnect:
+        return Response(status_code=499)
+    finally:
+        exchange.close()
+    choices = []
+    for i in range(len(jobs)):
+        text = "".join(texts[i])
+        finish = FINISH.get(done[i]["finish_reason"], done[i]["finish_reason"])
+        if chat:
+            choices.append({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                            "finish_reason": finish})
+        else:
+            choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": finish})
+    return JSONResponse({
+        "id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
+        "model": req.model, "system_fingerprint": None, "choices": choices, "usage": _usage(jobs, done),
+        "routing": _routing_field(routings, len(jobs)),
+    })
+
+
+def _merge_text(events: list) -> list:
+    """Adjacent text events of one choice as one (fewer chunks when a client reads slower than tokens come)."""
+    merged: list = []
+    for index, kind, payload in events:
+        if kind == "text" and merged and merged[-1][1] == "text" and merged[-1][0] == index:
+            merged[-1] = (index, kind, merged[-1][2] + payload)
+        else:
+            merged.append((index, kind, payload))
+    return merged
+
+
+async def _stream(exchange: Exchange, early: list, routings: dict, rid: str, created: int, model: str, chat: bool,
+                  include_usage: bool) -> AsyncIterator[str]:
+    """OpenAI's chunks as server-sent events, ending with `data: [DONE]`. The first chunk of each choice
+    carries its routing (and, for chat, the assistant role)."""
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    announced: set[int] = set()
+    done: dict[int, dict] = {}
+
+    def chunk(index: int, text: Optional[str], finish: Optional[str]) -> str:
+        if chat:
+            delta: dict = {}
+            if index not in announced:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+        body = {"id": rid, "object": obj, "created": created, "model": model, "system_fingerprint": None,
+                "choices": [choice]}
+        if index not in announced:
+            body["routing"] = routings.get(index)
+            announced.add(index)
+        if include_usage:
+            body["usage"] = None
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    try:
+        if chat:
+            for index in range(len(exchange.jobs)):
+                yield chunk(index, "", None)
+        pending = _merge_text(list(early))
+        while True:
+            for index, kind, payload in pending:
+                if kind == "text":
+                    yield chunk(index, payload, None)
+                elif kind == "done":
+                    done[index] = payload
+                    yield chunk(index, None if chat else "", FINISH.get(payload["finish_reason"], "stop"))
+            pending = []
+            if exchange.finished:
+                break
+            try:
+                pending = _merge_text([await exchange.next(), *exchange.ready()])
+            except ApiError as exc:
+                yield f"data: {json.dumps(exc.body())}\n\n"
+                return
+        if include_usage:
+            body = {"id": rid, "object": obj, "created": created, "model": model, "system_fingerprint": None,
+                    "choices": [], "usage": _usage(exchange.jobs, done)}
+            yield f"data: {json.dumps(body)}\n\n"
+        yield "data: [DONE]\n\n"
+    except ClientDisconnect:
+        return
+    finally:
+        exchange.close()
