@@ -154,10 +154,10 @@ class Server:
         jobs = []
         for prompt, probe in prompts:
             limit = self.config.n_ctx if max_tokens is None else min(max_tokens, self.config.n_ctx)
-            for j in range(req.n):
+            for _ in range(req.n):
                 sampling = dict(req.sampling(), max_tokens=limit, seed=seed + len(jobs))
                 jobs.append(Job(prompt=prompt, probe_tokens=probe, route=route, sampling=sampling, loop=loop,
-                                events=events))
+                                index=len(jobs), events=events))
         return jobs
 
 

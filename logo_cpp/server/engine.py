@@ -55,6 +55,7 @@ class Job:
     route: Route
     sampling: dict              # max_tokens, temperature, top_k, top_p, min_p, seed, stop, ignore_eos
     loop: asyncio.AbstractEventLoop
+    index: int = 0              # the choice it answers in its HTTP response
     id: int = 0
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     submitted: float = 0.0

@@ -96,7 +96,7 @@ class Exchange:
             raise payload
         if kind == "done":
             self.done += 1
-        return self.jobs.index(job), kind, payload
+        return job.index, kind, payload
 
     @property
     def finished(self) -> bool:
