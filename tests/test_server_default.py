@@ -91,3 +91,44 @@ def test_chat_through_the_server_against_the_python_api(default_files):
         assert len(chosen) == len(logits) or finish[i] == "length"
         best = logits.max(axis=1)[:len(chosen)]
         assert np.all(np.array(chosen) >= best - MARGIN), (i, best - chosen)
+
+
+def test_logo_cpp_serve_without_arguments_serves_the_default(tmp_path):
+    """`logo-cpp serve` alone: the shipped model and pool on 127.0.0.1."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from server_util import TIMEOUT
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "logo_cpp.cli", "serve", "--port", str(port), "--parallel", "2",
+                             "--ctx-size", "512", "--threads", str(THREADS), "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "logo-cpp serve did not start"
+                time.sleep(0.2)
+        from openai import OpenAI
+
+        c = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=TIMEOUT)
+        _, files = default_model_paths()
+        assert [m.id for m in c.models.list()] == ["logo", "base", *(p.stem for p in files or [])]
+        r = c.chat.completions.create(model="logo", messages=[{"role": "user", "content": "What is 2 + 2?"}],
+                                      max_tokens=8, temperature=0)
+        assert r.choices[0].message.content and r.usage.completion_tokens <= 8
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in out
