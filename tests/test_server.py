@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import http.client
+import inspect
 import json
 import os
 import signal
@@ -159,6 +160,28 @@ def test_logo_options_per_request(served, reference):
         assert [a["name"] for a in got["adapters"]] == routing.names and got["k"] == k and got["signal"] == sig
 
 
+def test_logo_calibration_per_request(served, reference):
+    """`logo: {calibration}` routes as LoGo(calibration=...) does, for every calibration the router has."""
+    from logo_cpp.server.protocol import calibrations
+
+    model, pool = reference
+    prompt = "Numbers 12345"
+    choices, default = calibrations()
+    assert default in choices
+    got = client(served).completions.create(model="logo", prompt=prompt, max_tokens=1, temperature=0)
+    assert got.model_extra["routing"]["calibration"] == default
+    for calibration in choices:
+        # A LoGo without calibrated routing takes no calibration (it is "none", the paper's raw signal).
+        kwargs = {"calibration": calibration} if "calibration" in inspect.signature(logo_cpp.LoGo).parameters else {}
+        routing = logo_cpp.LoGo(model, pool, k=3, **kwargs).route(prompt)
+        r = client(served).completions.create(model="logo", prompt=prompt, max_tokens=1, temperature=0,
+                                              extra_body={"logo": {"k": 3, "calibration": calibration}})
+        got = r.model_extra["routing"]
+        assert got["calibration"] == calibration
+        assert [a["name"] for a in got["adapters"]] == routing.names
+        assert [a["weight"] for a in got["adapters"]] == pytest.approx([float(w) for w in routing.weights])
+
+
 def test_concurrent_requests_with_different_mixtures_equal_each_alone(served):
     def one(i):
         r = client(served).completions.create(model="logo", prompt=PROMPTS[i], max_tokens=16 + i, temperature=0,
@@ -291,12 +314,15 @@ BAD = [
     ({"prompt": "the " * 400}, 400, "prompt", "context holds 256"),
     ({"prompt": "x", "adapters": {"nope": 1.0}}, 400, "adapters", "no adapter named 'nope'"),
     ({"prompt": "x", "adapters": {}}, 400, "adapters", "at least one adapter"),
+    (b'{"prompt": "x", "adapters": {"sql": 1e39}}', 400, "adapters", "'sql' must be a finite float32"),
+    (b'{"prompt": "x", "lora": [{"id": 0, "scale": -1e300}]}', 400, "lora.0.scale", "finite float32"),
     ({"prompt": "x", "adapters": "sometimes"}, 400, "adapters", None),
     ({"prompt": "x", "lora": [{"id": 99, "scale": 1.0}]}, 400, "lora.0.id", "no adapter with id 99"),
     ({"prompt": "x", "lora": [{"id": 0}]}, 400, "lora.0.scale", "required"),
     ({"prompt": "x", "lora": [], "adapters": "none"}, 400, "lora", "either 'adapters' or 'lora'"),
     ({"prompt": "x", "logo": {"k": 0}}, 400, "logo.k", "greater than or equal to 1"),
     ({"prompt": "x", "logo": {"signal": "loud"}}, 400, "logo.signal", "'norm' or 'entropy'"),
+    ({"prompt": "x", "logo": {"calibration": "magic"}}, 400, "logo.calibration", "unknown calibration 'magic'"),
     ({"prompt": "x", "logo": {"k": 2}, "adapters": {"sql": 1.0}}, 400, "logo", "routed requests"),
     ({"prompt": "x", "model": "base", "logo": {"k": 2}}, 400, "logo", "routed requests"),
 ]

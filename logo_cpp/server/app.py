@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HttpRoute
 
 from .engine import Engine, Job, Route
-from .protocol import ApiError, ChatRequest, CompletionRequest, parse
+from .protocol import ApiError, ChatRequest, CompletionRequest, calibrations, parse
 from .responses import error_response, read_json, respond
 
 log = logging.getLogger("logo_cpp.server")
@@ -47,6 +47,7 @@ class ServerConfig:
     k: int = 20
     signal: str = "norm"
     probe: str = "base"
+    calibration: Optional[str] = None  # None: LoGo's default (logo_cpp.router.DEFAULT_CALIBRATION)
     chat_route_on: str = "last-user"
     layout: str = "auto"   # how slots hold mixtures: auto, stacked, pooled (logo/batch.h)
     model_name: str = ""   # the base model's file name, for /v1/models
@@ -64,6 +65,11 @@ class Server:
                              f"'base'; rename the file(s)")
         if config.chat_route_on not in CHAT_ROUTE_ON:
             raise ValueError(f"chat_route_on must be one of {', '.join(CHAT_ROUTE_ON)}")
+        choices, default = calibrations()
+        if config.calibration is None:
+            config.calibration = default
+        elif config.calibration not in choices:
+            raise ValueError(f"unknown calibration {config.calibration!r}; use one of {', '.join(choices)}")
         self.model = model
         self.pool = pool
         self.config = config
@@ -119,14 +125,12 @@ class Server:
         if not self.adapter_names:
             return Route(kind="base", method="logo")
         options = req.logo
-        if options is not None and options.calibration is not None:
-            raise ApiError(400, "logo.calibration: calibrated routing is not available in this version",
-                           param="logo.calibration", code="unsupported_parameter")
         c = self.config
         return Route(kind="logo", method="logo",
                      k=options.k if options and options.k else c.k,
                      signal=options.signal if options and options.signal else c.signal,
-                     probe=options.probe if options and options.probe else c.probe)
+                     probe=options.probe if options and options.probe else c.probe,
+                     calibration=options.calibration if options and options.calibration else c.calibration)
 
     def tokens(self, prompt, param: str) -> list[int]:
         model = self.model

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import collections
+import inspect
 import itertools
 import logging
 import threading
@@ -28,6 +29,7 @@ from ..router import LoGo
 from .protocol import ApiError
 
 log = logging.getLogger("logo_cpp.server")
+_LOGO_PARAMETERS = inspect.signature(LoGo).parameters
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Route:
     k: int = 20
     signal: str = "norm"
     probe: str = "base"
+    calibration: str = "none"
 
 
 @dataclass
@@ -197,14 +200,17 @@ class Engine:
             selection = [(self.pool.index(name), float(w)) for name, w in route.mixture]
             return ([n for n, _ in route.mixture], selection,
                     {"method": route.method, "adapters": [{"name": n, "weight": float(w)} for n, w in route.mixture]})
-        key = (route.k, route.signal, route.probe)
+        key = (route.k, route.signal, route.probe, route.calibration)
         router = self._routers.get(key)
         if router is None:
-            router = self._routers[key] = LoGo(self.model, self.pool, k=route.k, signal=route.signal, probe=route.probe)
+            # A LoGo without calibrated routing takes no calibration: its raw signal is calibration "none".
+            extra = {"calibration": route.calibration} if "calibration" in _LOGO_PARAMETERS else {}
+            router = self._routers[key] = LoGo(self.model, self.pool, k=route.k, signal=route.signal, probe=route.probe,
+                                               **extra)
         r = router.route(job.probe_tokens)
         weights = [float(w) for w in r.weights]
         report = {"method": "logo", "adapters": [{"name": n, "weight": w} for n, w in zip(r.names, weights)],
-                  "k": route.k, "signal": route.signal, "probe": route.probe,
+                  "k": route.k, "signal": route.signal, "probe": route.probe, "calibration": route.calibration,
                   "probe_ms": round(1000 * r.timings.get("probe_seconds", 0.0), 3)}
         return r.names, list(zip(r.indices, weights)), report
 

@@ -35,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=20, help="LoGo: adapters per request (default 20, capped at the pool)")
     p.add_argument("--signal", default="norm", choices=["norm", "entropy"], help="LoGo signal (default norm)")
     p.add_argument("--probe", default="base", choices=["base", "all"], help="LoGo probe mode (default base)")
+    p.add_argument("--calibration", default=None,
+                   help="LoGo: how signals are calibrated before ranking (logo_cpp.router.CALIBRATIONS; "
+                        "default: the router's default; 'none' is the paper's raw signal)")
     p.add_argument("--chat-route-on", default="last-user", choices=["last-user", "prompt"],
                    help="what LoGo probes for a chat request: the last user message (default) or the whole "
                         "templated prompt")
@@ -92,6 +95,7 @@ def load(args) -> Loaded:
     pool = logo_cpp.AdapterPool(model, adapters) if adapters else logo_cpp.AdapterPool(model)
     config = ServerConfig(n_slots=args.parallel, n_ctx=args.ctx_size, max_queue=args.queue,
                           api_key=args.api_key or api_key_from_env(), k=args.k, signal=args.signal, probe=args.probe,
+                          calibration=args.calibration,
                           chat_route_on=args.chat_route_on, layout=args.mixture_layout,
                           model_name=Path(model_path).name,
                           allow_origins=list(args.allow_origin))

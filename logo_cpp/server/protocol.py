@@ -16,6 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 MAX_STOP = 16      # OpenAI allows 4; llama-server any number: a bound keeps the stop search cheap
 MAX_CHOICES = 16   # n (and prompts x n) per request; each choice takes a slot
+FLOAT32_MAX = 3.4028234663852886e38  # mixture weights reach the C++ core as float32: larger ones become inf
+
+
+def calibrations() -> tuple[tuple[str, ...], str]:
+    """(choices, default) of LoGo's ``calibration``: the router's own (logo_cpp.router.CALIBRATIONS and
+    DEFAULT_CALIBRATION), so the server accepts exactly what LoGo does. A router without calibrated routing
+    computes the paper's raw signal, which is calibration "none"."""
+    from .. import router
+
+    return tuple(getattr(router, "CALIBRATIONS", ("none",))), getattr(router, "DEFAULT_CALIBRATION", "none")
 
 
 class ApiError(Exception):
@@ -42,7 +52,15 @@ class LogoOptions(BaseModel):
     k: Optional[int] = Field(default=None, ge=1)
     signal: Optional[Literal["norm", "entropy"]] = None
     probe: Optional[Literal["base", "all"]] = None
-    calibration: Optional[Any] = None
+    calibration: Optional[str] = None
+
+    @field_validator("calibration")
+    @classmethod
+    def _calibration(cls, v):
+        choices, _ = calibrations()
+        if v is not None and v not in choices:
+            raise ValueError(f"unknown calibration {v!r}; use one of {', '.join(choices)}")
+        return v
 
 
 class LoraEntry(BaseModel):
@@ -51,6 +69,13 @@ class LoraEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: int = Field(ge=0)
     scale: float
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: float) -> float:
+        if not abs(v) <= FLOAT32_MAX:
+            raise ValueError(f"must be a finite float32, got {v!r}")
+        return v
 
 
 class StreamOptions(BaseModel):
@@ -110,8 +135,8 @@ class _Common(BaseModel):
             if not v:
                 raise ValueError("a mixture names at least one adapter (or use \"none\")")
             for name, weight in v.items():
-                if not math.isfinite(weight):
-                    raise ValueError(f"the weight of adapter {name!r} must be finite")
+                if not abs(weight) <= FLOAT32_MAX:
+                    raise ValueError(f"the weight of adapter {name!r} must be a finite float32, got {weight!r}")
         return v
 
     @model_validator(mode="after")
