@@ -180,15 +180,6 @@ def _percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (x - lo)
 
 
-def default_files() -> tuple[Path, list[Path]]:
-    from ..server.main import default_model_paths
-
-    base, files = default_model_paths()
-    if not files:
-        raise FileNotFoundError("no default adapter pool found; pass --adapters")
-    return base, files
-
-
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="logo-cpp bench serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -214,9 +205,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         if not adapters:
             raise FileNotFoundError(f"no *.gguf adapters in '{args.adapters}'")
     if model_path is None or args.adapters is None:
-        base, files = default_files()
+        from ..server.main import default_model_paths
+
+        base, files = default_model_paths()
         model_path = model_path or base
         if args.adapters is None:
+            if not files:
+                raise FileNotFoundError("no default adapter pool found; pass --adapters")
             adapters = files
     adapter = next((a for a in adapters if a.stem == args.adapter), None) if args.adapter else adapters[0]
     if adapter is None:
