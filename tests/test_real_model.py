@@ -2,8 +2,8 @@
 
 llama-cpp-python with flash attention is the oracle: tokenization, logits at every position and greedy text
 agree bit for bit (same ggml kernels, same attention path; Q4_1 has no repacked CPU layout, so AMX is moot);
-the chat template is libllama's own. Adapters over the quantized base run as one F16 low-rank pair per adapted
-matrix: bit for bit what llama.cpp computes from that pair, and close to llama.cpp on the adapter files
+the chat template is libllama's own. Adapters over the quantized base run as one low-rank pair per adapted
+matrix (Q8_0, or the adapters' own types when the pair is tiny): bit for bit what llama.cpp computes from that pair, and close to llama.cpp on the adapter files
 themselves (check_against_llama_cpp says how close, and why no closer). The model loads once per session.
 """
 
@@ -19,6 +19,7 @@ import logo_cpp
 from logo_cpp import default_model, synthetic
 
 from conftest import REPACK, THREADS
+from equivalent_pair import layout_for, write_equivalent_pair
 
 pytestmark = pytest.mark.skipif(not default_model.has_base_model(),
                                 reason="the default model is not installed: pip install \".[default]\" "
@@ -153,50 +154,18 @@ def adapters_set(oracle, files: dict, mixture: dict):
         lc.llama_set_adapters_lora(oracle.llm.ctx, None, 0, None)
 
 
-def write_equivalent_pair(path, mixture: dict, files: dict):
-    """One adapter file holding exactly the low-rank pair logo-cpp builds for ``mixture`` over a quantized base:
-    A = [A_1; A_2; ...] and B = [w_1 s_1 B_1 | w_2 s_2 B_2 | ...] (s_i = alpha_i / r_i, computed in float32 as
-    cpp/src/mixture.cpp does), both rounded to F16, with no alpha key so that llama.cpp applies it at scale 1.
-    llama.cpp running this file must reproduce our logits bit for bit."""
-    from gguf import GGUFReader, GGUFWriter
-    from gguf.quants import dequantize
-
-    pairs: dict[str, list] = {}
-    for name, weight in mixture.items():
-        reader = GGUFReader(str(files[name]))
-        field = reader.fields.get("adapter.lora.alpha")
-        alpha = np.float32(field.contents()) if field is not None else np.float32(0)
-        tensors = {t.name: dequantize(t.data, t.tensor_type).astype(np.float32) for t in reader.tensors}
-        for tensor_name, a in tensors.items():
-            if not tensor_name.endswith(".lora_a"):
-                continue
-            base = tensor_name[: -len(".lora_a")]
-            b = tensors[base + ".lora_b"]                      # numpy (n_out, r), a: (r, n_in)
-            scale = alpha / np.float32(b.shape[1]) if alpha != 0 else np.float32(1)
-            pairs.setdefault(base, []).append((a, (np.float32(weight) * scale) * b))
-    writer = GGUFWriter(str(path), "llama")
-    writer.add_string("general.type", "adapter")
-    writer.add_string("adapter.type", "lora")
-    for base, parts in pairs.items():
-        writer.add_tensor(base + ".lora_a", np.concatenate([a for a, _ in parts], axis=0).astype(np.float16))
-        writer.add_tensor(base + ".lora_b", np.concatenate([b for _, b in parts], axis=1).astype(np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 def check_against_llama_cpp(smollm, oracle, files, mixture, ids, tmp_path):
     """Our logits with ``mixture`` against llama.cpp's, twice:
-    - bit for bit against llama.cpp running the equivalent F16 pair (write_equivalent_pair): the same ggml
-      operations on the same numbers, so any difference in how we read, scale or apply adapters shows;
+    - bit for bit against llama.cpp running the equivalent pair (tests/equivalent_pair.py: the pair we build
+      over a quantized base, in the layout we choose): the same ggml operations on the same numbers, so any
+      difference in how we read, scale or apply adapters shows;
     - against llama.cpp running the adapter files themselves (each its own F32/F16/Q8_0 pair, scaled after the
       product): SmolLM2 at Q4_1 is so sensitive that even a 1e-6 change of one adapter weight moves llama.cpp's
       own logits by ~1, so here the error must only be far below what the adapters change.
     """
     ours, base = smollm.logits(ids, adapters=mixture), smollm.logits(ids)
-    equivalent = write_equivalent_pair(tmp_path / "equivalent.gguf", mixture, files)
+    by_file = {files[n]: w for n, w in mixture.items()}
+    equivalent = write_equivalent_pair(tmp_path / "equivalent.gguf", by_file, layout_for(smollm.path, by_file))
     with adapters_set(oracle, {"equivalent": equivalent}, {"equivalent": 1.0}):
         np.testing.assert_array_equal(ours, oracle.logits(ids))
     with adapters_set(oracle, files, mixture):

@@ -137,7 +137,7 @@ const Mixture & AdapterPool::all_adapters() {
     if (!all_) {
         Selection everyone;
         for (const auto & a : adapters_) everyone.push_back({a.get(), 1.0f});
-        all_ = std::make_unique<Mixture>(*model_, std::vector<Selection>{everyone}, mixture_type_for(*model_));
+        all_ = std::make_unique<Mixture>(*model_, std::vector<Selection>{everyone});
     }
     return *all_;
 }

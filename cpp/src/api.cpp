@@ -181,7 +181,7 @@ std::unique_ptr<core::Mixture> make_mixture(const core::Model & model, const cor
     }
     std::vector<core::Selection> per_sequence;
     for (const Mixture & mixture : mixtures) per_sequence.push_back(to_selection(pool, mixture));
-    return std::make_unique<core::Mixture>(model, per_sequence, core::mixture_type_for(model));
+    return std::make_unique<core::Mixture>(model, per_sequence);
 }
 
 }  // namespace

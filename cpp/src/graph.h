@@ -9,15 +9,18 @@
 
 namespace logo::core {
 
-// Low-rank terms added to one weight's output: y += B (A x). The adapter scales are folded into B.
-// a: [n_in, rank, n_mix], b: [rank, n_out, n_mix]; n_mix is 1 (one mixture for every sequence)
-// or the session's number of sequences (one mixture per sequence; a batch uses its streams' slice).
+// Low-rank terms added to one weight's output: y += B (A x), the adapter scales folded into the pair.
+// a: [n_in, rows, n_mix], shared by the weights of a block that read the same input (one matmul serves
+// all of them); this weight's rows are [a_row0, a_row0 + rank). b: [rank, n_out, n_mix]. n_mix is 1
+// (one mixture for every sequence) or the session's number of sequences (one mixture per sequence; a
+// batch uses its streams' slice).
 struct LowRankTerm {
     ggml_tensor * a = nullptr;
+    int64_t a_row0 = 0;
     ggml_tensor * b = nullptr;
     // W + B A precomputed (a "folded" mixture): when set, the linear map uses it instead of W and a, b.
     ggml_tensor * folded = nullptr;
-    // Set when one pair (n_mix = 1) serves sequences with different mixtures: [rank, 1, n_sequences],
+    // Set when one pair (n_mix = 1) serves sequences with different mixtures: [rows of a, 1, n_sequences],
     // each sequence's weight for every rank slot (0 for adapters it did not select).
     ggml_tensor * slot_weights = nullptr;
     // With slot_weights: multiply each stream by the shared pair on its own (the pair broadcast over streams)

@@ -1,6 +1,7 @@
 #include "graph.h"
 
 #include <cmath>
+#include <vector>
 
 namespace logo::core {
 
@@ -10,40 +11,72 @@ struct Adapters {
     const LowRankTerms * terms;
     int first_stream;
     int n_stream;
+    // A x already in this graph, per (A, x): the weights reading one input share one product.
+    struct Product {
+        const ggml_tensor * a;
+        const ggml_tensor * x;
+        ggml_tensor * ax;
+    };
+    std::vector<Product> products;
 };
 
-static ggml_tensor * linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, const Adapters & adapters) {
+// A x for the adapted weights that read x: [rows of A, n_rows / n_mix, n_mix], each sequence's slot
+// weights applied when one pair serves several mixtures. Every graph node costs a thread barrier and
+// scheduling work, so the product is built once per input.
+static ggml_tensor * low_rank_input(ggml_context * ctx, const LowRankTerm & term, ggml_tensor * x, Adapters & adapters) {
+    for (const Adapters::Product & p : adapters.products) {
+        if (p.a == term.a && p.x == x) return p.ax;
+    }
+    ggml_tensor * a = term.a;
+    const int64_t R = a->ne[1];
+    ggml_tensor * ax;
+    if (term.slot_weights) {
+        // One shared pair; each sequence scales the rank slots by its own adapter weights.
+        ggml_tensor * sw = term.slot_weights;
+        sw = ggml_view_3d(ctx, sw, R, 1, adapters.n_stream, sw->nb[1], sw->nb[2], sw->nb[2] * size_t(adapters.first_stream));
+        if (term.per_stream) {
+            // Each stream multiplied on its own (the pair broadcast over streams), see LowRankTerm::per_stream.
+            ggml_tensor * xs = ggml_reshape_3d(ctx, x, x->ne[0], x->ne[1] / adapters.n_stream, adapters.n_stream);
+            ax = ggml_mul_mat(ctx, a, xs);                                                        // [R, rows/stream, n_stream]
+        } else {
+            ax = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, a, a->ne[0], R), x);                      // [R, rows]
+            ax = ggml_reshape_3d(ctx, ax, R, x->ne[1] / adapters.n_stream, adapters.n_stream);
+        }
+        ax = ggml_mul(ctx, ax, sw);
+    } else if (a->ne[2] > 1) {
+        a = ggml_view_3d(ctx, a, a->ne[0], R, adapters.n_stream, a->nb[1], a->nb[2], a->nb[2] * size_t(adapters.first_stream));
+        ggml_tensor * xs = ggml_reshape_3d(ctx, x, x->ne[0], x->ne[1] / adapters.n_stream, adapters.n_stream);
+        ax = ggml_mul_mat(ctx, a, xs);                                                            // [R, rows/mix, n_mix]
+    } else {
+        ax = ggml_mul_mat(ctx, a, x);                                                             // [R, rows]
+    }
+    adapters.products.push_back({term.a, x, ax});
+    return ax;
+}
+
+static ggml_tensor * linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, Adapters & adapters) {
     auto it = adapters.terms ? adapters.terms->find(w) : LowRankTerms::const_iterator();
     if (!adapters.terms || it == adapters.terms->end()) return ggml_mul_mat(ctx, w, x);  // [n_out, n_rows]
-    if (it->second.folded) return ggml_mul_mat(ctx, it->second.folded, x);
+    const LowRankTerm & term = it->second;
+    if (term.folded) return ggml_mul_mat(ctx, term.folded, x);
     ggml_tensor * y = ggml_mul_mat(ctx, w, x);
-    ggml_tensor * a = it->second.a;
-    ggml_tensor * b = it->second.b;
-    if (it->second.slot_weights) {
-        // One shared pair; each sequence scales the rank slots by its own adapter weights.
-        ggml_tensor * sw = it->second.slot_weights;
-        const int64_t R = a->ne[1];
-        sw = ggml_view_3d(ctx, sw, R, 1, adapters.n_stream, sw->nb[1], sw->nb[2], sw->nb[2] * size_t(adapters.first_stream));
-        if (it->second.per_stream) {
-            ggml_tensor * xs = ggml_reshape_3d(ctx, x, x->ne[0], x->ne[1] / adapters.n_stream, adapters.n_stream);
-            ggml_tensor * ax = ggml_mul(ctx, ggml_mul_mat(ctx, a, xs), sw);                         // [R, rows/stream, n_stream]
-            ggml_tensor * bax = ggml_mul_mat(ctx, b, ax);                                           // [n_out, rows/stream, n_stream]
-            return ggml_add(ctx, y, ggml_reshape_2d(ctx, bax, y->ne[0], y->ne[1]));
-        }
-        ggml_tensor * ax = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, a, a->ne[0], R), x);           // [R, rows]
-        ax = ggml_mul(ctx, ggml_reshape_3d(ctx, ax, R, x->ne[1] / adapters.n_stream, adapters.n_stream), sw);
-        ggml_tensor * bax = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, b, R, b->ne[1]), ggml_reshape_2d(ctx, ax, R, x->ne[1]));
-        return ggml_add(ctx, y, bax);
+    ggml_tensor * ax = low_rank_input(ctx, term, x, adapters);
+    ggml_tensor * b = term.b;
+    const int64_t rank = b->ne[0];
+    if (rank != ax->ne[0]) {
+        // This weight's rows of the shared product.
+        ax = ggml_view_3d(ctx, ax, rank, ax->ne[1], ax->ne[2], ax->nb[1], ax->nb[2], ax->nb[0] * size_t(term.a_row0));
+        // Over several tokens those rows are strided. An F32 B multiplies its input as it is, and ggml would
+        // take another kernel for strided rows (another summation order) than for the contiguous product of
+        // a standalone pair; other types copy the input into their own vec-dot type anyway.
+        if (b->type == GGML_TYPE_F32 && !ggml_is_contiguous(ax)) ax = ggml_cont(ctx, ax);
     }
-    if (a->ne[2] > 1) {
-        a = ggml_view_3d(ctx, a, a->ne[0], a->ne[1], adapters.n_stream, a->nb[1], a->nb[2], a->nb[2] * size_t(adapters.first_stream));
-        b = ggml_view_3d(ctx, b, b->ne[0], b->ne[1], adapters.n_stream, b->nb[1], b->nb[2], b->nb[2] * size_t(adapters.first_stream));
+    if (b->ne[2] > 1) {
+        b = ggml_view_3d(ctx, b, rank, b->ne[1], adapters.n_stream, b->nb[1], b->nb[2], b->nb[2] * size_t(adapters.first_stream));
     }
-    const int64_t n_mix = a->ne[2];
-    ggml_tensor * xs = ggml_reshape_3d(ctx, x, x->ne[0], x->ne[1] / n_mix, n_mix);  // [n_in, rows/mix, n_mix]
-    ggml_tensor * ax = ggml_mul_mat(ctx, a, xs);                                    // [rank, rows/mix, n_mix]
-    ggml_tensor * bax = ggml_mul_mat(ctx, b, ax);                                   // [n_out, rows/mix, n_mix]
-    return ggml_add(ctx, y, ggml_reshape_2d(ctx, bax, y->ne[0], y->ne[1]));
+    ggml_tensor * bax = ggml_mul_mat(ctx, b, ax);  // [n_out, rows/mix, n_mix]
+    if (bax->ne[2] > 1) bax = ggml_reshape_2d(ctx, bax, y->ne[0], y->ne[1]);
+    return ggml_add(ctx, y, bax);
 }
 
 static ggml_tensor * rms_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * weight, float eps) {
@@ -60,7 +93,7 @@ static ggml_tensor * rope(ggml_context * ctx, ggml_tensor * x, ggml_tensor * pos
 // Self-attention of one layer over the cache; writes this batch's K and V into the cache first.
 static ggml_tensor * attention(ggml_context * ctx, ggml_cgraph * gf, const Model & model, const KvCache & cache,
                                const BatchShape & shape, const GraphInputs & in, int il, ggml_tensor * x,
-                               const Adapters & adapters) {
+                               Adapters & adapters) {
     const ModelHparams & hp = model.hparams();
     const LayerWeights & L = model.weights().layers[size_t(il)];
     const int64_t n_tokens = shape.n_tokens();
@@ -110,7 +143,7 @@ static ggml_tensor * attention(ggml_context * ctx, ggml_cgraph * gf, const Model
 }
 
 static ggml_tensor * feed_forward(ggml_context * ctx, const LayerWeights & L, ggml_tensor * x,
-                                  const Adapters & adapters) {
+                                  Adapters & adapters) {
     ggml_tensor * gate = linear(ctx, L.ffn_gate, x, adapters);
     ggml_tensor * up = linear(ctx, L.ffn_up, x, adapters);
     return linear(ctx, L.ffn_down, ggml_swiglu_split(ctx, gate, up), adapters);
@@ -124,7 +157,7 @@ size_t forward_graph_size(const ModelHparams & hp) {
 ForwardGraph build_forward_graph(ggml_context * ctx, const Model & model, const KvCache & cache,
                                  const BatchShape & shape, const LowRankTerms * terms, int stop_layer) {
     const ModelHparams & hp = model.hparams();
-    const Adapters adapters = {terms, shape.first_stream, shape.n_stream};
+    Adapters adapters = {terms, shape.first_stream, shape.n_stream, {}};
     const ModelWeights & w = model.weights();
     ForwardGraph fg;
     fg.graph = ggml_new_graph_custom(ctx, forward_graph_size(hp), false);

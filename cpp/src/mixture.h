@@ -1,7 +1,9 @@
 // Weighted adapter mixtures rebuilt as one concatenated low-rank pair per adapted weight:
-//   sum_i w_i s_i B_i A_i x  =  [w_1 s_1 B_1 | ... | w_k s_k B_k] [A_1; ...; A_k] x
-// so k adapters cost one pair of matmuls of rank sum(r_i), not k pairs. With several instances the
-// pairs are stacked per sequence (zero-padded to the largest rank) and each sequence uses its own.
+//   sum_i w_i s_i B_i A_i x  =  [B_1 | ... | B_k] [w_1 s_1 A_1; ...; w_k s_k A_k] x
+// so k adapters cost one pair of matmuls of rank sum(r_i), not k pairs. Weights of one block that read
+// the same input (attn_q/k/v, ffn_gate/up) share one concatenated A, so one matmul serves all of them.
+// With several instances the pairs are stacked per sequence (zero-padded to the largest rank) and each
+// sequence uses its own. Which types the pairs are stored in: see pair_type() in mixture.cpp and the README.
 #pragma once
 
 #include <vector>
@@ -21,9 +23,7 @@ using Selection = std::vector<WeightedAdapter>;
 class Mixture {
 public:
     // One selection for every sequence (per_sequence.size() == 1), or one per sequence.
-    // F32 keeps an F32 base exact; F16 halves the memory each decode step reads (and per-sequence
-    // stacks of a batch over an F16 type are stored Q8_0, see the constructor).
-    Mixture(const Model & model, const std::vector<Selection> & per_sequence, ggml_type type);
+    Mixture(const Model & model, const std::vector<Selection> & per_sequence);
     ~Mixture();
     Mixture(const Mixture &) = delete;
     Mixture & operator=(const Mixture &) = delete;
@@ -49,7 +49,8 @@ private:
     ggml_backend_buffer_t folded_buffer_ = nullptr;
 };
 
-// The type a mixture uses over a model: F32 over an F32 model, else F16.
+// The type the continuous-batching slot stacks (slot_mixtures.h, pooled_mixtures.h) are stored in: F32 over
+// an F32 model, else F16. (Mixture itself chooses per base and adapters: pair_layout() in mixture.cpp.)
 ggml_type mixture_type_for(const Model & model);
 
 }  // namespace logo::core
