@@ -174,9 +174,9 @@ def cmd_serve(args) -> int:
 
 
 def cmd_bench(args, rest: Sequence[str]) -> int:
-    from .bench import core, logo, serve, suite
+    from .bench import core, logo, quant, serve, suite
 
-    mains = {"all": suite.main, "core": core.main, "logo": logo.main, "serve": serve.main}
+    mains = {"all": suite.main, "core": core.main, "logo": logo.main, "quant": quant.main, "serve": serve.main}
     mains[args.what](list(rest))
     return 0
 
@@ -243,9 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="speed side by side with llama.cpp (logo-cpp bench --help for its options)")
-    p.add_argument("what", nargs="?", default="all", choices=["all", "core", "logo", "serve"],
-                   help="all (the full report, default), core (base model), logo (the LoGo targets), "
-                        "serve (logo-cpp serve vs llama_cpp.server)")
+    p.add_argument("what", nargs="?", default="all", choices=["all", "core", "logo", "quant", "serve"],
+                   help="all (the full report, default), core (base model), logo (the LoGo targets), quant "
+                        "(mixtures on quantized bases), serve (logo-cpp serve vs llama_cpp.server)")
     p.set_defaults(func=None)
     return parser
 
@@ -255,7 +255,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     if argv[:1] == ["bench"]:
         # Everything after `bench [WHAT]` belongs to the benchmark's own parser, --help included.
-        what = argv[1:2] if argv[1:2] and argv[1] in ("all", "core", "logo", "serve") else []
+        what = argv[1:2] if argv[1:2] and argv[1] in ("all", "core", "logo", "quant", "serve") else []
         args = parser.parse_args(["bench", *what])
         rest = argv[1 + len(what):]
     else:

@@ -255,12 +255,14 @@ def _finish(writer: GGUFWriter) -> None:
     writer.close()
 
 
-def quantize(src: PathLike, dst: PathLike, ftype: str) -> Path:
+def quantize(src: PathLike, dst: PathLike, ftype: str, allow_requantize: bool = False) -> Path:
     """llama.cpp's own quantizer (llama_model_quantize) with its default parameters, ftype one of FTYPES
     (q4_k = Q4_K_M, q5_k = Q5_K_M: these mix in Q6_K for some tensors). K-quants need rows that are a
     multiple of 256: llama.cpp quantizes a tensor whose rows are not to a fallback type (Q5_0, Q5_1 or
     Q8_0) rather than failing, so use n_embd and n_ff multiples of 256 to get real K-quant matrices.
-    Logs a line per tensor through llama.cpp's logger. Raises RuntimeError on a non-zero return."""
+    ``allow_requantize``: also quantize tensors that are already quantized (llama-quantize
+    --allow-requantize; the result carries both roundings). Logs a line per tensor through llama.cpp's
+    logger. Raises RuntimeError on a non-zero return."""
     import llama_cpp
 
     if ftype not in FTYPES:
@@ -268,6 +270,7 @@ def quantize(src: PathLike, dst: PathLike, ftype: str) -> Path:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPES[ftype]
     params.nthread = 2
+    params.allow_requantize = allow_requantize
     rc = llama_cpp.llama_model_quantize(os.fspath(src).encode(), os.fspath(dst).encode(), params)
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize({src} -> {dst}, {ftype}) failed with {rc}")
