@@ -263,15 +263,20 @@ def test_shipped_pool_adapters_load_the_same_from_their_peft_directories(llama_c
         pool = logo_cpp.AdapterPool(m, [directory, gguf], names=["peft", "gguf"])
         ids = m.tokenize(prompts[task])
         from_peft, from_gguf = m.logits(ids, adapters={"peft": 1.0}), m.logits(ids, adapters={"gguf": 1.0})
-        # Over a quantized base the adapters run in F16, the shipped GGUF's type: the same logits exactly.
-        np.testing.assert_array_equal(from_peft, from_gguf, err_msg=task)
+        # The directory holds F32 tensors, the shipped GGUF F16. Over a quantized base one pool adapter keeps its own
+        # type (README, "How a mixture is applied"), so the directory runs in F32 exactly as llama.cpp runs its F32
+        # conversion (scale alpha/r = 2, a power of two), and the shipped F16 file differs by F16's rounding.
+        as_f32 = convert(directory, tmp_path / f"{task}-f32.gguf", base, outtype="f32", task_name=task).path
+        oracle.set_adapters({as_f32.stem: 1.0}, as_f32.parent)
+        np.testing.assert_array_equal(from_peft, oracle.logits(ids), err_msg=task)
+        # F16's rounding of the weights, amplified by the Q8_1 rounding of this Q4_1 base's activations: measured 0.90
+        # on sentiment (2.2% of the logits' scale, 4.3% of the adapter's effect).
+        close(from_gguf, from_peft, m.logits(ids), tolerance=5e-2, of_effect=1 / 10)
+        # The shipped F16 file runs in F16 in both runtimes: llama.cpp's logits exactly.
         oracle.set_adapters({gguf.stem: 1.0}, gguf.parent)
         theirs = oracle.logits(ids)
         oracle.set_adapters({}, gguf.parent)
-        # llama.cpp rounds the activations to Q8_1 for this Q4_1 base, which turns the last-bit differences of
-        # separate vs pre-scaled F16 adapter matmuls into up to ~1% of the logits' scale (0.45 of ~19 effect
-        # on one shipped task): agreement within the adapter's effect is what holds (as test_default_model).
-        close(from_peft, theirs, m.logits(ids), tolerance=2e-2)
+        np.testing.assert_array_equal(from_gguf, theirs, err_msg=task)
         # And `logo-cpp convert` writes the shipped file's tensors from the directory.
         written = convert(directory, tmp_path / f"{task}.gguf", base, outtype="f16", task_name=task).path
         ours = {t.name: (t.tensor_type, np.array(t.data)) for t in GGUFReader(written).tensors}
