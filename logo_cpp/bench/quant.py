@@ -15,6 +15,7 @@ spread of the per-repetition ratios.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -135,7 +136,8 @@ def report(res: dict) -> str:
     lines = [f"# Mixtures on quantized bases ({res['model']})", "",
              f"{common.describe_machine(m)} Prompt {res['prompt_tokens']} tokens, {res['decode_tokens']} decode steps, "
              f"medians of {res['reps']} repetitions; 'vs base' is each repetition's mixture over the base measured "
-             f"next to it (median, and the range over repetitions in brackets).", "",
+             f"next to it (median, and the range over repetitions in brackets). Load average (1/5/15 min) before "
+             f"{'/'.join(f'{x:.2f}' for x in res['load_before'])}, after {'/'.join(f'{x:.2f}' for x in res['load_after'])}.", "",
              f"Adapters: {res['adapters']}, scale 1/k each, the same files and scales in both runtimes. "
              f"Weight layouts: {res['layouts']}.", ""]
     for t, r in res["types"].items():
@@ -203,7 +205,7 @@ def main(argv=None):
     adapters = ensure_adapters(model, args.workdir, max(args.ks), args.rank, args.targets, args.adapter_type, args.layers)
     # llama.cpp runs without its repacked layouts where the CPU has AMX (logo_cpp._llama_cpp); ours matches it.
     repack = not cpu_has_amx()
-    res = {"machine": common.machine_info(args.threads), "model": model.name, "prompt_tokens": args.prompt,
+    res = {"machine": common.machine_info(args.threads), "load_before": os.getloadavg(), "model": model.name, "prompt_tokens": args.prompt,
            "decode_tokens": args.decode, "reps": args.reps,
            "adapters": f"{max(args.ks)} synthetic rank-{args.rank} LoRAs on {'/'.join(args.targets)} of "
                        f"{'every block' if args.layers == 'all' else 'blocks ' + args.layers}, {args.adapter_type.upper()}",
@@ -217,6 +219,7 @@ def main(argv=None):
         for k, row in res["types"][t]["rows"].items():
             print(f"  k={k}: decode vs base {row['logo_decode_vs_base']:.3f} (llama.cpp {row['llama_decode_vs_base']:.3f}), "
                   f"prefill vs base {row['logo_prefill_vs_base']:.3f}", flush=True)
+    res["load_after"] = os.getloadavg()
     text = report(res)
     stem = f"quant-{model.stem}" + ("" if args.layers == "all" else f"-blk{args.layers}")
     common.write_json(args.out / f"{stem}.json", res)
