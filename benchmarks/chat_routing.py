@@ -97,10 +97,12 @@ def main(argv=None) -> None:
             for k in args.k:
                 jobs[c, k].append((chat_ids, list(zip(routing.indices[:k], _renorm(routing.weights[:k])))))
     route_seconds = time.perf_counter() - t0
+    print(f"routed {len(items)} items x {len(CANDIDATES)} probe inputs in {route_seconds:.0f} s", file=sys.stderr, flush=True)
     scores = {}
     if score is not None:
         for (c, k), batch_jobs in jobs.items():
             answers = generate_all(model, pool, batch_jobs, args.max_tokens)
+            print(f"answers for {c} k={k} after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
             scores[f"{c} k={k}"] = statistics.mean(score(it["task"], a, it["answer"]) for it, a in zip(items, answers))
     n = len(items)
     lines = ["# What LoGo probes for a chat request", "",

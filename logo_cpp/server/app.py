@@ -44,11 +44,11 @@ class ServerConfig:
     n_ctx: int = 2048
     max_queue: int = 64
     api_key: Optional[str] = None
-    k: int = 20
+    k: int = 1  # measured best on the shipped pool: docs/server/chat-routing.md
     signal: str = "norm"
     probe: str = "base"
     calibration: Optional[str] = None  # None: LoGo's default (logo_cpp.router.DEFAULT_CALIBRATION)
-    chat_route_on: str = "last-user"
+    chat_route_on: str = "prompt"  # measured: docs/server/chat-routing.md
     layout: str = "auto"   # how slots hold mixtures: auto, stacked, pooled (logo/batch.h)
     model_name: str = ""   # the base model's file name, for /v1/models
     allow_origins: list = field(default_factory=list)

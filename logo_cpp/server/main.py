@@ -32,15 +32,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every endpoint but /health "
                         "(default: $LOGO_CPP_API_KEY, else none)")
-    p.add_argument("--k", type=int, default=20, help="LoGo: adapters per request (default 20, capped at the pool)")
+    p.add_argument("--k", type=int, default=1,
+                   help="LoGo: adapters per request, capped at the pool (default 1: on the shipped pool one adapter "
+                        "answers better than mixtures of 3 or all 19, docs/server/chat-routing.md)")
     p.add_argument("--signal", default="norm", choices=["norm", "entropy"], help="LoGo signal (default norm)")
     p.add_argument("--probe", default="base", choices=["base", "all"], help="LoGo probe mode (default base)")
     p.add_argument("--calibration", default=None,
                    help="LoGo: how signals are calibrated before ranking (logo_cpp.router.CALIBRATIONS; "
                         "default: the router's default; 'none' is the paper's raw signal)")
-    p.add_argument("--chat-route-on", default="last-user", choices=["last-user", "prompt"],
-                   help="what LoGo probes for a chat request: the last user message (default) or the whole "
-                        "templated prompt")
+    p.add_argument("--chat-route-on", default="prompt", choices=["prompt", "last-user"],
+                   help="what LoGo probes for a chat request: the whole templated conversation (default; it routes "
+                        "better on the shipped pool, docs/server/chat-routing.md) or the last user message")
     p.add_argument("--mixture-layout", default="auto", choices=["auto", "stacked", "pooled"],
                    help="how slots hold their mixtures: the pool stacked once (pooled: small pools, many slots) or "
                         "each slot its own adapters (stacked: large pools); auto picks by the bytes a step reads")
