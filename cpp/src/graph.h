@@ -2,8 +2,10 @@
 #pragma once
 
 #include <unordered_map>
+#include <vector>
 
 #include "ggml.h"
+#include "graph_arena.h"
 #include "kv_cache.h"
 #include "model.h"
 
@@ -51,17 +53,22 @@ struct GraphInputs {
 };
 
 struct ForwardGraph {
-    ggml_cgraph * graph = nullptr;
+    // The graph's roots in the order they must be expanded: each layer's cache writes come before
+    // the attention that reads the cache, then the result (logits or block_input). See graph_arena.h.
+    std::vector<ggml_tensor *> outputs;
     GraphInputs inputs;
     ggml_tensor * logits = nullptr;        // [n_vocab, n_outputs], when the graph runs to the end
     ggml_tensor * block_input = nullptr;   // [n_embd, n_outputs], residual entering block `stop_layer`
 };
 
-// Builds the forward pass. With stop_layer in [0, n_layer) the graph stops at the residual stream
-// entering that block (the LoGo probe vector); with stop_layer = n_layer it produces logits.
+// Builds the forward pass's tensors in `ctx` (a GraphArena's: it throws GraphArenaFull when short of room,
+// and GraphArena::build_graph makes the cgraph from `outputs`). With stop_layer in [0, n_layer) the graph
+// stops at the residual stream entering that block (the LoGo probe vector); with stop_layer = n_layer it
+// produces logits.
 ForwardGraph build_forward_graph(ggml_context * ctx, const Model & model, const KvCache & cache,
                                  const BatchShape & shape, const LowRankTerms * adapters, int stop_layer);
 
-size_t forward_graph_size(const ModelHparams & hp);
+// A first guess at the tensors a forward graph creates, for a GraphArena's initial room (it grows as needed).
+size_t forward_tensor_estimate(const ModelHparams & hp);
 
 }  // namespace logo::core

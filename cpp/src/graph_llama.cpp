@@ -55,6 +55,7 @@ static ggml_tensor * low_rank_input(ggml_context * ctx, const LowRankTerm & term
 }
 
 static ggml_tensor * linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x, Adapters & adapters) {
+    graph_reserve(ctx, kLinearRoom);
     auto it = adapters.terms ? adapters.terms->find(w) : LowRankTerms::const_iterator();
     if (!adapters.terms || it == adapters.terms->end()) return ggml_mul_mat(ctx, w, x);  // [n_out, n_rows]
     const LowRankTerm & term = it->second;
@@ -91,7 +92,7 @@ static ggml_tensor * rope(ggml_context * ctx, ggml_tensor * x, ggml_tensor * pos
 }
 
 // Self-attention of one layer over the cache; writes this batch's K and V into the cache first.
-static ggml_tensor * attention(ggml_context * ctx, ggml_cgraph * gf, const Model & model, const KvCache & cache,
+static ggml_tensor * attention(ggml_context * ctx, std::vector<ggml_tensor *> & outputs, const Model & model, const KvCache & cache,
                                const BatchShape & shape, const GraphInputs & in, int il, ggml_tensor * x,
                                Adapters & adapters) {
     const ModelHparams & hp = model.hparams();
@@ -119,8 +120,9 @@ static ggml_tensor * attention(ggml_context * ctx, ggml_cgraph * gf, const Model
 
     ggml_tensor * k_cache = cache.k[size_t(il)];
     ggml_tensor * v_cache = cache.v[size_t(il)];
-    ggml_build_forward_expand(gf, ggml_set_rows(ctx, k_cache, ggml_reshape_2d(ctx, k, hp.n_embd_k_gqa(), n_tokens), in.cache_rows));
-    ggml_build_forward_expand(gf, ggml_set_rows(ctx, v_cache, ggml_reshape_2d(ctx, v, hp.n_embd_v_gqa(), n_tokens), in.cache_rows));
+    // Roots expanded before anything later: the cache writes precede the attention that reads the cache.
+    outputs.push_back(ggml_set_rows(ctx, k_cache, ggml_reshape_2d(ctx, k, hp.n_embd_k_gqa(), n_tokens), in.cache_rows));
+    outputs.push_back(ggml_set_rows(ctx, v_cache, ggml_reshape_2d(ctx, v, hp.n_embd_v_gqa(), n_tokens), in.cache_rows));
 
     // Each stream attends to its own slice of n_kv rows: views [hd, n_head_kv, n_kv, n_stream].
     const size_t k_row = k_cache->nb[1], v_row = v_cache->nb[1];
@@ -149,9 +151,9 @@ static ggml_tensor * feed_forward(ggml_context * ctx, const LayerWeights & L, gg
     return linear(ctx, L.ffn_down, ggml_swiglu_split(ctx, gate, up), adapters);
 }
 
-size_t forward_graph_size(const ModelHparams & hp) {
-    // Generous: about 40 nodes a layer plus adapter terms (4 extra nodes per adapted matrix).
-    return size_t(256 + hp.n_layer * 96);
+size_t forward_tensor_estimate(const ModelHparams & hp) {
+    // About 40 tensors a layer without adapters; a guess only, the arena grows when a graph needs more.
+    return size_t(256 + hp.n_layer * 64);
 }
 
 ForwardGraph build_forward_graph(ggml_context * ctx, const Model & model, const KvCache & cache,
@@ -160,7 +162,7 @@ ForwardGraph build_forward_graph(ggml_context * ctx, const Model & model, const 
     Adapters adapters = {terms, shape.first_stream, shape.n_stream, {}};
     const ModelWeights & w = model.weights();
     ForwardGraph fg;
-    fg.graph = ggml_new_graph_custom(ctx, forward_graph_size(hp), false);
+    graph_reserve(ctx, kLayerRoom);
     GraphInputs & in = fg.inputs;
     const int64_t n_tokens = shape.n_tokens();
 
@@ -179,7 +181,8 @@ ForwardGraph build_forward_graph(ggml_context * ctx, const Model & model, const 
 
     for (int il = 0; il < stop_layer; ++il) {
         const LayerWeights & L = w.layers[size_t(il)];
-        ggml_tensor * attn = attention(ctx, fg.graph, model, cache, shape, in, il,
+        graph_reserve(ctx, kLayerRoom);
+        ggml_tensor * attn = attention(ctx, fg.outputs, model, cache, shape, in, il,
                                        rms_norm(ctx, residual, L.attn_norm, hp.rms_eps), adapters);
         if (il == hp.n_layer - 1 && reduce_outputs) {
             // Only the output rows feed the head: skip the last FFN for every other token.
@@ -193,13 +196,14 @@ ForwardGraph build_forward_graph(ggml_context * ctx, const Model & model, const 
     if (stop_layer < hp.n_layer) {
         fg.block_input = reduce_outputs ? ggml_get_rows(ctx, residual, in.output_rows) : residual;
         ggml_set_output(fg.block_input);
-        ggml_build_forward_expand(fg.graph, fg.block_input);
+        fg.outputs.push_back(fg.block_input);
         return fg;
     }
+    graph_reserve(ctx, kLayerRoom);
     ggml_tensor * h = rms_norm(ctx, residual, w.output_norm, hp.rms_eps);
     fg.logits = linear(ctx, w.output, h, adapters);
     ggml_set_output(fg.logits);
-    ggml_build_forward_expand(fg.graph, fg.logits);
+    fg.outputs.push_back(fg.logits);
     return fg;
 }
 

@@ -353,21 +353,22 @@ void Mixture::fold(Session & session) {
     folded_buffer_ = ggml_backend_alloc_ctx_tensors_from_buft(folded_ctx_, ggml_backend_dev_buffer_type(session.model().device()));
     if (!folded_buffer_) throw std::runtime_error("out of memory: cannot allocate folded weights");
     // One small graph: for each weight, dst = W + B A, with B A of shape [n_in, n_out] like W, in F32.
-    session.compute(
-        [&](ggml_context * ctx, ggml_cgraph * graph) {
-            for (const auto & [base, term] : terms_) {
-                const int64_t rank = term.b->ne[0];
-                ggml_tensor * a = ggml_view_2d(ctx, term.a, term.a->ne[0], rank, term.a->nb[1], term.a->nb[1] * size_t(term.a_row0));  // [n_in, R]
-                ggml_tensor * b = ggml_reshape_2d(ctx, term.b, rank, term.b->ne[1]);  // [R, n_out]
-                if (a->type != GGML_TYPE_F32) a = ggml_cast(ctx, a, GGML_TYPE_F32);
-                if (b->type != GGML_TYPE_F32) b = ggml_cast(ctx, b, GGML_TYPE_F32);
-                ggml_tensor * a_t = ggml_cont(ctx, ggml_transpose(ctx, a));                     // [R, n_in]
-                ggml_tensor * delta = ggml_mul_mat(ctx, a_t, b);                                // [n_in, n_out]
-                ggml_tensor * sum = ggml_add(ctx, delta, ggml_cast(ctx, const_cast<ggml_tensor *>(base), GGML_TYPE_F32));
-                ggml_build_forward_expand(graph, ggml_cpy(ctx, sum, folded[base]));
-            }
-        },
-        terms_.size() * 12 + 16);
+    session.compute([&](ggml_context * ctx) {
+        std::vector<ggml_tensor *> outputs;
+        for (const auto & [base, term] : terms_) {
+            graph_reserve(ctx, 16);
+            const int64_t rank = term.b->ne[0];
+            ggml_tensor * a = ggml_view_2d(ctx, term.a, term.a->ne[0], rank, term.a->nb[1], term.a->nb[1] * size_t(term.a_row0));  // [n_in, R]
+            ggml_tensor * b = ggml_reshape_2d(ctx, term.b, rank, term.b->ne[1]);  // [R, n_out]
+            if (a->type != GGML_TYPE_F32) a = ggml_cast(ctx, a, GGML_TYPE_F32);
+            if (b->type != GGML_TYPE_F32) b = ggml_cast(ctx, b, GGML_TYPE_F32);
+            ggml_tensor * a_t = ggml_cont(ctx, ggml_transpose(ctx, a));                     // [R, n_in]
+            ggml_tensor * delta = ggml_mul_mat(ctx, a_t, b);                                // [n_in, n_out]
+            ggml_tensor * sum = ggml_add(ctx, delta, ggml_cast(ctx, const_cast<ggml_tensor *>(base), GGML_TYPE_F32));
+            outputs.push_back(ggml_cpy(ctx, sum, folded[base]));
+        }
+        return outputs;
+    });
     for (auto & [base, term] : terms_) term.folded = folded[base];
 }
 

@@ -16,7 +16,8 @@ Session::Session(std::shared_ptr<const Model> model, const SessionOptions & opti
              options.n_ctx > 0 ? options.n_ctx : throw std::invalid_argument("n_ctx must be positive"),
              options.n_seq > 0 ? options.n_seq : throw std::invalid_argument("the number of sequences must be positive"),
              model_->device()),
-      n_batch_(options.n_batch) {
+      n_batch_(options.n_batch),
+      arena_(forward_tensor_estimate(model_->hparams())) {
     if (n_batch_ < 1) throw std::invalid_argument("n_batch must be positive");
     ggml_backend_t main = ggml_backend_dev_init(model_->device(), nullptr);
     if (!main) throw std::runtime_error(std::string("cannot start backend ") + ggml_backend_dev_name(model_->device()));
@@ -27,9 +28,18 @@ Session::Session(std::shared_ptr<const Model> model, const SessionOptions & opti
         backends_.push_back(cpu);
     }
     for (ggml_backend_t b : backends_) set_backend_threads(b, model_->n_threads());
-    const size_t graph_size = forward_graph_size(model_->hparams()) + 64;
-    sched_ = ggml_backend_sched_new(backends_.data(), nullptr, int(backends_.size()), graph_size, false, true);
-    graph_memory_.resize(ggml_tensor_overhead() * graph_size + ggml_graph_overhead_custom(graph_size, false));
+    fit_scheduler(2 * forward_tensor_estimate(model_->hparams()));
+}
+
+void Session::fit_scheduler(size_t graph_size) {
+    if (sched_ && graph_size <= sched_size_) return;
+    // The first graphs measured set the size; a quarter more keeps small variations from recreating it.
+    const size_t size = std::max(graph_size + graph_size / 4, sched_size_);
+    ggml_backend_sched_t sched = ggml_backend_sched_new(backends_.data(), nullptr, int(backends_.size()), size, false, true);
+    if (!sched) throw std::runtime_error("cannot create a scheduler for a graph of " + std::to_string(size) + " nodes");
+    if (sched_) ggml_backend_sched_free(sched_);
+    sched_ = sched;
+    sched_size_ = size;
 }
 
 Session::~Session() {
@@ -162,17 +172,13 @@ std::vector<std::vector<float>> Session::probe(int stream, const std::vector<int
     return out;
 }
 
-void Session::compute(const std::function<void(ggml_context *, ggml_cgraph *)> & build, size_t max_nodes) {
-    std::vector<uint8_t> memory(ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false));
-    ggml_init_params params = {memory.size(), memory.data(), true};
-    ggml_context * ctx = ggml_init(params);
-    ggml_cgraph * graph = ggml_new_graph_custom(ctx, max_nodes, false);
-    build(ctx, graph);
+void Session::compute(const std::function<std::vector<ggml_tensor *>(ggml_context *)> & build) {
+    const BuiltGraph built = arena_.build_graph(build);
+    fit_scheduler(built.size());
     ggml_backend_sched_reset(sched_);
-    const bool ok = ggml_backend_sched_alloc_graph(sched_, graph) &&
-                    ggml_backend_sched_graph_compute(sched_, graph) == GGML_STATUS_SUCCESS;
+    const bool ok = ggml_backend_sched_alloc_graph(sched_, built.graph) &&
+                    ggml_backend_sched_graph_compute(sched_, built.graph) == GGML_STATUS_SUCCESS;
     ggml_backend_sched_reset(sched_);
-    ggml_free(ctx);
     if (!ok) throw std::runtime_error("computation failed (out of memory?)");
 }
 
@@ -191,21 +197,25 @@ std::vector<std::vector<float>> Session::run_chunk(int first_stream, int n_strea
     // Padding the attended span keeps kernels on aligned sizes; padded rows are masked out.
     shape.n_kv = std::min(cache_.n_ctx, GGML_PAD(longest, 32));
 
-    ggml_init_params params = {graph_memory_.size(), graph_memory_.data(), true};
-    ggml_context * ctx = ggml_init(params);
-    ForwardGraph fg = build_forward_graph(ctx, *model_, cache_, shape, adapters, stop_layer);
-    std::vector<ggml_tensor *> results = {fg.logits ? fg.logits : fg.block_input};
-    if (tail) {
-        results = (*tail)(ctx, fg.block_input);
-        for (ggml_tensor * t : results) {
-            ggml_set_output(t);
-            ggml_build_forward_expand(fg.graph, t);
+    ForwardGraph fg;
+    std::vector<ggml_tensor *> results;
+    const BuiltGraph built = arena_.build_graph([&](ggml_context * ctx) {
+        fg = build_forward_graph(ctx, *model_, cache_, shape, adapters, stop_layer);
+        results = {fg.logits ? fg.logits : fg.block_input};
+        if (tail) {
+            graph_reserve(ctx, kLayerRoom);
+            results = (*tail)(ctx, fg.block_input);
+            for (ggml_tensor * t : results) {
+                ggml_set_output(t);
+                fg.outputs.push_back(t);
+            }
         }
-    }
+        return fg.outputs;
+    });
+    fit_scheduler(built.size());
 
     ggml_backend_sched_reset(sched_);
-    if (!ggml_backend_sched_alloc_graph(sched_, fg.graph)) {
-        ggml_free(ctx);
+    if (!ggml_backend_sched_alloc_graph(sched_, built.graph)) {
         throw std::runtime_error("cannot allocate the compute graph (out of memory?)");
     }
 
@@ -239,8 +249,7 @@ std::vector<std::vector<float>> Session::run_chunk(int first_stream, int n_strea
     set_input(fg.inputs.mask, mask.data(), sizeof(ggml_fp16_t) * mask.size());
     set_input(fg.inputs.output_rows, out_rows.data(), sizeof(int32_t) * out_rows.size());
 
-    if (ggml_backend_sched_graph_compute(sched_, fg.graph) != GGML_STATUS_SUCCESS) {
-        ggml_free(ctx);
+    if (ggml_backend_sched_graph_compute(sched_, built.graph) != GGML_STATUS_SUCCESS) {
         throw std::runtime_error("graph computation failed");
     }
     for (int s = first_stream; s < first_stream + n_stream; ++s) cache_.length[size_t(s)] += n_per_stream;
@@ -250,7 +259,6 @@ std::vector<std::vector<float>> Session::run_chunk(int first_stream, int n_strea
         out.emplace_back(static_cast<size_t>(ggml_nelements(t)));
         ggml_backend_tensor_get(t, out.back().data(), 0, ggml_nbytes(t));
     }
-    ggml_free(ctx);
     return out;
 }
 

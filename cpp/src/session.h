@@ -16,6 +16,8 @@ namespace logo::core {
 
 // Appends operations to a probe graph after the residual entering the target block ([n_embd, 1]) and
 // returns the tensors to read back. LoGo's scoring runs this way, in the probe's own evaluation.
+// The context is a GraphArena's: a tail is given room for kLayerRoom tensors, and one that loops (per
+// layer, per adapter) calls graph_reserve(ctx, n) in each iteration.
 using GraphTail = std::function<std::vector<ggml_tensor *>(ggml_context *, ggml_tensor * block_input)>;
 
 // n_ctx positions per sequence, n_seq sequences decoded together, n_batch tokens per evaluation.
@@ -52,9 +54,10 @@ public:
     std::vector<float> block_input(int stream, const std::vector<int32_t> & tokens, int layer,
                                    const LowRankTerms * adapters = nullptr);
 
-    // Builds a graph with `build` and computes it with this session's backends (for one-off work on
-    // tensors that live on the model's device, such as folding a mixture into weights).
-    void compute(const std::function<void(ggml_context *, ggml_cgraph *)> & build, size_t max_nodes);
+    // Builds a graph with `build` (which creates its tensors in the given context, calling graph_reserve
+    // before each unit of work, and returns the outputs to compute in order) and computes it with this
+    // session's backends: one-off work on tensors on the model's device, such as folding a mixture.
+    void compute(const std::function<std::vector<ggml_tensor *>(ggml_context *)> & build);
 
     // As block_input, with `tail` extending the same graph; returns the tail's outputs.
     std::vector<std::vector<float>> probe(int stream, const std::vector<int32_t> & tokens, int layer,
@@ -66,7 +69,11 @@ private:
     int n_batch_;
     std::vector<ggml_backend_t> backends_;
     ggml_backend_sched_t sched_ = nullptr;
-    std::vector<uint8_t> graph_memory_;
+    size_t sched_size_ = 0;  // nodes + leafs the scheduler's hash set holds
+    GraphArena arena_;
+
+    // Makes sure the scheduler can take a graph of `graph_size` nodes + leafs (a new, larger one if not).
+    void fit_scheduler(size_t graph_size);
 
     void check_tokens(int first_stream, int n_stream, const std::vector<int32_t> & tokens) const;
     // One evaluation of at most n_batch tokens per stream. With stop_layer < n_layer it returns the
