@@ -10,13 +10,14 @@ come from llama.cpp's own quantizer. Broken files for error tests are made here 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 from gguf.quants import quantize as gguf_quantize
 
 PathLike = Union[str, os.PathLike]
@@ -224,16 +225,44 @@ FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1"
           "q6_k": 18, "bf16": 32}
 
 
-def write_model(path: PathLike, spec: ModelSpec, dtype: str = "f32") -> Path:
+Metadata = dict  # key -> value, (GGUFValueType, value), or None to leave the key out
+
+
+def _apply_metadata(writer: GGUFWriter, metadata: Optional[Metadata]) -> None:
+    """Overrides, adds or removes keys: a float is written F32, a bool BOOL, an int UINT32 (INT32 when
+    negative), a str STRING; (GGUFValueType, value) picks the type; None removes the key."""
+    for key, value in (metadata or {}).items():
+        if value is None:
+            writer.kv_data[0].pop(key, None)
+            continue
+        if isinstance(value, tuple):
+            vtype, value = value
+        elif isinstance(value, bool):
+            vtype = GGUFValueType.BOOL
+        elif isinstance(value, int):
+            vtype = GGUFValueType.UINT32 if value >= 0 else GGUFValueType.INT32
+        elif isinstance(value, float):
+            vtype = GGUFValueType.FLOAT32
+        elif isinstance(value, str):
+            vtype = GGUFValueType.STRING
+        else:
+            raise TypeError(f"metadata {key!r}: give a float, int, bool, str or (GGUFValueType, value)")
+        writer.kv_data[0].pop(key, None)  # replace without gguf's duplicate-key warning
+        writer.add_key_value(key, value, vtype)
+
+
+def write_model(path: PathLike, spec: ModelSpec, dtype: str = "f32", metadata: Optional[Metadata] = None) -> Path:
     """Writes a random-weight model llama.cpp loads: every tensor of its architecture (model_tensors), the
     hyperparameters, and the tokenizer (make_vocab, BOS 1, EOS 2, ChatML template).
 
     dtype f32/f16/bf16 is written here (1-D tensors stay F32; with bf16 token_embd stays F32 too); any
-    other FTYPES key (q8_0, q4_0, q4_k, ...) goes through an F32 temporary and llama.cpp's quantizer."""
+    other FTYPES key (q8_0, q4_0, q4_k, ...) goes through an F32 temporary and llama.cpp's quantizer.
+    ``metadata`` overrides header keys (see _apply_metadata), e.g. {"llama.rope.freq_base": float("nan")}
+    for a file that must be refused."""
     path = Path(path)
     if dtype not in ("f32", "f16", "bf16"):
         tmp = path.with_suffix(".f32.tmp.gguf")
-        write_model(tmp, spec, "f32")
+        write_model(tmp, spec, "f32", metadata)
         try:
             quantize(tmp, path, dtype)
         finally:
@@ -241,6 +270,7 @@ def write_model(path: PathLike, spec: ModelSpec, dtype: str = "f32") -> Path:
         return path
     writer = GGUFWriter(str(path), spec.arch)
     _write_header(writer, spec)
+    _apply_metadata(writer, metadata)
     for name, array in model_tensors(spec).items():
         keep_f32 = array.ndim == 1 or name == "token_embd.weight" and dtype == "bf16"
         _add(writer, name, array, "f32" if keep_f32 else dtype)
@@ -340,7 +370,7 @@ def write_adapter(path: PathLike, spec_or_base_path: Union[ModelSpec, PathLike],
                   targets: Sequence[str] = ("attn_q", "attn_v"), rank: int = 8, alpha: float = 16.0,
                   dtype: str = "f32", seed: int = 0, layers: Optional[Sequence[int]] = None,
                   arch: Optional[str] = None, ranks: Optional[dict[str, int]] = None,
-                  tensors: Optional[dict[str, np.ndarray]] = None) -> Path:
+                  tensors: Optional[dict[str, np.ndarray]] = None, metadata: Optional[Metadata] = None) -> Path:
     """A LoRA adapter in llama.cpp's GGUF format (as its convert_lora_to_gguf.py writes them).
 
     Keys: general.architecture (``arch`` or the model's), general.type="adapter", adapter.type="lora",
@@ -350,13 +380,14 @@ def write_adapter(path: PathLike, spec_or_base_path: Union[ModelSpec, PathLike],
     (attn_q/k/v, attn_output, ffn_gate/up/down), rank ``ranks.get(target, rank)``. dtype: f32, f16,
     bf16 or q8_0 (a matrix whose rows are not a multiple of 32, typically B, is written F16 then).
     ``spec_or_base_path``: a ModelSpec or the path of a base model GGUF (see spec_from_gguf).
-    ``tensors`` overrides the generated ones (for broken files)."""
+    ``tensors`` overrides the generated ones and ``metadata`` the keys (for broken files)."""
     path = Path(path)
     spec = _as_spec(spec_or_base_path)
     writer = GGUFWriter(str(path), arch or spec.arch)
     writer.add_string("general.type", "adapter")
     writer.add_string("adapter.type", "lora")
     writer.add_float32("adapter.lora.alpha", float(alpha))
+    _apply_metadata(writer, metadata)
     if tensors is None:
         tensors = adapter_tensors(spec, targets, rank, seed, layers, ranks)
     for name, array in tensors.items():
@@ -372,8 +403,8 @@ def write_adapter(path: PathLike, spec_or_base_path: Union[ModelSpec, PathLike],
 # -- broken files -----------------------------------------------------------------------------------
 
 BROKEN_KINDS = ("empty", "not_gguf", "truncated", "truncated_header", "unsupported_arch", "missing_tensor",
-                "wrong_shape", "adapter_wrong_arch", "adapter_wrong_shape", "adapter_missing_b", "adapter_nan",
-                "adapter_inf", "adapter_not_adapter")
+                "wrong_shape", "rope_freqs_nan", "adapter_wrong_arch", "adapter_wrong_shape", "adapter_missing_b",
+                "adapter_nan", "adapter_inf", "adapter_not_adapter", "adapter_alpha_nan", "adapter_alpha_inf")
 
 
 def write_broken(path: PathLike, kind: str, spec: ModelSpec) -> Path:
@@ -387,6 +418,15 @@ def write_broken(path: PathLike, kind: str, spec: ModelSpec) -> Path:
         write_model(path, spec)
         data = path.read_bytes()
         path.write_bytes(data[: len(data) * 2 // 3] if kind == "truncated" else data[:200])
+    elif kind == "rope_freqs_nan":
+        writer = GGUFWriter(str(path), spec.arch)
+        _write_header(writer, spec)
+        for name, array in model_tensors(dataclasses.replace(spec, rope_freq_factors=True)).items():
+            if name == "rope_freqs.weight":
+                array = array.copy()
+                array[1] = np.nan
+            _add(writer, name, array)
+        _finish(writer)
     elif kind in ("unsupported_arch", "missing_tensor", "wrong_shape"):
         arch = "gpt2" if kind == "unsupported_arch" else spec.arch
         writer = GGUFWriter(str(path), arch)
@@ -402,6 +442,7 @@ def write_broken(path: PathLike, kind: str, spec: ModelSpec) -> Path:
         tensors = adapter_tensors(spec, ("attn_q", "attn_v"), 4, seed=99)
         first = next(iter(tensors))  # blk.0.attn_q.weight.lora_a
         arch = None
+        metadata = None
         if kind == "adapter_wrong_arch":
             arch = "qwen2" if spec.arch != "qwen2" else "llama"
         elif kind == "adapter_wrong_shape":
@@ -413,9 +454,11 @@ def write_broken(path: PathLike, kind: str, spec: ModelSpec) -> Path:
             tensors[b][3, 1] = np.nan if kind == "adapter_nan" else np.inf
         elif kind == "adapter_not_adapter":
             return write_model(path, spec)
+        elif kind in ("adapter_alpha_nan", "adapter_alpha_inf"):
+            metadata = {"adapter.lora.alpha": float("nan") if kind == "adapter_alpha_nan" else float("inf")}
         else:
             raise ValueError(f"unknown broken kind {kind!r}")
-        write_adapter(path, spec, arch=arch, tensors=tensors)
+        write_adapter(path, spec, arch=arch, tensors=tensors, metadata=metadata)
     else:
         raise ValueError(f"unknown broken kind {kind!r}; one of {', '.join(BROKEN_KINDS)}")
     return path

@@ -95,6 +95,8 @@ def test_pool_names_add_remove_and_directory(model_dir, adapter_dir):
     ("adapter_nan", "contains NaN or Inf"),
     ("adapter_inf", "contains NaN or Inf"),
     ("adapter_not_adapter", "is not a LoRA adapter: general.type"),
+    ("adapter_alpha_nan", r"key 'adapter\.lora\.alpha' is nan; expected a finite number"),
+    ("adapter_alpha_inf", r"key 'adapter\.lora\.alpha' is inf; expected a finite number"),
 ])
 def test_bad_adapters_leave_the_pool_unchanged(model_dir, adapter_dir, broken_dir, kind, message):
     model, pool = make(model_dir, adapter_dir, adapters=["math", "sql"])

@@ -1,10 +1,13 @@
 """Bad input raises a Python exception that names the file, tensor or argument; nothing aborts."""
 
 import os
+import re
 
 import pytest
+from gguf import GGUFValueType
 
 import logo_cpp
+from logo_cpp import synthetic
 
 from conftest import THREADS
 
@@ -32,6 +35,7 @@ def test_directory(tmp_path):
     ("unsupported_arch", "unsupported architecture '.*'; supported: llama, qwen2, qwen3"),
     ("missing_tensor", r"missing tensor 'blk\.0\.ffn_up\.weight' \(expected shape \[\d+, \d+\]\)"),
     ("wrong_shape", r"tensor 'blk\.0\.attn_q\.weight' has shape \[\d+, \d+\], expected \[\d+, \d+\]"),
+    ("rope_freqs_nan", r"tensor 'rope_freqs\.weight' holds nan at index 1; rope frequency factors must be finite"),
 ])
 def test_broken_files(broken_dir, kind, message):
     path = broken_dir / f"{kind}.gguf"
@@ -121,3 +125,60 @@ def test_bad_chat_messages(model):
         model.chat([])
     with pytest.raises(ValueError, match=r"messages\[0\]"):
         model.chat([{"content": "no role"}])
+
+
+NAN, INF = float("nan"), float("inf")
+U64, I32, F64 = GGUFValueType.UINT64, GGUFValueType.INT32, GGUFValueType.FLOAT64
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("llama.attention.layer_norm_rms_epsilon", NAN, "a finite number in \\(0, 0.5\\]"),
+    ("llama.attention.layer_norm_rms_epsilon", 0.0, "a finite number in \\(0, 0.5\\]"),
+    ("llama.attention.layer_norm_rms_epsilon", -1e-5, "a finite number in \\(0, 0.5\\]"),
+    ("llama.attention.layer_norm_rms_epsilon", (F64, 1e-300), "a finite number in \\(0, 0.5\\]"),
+    ("llama.rope.freq_base", INF, "a finite number > 0"),
+    ("llama.rope.freq_base", -INF, "a finite number > 0"),
+    ("llama.rope.freq_base", 0.0, "a finite number > 0"),
+    ("llama.rope.freq_base", (F64, 1e300), "a finite number > 0"),
+    ("llama.rope.scale_linear", NAN, "a finite number > 0"),
+    ("llama.rope.scale_linear", 0.0, "a finite number > 0"),
+    ("llama.context_length", 0, r"an integer in \[1, 2147483647\]"),
+    ("llama.context_length", (U64, 2**63 + 5), r"an integer in \[1, 2147483647\]"),
+    ("llama.block_count", 0, r"an integer in \[1, \d+\]"),
+    ("llama.block_count", 4_000_000_000, r"an integer in \[1, \d+\]"),
+    ("llama.embedding_length", (I32, -128), r"an integer in \[1, 1048576\]"),
+    ("llama.feed_forward_length", 0, r"an integer in \[1, 4194304\]"),
+    ("llama.attention.head_count", 0, r"an integer in \[1, 65536\]"),
+    ("llama.attention.head_count", 2**20, r"an integer in \[1, 65536\]"),
+    ("llama.attention.head_count_kv", 0, r"an integer in \[1, 4\]"),
+    ("llama.attention.head_count_kv", 8, r"an integer in \[1, 4\]"),
+    ("llama.attention.key_length", (U64, 2**40), r"an integer in \[1, 65536\]"),
+])
+def test_metadata_out_of_range_is_refused_naming_file_and_key(tmp_path, key, value, expected):
+    spec = synthetic.ModelSpec("llama", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128)
+    path = synthetic.write_model(tmp_path / "m.gguf", spec, metadata={key: value})
+    with pytest.raises(logo_cpp.FormatError, match=f"key '{re.escape(key)}' is .*; expected {expected}") as info:
+        logo_cpp.Model(path)
+    assert f"'{path}'" in str(info.value)
+
+
+def test_rope_scaling_factor_and_head_count_relations(tmp_path):
+    spec = synthetic.ModelSpec("llama", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128)
+    cases = [
+        ({"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": NAN},
+         r"key 'llama\.rope\.scaling\.factor' is nan; expected a finite number > 0"),
+        ({"llama.attention.head_count_kv": 3}, r"'llama\.attention\.head_count' \(4\) must be a multiple of"),
+        ({"llama.attention.head_count": 128}, r"key_length \(0\) and value_length \(0\) must be equal, even and positive"),
+    ]
+    for i, (metadata, message) in enumerate(cases):
+        path = synthetic.write_model(tmp_path / f"m{i}.gguf", spec, metadata=metadata)
+        with pytest.raises(logo_cpp.FormatError, match=message):
+            logo_cpp.Model(path)
+
+
+def test_kv_cache_larger_than_memory_is_refused(model_dir):
+    with pytest.raises(ValueError, match=r"KV cache for n_ctx=2000000000 and 1 sequences needs \d+ MiB, more than"):
+        logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=2_000_000_000)
+    model = logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=64)
+    with pytest.raises(ValueError, match="sequences needs"):
+        logo_cpp._core.Session(model._core, n_ctx=2**31 - 1, n_seq=2**31 - 1)

@@ -156,7 +156,10 @@ std::unique_ptr<Adapter> load_adapter(const Model & model, const std::string & p
     auto adapter = std::make_unique<Adapter>();
     adapter->name = name;
     adapter->path = path;
-    adapter->alpha = float(file.get_float("adapter.lora.alpha", 0.0));
+    // alpha / rank scales B: a NaN or infinite alpha would turn every logit into NaN (and rank first in
+    // LoGo's norm signal). The bound is F16's largest value, the type B takes in a mixture over F16 bases.
+    adapter->alpha = float(file.get_float_in("adapter.lora.alpha", 0.0, -65504.0, 65504.0,
+                                             "a finite number in [-65504, 65504] (0: no alpha, scale 1)"));
 
     // Pair up .lora_a / .lora_b by base weight name.
     std::map<std::string, std::pair<const ggml_tensor *, const ggml_tensor *>> pairs;

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 
@@ -134,6 +135,32 @@ double GgufFile::get_float(const std::string & key, double fallback) const {
         case GGUF_TYPE_FLOAT64: return gguf_get_val_f64(gguf, id);
         default: throw FormatError("'" + path + "': key '" + key + "' should be a float");
     }
+}
+
+int64_t GgufFile::get_int_in(const std::string & key, int64_t lo, int64_t hi) const {
+    const int64_t v = get_int(key);
+    if (v < lo || v > hi) {
+        throw FormatError("'" + path + "': key '" + key + "' is " + std::to_string(v) + "; expected an integer in [" +
+                          std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    }
+    return v;
+}
+
+int64_t GgufFile::get_int_in(const std::string & key, int64_t fallback, int64_t lo, int64_t hi) const {
+    return has_key(key) ? get_int_in(key, lo, hi) : fallback;
+}
+
+double GgufFile::get_float_in(const std::string & key, double fallback, double lo, double hi,
+                              const std::string & expected) const {
+    const double v = get_float(key, fallback);
+    // NaN fails both comparisons, so test for what is wanted rather than for what is not.
+    if (!(std::isfinite(v) && v >= lo && v <= hi)) {
+        std::ostringstream found;
+        found.precision(9);
+        found << v;
+        throw FormatError("'" + path + "': key '" + key + "' is " + found.str() + "; expected " + expected);
+    }
+    return v;
 }
 
 ggml_tensor * GgufFile::find_tensor(const std::string & name) const {

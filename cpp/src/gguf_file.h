@@ -34,6 +34,12 @@ struct GgufFile {
     double get_float(const std::string & key, double fallback) const;
     bool has_float(const std::string & key) const;
 
+    // Range-checked reads of values that reach arithmetic: FormatError naming the file and the key, the
+    // value found and `expected` (e.g. "an integer in [1, 65536]") when out of [lo, hi] or not finite.
+    int64_t get_int_in(const std::string & key, int64_t lo, int64_t hi) const;  // required
+    int64_t get_int_in(const std::string & key, int64_t fallback, int64_t lo, int64_t hi) const;
+    double get_float_in(const std::string & key, double fallback, double lo, double hi, const std::string & expected) const;
+
     ggml_tensor * find_tensor(const std::string & name) const;  // nullptr when absent
     size_t tensor_file_offset(const std::string & name) const;  // absolute offset of its data
     std::vector<std::string> tensor_names() const;

@@ -1,5 +1,9 @@
 #include "hparams.h"
 
+#include <algorithm>
+#include <climits>
+#include <limits>
+
 #include "logo/errors.h"
 #include "ggml.h"
 #include "gguf_file.h"
@@ -40,48 +44,53 @@ ModelHparams read_hparams(const GgufFile & f) {
                           "'; supported: " + joined_supported());
     }
 
+    // Every value below reaches arithmetic (shapes, loops, rope, norms): each is read with its range,
+    // so a corrupt or hostile header fails here, naming its key, before anything is sized from it.
+    // The limits are far above any released model and keep every product of them inside int64.
     const std::string a = hp.arch_name + ".";
-    hp.n_ctx_train = f.get_int(a + "context_length");
-    hp.n_embd = f.get_int(a + "embedding_length");
-    hp.n_layer = f.get_int(a + "block_count");
-    hp.n_ff = f.get_int(a + "feed_forward_length");
-    hp.n_head = f.get_int(a + "attention.head_count");
-    hp.n_head_kv = f.get_int(a + "attention.head_count_kv", hp.n_head);
-    if (hp.n_embd <= 0 || hp.n_layer <= 0 || hp.n_ff <= 0 || hp.n_head <= 0 || hp.n_head_kv <= 0 ||
-        hp.n_ctx_train <= 0) {
-        throw FormatError("'" + f.path + "': embedding_length, block_count, feed_forward_length, "
-                          "head counts and context_length must all be positive");
-    }
+    constexpr int64_t kMaxWidth = int64_t(1) << 20, kMaxHeads = int64_t(1) << 16;
+    hp.n_ctx_train = f.get_int_in(a + "context_length", 1, INT32_MAX);
+    hp.n_embd = f.get_int_in(a + "embedding_length", 1, kMaxWidth);
+    // A block has several tensors, so a count above the file's tensor count can only be wrong (and
+    // would size the expected-tensor table from a corrupt number).
+    hp.n_layer = f.get_int_in(a + "block_count", 1, std::min<int64_t>(kMaxHeads, gguf_get_n_tensors(f.gguf)));
+    hp.n_ff = f.get_int_in(a + "feed_forward_length", 1, 4 * kMaxWidth);
+    hp.n_head = f.get_int_in(a + "attention.head_count", 1, kMaxHeads);
+    hp.n_head_kv = f.get_int_in(a + "attention.head_count_kv", hp.n_head, 1, hp.n_head);
     if (hp.n_head % hp.n_head_kv != 0) {
-        throw FormatError("'" + f.path + "': head_count (" + std::to_string(hp.n_head) +
-                          ") must be a multiple of head_count_kv (" + std::to_string(hp.n_head_kv) + ")");
+        throw FormatError("'" + f.path + "': key '" + a + "attention.head_count' (" + std::to_string(hp.n_head) +
+                          ") must be a multiple of '" + a + "attention.head_count_kv' (" + std::to_string(hp.n_head_kv) + ")");
     }
     const int64_t default_head_dim = hp.n_embd / hp.n_head;
-    hp.head_dim_k = f.get_int(a + "attention.key_length", default_head_dim);
-    hp.head_dim_v = f.get_int(a + "attention.value_length", default_head_dim);
+    hp.head_dim_k = f.get_int_in(a + "attention.key_length", default_head_dim, 1, kMaxHeads);
+    hp.head_dim_v = f.get_int_in(a + "attention.value_length", default_head_dim, 1, kMaxHeads);
     if (hp.head_dim_k != hp.head_dim_v || hp.head_dim_k <= 0 || hp.head_dim_k % 2 != 0) {
-        throw FormatError("'" + f.path + "': attention key_length and value_length must be equal, even and positive");
+        throw FormatError("'" + f.path + "': attention key_length (" + std::to_string(hp.head_dim_k) + ") and value_length (" +
+                          std::to_string(hp.head_dim_v) + ") must be equal, even and positive (head_count " +
+                          std::to_string(hp.n_head) + " over embedding_length " + std::to_string(hp.n_embd) + ")");
     }
-    hp.n_rot = f.get_int(a + "rope.dimension_count", hp.head_dim_k);
+    hp.n_rot = f.get_int_in(a + "rope.dimension_count", hp.head_dim_k, 0, kMaxHeads);
     if (hp.n_rot != hp.head_dim_k) {
         throw FormatError("'" + f.path + "': partial rotary embeddings (rope.dimension_count " +
                           std::to_string(hp.n_rot) + " != head size " + std::to_string(hp.head_dim_k) +
                           ") are not used by this architecture");
     }
-    hp.rms_eps = float(f.get_float(a + "attention.layer_norm_rms_epsilon", 1e-5));
-    hp.rope_freq_base = float(f.get_float(a + "rope.freq_base", 10000.0));
+    // Floats are kept as float: the lower bounds keep them positive and normal after the conversion.
+    const double tiny = std::numeric_limits<float>::min(), huge = std::numeric_limits<float>::max();
+    hp.rms_eps = float(f.get_float_in(a + "attention.layer_norm_rms_epsilon", 1e-5, tiny, 0.5,
+                                      "a finite number in (0, 0.5]"));
+    hp.rope_freq_base = float(f.get_float_in(a + "rope.freq_base", 10000.0, tiny, huge, "a finite number > 0"));
 
     // Rope scaling: linear (freq_scale = 1/factor) or none. llama 3.x frequency factors come as a tensor.
     const std::string scaling = f.get_string(a + "rope.scaling.type", "none");
+    const double kMinFactor = 1e-30;  // 1 / factor stays a finite float
     if (scaling == "linear") {
-        const double factor = f.get_float(a + "rope.scaling.factor", 1.0);
-        if (factor <= 0) throw FormatError("'" + f.path + "': rope.scaling.factor must be positive");
-        hp.rope_freq_scale = float(1.0 / factor);
+        hp.rope_freq_scale = float(1.0 / f.get_float_in(a + "rope.scaling.factor", 1.0, kMinFactor, huge, "a finite number > 0"));
     } else if (scaling != "none") {
         throw FormatError("'" + f.path + "': rope scaling type '" + scaling +
                           "' is not supported (supported: none, linear)");
     } else if (f.has_key(a + "rope.scale_linear")) {
-        hp.rope_freq_scale = float(1.0 / f.get_float(a + "rope.scale_linear", 1.0));
+        hp.rope_freq_scale = float(1.0 / f.get_float_in(a + "rope.scale_linear", 1.0, kMinFactor, huge, "a finite number > 0"));
     }
 
     // The vocabulary size follows the embedding tensor; the key is optional.

@@ -1,5 +1,6 @@
 #include "kv_cache.h"
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -7,9 +8,22 @@ namespace logo::core {
 
 KvCache::KvCache(const ModelHparams & hp, int n_ctx_, int n_stream_, ggml_backend_dev_t device)
     : n_ctx(n_ctx_), n_stream(n_stream_), length(size_t(n_stream_), 0) {
+    // Size it before creating anything: ggml asserts on element counts past int64, and an allocation
+    // larger than the device's memory could succeed lazily on the CPU and fail when first written.
+    const int64_t rows = int64_t(n_ctx) * n_stream;
+    const double bytes = double(rows) * double(hp.n_embd_k_gqa() + hp.n_embd_v_gqa()) * double(hp.n_layer) *
+                         double(ggml_type_size(GGML_TYPE_F16));
+    size_t free_memory = 0, total_memory = 0;
+    ggml_backend_dev_memory(device, &free_memory, &total_memory);
+    const double limit = total_memory > 0 ? double(total_memory) : double(INT64_MAX) / 4;
+    if (bytes > limit) {
+        throw std::invalid_argument("a KV cache for n_ctx=" + std::to_string(n_ctx) + " and " + std::to_string(n_stream) +
+                                    " sequences needs " + std::to_string(int64_t(bytes / double(1 << 20))) + " MiB, more than the " +
+                                    std::to_string(int64_t(limit / double(1 << 20))) + " MiB " + ggml_backend_dev_name(device) +
+                                    " has; use a smaller n_ctx or fewer sequences");
+    }
     ggml_init_params params = {size_t(2 * hp.n_layer) * ggml_tensor_overhead(), nullptr, true};
     ctx_ = ggml_init(params);
-    const int64_t rows = int64_t(n_ctx) * n_stream;
     for (int64_t il = 0; il < hp.n_layer; ++il) {
         k.push_back(ggml_new_tensor_2d(ctx_, GGML_TYPE_F16, hp.n_embd_k_gqa(), rows));
         v.push_back(ggml_new_tensor_2d(ctx_, GGML_TYPE_F16, hp.n_embd_v_gqa(), rows));

@@ -4,6 +4,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cmath>
+#include <cstdio>
 #include <map>
 #include <stdexcept>
 
@@ -79,6 +81,26 @@ void check_tensor(const GgufFile & f, const TensorSpec & spec, const ggml_tensor
     }
 }
 
+// llama 3's rope frequency factors divide the rotation frequencies, so each must be finite and positive
+// (a NaN here would turn every logit into NaN). The tensor is small: read it straight from the file.
+void check_rope_factors(const GgufFile & f) {
+    const ggml_tensor * t = f.find_tensor("rope_freqs.weight");
+    if (!t) return;  // (its type, F32, and shape were checked with the other tensors)
+    std::vector<float> factors(size_t(ggml_nelements(t)));
+    FILE * fp = std::fopen(f.path.c_str(), "rb");
+    if (!fp) throw FileError("cannot open '" + f.path + "' for reading");
+    const bool read = std::fseek(fp, long(f.tensor_file_offset("rope_freqs.weight")), SEEK_SET) == 0 &&
+                      std::fread(factors.data(), sizeof(float), factors.size(), fp) == factors.size();
+    std::fclose(fp);
+    if (!read) throw FormatError("'" + f.path + "': could not read the data of tensor 'rope_freqs.weight'");
+    for (size_t i = 0; i < factors.size(); ++i) {
+        if (!(std::isfinite(factors[i]) && factors[i] > 0)) {
+            throw FormatError("'" + f.path + "': tensor 'rope_freqs.weight' holds " + std::to_string(factors[i]) +
+                              " at index " + std::to_string(i) + "; rope frequency factors must be finite and > 0");
+        }
+    }
+}
+
 // Whether the CPU backend's extra buffer type (repacked, interleaved quant layouts) can serve this weight
 // in a matrix multiplication; llama.cpp makes the same query, so both get the same fast kernels.
 bool extra_buft_supports(ggml_backend_dev_t cpu, ggml_backend_buffer_type_t buft, const ggml_tensor * w) {
@@ -147,6 +169,7 @@ Model::Model(const std::string & path, const ModelOptions & options) : path_(pat
         }
         check_tensor(file, spec, t);
     }
+    check_rope_factors(file);
     device_ = select_device(options.device);
     n_threads_ = options.n_threads > 0 ? options.n_threads : default_thread_count();
     for (const auto & spec : specs) {
