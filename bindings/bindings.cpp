@@ -31,6 +31,15 @@ nb::ndarray<nb::numpy, float, nb::ndim<1>> as_vector(std::vector<float> && value
     return nb::ndarray<nb::numpy, float, nb::ndim<1>>(owned->data(), {owned->size()}, owner);
 }
 
+// Text enters as bytes, passed on unchanged (invalid UTF-8 and NUL included, as llama.cpp takes it);
+// the Python layer turns str into bytes and says what it does with lone surrogates.
+std::string from_bytes(const nb::bytes & b) { return std::string(b.c_str(), b.size()); }
+
+std::vector<std::string> from_bytes(const std::vector<nb::bytes> & list) {
+    std::vector<std::string> out;
+    for (const auto & b : list) out.push_back(from_bytes(b));
+    return out;
+}
 logo::RouterOptions router_options(int k, const std::string & signal, const std::string & probe, int layer,
                                    const std::string & module) {
     logo::RouterOptions o;
@@ -99,7 +108,11 @@ NB_MODULE(_core, m) {
         .def_prop_ro("weight_bytes", [](const logo::Model & m) { return m.info().weight_bytes; })
         .def_prop_ro("bos", [](const logo::Model & m) { return m.info().bos; })
         .def_prop_ro("eos", [](const logo::Model & m) { return m.info().eos; })
-        .def("tokenize", &logo::Model::tokenize, "text"_a, "add_special"_a = true, "parse_special"_a = false)
+        .def("tokenize",
+             [](const logo::Model & m, const nb::bytes & text, bool add_special, bool parse_special) {
+                 return m.tokenize(from_bytes(text), add_special, parse_special);
+             },
+             "text"_a, "add_special"_a = true, "parse_special"_a = false)
         .def("detokenize",
              [](const logo::Model & m, const std::vector<int32_t> & tokens, bool remove_special, bool unparse_special) {
                  return as_bytes(m.detokenize(tokens, remove_special, unparse_special));
@@ -108,13 +121,13 @@ NB_MODULE(_core, m) {
         .def("token_piece", [](const logo::Model & m, int32_t t) { return as_bytes(m.token_piece(t)); }, "token"_a)
         .def("is_end_of_generation", &logo::Model::is_end_of_generation, "token"_a)
         .def("apply_chat_template",
-             [](const logo::Model & m, const std::vector<std::pair<std::string, std::string>> & messages,
-                bool add_generation_prompt, const std::string & chat_template) {
+             [](const logo::Model & m, const std::vector<std::pair<nb::bytes, nb::bytes>> & messages,
+                bool add_generation_prompt, const nb::bytes & chat_template) {
                  std::vector<logo::ChatMessage> chat;
-                 for (const auto & [role, content] : messages) chat.push_back({role, content});
-                 return as_bytes(m.apply_chat_template(chat, add_generation_prompt, chat_template));
+                 for (const auto & [role, content] : messages) chat.push_back({from_bytes(role), from_bytes(content)});
+                 return as_bytes(m.apply_chat_template(chat, add_generation_prompt, from_bytes(chat_template)));
              },
-             "messages"_a, "add_generation_prompt"_a = true, "template"_a = "");
+             "messages"_a, "add_generation_prompt"_a = true, "template"_a = nb::bytes(""));
 
     nb::class_<logo::AdapterPool>(m, "AdapterPool")
         .def(nb::init<const logo::Model &>(), "model"_a, nb::keep_alive<1, 2>())
@@ -220,13 +233,13 @@ NB_MODULE(_core, m) {
              "seq"_a, "tokens"_a, "layer"_a)
         .def("generate",
              [](logo::Context & c, const std::vector<std::vector<int32_t>> & prompts, int max_tokens, float temperature,
-                int top_k, float top_p, float min_p, uint64_t seed, const std::vector<std::string> & stop,
+                int top_k, float top_p, float min_p, uint64_t seed, const std::vector<nb::bytes> & stop,
                 bool ignore_eos, nb::object on_text, const logo::AdapterPool * pool,
                 const std::vector<logo::Mixture> & selections) {
                  logo::GenerateOptions o;
                  o.max_tokens = max_tokens;
                  o.sampling = {temperature, top_k, top_p, min_p, seed};
-                 o.stop = stop;
+                 o.stop = from_bytes(stop);
                  o.ignore_eos = ignore_eos;
                  logo::TextCallback callback;
                  if (!on_text.is_none()) {
@@ -246,7 +259,7 @@ NB_MODULE(_core, m) {
                  return out;
              },
              "prompts"_a, "max_tokens"_a = 128, "temperature"_a = 0.8f, "top_k"_a = 40, "top_p"_a = 0.95f,
-             "min_p"_a = 0.05f, "seed"_a = 0, "stop"_a = std::vector<std::string>{}, "ignore_eos"_a = false,
+             "min_p"_a = 0.05f, "seed"_a = 0, "stop"_a = std::vector<nb::bytes>{}, "ignore_eos"_a = false,
              "on_text"_a = nb::none(), "pool"_a = nb::none(), "selections"_a = std::vector<logo::Mixture>{});
 
     bind_batch(m);

@@ -12,8 +12,10 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from . import _core
+from ._text import as_bytes
 
-Prompt = Union[str, Sequence[int]]
+# Text (str, or bytes passed to the tokenizer unchanged) or token ids.
+Prompt = Union[str, bytes, Sequence[int]]
 
 
 @dataclass
@@ -107,12 +109,13 @@ class Model:
 
     # -- tokens ------------------------------------------------------------------------------------
     def tokenize(self, text: Union[str, bytes], add_special: bool = True, parse_special: bool = False) -> list[int]:
-        """Token ids of ``text`` through the model's own vocabulary (libllama)."""
-        if isinstance(text, str):
-            text = text.encode("utf-8")
-        if not isinstance(text, bytes):
-            raise TypeError(f"text must be str or bytes, got {type(text).__name__}")
-        return self._core.tokenize(text.decode("utf-8", errors="surrogateescape"), add_special, parse_special)
+        """Token ids of ``text`` through the model's own vocabulary (libllama), as llama.cpp's llama_tokenize.
+
+        ``bytes`` go to the tokenizer unchanged (invalid UTF-8 and NUL bytes included); a ``str`` is encoded
+        as UTF-8 (lone surrogates: see ``logo_cpp._text``). ``add_special`` adds BOS where the vocabulary
+        asks for it; ``parse_special`` turns special-token text such as ``<|im_start|>`` into its id.
+        Raises TypeError for other types, ValueError for an unencodable str."""
+        return self._core.tokenize(as_bytes(text), add_special, parse_special)
 
     def detokenize(self, tokens: Sequence[int], *, remove_special: bool = False, unparse_special: bool = False) -> str:
         return self._core.detokenize(self._check_tokens(tokens, allow_empty=True), remove_special,
@@ -128,10 +131,12 @@ class Model:
         return ids
 
     def _prompt_tokens(self, prompt: Prompt) -> list[int]:
-        if isinstance(prompt, (str, bytes)):
-            if len(prompt) == 0:
+        """Token ids of a prompt: text (str or bytes, with BOS and special tokens parsed) or ids."""
+        if isinstance(prompt, (str, bytes, bytearray, memoryview)):
+            text = as_bytes(prompt, "prompt")
+            if len(text) == 0:
                 raise ValueError("empty prompt: at least one character is needed")
-            return self.tokenize(prompt, add_special=True, parse_special=True)
+            return self.tokenize(text, add_special=True, parse_special=True)
         return self._check_tokens(prompt)
 
     # -- evaluation --------------------------------------------------------------------------------
@@ -169,16 +174,16 @@ class Model:
         top_p: float = 0.95,
         min_p: float = 0.05,
         seed: Optional[int] = None,
-        stop: Union[str, Sequence[str], None] = None,
+        stop: Union[str, bytes, Sequence[Union[str, bytes]], None] = None,
         stream: bool = False,
         *,
         ignore_eos: bool = False,
         adapters: Optional[Mapping[str, float]] = None,
     ) -> Union[Completion, Iterator[str]]:
-        """Generates a continuation of ``prompt`` (text, or token ids).
+        """Generates a continuation of ``prompt`` (str, bytes passed to the tokenizer unchanged, or token ids).
 
         ``temperature=0`` is greedy. Generation ends at EOS, at ``max_tokens``, or before the first
-        ``stop`` string. With ``stream=True`` an iterator yields text pieces as they are final.
+        ``stop`` string (str or bytes). With ``stream=True`` an iterator yields text pieces as they are final.
         """
         ids = self._prompt_tokens(prompt)
         kwargs = self._sampling_kwargs(max_tokens, temperature, top_k, top_p, min_p, seed, stop, ignore_eos)
@@ -191,7 +196,8 @@ class Model:
 
     def generate_batch(self, prompts: Sequence[Prompt], max_tokens: int = 128, temperature: float = 0.8,
                        top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, seed: Optional[int] = None,
-                       stop: Union[str, Sequence[str], None] = None, *, ignore_eos: bool = False) -> list[Completion]:
+                       stop: Union[str, bytes, Sequence[Union[str, bytes]], None] = None, *,
+                       ignore_eos: bool = False) -> list[Completion]:
         """Generates for several prompts at once: one graph evaluation per step for all of them."""
         if len(prompts) == 0:
             raise ValueError("prompts is empty")
@@ -199,22 +205,39 @@ class Model:
         kwargs = self._sampling_kwargs(max_tokens, temperature, top_k, top_p, min_p, seed, stop, ignore_eos)
         return self._run(ids, kwargs)
 
-    def chat(self, messages: Sequence[Mapping[str, str]], *, chat_template: Optional[str] = None,
+    def chat(self, messages: Sequence[Mapping[str, Union[str, bytes]]], *, chat_template: Optional[str] = None,
              **generate_kwargs) -> Union[Completion, Iterator[str]]:
-        """Generates the assistant's reply to ``messages`` ({"role", "content"} dicts) with the model's chat template."""
-        prompt = self.apply_chat_template(messages, chat_template=chat_template)
+        """Generates the assistant's reply to ``messages`` ({"role", "content"} dicts; str or bytes) with the
+        model's chat template."""
+        prompt = self._chat_prompt(messages, True, chat_template)
         return self.generate(prompt, **generate_kwargs)
 
-    def apply_chat_template(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True,
-                            chat_template: Optional[str] = None) -> str:
+    def apply_chat_template(self, messages: Sequence[Mapping[str, Union[str, bytes]]], *,
+                            add_generation_prompt: bool = True, chat_template: Optional[str] = None) -> str:
+        """The prompt the model's chat template (or ``chat_template``: a Jinja template or a name libllama
+        knows, e.g. "chatml") makes of ``messages``; bytes that are not UTF-8 show as U+FFFD here (chat()
+        passes them to the tokenizer unchanged). ValueError for malformed messages or NUL bytes."""
+        return self._chat_prompt(messages, add_generation_prompt, chat_template).decode("utf-8", errors="replace")
+
+    def _chat_prompt(self, messages, add_generation_prompt: bool, chat_template: Optional[str]) -> bytes:
         pairs = []
         for i, m in enumerate(messages):
             if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
                 raise ValueError(f"messages[{i}] must be a mapping with 'role' and 'content'")
-            pairs.append((str(m["role"]), str(m["content"])))
+            role, content = (m[k] if isinstance(m[k], (str, bytes)) else str(m[k]) for k in ("role", "content"))
+            pair = (as_bytes(role, f"messages[{i}]['role']"), as_bytes(content, f"messages[{i}]['content']"))
+            for key, value in zip(("role", "content"), pair):
+                # libllama's chat template API takes C strings, which end at the first NUL.
+                if b"\0" in value:
+                    raise ValueError(f"messages[{i}]['{key}'] holds a NUL byte, which chat templates cannot carry; "
+                                     f"tokenize or generate from the bytes directly instead")
+            pairs.append(pair)
         if not pairs:
             raise ValueError("messages is empty")
-        return self._core.apply_chat_template(pairs, add_generation_prompt, chat_template or "").decode("utf-8", errors="replace")
+        template = as_bytes(chat_template or "", "chat_template")
+        if b"\0" in template:
+            raise ValueError("chat_template holds a NUL byte")
+        return self._core.apply_chat_template(pairs, add_generation_prompt, template)
 
     # -- adapters ----------------------------------------------------------------------------------
     def _attach_pool(self, pool) -> None:
@@ -243,11 +266,12 @@ class Model:
 
     # -- internals ---------------------------------------------------------------------------------
     def _sampling_kwargs(self, max_tokens, temperature, top_k, top_p, min_p, seed, stop, ignore_eos) -> dict:
-        if isinstance(stop, str):
+        if isinstance(stop, (str, bytes)):
             stop = [stop]
         stop = list(stop or [])
-        if any(not isinstance(s, str) or not s for s in stop):
-            raise ValueError("stop must be a non-empty string or a list of non-empty strings")
+        if any(not isinstance(s, (str, bytes)) or not s for s in stop):
+            raise ValueError("stop must be a non-empty string or a list of non-empty strings (str or bytes)")
+        stop = [as_bytes(s, "stop") for s in stop]
         if not isinstance(max_tokens, int) or max_tokens < 0:
             raise ValueError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
         if not isinstance(top_k, int) or top_k < 0:

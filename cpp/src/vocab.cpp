@@ -1,5 +1,6 @@
 #include "vocab.h"
 
+#include <cstdint>
 #include <cstdio>
 #include <mutex>
 #include <stdexcept>
@@ -42,6 +43,24 @@ struct QuietLlamaLog {
     }
 };
 
+// Where `text` holds a 4-byte UTF-8 form of a code point beyond U+10FFFF ("" if nowhere): libllama's
+// UTF-8 decoder accepts those, and its byte-level BPE then throws when it re-encodes them.
+std::string beyond_unicode(const std::string & text) {
+    for (size_t i = 0; i + 3 < text.size(); ++i) {
+        const auto byte = [&](size_t k) { return static_cast<unsigned char>(text[i + k]); };
+        if ((byte(0) & 0xF8) != 0xF0) continue;
+        if ((byte(1) & 0xC0) != 0x80 || (byte(2) & 0xC0) != 0x80 || (byte(3) & 0xC0) != 0x80) continue;
+        const uint32_t cpt = (uint32_t(byte(0) & 0x07) << 18) | (uint32_t(byte(1) & 0x3F) << 12) |
+                             (uint32_t(byte(2) & 0x3F) << 6) | uint32_t(byte(3) & 0x3F);
+        if (cpt <= 0x10FFFF) continue;
+        char out[160];
+        std::snprintf(out, sizeof(out), "bytes 0x%02X 0x%02X 0x%02X 0x%02X at offset %zu encode U+%X, beyond Unicode's U+10FFFF",
+                      byte(0), byte(1), byte(2), byte(3), i, cpt);
+        return out;
+    }
+    return "";
+}
+
 }  // namespace
 
 Vocab::Vocab(const std::string & path) : path_(path) {
@@ -60,14 +79,25 @@ Vocab::~Vocab() {
 }
 
 std::vector<Token> Vocab::tokenize(const std::string & text, bool add_special, bool parse_special) const {
+    if (text.size() > size_t(INT32_MAX) - 8) {
+        throw std::invalid_argument("text of " + std::to_string(text.size()) + " bytes is too long to tokenize (at most 2^31 - 9)");
+    }
     // A token never spans less than one byte, so bytes + specials bound the count.
     std::vector<Token> tokens(text.size() + 8);
-    int32_t n = llama_tokenize(vocab_, text.data(), int32_t(text.size()), tokens.data(), int32_t(tokens.size()),
-                               add_special, parse_special);
-    if (n < 0) {
-        tokens.resize(size_t(-n));
+    int32_t n = 0;
+    try {
         n = llama_tokenize(vocab_, text.data(), int32_t(text.size()), tokens.data(), int32_t(tokens.size()),
                            add_special, parse_special);
+        if (n < 0) {
+            tokens.resize(size_t(-int64_t(n)));
+            n = llama_tokenize(vocab_, text.data(), int32_t(text.size()), tokens.data(), int32_t(tokens.size()),
+                               add_special, parse_special);
+        }
+    } catch (const std::exception & e) {
+        // libllama's C API lets C++ exceptions out (llama-cpp-python aborts on them); say what it refused.
+        const std::string where = beyond_unicode(text);
+        throw std::invalid_argument("'" + path_ + "': the tokenizer cannot take this text" +
+                                    (where.empty() ? std::string() : ": " + where) + " (libllama: " + e.what() + ")");
     }
     if (n < 0) throw std::runtime_error("tokenization failed");
     tokens.resize(size_t(n));
@@ -82,12 +112,17 @@ std::string Vocab::detokenize(const std::vector<Token> & tokens, bool remove_spe
         }
     }
     std::string text(tokens.size() * 8 + 16, '\0');
-    int32_t n = llama_detokenize(vocab_, tokens.data(), int32_t(tokens.size()), text.data(), int32_t(text.size()),
-                                 remove_special, unparse_special);
-    if (n < 0) {
-        text.resize(size_t(-n));
+    int32_t n = 0;
+    try {
         n = llama_detokenize(vocab_, tokens.data(), int32_t(tokens.size()), text.data(), int32_t(text.size()),
                              remove_special, unparse_special);
+        if (n < 0) {
+            text.resize(size_t(-int64_t(n)));
+            n = llama_detokenize(vocab_, tokens.data(), int32_t(tokens.size()), text.data(), int32_t(text.size()),
+                                 remove_special, unparse_special);
+        }
+    } catch (const std::exception & e) {
+        throw std::invalid_argument("'" + path_ + "': the tokenizer cannot detokenize these ids (libllama: " + e.what() + ")");
     }
     if (n < 0) throw std::runtime_error("detokenization failed");
     text.resize(size_t(n));
@@ -95,15 +130,20 @@ std::string Vocab::detokenize(const std::vector<Token> & tokens, bool remove_spe
 }
 
 std::string Vocab::token_piece(Token token, bool special) const {
-    char buf[256];
-    int32_t n = llama_token_to_piece(vocab_, token, buf, sizeof(buf), 0, special);
-    if (n < 0) {
-        std::string big(size_t(-n), '\0');
-        n = llama_token_to_piece(vocab_, token, big.data(), int32_t(big.size()), 0, special);
-        big.resize(size_t(n < 0 ? 0 : n));
-        return big;
+    try {
+        char buf[256];
+        int32_t n = llama_token_to_piece(vocab_, token, buf, sizeof(buf), 0, special);
+        if (n < 0) {
+            std::string big(size_t(-int64_t(n)), '\0');
+            n = llama_token_to_piece(vocab_, token, big.data(), int32_t(big.size()), 0, special);
+            big.resize(size_t(n < 0 ? 0 : n));
+            return big;
+        }
+        return std::string(buf, size_t(n));
+    } catch (const std::exception & e) {
+        throw std::invalid_argument("'" + path_ + "': the tokenizer has no text for token " + std::to_string(token) +
+                                    " (libllama: " + e.what() + ")");
     }
-    return std::string(buf, size_t(n));
 }
 
 int32_t Vocab::n_tokens() const { return llama_vocab_n_tokens(vocab_); }
