@@ -73,19 +73,20 @@ void Session::copy_stream(int from, int to) {
     if (from == to) return;
     if (n > 0) {
         const auto & cache = cache_;
-        compute(
-            [&](ggml_context * ctx, ggml_cgraph * graph) {
-                // A stream's rows are contiguous: rows [stream * n_ctx, stream * n_ctx + length).
-                for (const auto * layer : {&cache.k, &cache.v}) {
-                    for (ggml_tensor * t : *layer) {
-                        const size_t row = t->nb[1];
-                        ggml_tensor * src = ggml_view_2d(ctx, t, t->ne[0], n, row, row * size_t(from) * size_t(cache.n_ctx));
-                        ggml_tensor * dst = ggml_view_2d(ctx, t, t->ne[0], n, row, row * size_t(to) * size_t(cache.n_ctx));
-                        ggml_build_forward_expand(graph, ggml_cpy(ctx, src, dst));
-                    }
+        compute([&](ggml_context * ctx) {
+            std::vector<ggml_tensor *> copies;
+            // A stream's rows are contiguous: rows [stream * n_ctx, stream * n_ctx + length).
+            for (const auto * layer : {&cache.k, &cache.v}) {
+                for (ggml_tensor * t : *layer) {
+                    graph_reserve(ctx, 8);
+                    const size_t row = t->nb[1];
+                    ggml_tensor * src = ggml_view_2d(ctx, t, t->ne[0], n, row, row * size_t(from) * size_t(cache.n_ctx));
+                    ggml_tensor * dst = ggml_view_2d(ctx, t, t->ne[0], n, row, row * size_t(to) * size_t(cache.n_ctx));
+                    copies.push_back(ggml_cpy(ctx, src, dst));
                 }
-            },
-            cache_.k.size() * 2 * 3 + 16);
+            }
+            return copies;
+        });
     }
     cache_.length[size_t(to)] = n;
 }

@@ -173,19 +173,20 @@ void StackedMixtures::move(Session & session, int from, int to) {
     size_t n_copies = 0;
     for (const auto & [base, s] : stacks_) n_copies += s.used[size_t(from)] ? 2 : 0;
     if (n_copies > 0) {
-        session.compute(
-            [&](ggml_context * ctx, ggml_cgraph * graph) {
-                for (const auto & [base, s] : stacks_) {
-                    if (s.used[size_t(from)] == 0) continue;
-                    for (ggml_tensor * t : {s.a, s.b}) {
-                        // A slot's slice is contiguous: [ne0, ne1] at offset slot * nb[2].
-                        ggml_tensor * src = ggml_view_2d(ctx, t, t->ne[0], t->ne[1], t->nb[1], t->nb[2] * size_t(from));
-                        ggml_tensor * dst = ggml_view_2d(ctx, t, t->ne[0], t->ne[1], t->nb[1], t->nb[2] * size_t(to));
-                        ggml_build_forward_expand(graph, ggml_cpy(ctx, src, dst));
-                    }
+        session.compute([&](ggml_context * ctx) {
+            std::vector<ggml_tensor *> copies;
+            for (const auto & [base, s] : stacks_) {
+                if (s.used[size_t(from)] == 0) continue;
+                for (ggml_tensor * t : {s.a, s.b}) {
+                    graph_reserve(ctx, 8);
+                    // A slot's slice is contiguous: [ne0, ne1] at offset slot * nb[2].
+                    ggml_tensor * src = ggml_view_2d(ctx, t, t->ne[0], t->ne[1], t->nb[1], t->nb[2] * size_t(from));
+                    ggml_tensor * dst = ggml_view_2d(ctx, t, t->ne[0], t->ne[1], t->nb[1], t->nb[2] * size_t(to));
+                    copies.push_back(ggml_cpy(ctx, src, dst));
                 }
-            },
-            n_copies * 3 + 16);
+            }
+            return copies;
+        });
     }
     for (auto & [base, s] : stacks_) s.used[size_t(to)] = s.used[size_t(from)];
     clear(from);
