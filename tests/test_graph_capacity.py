@@ -1,13 +1,14 @@
 """Graph and scheduler capacity follow from what each graph holds: a sweep over depth (1 to 96 layers and
 beyond), adapted-map sets, every mixture path (single-instance pair, folded weights, per-sequence stacks,
-shared union pair, the probe) and batches of 1, 2, 8 and 16. Each batched evaluation is checked against the
+shared union pair, the probe, the continuous batch's stacked and pooled slot layouts with its stream copies)
+and batches of 1, 2, 8 and 16. Each batched evaluation is checked against the
 same sequences evaluated alone, so the sweep tests what the graphs compute as well as that they run."""
 
 import numpy as np
 import pytest
 
 import logo_cpp
-from logo_cpp import synthetic
+from logo_cpp import _core, synthetic
 
 # Every depth from 1 to 96, then the deeper ones that used to abort (issue 12 saw 160).
 DEPTHS = list(range(1, 97)) + [128, 160]
@@ -76,6 +77,40 @@ def check_batches(model, pool, tolerance=1e-2, next_token=7):
             assert np.abs(alone[0] - base).max() > 10 * min(tolerance, 1e-2) * np.abs(base).max()
 
 
+def continuous(model, pool, layout, n_slots, requests):
+    """Runs `requests` [(prompt, mixture, max_tokens)] through a ContinuousBatch of `n_slots`, admitting one request
+    per step while a slot is free (so slots are freed, refilled and requests moved between streams);
+    returns each request's tokens."""
+    batch = _core.ContinuousBatch(model._core, n_ctx=32, n_slots=n_slots, pool=pool._core, layout=layout)
+    done, pending = {}, list(range(len(requests)))
+    while pending or batch.n_active:
+        events = []
+        if pending and batch.n_active < n_slots:
+            i = pending.pop(0)
+            ids, mixture, max_tokens = requests[i]
+            events.append(batch.start(i, ids, max_tokens=max_tokens, temperature=0.0, ignore_eos=True,
+                                      pool=pool._core, selection=[(pool.index(a), w) for a, w in mixture.items()]))
+        events += batch.step() if batch.n_active else []
+        for rid, _, finished, completion in events:
+            if finished:
+                done[rid] = completion["tokens"]
+    return [done[i] for i in range(len(requests))]
+
+
+def check_continuous(model, pool):
+    """Both slot layouts, 1, 2, 8 and 16 slots: every request generates exactly what it generates alone in
+    the same layout (a slot's output does not depend on its neighbours), and a request alone generates what
+    the batched sequences above do."""
+    # 16 requests of differing lengths (so they end at different steps): four prompts, each alone, with
+    # its own adapter, a mix of map sets, the shared mixture.
+    requests = [(prompt(i), mixture, 2 + (i + j) % 3) for i in range(4) for j, mixture in
+                enumerate((VARIANTS["disjoint"][i], VARIANTS["overlap"][i], VARIANTS["same"][i], {}))]
+    for layout in ("stacked", "pooled"):
+        alone = [continuous(model, pool, layout, 1, [r])[0] for r in requests]
+        for n in BATCHES[1:]:
+            assert continuous(model, pool, layout, n, requests) == alone, (layout, n)
+
+
 def check_probe_and_fold(model, pool):
     ids = prompt(0)
     for probe in ("base", "all"):
@@ -101,6 +136,7 @@ def test_every_path_at_every_depth(tmp_path, depth):
     model, pool = build(tmp_path, depth)
     check_batches(model, pool)
     check_probe_and_fold(model, pool)
+    check_continuous(model, pool)
 
 
 @pytest.mark.parametrize("depth", [1, 2, 36, 96])
@@ -118,6 +154,7 @@ def test_compact_bases(tmp_path, dtype, depth):
     pool = logo_cpp.AdapterPool(model, paths, names=list(ADAPTERS))
     check_batches(model, pool, tolerance=5e-2 if depth <= 2 else np.inf)
     check_probe_and_fold(model, pool)
+    check_continuous(model, pool)
 
 
 def test_issue_12_batch_on_36_layers_with_all_maps_adapted(tmp_path):
