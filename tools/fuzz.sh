@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of model loading, adapter loading (with pool validation against a base) and
 # tokenization: libFuzzer targets (fuzz/) over the public C++ API, built with clang, AddressSanitizer and
-# UndefinedBehaviorSanitizer. ggml and libllama are built from llama-cpp-python's own vendored sources with
-# the same instrumentation, so the fuzzer's coverage reaches the GGUF parser and the tokenizers too.
+# UndefinedBehaviorSanitizer.
 #
-#   tools/fuzz.sh build                      # llama.cpp (instrumented) + the three targets
+#   tools/fuzz.sh build                      # the three targets (logo_core instrumented)
 #   tools/fuzz.sh seeds                      # seed corpora and fixed files from logo_cpp.synthetic
 #   tools/fuzz.sh run TARGET SECONDS         # fuzz_model | fuzz_adapter | fuzz_tokenize; resumes its corpus
+#
+# By default the targets link the ggml and libllama of the installed llama-cpp-python wheel (uninstrumented:
+# the fuzzer's coverage and the sanitizers cover logo_core, the code this project writes, and a crash inside
+# ggml or libllama still stops the run). LOGO_FUZZ_LLAMA=source builds ggml and libllama from
+# llama-cpp-python's own vendored sources with the same instrumentation first (coverage then reaches the GGUF
+# parser and the tokenizers; about an hour of compiling on 2 cores).
 #
 # Work files live in $LOGO_FUZZ_WORK (default build/fuzz-work: corpora, fixed files, logs); each run appends
 # one line (executions, coverage, corpus, crashes) to docs/fuzz/runs.tsv, and crash inputs are copied to
 # build/fuzz-work/crashes/TARGET/ to become regression files in tests/fuzz_regressions/.
 # Needs clang with libFuzzer (Debian: clang-14 libfuzzer-14-dev) and the project's Python environment
-# (logo_cpp importable, for the seeds).
+# (logo_cpp and llama_cpp importable: the seeds and the wheel's libraries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -24,26 +29,30 @@ jobs="${FUZZ_BUILD_JOBS:-2}"
 mkdir -p "$work"
 
 build() {
-    local src="${LLAMA_CPP_SOURCE:-}"
-    if [ -z "$src" ]; then
-        # llama-cpp-python's sdist holds the exact llama.cpp the wheel is built from.
-        if [ ! -d "$work/src/llama_cpp_python-0.3.36" ]; then
-            python3 -m pip download --quiet --no-binary :all: --no-deps llama-cpp-python==0.3.36 -d "$work/src"
-            tar -xzf "$work/src/llama_cpp_python-0.3.36.tar.gz" -C "$work/src"
-        fi
-        src="$work/src/llama_cpp_python-0.3.36/vendor/llama.cpp"
-    fi
     local flags="-fsanitize=$sanitize -fno-sanitize-recover=all -fno-omit-frame-pointer -g"
-    cmake -S "$src" -B "$work/llama-build" -G "Unix Makefiles" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-        -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" \
-        -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_COMMON=OFF \
-        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
-        -DCMAKE_INSTALL_PREFIX="$work/llama-install" > "$work/llama-configure.log"
-    cmake --build "$work/llama-build" -j "$jobs" > "$work/llama-build.log"
-    cmake --install "$work/llama-build" > /dev/null
+    local llama=(-DLOGO_USE_LLAMA_CPP_PYTHON=ON -DPython_EXECUTABLE="$(command -v python3)")
+    if [ "${LOGO_FUZZ_LLAMA:-wheel}" = source ]; then
+        local src="${LLAMA_CPP_SOURCE:-}"
+        if [ -z "$src" ]; then
+            # llama-cpp-python's sdist holds the exact llama.cpp the wheel is built from.
+            if [ ! -d "$work/src/llama_cpp_python-0.3.36" ]; then
+                python3 -m pip download --quiet --no-binary :all: --no-deps llama-cpp-python==0.3.36 -d "$work/src"
+                tar -xzf "$work/src/llama_cpp_python-0.3.36.tar.gz" -C "$work/src"
+            fi
+            src="$work/src/llama_cpp_python-0.3.36/vendor/llama.cpp"
+        fi
+        cmake -S "$src" -B "$work/llama-build" -G "Unix Makefiles" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+            -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" \
+            -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_COMMON=OFF \
+            -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
+            -DCMAKE_INSTALL_PREFIX="$work/llama-install" > "$work/llama-configure.log"
+        cmake --build "$work/llama-build" -j "$jobs" > "$work/llama-build.log"
+        cmake --install "$work/llama-build" > /dev/null
+        llama=(-DLOGO_USE_LLAMA_CPP_PYTHON=OFF -DCMAKE_PREFIX_PATH="$work/llama-install")
+    fi
     cmake -S "$root" -B "$work/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER="$cc" \
-        -DCMAKE_CXX_COMPILER="$cxx" -DLOGO_BUILD_PYTHON=OFF -DLOGO_USE_LLAMA_CPP_PYTHON=OFF \
-        -DCMAKE_PREFIX_PATH="$work/llama-install" -DLOGO_BUILD_FUZZERS=ON -DLOGO_SANITIZE="$sanitize" > /dev/null
+        -DCMAKE_CXX_COMPILER="$cxx" -DLOGO_BUILD_PYTHON=OFF "${llama[@]}" \
+        -DLOGO_BUILD_FUZZERS=ON -DLOGO_SANITIZE="$sanitize" > "$work/configure.log"
     cmake --build "$work/build" -j "$jobs" --target fuzz_model fuzz_adapter fuzz_tokenize > "$work/build.log"
     echo "built $work/build/fuzz/{fuzz_model,fuzz_adapter,fuzz_tokenize}"
 }
