@@ -182,3 +182,22 @@ def test_kv_cache_larger_than_memory_is_refused(model_dir):
     model = logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=64)
     with pytest.raises(ValueError, match="sequences needs"):
         logo_cpp._core.Session(model._core, n_ctx=2**31 - 1, n_seq=2**31 - 1)
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({7: 5}, r"entry 7 equal to entry 5 \(\"[^\"]+\"\)"),
+    # libllama names an empty entry i "[EMPTY_i]" before it compares.
+    ({9: "", 10: "[EMPTY_9]"}, r"entry 10 equal to entry 9 \(\"\[EMPTY_9\]\"\)"),
+])
+def test_equal_vocabulary_entries_are_refused_naming_the_key(tmp_path, edit, message):
+    """libllama's vocabulary loader asserts that tokens are distinct (the process aborts); fuzz_model found
+    it (docs/fuzz/README.md). The file is refused before libllama reads it."""
+    spec = synthetic.ModelSpec("llama", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128)
+    tokens = list(spec.vocabulary()[0])
+    for i, value in edit.items():
+        tokens[i] = tokens[value] if isinstance(value, int) else value
+    path = synthetic.write_model(tmp_path / "m.gguf", spec,
+                                 metadata={"tokenizer.ggml.tokens": (GGUFValueType.ARRAY, tokens)})
+    with pytest.raises(logo_cpp.FormatError, match=r"tokenizer\.ggml\.tokens has " + message) as info:
+        logo_cpp.Model(path)
+    assert f"'{path}'" in str(info.value)

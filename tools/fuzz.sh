@@ -73,20 +73,23 @@ run() {
     # Leaks are reported at exit by LeakSanitizer; a timeout or an input over 1 GiB of memory is a finding.
     export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
     export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+    # libFuzzer writes crash-, leak-, timeout- and oom- files there (and slow-unit- ones: not findings).
+    findings() { find "$crashes" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) | wc -l; }
     local before
-    before=$(ls "$crashes" | wc -l)
+    before=$(findings)
     set +e
     "$work/build/fuzz/$target" -max_total_time="$seconds" -max_len=262144 -timeout=60 -rss_limit_mb=4096 \
         -print_final_stats=1 -artifact_prefix="$crashes/" "$corpus" "$work/seeds/$target" > "$log" 2>&1
     local rc=$?
     set -e
     local stats execs cov ft corp found
-    stats=$(grep -E '^#[0-9]+' "$log" | tail -1)
+    # The last status line ("#N  NEW|REDUCE|pulse|DONE  cov: ... ft: ..."), not a stack frame ("#0 0x...").
+    stats=$(grep -E '^#[0-9]+[[:space:]]+[A-Z]+[[:space:]]+cov:' "$log" | tail -1)
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     cov=$(echo "$stats" | sed -n 's/.*cov: \([0-9]*\).*/\1/p')
     ft=$(echo "$stats" | sed -n 's/.*ft: \([0-9]*\).*/\1/p')
     corp=$(ls "$corpus" | wc -l)
-    found=$(( $(ls "$crashes" | wc -l) - before ))
+    found=$(( $(findings) - before ))
     [ -f "$root/docs/fuzz/runs.tsv" ] || printf 'date_utc\ttarget\tseconds\texecutions\tcoverage_edges\tfeatures\tcorpus\tnew_crashes\texit\n' > "$root/docs/fuzz/runs.tsv"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$target" "$seconds" \
         "${execs:-0}" "${cov:-0}" "${ft:-0}" "$corp" "$found" "$rc" >> "$root/docs/fuzz/runs.tsv"

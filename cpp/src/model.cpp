@@ -186,7 +186,7 @@ Model::Model(const std::string & path, const ModelOptions & options) : path_(pat
     }
 
     try {
-        vocab_ = std::make_unique<Vocab>(path);
+        vocab_ = std::make_unique<Vocab>(file);
         if (vocab_->n_tokens() != hparams_.n_vocab) {
             throw FormatError("'" + path + "': the tokenizer has " + std::to_string(vocab_->n_tokens()) +
                               " tokens but token_embd.weight has " + std::to_string(hparams_.n_vocab) + " rows");

@@ -4,7 +4,9 @@
 #include <cstdio>
 #include <mutex>
 #include <stdexcept>
+#include <unordered_map>
 
+#include "gguf_file.h"
 #include "logo/errors.h"
 #include "llama.h"
 
@@ -61,9 +63,51 @@ std::string beyond_unicode(const std::string & text) {
     return "";
 }
 
+// A token's text for an error message: printable ASCII as is, other bytes as \xHH, at most 40 bytes.
+std::string printable(const std::string & text) {
+    std::string out;
+    for (size_t i = 0; i < text.size() && i < 40; ++i) {
+        const unsigned char c = static_cast<unsigned char>(text[i]);
+        if (c >= 0x20 && c < 0x7F && c != '\\') {
+            out += char(c);
+        } else {
+            char hex[8];
+            std::snprintf(hex, sizeof(hex), "\\x%02X", c);
+            out += hex;
+        }
+    }
+    return text.size() > 40 ? out + "..." : out;
+}
+
+// libllama maps every token's text to its id and asserts that no two texts are equal (GGML_ASSERT in
+// llama_vocab::impl::load: the process aborts). It renames an empty entry i to "[EMPTY_i]" first, so the
+// same renaming applies here. A key of the wrong type is left to libllama, which throws for it.
+void check_distinct_tokens(const GgufFile & file) {
+    const int64_t key = gguf_find_key(file.gguf, "tokenizer.ggml.tokens");
+    if (key < 0 || gguf_get_kv_type(file.gguf, key) != GGUF_TYPE_ARRAY ||
+        gguf_get_arr_type(file.gguf, key) != GGUF_TYPE_STRING) {
+        return;
+    }
+    const size_t n = gguf_get_arr_n(file.gguf, key);
+    std::unordered_map<std::string, size_t> first;
+    first.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+        std::string text = gguf_get_arr_str(file.gguf, key, i);
+        if (text.empty()) text = "[EMPTY_" + std::to_string(i) + "]";
+        const auto [at, fresh] = first.emplace(text, i);
+        if (!fresh) {
+            throw FormatError("'" + file.path + "': tokenizer.ggml.tokens has entry " + std::to_string(i) + " equal to entry " +
+                              std::to_string(at->second) + " (\"" + printable(text) +
+                              "\"); every token of a vocabulary must be distinct");
+        }
+    }
+}
+
 }  // namespace
 
-Vocab::Vocab(const std::string & path) : path_(path) {
+Vocab::Vocab(const GgufFile & file) : path_(file.path) {
+    check_distinct_tokens(file);
+    const std::string & path = file.path;
     llama_model_params params = llama_model_default_params();
     params.vocab_only = true;
     {

@@ -13,10 +13,14 @@ struct llama_vocab;
 
 namespace logo::core {
 
+struct GgufFile;
+
 
 class Vocab {
 public:
-    explicit Vocab(const std::string & path);  // throws FormatError if libllama cannot read the vocabulary
+    // Loads the vocabulary of `file` through libllama. Throws FormatError, naming the file and the key, for
+    // what libllama would abort on (two equal entries of tokenizer.ggml.tokens) and when it cannot read it.
+    explicit Vocab(const GgufFile & file);
     ~Vocab();
     Vocab(const Vocab &) = delete;
     Vocab & operator=(const Vocab &) = delete;
