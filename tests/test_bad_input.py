@@ -201,3 +201,24 @@ def test_equal_vocabulary_entries_are_refused_naming_the_key(tmp_path, edit, mes
     with pytest.raises(logo_cpp.FormatError, match=r"tokenizer\.ggml\.tokens has " + message) as info:
         logo_cpp.Model(path)
     assert f"'{path}'" in str(info.value)
+
+
+def test_a_bos_token_the_tokenizer_adds_but_lacks_is_refused(tmp_path):
+    """A byte-level BPE vocabulary of 11 tokens that asks for BOS: libllama's default BOS id (11) is outside
+    it, and tokenizing with special tokens would hit its GGML_ASSERT(special_bos_id != LLAMA_TOKEN_NULL)."""
+    spec = synthetic.ModelSpec("llama", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128)
+    tokens = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "\u010a"]  # \u010a: GPT2's byte for "\n"
+    metadata = {
+        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "default",
+        "tokenizer.ggml.tokens": (GGUFValueType.ARRAY, tokens),
+        "tokenizer.ggml.token_type": (GGUFValueType.ARRAY, [1] * len(tokens)),
+        "tokenizer.ggml.scores": None,
+        "tokenizer.ggml.merges": (GGUFValueType.ARRAY, ["a b"]),
+        "tokenizer.ggml.bos_token_id": None, "tokenizer.ggml.eos_token_id": None,
+        "tokenizer.ggml.unknown_token_id": None,
+        "tokenizer.ggml.add_bos_token": True,
+    }
+    path = synthetic.write_model(tmp_path / "m.gguf", spec, metadata=metadata)
+    with pytest.raises(logo_cpp.FormatError, match=r"adds a BOS token to every prompt but has none: key "
+                                                   r"'tokenizer\.ggml\.bos_token_id' is missing or outside the 11"):
+        logo_cpp.Model(path)

@@ -45,6 +45,8 @@ mkdir -p "$logs"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:log_path=$PWD/$logs/asan${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$PWD/$logs/ubsan${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 export PYTHONMALLOC=malloc
+# A ggml abort would first attach gdb to print a backtrace (minutes on a busy machine); the report is enough.
+export GGML_NO_BACKTRACE=1
 # The runtime must be the first library loaded; subprocesses the tests start (the CLI) inherit it.
 export LD_PRELOAD="$runtime:$cxx_runtime${LD_PRELOAD:+:$LD_PRELOAD}"
 # `pytest` (not `python -m pytest`) so the checkout's logo_cpp/ does not shadow the sanitized install.

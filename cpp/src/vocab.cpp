@@ -116,6 +116,36 @@ Vocab::Vocab(const GgufFile & file) : path_(file.path) {
     }
     if (!model_) throw FormatError("'" + path + "': libllama could not read the tokenizer vocabulary");
     vocab_ = llama_model_get_vocab(model_);
+    try {
+        check_special_tokens();
+    } catch (...) {
+        llama_model_free(model_);
+        throw;
+    }
+}
+
+void Vocab::check_special_tokens() const {
+    // libllama asserts (the process aborts) when it tokenizes with special tokens and the vocabulary asks
+    // for a BOS, EOS or separator token it does not have (an id missing or out of range falls back to a
+    // default, which a small vocabulary may not hold). A WordPiece vocabulary always adds BOS and SEP.
+    const bool wpm = llama_vocab_type(vocab_) == LLAMA_VOCAB_TYPE_WPM;
+    const struct {
+        bool added;
+        llama_token id;
+        const char * name;
+        const char * key;
+    } needed[] = {
+        {wpm || llama_vocab_get_add_bos(vocab_), llama_vocab_bos(vocab_), "BOS", "tokenizer.ggml.bos_token_id"},
+        {!wpm && llama_vocab_get_add_eos(vocab_), llama_vocab_eos(vocab_), "EOS", "tokenizer.ggml.eos_token_id"},
+        {wpm, llama_vocab_sep(vocab_), "separator", "tokenizer.ggml.seperator_token_id"},
+    };
+    for (const auto & n : needed) {
+        if (n.added && n.id == LLAMA_TOKEN_NULL) {
+            throw FormatError("'" + path_ + "': the tokenizer adds a " + n.name + " token to every prompt but has none: key '" +
+                              n.key + "' is missing or outside the " + std::to_string(llama_vocab_n_tokens(vocab_)) +
+                              " tokens");
+        }
+    }
 }
 
 Vocab::~Vocab() {

@@ -40,6 +40,8 @@ public:
                                     const std::string & template_override) const;
 
 private:
+    void check_special_tokens() const;  // FormatError for a BOS/EOS/SEP the tokenizer adds but lacks
+
     llama_model * model_ = nullptr;
     const llama_vocab * vocab_ = nullptr;
     std::string path_;
