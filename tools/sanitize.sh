@@ -32,6 +32,10 @@ fi
 . "$venv/bin/activate"
 # Build requirements first (no build isolation: the extension links the llama-cpp-python installed here).
 pip install --quiet scikit-build-core nanobind "llama-cpp-python==0.3.36"
+# Without build isolation scikit-build-core uses the CMake on PATH; bring one where there is none (>= 3.21).
+if ! cmake --version 2>/dev/null | awk 'NR == 1 { split($3, v, "."); exit !(v[1] > 3 || (v[1] == 3 && v[2] >= 21)) }'; then
+    pip install --quiet "cmake>=3.21"
+fi
 pip install --quiet --no-build-isolation ".[test]" \
     -C cmake.define.LOGO_SANITIZE="$sanitize" \
     -C cmake.build-type=RelWithDebInfo \
