@@ -1,7 +1,7 @@
 """The low-rank pair logo-cpp builds for a mixture over a quantized base, written as one GGUF LoRA that
 llama.cpp can run: llama.cpp must then reproduce our logits bit for bit (tests of mixtures on quantized bases).
 
-The layout rule restated here independently of cpp/src/mixture.cpp (pair_layout): a pair of at most 0.2% of
+The layout rule restated here independently of cpp/src/mixture.cpp (pair_layout): a pair of at most 0.4% of
 the base's per-step weight elements keeps the adapters' own types unpadded ("own"); any larger pair is Q8_0 with
 ranks padded to 32 ("q8_0")."""
 
@@ -48,7 +48,7 @@ def layout_for(base_path, mixture: dict) -> str:
             ranks[name] = ranks.get(name, 0) + a.shape[0]
             shapes[name] = a.shape[1] + b.shape[0]
     elements = sum(ranks[n] * shapes[n] for n in ranks)
-    return "own" if elements * 500 <= step_elements(base_path) else "q8_0"
+    return "own" if elements * 250 <= step_elements(base_path) else "q8_0"
 
 
 def _encode(m: np.ndarray, kind: GGMLQuantizationType):

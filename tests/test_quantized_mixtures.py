@@ -2,7 +2,7 @@
 stored F32, F16, BF16 and Q8_0.
 
 Over a quantized base logo-cpp computes a mixture as one Q8_0 low-rank pair per adapted matrix, or, for a
-pair below 0.2% of the base, one pair in the adapters' own types (cpp/src/mixture.cpp, pair_layout), where
+pair below 0.4% of the base, one pair in the adapters' own types (cpp/src/mixture.cpp, pair_layout), where
 llama.cpp runs each adapter as its own pair in the file's type and scales the product. Checks per case:
 - the construction, bit for bit: llama.cpp running one adapter file that holds exactly the pair we build
   (tests/equivalent_pair.py: A = [w_1 s_1 A_1; w_2 s_2 A_2; ...], B = [B_1 | B_2 | ...], Q8_0 with ranks
@@ -48,7 +48,7 @@ TOLERANCE = {"f32": 0.08, "f16": 0.08, "bf16": 0.08, "q8_0": 0.08}
 def files(model_dir, tmp_path_factory):
     """llama256 (rows that K-quants accept) quantized by llama.cpp, and adapters of every type for it:
     three of rank 8 on attn_q/attn_v, one of rank 32 on every module (a Q8_0 B, and the q/k/v and gate/up
-    input groups), and two tiny ones (rank 1 on attn_q/attn_v of block 1: a pair below 0.2% of the base, in the
+    input groups), and two tiny ones (rank 1 on attn_q/attn_v of block 1: a pair below 0.4% of the base, in the
     adapters' own types)."""
     root = tmp_path_factory.mktemp("quantized_mixtures")
     spec = synthetic.ModelSpec(**SPECS["llama256"])

@@ -209,14 +209,15 @@ Mixture::Mixture(const Model & model, const std::vector<Selection> & per_sequenc
     }
     if (plans.empty()) return;  // nothing adapted: no terms
 
-    // A pair of at most 0.2% of the base's per-step weight elements keeps the adapters' own types on a
-    // quantized base: at worst (the scalar tail of a short F16 row) an own-type element costs ~6 base elements
-    // more than its Q8_0 form (docs/mixtures-on-quantized-bases.md), so the difference stays near 1% of a step,
-    // below what a benchmark on this machine resolves. One rank-8 adapter on attn_q/attn_v of 12 of SmolLM2's
-    // 30 blocks (the shipped pool) is such a pair; the same adapter on all 30 blocks is not.
+    // A pair of at most 0.4% of the base's per-step weight elements keeps the adapters' own types on a
+    // quantized base, so that one pool adapter computes exactly what llama.cpp computes. Its cost against the
+    // Q8_0 form stays below what a benchmark here resolves: one rank-8 F16 adapter on attn_q/attn_v of all 30
+    // SmolLM2 blocks (0.34%, the shipped pool's shape) costs 7.1 us a block in its own types and 5.6 us as a
+    // padded Q8_0 pair (1 thread; the scalar tail of its 8-long B rows dominates both), 0.6% of a step apart
+    // (docs/mixtures-on-quantized-bases.md). Two such adapters are not tiny.
     int64_t pair_elements = 0;
     for (const auto & [base, plan] : plans) pair_elements += int64_t(plan.union_rank) * (base->ne[0] + base->ne[1]);
-    const bool tiny = pair_elements * 500 <= step_elements(model);
+    const bool tiny = pair_elements * 250 <= step_elements(model);
     // A tiny pair in the adapters' own types also keeps one A per weight, as llama.cpp has it: ggml picks
     // its kernel by the number of rows (tinyBLAS takes F32/F16 products of 4k rows only), and only equal
     // shapes give llama.cpp's summation order, hence its logits bit for bit.
