@@ -127,3 +127,49 @@ def test_every_adapter_loads_in_llama_cpp(pool, runner):
             handle = llama_cpp.llama_adapter_lora_init(runner.llm._model.model, str(pool / t["adapter"]).encode())
             assert handle, t["adapter"]
             llama_cpp.llama_adapter_lora_free(handle)
+
+
+# Every shipped adapter must clearly beat the base model on its own task, through llama.cpp (the oracle, not our
+# runtime). Greedy decoding on fixed prompts is deterministic, so the question is not flakiness but what
+# "clearly" means on a small sample: we pair base and adapter on the same PROMPTS_PER_FORMAT held-out prompts in
+# each format (raw and chat) and require the one-sided sign test over the pairs where exactly one of the two is
+# right to reject "the adapter is no better than the base" at 5%, and an accuracy gap of at least MIN_GAP.
+# With no pair lost, that takes 5 net wins (0.5**5 = 0.031; 4 give 0.0625), i.e. a gap >= 5/12 = 0.42 here.
+PROMPTS_PER_FORMAT = 6
+SIGN_TEST_ALPHA = 0.05
+MIN_GAP = 0.4
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """P(at least `wins` successes in wins + losses fair coin flips): the one-sided sign test."""
+    from math import comb
+
+    n = wins + losses
+    return sum(comb(n, k) for k in range(wins, n + 1)) / 2 ** n
+
+
+def test_sign_test_p():
+    assert sign_test_p(5, 0) == 1 / 32 and sign_test_p(4, 0) == 1 / 16
+    assert sign_test_p(0, 0) == 1.0 and abs(sign_test_p(6, 1) - 8 / 128) < 1e-12
+
+
+def _in_pool_tasks(pool):
+    return [t["name"] for t in _manifest(pool)["tasks"] if t["in_pool"]] if (pool / "manifest.json").exists() else []
+
+
+@pytest.mark.parametrize("task", _in_pool_tasks(POOL))
+def test_adapter_clearly_beats_base_on_its_held_out_prompts(task, runner):
+    items = [it for it in task_meta.load_eval(POOL / "eval.jsonl") if it["task"] == task][:PROMPTS_PER_FORMAT]
+    runner.load(task, POOL / "adapters" / f"{task}.gguf")
+    right = {}
+    for who in (None, task):
+        for fmt in ("raw", "chat"):
+            _, preds = runner.accuracy(items, fmt, who)
+            right[who, fmt] = [task_meta.score(task, p, it["answer"]) == 1.0 for p, it in zip(preds, items)]
+    pairs = [(b, o) for fmt in ("raw", "chat") for b, o in zip(right[None, fmt], right[task, fmt])]
+    wins = sum(o and not b for b, o in pairs)
+    losses = sum(b and not o for b, o in pairs)
+    gap = (sum(o for _, o in pairs) - sum(b for b, _ in pairs)) / len(pairs)
+    assert sign_test_p(wins, losses) < SIGN_TEST_ALPHA and gap >= MIN_GAP, (
+        f"{task}: the adapter wins {wins} and loses {losses} of {len(pairs)} paired held-out prompts "
+        f"(gap {gap:.2f}; base {right[None, 'raw']} {right[None, 'chat']}, own {right[task, 'raw']} {right[task, 'chat']})")

@@ -14,6 +14,8 @@ Two layout facts, both from llama.cpp's ``convert_hf_to_gguf.py`` (``LlamaModel.
 
 from __future__ import annotations
 
+import hashlib
+
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +103,40 @@ def _hf_name(gguf_name: str) -> str:
     return f"model.layers.{layer}.{_BLOCK_MAP[kind]}.weight"
 
 
+CACHE = Path(__file__).resolve().parent / "build" / "base-cache"
+
+
+def _dequantized_state(path: Path, reader, hp: dict) -> dict:
+    """{HF tensor name: F32 tensor} of the GGUF, Q/K rows un-permuted. Dequantizing in numpy costs ~30 s of CPU
+    per process, so the result is kept in build/base-cache/<sha256 of the GGUF>.safetensors (the same values)."""
+    import gguf
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    cached = CACHE / f"{h.hexdigest()[:24]}.safetensors"
+    if cached.exists():
+        return load_file(str(cached))
+    state = {}
+    for t in reader.tensors:
+        w = gguf.quants.dequantize(t.data, t.tensor_type)
+        # gguf shapes are ne (innermost first); numpy data is already (rows, cols) = (n_out, n_in)
+        w = np.asarray(w, dtype=np.float32).reshape(tuple(int(x) for x in reversed(t.shape)))
+        if ".attn_q." in t.name:
+            w = unpermute_rows(w, hp["num_attention_heads"])
+        elif ".attn_k." in t.name:
+            w = unpermute_rows(w, hp["num_key_value_heads"])
+        state[_hf_name(t.name)] = torch.from_numpy(np.array(w, dtype=np.float32, order="C"))
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(cached)  # atomic: a concurrent reader sees the whole file or none
+    return state
+
+
 def load_base(path: str | Path | None = None):
     """Builds ``(model, config)``: an F32 ``LlamaForCausalLM`` in eval mode with the GGUF's dequantized weights.
 
@@ -118,16 +154,7 @@ def load_base(path: str | Path | None = None):
     config._attn_implementation = "sdpa"
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
-    state = {}
-    for t in reader.tensors:
-        w = gguf.quants.dequantize(t.data, t.tensor_type)
-        # gguf shapes are ne (innermost first); numpy data is already (rows, cols) = (n_out, n_in)
-        w = np.asarray(w, dtype=np.float32).reshape(tuple(int(x) for x in reversed(t.shape)))
-        if ".attn_q." in t.name:
-            w = unpermute_rows(w, hp["num_attention_heads"])
-        elif ".attn_k." in t.name:
-            w = unpermute_rows(w, hp["num_key_value_heads"])
-        state[_hf_name(t.name)] = torch.from_numpy(np.array(w, dtype=np.float32, order="C"))
+    state = _dequantized_state(path, reader, hp)
     expected = set(model.state_dict().keys())
     if config.tie_word_embeddings:
         expected.discard("lm_head.weight")

@@ -78,6 +78,9 @@ def main() -> None:
     ap.add_argument("--tasks", default=None, help="comma-separated subset to (re)train (default: all in pool)")
     ap.add_argument("--peft", default="", help="comma-separated tasks whose PEFT directory is copied to out/peft/")
     ap.add_argument("--skip-train", action="store_true", help="reuse the adapters already in out/adapters")
+    ap.add_argument("--manifest-only", action="store_true",
+                    help="rewrite manifest.json from the adapters, logs and accuracy.json already made (keeps the "
+                         "recorded command and wall times of the run that made them)")
     ap.add_argument("--eval-per-task", type=int, default=None, help="llama.cpp accuracy on the first N items")
     ap.add_argument("--lock", default=DEFAULT_LOCK, help="flock file for each training/eval process ('' for none)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training")
@@ -95,7 +98,10 @@ def main() -> None:
 
     train_tasks = args.tasks.split(",") if args.tasks else list(task_meta.IN_POOL)
     seconds = {}
-    if not args.skip_train:
+    if args.manifest_only:
+        previous = json.loads((out / "manifest.json").read_text())
+        command, seconds = previous["command"], previous["seconds"]
+    elif not args.skip_train:
         for task in train_tasks:
             seconds[task] = round(run([sys.executable, "-m", "models.training.train", "--task", task, "--recipe",
                                        recipe.name, "--seed", str(args.seed), "--out", str(out), "--pool-name",
@@ -111,7 +117,8 @@ def main() -> None:
                 "--threads", str(args.eval_threads)]
     if args.eval_per_task:
         eval_cmd += ["--per-task", str(args.eval_per_task)]
-    seconds["llama.cpp eval"] = round(run(eval_cmd, args.lock), 1)
+    if not args.manifest_only:
+        seconds["llama.cpp eval"] = round(run(eval_cmd, args.lock), 1)
     accuracy = json.loads(acc_file.read_text())
 
     logs = {t: json.loads((BUILD / pool_name / "logs" / f"{t}.json").read_text()) for t in task_meta.IN_POOL
@@ -126,7 +133,10 @@ def main() -> None:
             entry.update(adapter=f"adapters/{t.name}.gguf", adapter_sha256=sha256(path), adapter_bytes=path.stat().st_size,
                          accuracy=accuracy.get(t.name))
             if t.name in logs:
+                entry["steps"] = logs[t.name]["recipe"]["steps"]
                 entry["train_seconds"] = logs[t.name]["seconds_train"]
+                entry["load_seconds"] = logs[t.name]["seconds_load"]
+                entry["cpu_seconds"] = logs[t.name].get("cpu_seconds")
                 entry["final_loss"] = logs[t.name]["losses"][-1]
             if (out / "peft" / t.name).is_dir():
                 entry["peft"] = f"peft/{t.name}"
@@ -146,7 +156,12 @@ def main() -> None:
         "eval": {"file": "eval.jsonl", "per_task": dataset.EVAL_PER_TASK, "seed": dataset.EVAL_SEED,
                  "heldout_percent": HELDOUT_PERCENT, "n_items": len(items)},
         "split_check": split,
+        # wall seconds of each step as run here, lock waits included
         "seconds": seconds,
+        # what reproducing costs: the training processes' own time (no lock wait) and the accuracy table
+        "cost": {"train_seconds": round(sum(e.get("train_seconds", 0) + e.get("load_seconds", 0) for e in tasks), 1),
+                 "train_cpu_seconds": round(sum(e.get("cpu_seconds") or 0 for e in tasks), 1),
+                 "train_threads": args.threads, "eval_seconds": seconds.get("llama.cpp eval")},
         "total_adapter_bytes": sum(e.get("adapter_bytes", 0) for e in tasks),
         "tasks": tasks,
     }

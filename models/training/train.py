@@ -87,6 +87,7 @@ def train(task: str, recipe: Recipe, seed: int, out: Path, pool_name: str, threa
 
     from .hf_base import base_gguf_path, load_base
 
+    recipe = recipe.for_task(task)
     torch.set_num_threads(threads)
     torch.manual_seed(seed * 1000003 + zlib.crc32(task.encode()))
     t0 = time.time()
@@ -99,7 +100,10 @@ def train(task: str, recipe: Recipe, seed: int, out: Path, pool_name: str, threa
     lora = LoraConfig(r=recipe.rank, lora_alpha=recipe.alpha, target_modules=list(recipe.targets),
                       layers_to_transform=list(range(recipe.first_layer, config.num_hidden_layers)),
                       lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, lora)
+    if recipe.compute_dtype != "float32":
+        model.to(getattr(torch, recipe.compute_dtype))
+    # PEFT keeps the adapter's own weights float32 over a bf16 base (autocast_adapter_dtype)
+    peft_model = get_peft_model(model, lora, autocast_adapter_dtype=True)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     batches = make_batches(task, recipe, seed, prompter)
