@@ -58,7 +58,9 @@ TASKS: tuple[Task, ...] = (
     Task("past_tense", "rewriting", True, "exact_ci", 8, "the past tense of a verb"),
     Task("antonym", "rewriting", True, "exact_ci", 8, "the opposite of a word"),
     Task("addition", "arithmetic", True, "number", 6, "the sum of two numbers"),
-    Task("subtraction", "arithmetic", True, "number", 6, "the difference of two numbers"),
+    # out of pool although listed here (the held-out order stays): no recipe this project could afford taught it to
+    # SmolLM2-135M (models/training/README.md); it measures whether routing to addition helps
+    Task("subtraction", "arithmetic", False, "number", 6, "the difference of two numbers"),
     Task("multiplication", "arithmetic", True, "number", 6, "the product of two small numbers"),
     Task("date_iso", "formatting", True, "exact", 12, "a written date as YYYY-MM-DD"),
     Task("sort_words", "formatting", True, "exact_ci", 32, "words in alphabetical order, comma-separated"),

