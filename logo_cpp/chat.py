@@ -1,0 +1,350 @@
+"""`logo-cpp chat`: a terminal conversation with the model's chat template, routed by LoGo on every turn.
+
+ChatSession holds the conversation and does the work (routing, fitting the context, streaming a reply);
+run_chat is the terminal around it: a prompt with line editing on a terminal, one message per line from a
+pipe, slash commands, Ctrl-C to stop an answer, Ctrl-D (end of input) to leave.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+DEFAULT_MAX_TOKENS = 256
+# What the router reads on a chat turn. "message": the last user message as raw text (how the paper probes,
+# and what logo-cpp measured to route best through the chat template: docs/eval/chat_probe.md);
+# "conversation": the whole templated conversation up to the assistant's turn.
+ROUTE_ON = ("message", "conversation")
+DEFAULT_ROUTE_ON = "message"
+
+HELP = """commands:
+  /help          this list
+  /reset         forget the conversation (the system message stays)
+  /route         the last turn's routing in full: every adapter's signal, the chosen mixture
+  /k N           route to the N adapters with the highest signal from now on
+  /adapters      the adapters in the pool
+  /system TEXT   set the system message (and reset)
+  /quit          leave (so does Ctrl-D); Ctrl-C stops an answer
+  //text         send a message that starts with '/'"""
+
+
+@dataclass
+class Turn:
+    """What one reply cost and which adapters served it."""
+
+    routing: object = None          # logo_cpp.Routing, or None without a pool
+    dropped_messages: int = 0       # oldest messages left out to fit the context
+    n_prompt: int = 0
+    n_generated: int = 0
+    first_token_seconds: float = 0.0
+    seconds: float = 0.0
+    stopped: bool = False           # interrupted by the user
+
+
+@dataclass
+class ChatSession:
+    """A conversation over ``model`` with adapters from ``pool`` (None: the base model alone).
+
+    Every user turn is routed by ``router`` (a logo_cpp Router) on the input ``route_on`` names; the reply
+    is generated with the chosen mixture and the model's chat template. When the conversation outgrows the
+    context (``model.n_ctx`` minus ``max_tokens`` kept for the reply), the oldest turns are left out of the
+    prompt and reported in Turn.dropped_messages; a message too long on its own raises ContextOverflowError
+    and is not kept.
+    """
+
+    model: object
+    pool: object = None
+    router: object = None
+    system: Optional[str] = None
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = 0.7
+    seed: Optional[int] = None
+    route_on: str = DEFAULT_ROUTE_ON
+    messages: list = field(default_factory=list)   # user and assistant turns, oldest first
+    last: Optional[Turn] = None
+
+    def __post_init__(self):
+        if self.route_on not in ROUTE_ON:
+            raise ValueError(f"route_on must be one of {', '.join(ROUTE_ON)}, got {self.route_on!r}")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if self.max_tokens >= self.model.n_ctx:
+            raise ValueError(f"max_tokens ({self.max_tokens}) leaves no room for the conversation in a context "
+                             f"of {self.model.n_ctx} tokens")
+
+    def reset(self) -> None:
+        self.messages.clear()
+        self.last = None
+
+    def _conversation(self, messages: list) -> list:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + messages
+
+    def fit(self, messages: list) -> tuple[list[int], int]:
+        """Prompt tokens of the templated conversation that fits beside a reply of max_tokens; drops the
+        oldest messages (whole user/assistant turns) first. Returns (tokens, number of messages dropped)."""
+        from . import ContextOverflowError
+
+        budget = self.model.n_ctx - self.max_tokens
+        dropped = 0
+        while True:
+            text = self.model.apply_chat_template(self._conversation(messages[dropped:]))
+            tokens = self.model.tokenize(text, add_special=True, parse_special=True)
+            if len(tokens) <= budget:
+                return tokens, dropped
+            if len(messages) - dropped <= 1:
+                raise ContextOverflowError(
+                    f"the message is too long: {len(tokens)} tokens with the template"
+                    f"{' and the system message' if self.system else ''}, and the context holds {budget} beside "
+                    f"a reply of up to {self.max_tokens} (start with a larger --ctx or a smaller --max-tokens)")
+            # Drop a user message and the assistant reply after it, so the history still alternates.
+            dropped += 2 if len(messages) - dropped > 2 and messages[dropped + 1]["role"] == "assistant" else 1
+
+    def route_input(self, messages: list) -> str:
+        """What the router reads for this turn (see ROUTE_ON)."""
+        if self.route_on == "message":
+            return messages[-1]["content"]
+        return self.model.apply_chat_template(self._conversation(messages))
+
+    def reply(self, user_text: str) -> Iterator[str]:
+        """Routes, then streams the reply to ``user_text`` piece by piece; the exchange joins the history when
+        the stream ends, also when the consumer stops it early (Ctrl-C) or closes it. ``self.last`` describes
+        the turn."""
+        if not user_text.strip():
+            raise ValueError("the message is empty")
+        messages = self.messages + [{"role": "user", "content": user_text}]
+        tokens, dropped = self.fit(messages)  # raises before anything is kept
+        turn = Turn(dropped_messages=dropped, n_prompt=len(tokens))
+        mixture = None
+        if self.router is not None and self.pool is not None and len(self.pool):
+            probe_text = self.route_input(messages)
+            # The probe reads at most the context's worth of the text's end (the last token's state is the probe).
+            probe_tokens = self.model.tokenize(probe_text, add_special=True,
+                                               parse_special=self.route_on == "conversation")[-self.model.n_ctx:]
+            turn.routing = self.router.route(probe_tokens or tokens)
+            mixture = turn.routing.as_dict() or None
+        self.last = turn
+        pieces: list[str] = []
+        t0 = time.perf_counter()
+        stream = self.model.generate(tokens, max_tokens=self.max_tokens, temperature=self.temperature, seed=self.seed,
+                                     stream=True, adapters=mixture)
+        try:
+            for piece in stream:
+                if not pieces:
+                    turn.first_token_seconds = time.perf_counter() - t0
+                pieces.append(piece)
+                yield piece
+        except GeneratorExit:
+            turn.stopped = True
+            raise
+        finally:
+            stream.close()  # stops the worker at its next token when the consumer left early
+            turn.seconds = time.perf_counter() - t0
+            text = "".join(pieces)
+            turn.n_generated = len(self.model.tokenize(text, add_special=False)) if text else 0
+            self.messages = messages[dropped:] + [{"role": "assistant", "content": text}]
+
+
+# -- the terminal ------------------------------------------------------------------------------------------------
+def _style(code: str, stream=sys.stdout):
+    enabled = stream.isatty() and os.environ.get("NO_COLOR") is None
+    return (lambda s: f"\033[{code}m{s}\033[0m") if enabled else (lambda s: s)
+
+
+def routing_line(routing, top: int = 4) -> str:
+    """The chosen mixture in one line: 'capital 0.62 · topic 0.38'."""
+    if routing is None:
+        return "base model (no adapters)"
+    parts = [f"{n} {w:.2f}" for n, w in zip(routing.names[:top], routing.weights[:top])]
+    more = len(routing.names) - top
+    return " · ".join(parts) + (f" · +{more} more" if more > 0 else "")
+
+
+def routing_detail(routing, pool) -> str:
+    """Every adapter's signal, highest first, with the chosen mixture marked."""
+    if routing is None:
+        return "no routing yet (or no adapters)"
+    chosen = routing.as_dict()
+    lines = [f"routing ({routing.method}, signal {routing.signal}, layer {routing.layer}, {routing.module}; "
+             f"probe {routing.timings.get('probe_seconds', 0) * 1e3:.0f} ms): {len(chosen)} of {len(pool)} adapters"]
+    width = max(len(n) for n in pool.names)
+    for i in routing.ranking():
+        name, s = pool.names[i], routing.signals[i]
+        mark = f"  weight {chosen[name]:.3f}" if name in chosen else ""
+        lines.append(f"  {name:<{width}}  {'-' if s != s else f'{float(s):.4g}'}{mark}")
+    return "\n".join(lines)
+
+
+def summary(turn: Turn) -> str:
+    """'stopped; 12 tokens, first after 0.08 s, 41 tokens/s; prompt 57 tokens' for one reply."""
+    if turn.n_generated == 0:
+        said = "no reply: the model ended its turn at once"
+    else:
+        said = f"{turn.n_generated} token{'s' if turn.n_generated != 1 else ''}, first after {turn.first_token_seconds:.2f} s"
+        if turn.n_generated > 1:
+            rate = (turn.n_generated - 1) / max(turn.seconds - turn.first_token_seconds, 1e-9)
+            said += f", {rate:.0f} tokens/s"
+    return f"{'stopped; ' if turn.stopped else ''}{said}; prompt {turn.n_prompt} tokens"
+
+
+class Terminal:
+    """Reads user lines and writes replies: interactive on a terminal, line by line from a pipe."""
+
+    def __init__(self, session: ChatSession, banner: str):
+        self.session = session
+        self.banner = banner
+        self.interactive = sys.stdin.isatty()
+        self.dim, self.bold, self.cyan = _style("2"), _style("1"), _style("36")
+        if self.interactive:
+            try:
+                import readline  # noqa: F401  (line editing and history for input())
+            except ImportError:
+                pass
+
+    def say(self, text: str = "") -> None:
+        print(text, flush=True)
+
+    def read(self) -> Optional[str]:
+        """The next user line; None at end of input (Ctrl-D, or the pipe's end)."""
+        if self.interactive:
+            while True:
+                try:
+                    return input(self.bold("> "))
+                except EOFError:
+                    print()
+                    return None
+                except KeyboardInterrupt:  # Ctrl-C at the prompt clears the line, as a shell does
+                    print()
+        line = sys.stdin.readline()
+        if not line:
+            return None
+        line = line.rstrip("\r\n")
+        if line.strip():
+            self.say(self.bold("> ") + line)  # a transcript reads as a conversation
+        return line
+
+    def loop(self) -> int:
+        self.say(self.banner)
+        while True:
+            line = self.read()
+            if line is None:
+                return 0
+            if not line.strip():
+                continue
+            if line.startswith("/") and not line.startswith("//"):
+                if self.command(line) == "quit":
+                    return 0
+                continue
+            self.answer(line[1:] if line.startswith("//") else line)
+
+    def answer(self, text: str) -> None:
+        from . import ContextOverflowError
+
+        session = self.session
+        stream = session.reply(text)
+        try:
+            first = next(stream, None)  # routes and starts; errors surface here
+        except (ContextOverflowError, ValueError) as exc:
+            self.say(self.dim(f"({exc})"))
+            return
+        except KeyboardInterrupt:
+            stream.close()
+            self.say(self.dim("(stopped)"))
+            return
+        turn = session.last
+        if turn.dropped_messages:
+            self.say(self.dim(f"(left out the {turn.dropped_messages} oldest messages to fit the "
+                              f"{session.model.n_ctx}-token context)"))
+        if session.pool is not None:
+            probe_ms = turn.routing.timings.get("probe_seconds", 0) * 1e3 if turn.routing else 0
+            self.say(self.dim("[") + self.cyan(routing_line(turn.routing)) + self.dim(f"]  probe {probe_ms:.0f} ms"))
+        try:
+            if first is not None:
+                sys.stdout.write(first)
+                sys.stdout.flush()
+            for piece in stream:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            stream.close()
+            turn.stopped = True
+        stream.close()
+        self.say()
+        self.say(self.dim(f"({summary(turn)})"))
+
+    def command(self, line: str) -> Optional[str]:
+        session = self.session
+        name, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if name in ("/quit", "/exit", "/q"):
+            return "quit"
+        if name in ("/help", "/?"):
+            self.say(HELP)
+        elif name == "/reset":
+            session.reset()
+            self.say(self.dim("(conversation cleared)"))
+        elif name == "/route":
+            self.say(routing_detail(session.last.routing if session.last else None, session.pool))
+        elif name == "/k":
+            if session.router is None or not hasattr(session.router, "k"):
+                self.say(self.dim("(no router to set k on: start with adapters)"))
+            elif not rest.isdigit() or int(rest) < 1:
+                self.say(self.dim(f"(/k takes a positive integer, got {rest!r})"))
+            else:
+                session.router.k = min(int(rest), len(session.pool))
+                self.say(self.dim(f"(routing to the top {session.router.k} adapters from now on)"))
+        elif name == "/adapters":
+            if session.pool is None or not len(session.pool):
+                self.say(self.dim("(no adapters: the base model answers)"))
+            else:
+                used = set(session.last.routing.names) if session.last and session.last.routing else set()
+                self.say(f"{len(session.pool)} adapters" + (" (* served the last reply)" if used else "") + ":")
+                self.say("  " + "  ".join(f"{n}{'*' if n in used else ''}" for n in session.pool.names))
+        elif name == "/system":
+            session.system = rest or None
+            session.reset()
+            self.say(self.dim("(system message " + ("set" if rest else "cleared") + "; conversation cleared)"))
+        else:
+            self.say(self.dim(f"(unknown command {name}; /help lists them)"))
+        return None
+
+
+def run_chat(args) -> int:
+    import logo_cpp
+    from . import default_model
+    from .demo import DEFAULT_K
+
+    if args.adapters and not args.model:
+        raise ValueError("--adapters needs --model (the shipped adapters are for the shipped model)")
+    model_path = args.model or default_model.base_model_path()
+    adapter_paths = args.adapters if args.model else list(default_model.adapter_files().values())
+    model = logo_cpp.Model(model_path, n_ctx=args.ctx, device=args.device, n_threads=args.threads)
+    pool = logo_cpp.AdapterPool(model, adapter_paths) if adapter_paths and not args.no_adapters else None
+    k = args.k if args.k is not None else DEFAULT_K
+    router = logo_cpp.LoGo(model, pool, k=min(k, len(pool))) if pool is not None else None
+    session = ChatSession(model, pool, router, system=args.system, max_tokens=args.max_tokens,
+                          temperature=args.temperature, seed=args.seed, route_on=args.route_on)
+    name = os.path.basename(str(model_path)).removesuffix(".gguf")
+    routed = f"{len(pool)} adapters, LoGo k={router.k} on the {'last message' if args.route_on == 'message' else 'conversation'}" \
+        if pool is not None else "no adapters"
+    banner = (f"logo-cpp chat · {name} · {routed} · context {args.ctx} tokens\n"
+              "/help for commands, Ctrl-C stops an answer, Ctrl-D leaves")
+    return Terminal(session, banner).loop()
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", "-m", default=None, help="base model GGUF (default: the shipped SmolLM2-135M-Instruct)")
+    p.add_argument("--adapters", "-a", nargs="+", default=[], help="adapter GGUF files or directories (with --model)")
+    p.add_argument("--no-adapters", action="store_true", help="chat with the base model alone")
+    p.add_argument("--k", type=int, default=None, help="adapters per turn (default: the demo's)")
+    p.add_argument("--route-on", default=DEFAULT_ROUTE_ON, choices=ROUTE_ON,
+                   help=f"what the router reads each turn (default {DEFAULT_ROUTE_ON}: see docs/eval/chat_probe.md)")
+    p.add_argument("--system", default=None, help="a system message")
+    p.add_argument("--max-tokens", "-n", type=int, default=DEFAULT_MAX_TOKENS, help="longest reply (tokens)")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--ctx", type=int, default=2048, help="context length (tokens)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", "-t", type=int, default=None)

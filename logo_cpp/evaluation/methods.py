@@ -1,0 +1,140 @@
+"""The methods `logo-cpp eval` compares, as one table: each entry turns one prompt's signals into a mixture.
+
+A *signal source* scores every pool adapter for a prompt in one call (LoGo's probe gives the raw norm and
+entropy signals together); it runs once per prompt and serves every method and k that ranks by its signals.
+A *method* is a row of the results table: the base model, the oracle (each prompt's own adapter), a uniform
+merge, random-k, or the top-k adapters by one signal with weights from that signal.
+
+To add a router to the comparison, add a SignalSource that returns its per-adapter scores and one Method per
+k (see ``default_methods``). Sources must score each adapter independently of which other adapters are in the
+pool: the "own adapter removed" protocol then removes an adapter by excluding it from the ranking, which is
+what re-routing over the smaller pool would give (true of LoGo's raw signals with probe="base").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+# A mixture as (pool index, weight) pairs; None is the base model (no adapters).
+Selection = Optional[list[tuple[int, float]]]
+
+KINDS = ("base", "oracle", "uniform", "random", "top-k")
+WEIGHTINGS = ("proportional", "uniform", "softmax")
+
+
+@dataclass(frozen=True)
+class SignalSource:
+    """Scores of every pool adapter for one prompt.
+
+    ``score(prompt)`` returns {signal name: array of shape (n_adapters,)}; NaN marks an adapter the source
+    cannot score (it is never selected). Higher is better.
+    """
+
+    name: str
+    score: Callable[[str], dict[str, np.ndarray]]
+
+
+def logo_source(model, pool, probe: str = "base", layer: int = -1, module: str = "attn_q") -> SignalSource:
+    """LoGo's raw signals as the paper defines them (logo-method.md): "logo-norm" s_i = ||o_i|| and
+    "logo-entropy" s_i = 1 / (H(softmax(o_i)) + 1e-6), both from one probe of the whole pool, float32 as the
+    C++ router computes them (so the selections and weights below are LoGo's own, bit for bit)."""
+    from ..router import LoGo
+
+    router = LoGo(model, pool, k=len(pool), signal="norm", probe=probe, layer=layer, module=module)
+
+    def score(prompt: str) -> dict[str, np.ndarray]:
+        r = router.route(prompt)
+        inverse_entropy = (1.0 / (r.entropies.astype(np.float64) + 1e-6)).astype(np.float32)
+        return {"logo-norm": r.norms.astype(np.float32), "logo-entropy": inverse_entropy}
+
+    return SignalSource("logo", score)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the results table.
+
+    kind: "base" (no adapters), "oracle" (the prompt's own adapter at weight 1), "uniform" (every adapter of
+    the pool, equal weights), "random" (k adapters drawn per prompt, equal weights), or "top-k" (the k adapters
+    with the highest ``signal``; k=None takes every scored adapter) weighted by ``weighting``:
+    "proportional" w_i = s_i / sum_S s_j (LoGo, paper step 6), "uniform", or "softmax" over the selected s_i.
+    """
+
+    name: str
+    kind: str
+    signal: Optional[str] = None
+    k: Optional[int] = None
+    weighting: str = "proportional"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"method {self.name!r}: unknown kind {self.kind!r}; use one of {', '.join(KINDS)}")
+        if self.kind == "top-k" and not self.signal:
+            raise ValueError(f"method {self.name!r}: a top-k method names the signal it ranks by")
+        if self.kind == "random" and not self.k:
+            raise ValueError(f"method {self.name!r}: random needs k")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"method {self.name!r}: unknown weighting {self.weighting!r}; "
+                             f"use one of {', '.join(WEIGHTINGS)}")
+
+    def select(self, signals: dict[str, np.ndarray], n_adapters: int, own: Optional[int],
+               excluded: Optional[int], rng: np.random.Generator) -> Selection:
+        """The mixture for one prompt. ``own``: the prompt's own adapter (None when its task has none);
+        ``excluded``: an adapter removed from the pool for this prompt (the own-adapter-removed protocol)."""
+        allowed = [i for i in range(n_adapters) if i != excluded]
+        if self.kind == "base":
+            return None
+        if self.kind == "oracle":
+            if own is None or own == excluded:
+                raise ValueError(f"method {self.name!r} needs the prompt's own adapter in the pool")
+            return [(own, 1.0)]
+        if self.kind == "uniform":
+            return [(i, 1.0 / len(allowed)) for i in allowed]
+        if self.kind == "random":
+            k = min(self.k, len(allowed))
+            picked = sorted(int(i) for i in rng.choice(allowed, size=k, replace=False))
+            return [(i, 1.0 / k) for i in picked]
+        return top_k(signals[self.signal], self.k, excluded, self.weighting)
+
+
+def top_k(signal: np.ndarray, k: Optional[int], excluded: Optional[int] = None,
+          weighting: str = "proportional") -> list[tuple[int, float]]:
+    """The k highest scored adapters (ties keep pool order, NaN never chosen) and their weights, computed as
+    cpp/src/router.cpp does for "proportional": float32(s_i / sum_S s_j) with the sum in float64, equal
+    weights when the sum is not positive."""
+    s = np.asarray(signal, dtype=np.float32)
+    candidates = [i for i in range(len(s)) if np.isfinite(s[i]) and i != excluded]
+    order = sorted(candidates, key=lambda i: -float(s[i]))  # sorted() is stable: ties keep pool order
+    chosen = order[: len(order) if k is None else k]
+    if not chosen:
+        return []
+    values = np.array([float(s[i]) for i in chosen])
+    if weighting == "proportional":
+        total = float(np.sum(values))
+        weights = [float(np.float32(v / total)) for v in values] if total > 0 else [1.0 / len(chosen)] * len(chosen)
+    elif weighting == "softmax":
+        e = np.exp(values - values.max())
+        weights = list(map(float, e / e.sum()))
+    else:
+        weights = [1.0 / len(chosen)] * len(chosen)
+    return list(zip(chosen, weights))
+
+
+def default_methods(signals: Sequence[str] = ("logo-norm", "logo-entropy"), ks: Sequence[Optional[int]] = (1, 3, 5, None),
+                    random_k: int = 3) -> list[Method]:
+    """The paper's comparison: base, oracle, uniform merge, random-k, and each signal at several k
+    (k=1 is the top-1 router; None: every adapter, weighted by its signal)."""
+    methods = [Method("base", "base"), Method("oracle (own adapter)", "oracle"),
+               Method("uniform merge", "uniform"), Method(f"random k={random_k}", "random", k=random_k)]
+    for signal in signals:
+        for k in ks:
+            label = "all" if k is None else f"{k} (top-1)" if k == 1 else str(k)
+            methods.append(Method(f"{_display(signal)} k={label}", "top-k", signal=signal, k=k))
+    return methods
+
+
+def _display(signal: str) -> str:
+    return {"logo-norm": "LoGo-norm", "logo-entropy": "LoGo-entropy"}.get(signal, signal)
