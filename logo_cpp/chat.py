@@ -60,7 +60,8 @@ class ChatSession:
     router: object = None
     system: Optional[str] = None
     max_tokens: int = DEFAULT_MAX_TOKENS
-    temperature: float = 0.7
+    temperature: float = 0.2
+    top_p: float = 0.9
     seed: Optional[int] = None
     route_on: str = DEFAULT_ROUTE_ON
     messages: list = field(default_factory=list)   # user and assistant turns, oldest first
@@ -128,8 +129,8 @@ class ChatSession:
         self.last = turn
         pieces: list[str] = []
         t0 = time.perf_counter()
-        stream = self.model.generate(tokens, max_tokens=self.max_tokens, temperature=self.temperature, seed=self.seed,
-                                     stream=True, adapters=mixture)
+        stream = self.model.generate(tokens, max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
+                                     seed=self.seed, stream=True, adapters=mixture)
         try:
             for piece in stream:
                 if not pieces:
@@ -325,7 +326,7 @@ def run_chat(args) -> int:
     k = args.k if args.k is not None else DEFAULT_K
     router = logo_cpp.LoGo(model, pool, k=min(k, len(pool))) if pool is not None else None
     session = ChatSession(model, pool, router, system=args.system, max_tokens=args.max_tokens,
-                          temperature=args.temperature, seed=args.seed, route_on=args.route_on)
+                          temperature=args.temperature, top_p=args.top_p, seed=args.seed, route_on=args.route_on)
     name = os.path.basename(str(model_path)).removesuffix(".gguf")
     routed = f"{len(pool)} adapters, LoGo k={router.k} on the {'last message' if args.route_on == 'message' else 'conversation'}" \
         if pool is not None else "no adapters"
@@ -343,7 +344,9 @@ def add_arguments(p) -> None:
                    help=f"what the router reads each turn (default {DEFAULT_ROUTE_ON}: see docs/eval/chat_probe.md)")
     p.add_argument("--system", default=None, help="a system message")
     p.add_argument("--max-tokens", "-n", type=int, default=DEFAULT_MAX_TOKENS, help="longest reply (tokens)")
-    p.add_argument("--temperature", type=float, default=0.7)
+    # SmolLM2's model card samples its instruct models at temperature 0.2, top-p 0.9.
+    p.add_argument("--temperature", type=float, default=0.2, help="0 is greedy (default 0.2)")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (default 0.9)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--ctx", type=int, default=2048, help="context length (tokens)")
     p.add_argument("--device", default="auto")

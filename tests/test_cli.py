@@ -77,7 +77,7 @@ def test_user_mistakes_are_one_line(files, broken_dir, tmp_path, args, message):
 
 
 def test_help_everywhere(tmp_path):
-    for sub in ([], ["run"], ["route"], ["inspect"], ["demo"], ["eval"]):
+    for sub in ([], ["run"], ["route"], ["inspect"], ["demo"], ["chat"], ["eval"]):
         out = cli(*sub, "--help", cwd=tmp_path)
         assert out.returncode == 0 and "usage: logo-cpp" in out.stdout
     # bench hands --help to the benchmark's own parser, so its options are listed

@@ -7,6 +7,7 @@ session's model. Skipped only when the default model's extra is not installed.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,26 @@ def test_chat_from_a_pipe_routes_every_turn_and_obeys_commands():
     assert "unknown command /bogus" in text and "conversation cleared" in text
     assert "> slash first" not in text and "> //slash first" in text
     assert "never read" not in text.split("> /quit")[1]
+
+
+def test_chat_ctrl_c_stops_the_answer_and_the_chat_goes_on():
+    proc = subprocess.Popen([sys.executable, "-m", "logo_cpp.cli", "chat", "--max-tokens", "400", "--temperature", "0",
+                             "--threads", str(THREADS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent)
+    try:
+        proc.stdin.write("Write a very long story about a dragon and a knight.\n")
+        proc.stdin.flush()
+        lines = []
+        while not (lines and lines[-1].startswith("[") and "probe" in lines[-1]):  # the reply has begun
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            lines.append(line)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate("/route\n/quit\n", timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "(stopped; " in out and "routing (logo" in out and "Traceback" not in err
 
 
 def test_chat_ctrl_d_at_once_exits_cleanly():

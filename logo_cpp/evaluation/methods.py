@@ -60,7 +60,9 @@ class Method:
     kind: "base" (no adapters), "oracle" (the prompt's own adapter at weight 1), "uniform" (every adapter of
     the pool, equal weights), "random" (k adapters drawn per prompt, equal weights), or "top-k" (the k adapters
     with the highest ``signal``; k=None takes every scored adapter) weighted by ``weighting``:
-    "proportional" w_i = s_i / sum_S s_j (LoGo, paper step 6), "uniform", or "softmax" over the selected s_i.
+    "proportional" w_i = s_i / sum_S s_j (LoGo, paper step 6), "uniform", or "softmax" over the selected s_i,
+    where s is ``weight_signal`` when given (a router may rank by one signal and weight by another, e.g. rank by
+    a calibrated signal and weight by the raw one), else ``signal``.
     """
 
     name: str
@@ -68,6 +70,7 @@ class Method:
     signal: Optional[str] = None
     k: Optional[int] = None
     weighting: str = "proportional"
+    weight_signal: Optional[str] = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -97,21 +100,23 @@ class Method:
             k = min(self.k, len(allowed))
             picked = sorted(int(i) for i in rng.choice(allowed, size=k, replace=False))
             return [(i, 1.0 / k) for i in picked]
-        return top_k(signals[self.signal], self.k, excluded, self.weighting)
+        weights = signals[self.weight_signal] if self.weight_signal else None
+        return top_k(signals[self.signal], self.k, excluded, self.weighting, weights)
 
 
-def top_k(signal: np.ndarray, k: Optional[int], excluded: Optional[int] = None,
-          weighting: str = "proportional") -> list[tuple[int, float]]:
-    """The k highest scored adapters (ties keep pool order, NaN never chosen) and their weights, computed as
-    cpp/src/router.cpp does for "proportional": float32(s_i / sum_S s_j) with the sum in float64, equal
-    weights when the sum is not positive."""
+def top_k(signal: np.ndarray, k: Optional[int], excluded: Optional[int] = None, weighting: str = "proportional",
+          weight_values: Optional[np.ndarray] = None) -> list[tuple[int, float]]:
+    """The k highest scored adapters (ties keep pool order, NaN never chosen) and their weights from
+    ``weight_values`` (default: ``signal``), computed as cpp/src/router.cpp does for "proportional":
+    float32(v_i / sum_S v_j) with the sum in float64, equal weights when the sum is not positive."""
     s = np.asarray(signal, dtype=np.float32)
     candidates = [i for i in range(len(s)) if np.isfinite(s[i]) and i != excluded]
     order = sorted(candidates, key=lambda i: -float(s[i]))  # sorted() is stable: ties keep pool order
     chosen = order[: len(order) if k is None else k]
     if not chosen:
         return []
-    values = np.array([float(s[i]) for i in chosen])
+    v = s if weight_values is None else np.asarray(weight_values, dtype=np.float32)
+    values = np.array([float(v[i]) for i in chosen])
     if weighting == "proportional":
         total = float(np.sum(values))
         weights = [float(np.float32(v / total)) for v in values] if total > 0 else [1.0 / len(chosen)] * len(chosen)
