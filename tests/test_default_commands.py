@@ -166,8 +166,8 @@ def test_eval_selections_are_logo_routers_own(default):
     for item in items[:: max(1, len(items) // 6)]:
         signals = source.score(item["prompt"])
         for k in (1, 3):
-            for name, signal in (("logo-norm", "norm"), ("logo-entropy", "entropy")):
-                routing = logo_cpp.LoGo(model, pool, k=k, signal=signal).route(item["prompt"])
+            for name, kind in (("logo-norm", "norm"), ("logo-entropy", "entropy")):
+                routing = logo_cpp.LoGo(model, pool, k=k, signal=kind).route(item["prompt"])
                 chosen = top_k(signals[name], k)
                 assert [pool.names[i] for i, _ in chosen] == routing.names
                 assert [w for _, w in chosen] == [float(w) for w in routing.weights]
