@@ -106,6 +106,7 @@ def generate_all(model, pool, jobs: dict[tuple[int, tuple], Selection], items: S
     progress = Progress(len(jobs), label)
     texts: dict[tuple[int, tuple], str] = {}
     for (max_tokens, is_base), group in sorted(groups.items(), key=lambda kv: kv[0]):
+        group.sort(key=lambda job: job[0][0])  # one prompt's mixtures side by side: equal lengths in a batch
         for start in range(0, len(group), batch):
             chunk = group[start:start + batch]
             prompts = [model._prompt_tokens(items[key[0]].prompt) for key, _ in chunk]
