@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import default_model
-from .evaluation.methods import Method, SignalSource, default_methods, logo_source
+from .evaluation.methods import Method, RouterEntry, SignalSource, baselines, logo_source
 from .evaluation.report import markdown, plots, summarize
 from .evaluation.run import Item, run_comparison
 
@@ -36,14 +36,23 @@ def parse_ks(text: str) -> tuple[Optional[int], ...]:
     return tuple(out)
 
 
-def signal_sources(model, pool) -> list[SignalSource]:
-    """Every signal source compared: LoGo's raw norm and entropy (one probe gives both). Further routers
-    (calibrated LoGo, Arrow) add a source here and their rows in ``methods``."""
-    return [logo_source(model, pool)]
+# The routers compared, one entry each; every entry is evaluated at each k of --ks. An entry names the signal
+# source it probes with (SOURCES: one probe per prompt serves every entry and k that uses the source).
+ROUTERS = [
+    RouterEntry("LoGo-norm", source="logo", signal="logo-norm"),
+    RouterEntry("LoGo-entropy", source="logo", signal="logo-entropy"),
+]
+SOURCES = {"logo": logo_source}
 
 
-def methods(ks: Sequence[Optional[int]]) -> list[Method]:
-    return default_methods(signals=("logo-norm", "logo-entropy"), ks=ks)
+def signal_sources(model, pool, routers: Sequence[RouterEntry] = ROUTERS) -> list[SignalSource]:
+    """The signal sources the routers need, each built once."""
+    return [SOURCES[name](model, pool) for name in dict.fromkeys(r.source for r in routers)]
+
+
+def methods(ks: Sequence[Optional[int]], routers: Sequence[RouterEntry] = ROUTERS) -> list[Method]:
+    """The rows of the results table: the baselines, then every router at every k."""
+    return baselines() + [m for router in routers for m in router.methods(ks)]
 
 
 def load_items(model_pool, manifest: dict, pool_path: Path, per_task: Optional[int],

@@ -5,10 +5,11 @@ entropy signals together); it runs once per prompt and serves every method and k
 A *method* is a row of the results table: the base model, the oracle (each prompt's own adapter), a uniform
 merge, random-k, or the top-k adapters by one signal with weights from that signal.
 
-To add a router to the comparison, add a SignalSource that returns its per-adapter scores and one Method per
-k (see ``default_methods``). Sources must score each adapter independently of which other adapters are in the
-pool: the "own adapter removed" protocol then removes an adapter by excluding it from the ranking, which is
-what re-routing over the smaller pool would give (true of LoGo's raw signals with probe="base").
+To add a router to the comparison, give ``logo_cpp.evaluate`` a SignalSource factory that returns its
+per-adapter scores (SOURCES) and one RouterEntry (ROUTERS), which becomes a row per k. Sources must score each
+adapter independently of which other adapters are in the pool: the "own adapter removed" protocol then removes
+an adapter by excluding it from the ranking, which is what re-routing over the smaller pool would give (true of
+LoGo's raw signals with probe="base", and of per-adapter calibrations).
 """
 
 from __future__ import annotations
@@ -128,18 +129,28 @@ def top_k(signal: np.ndarray, k: Optional[int], excluded: Optional[int] = None, 
     return list(zip(chosen, weights))
 
 
-def default_methods(signals: Sequence[str] = ("logo-norm", "logo-entropy"), ks: Sequence[Optional[int]] = (1, 3, 5, None),
-                    random_k: int = 3) -> list[Method]:
-    """The paper's comparison: base, oracle, uniform merge, random-k, and each signal at several k
-    (k=1 is the top-1 router; None: every adapter, weighted by its signal)."""
-    methods = [Method("base", "base"), Method("oracle (own adapter)", "oracle"),
-               Method("uniform merge", "uniform"), Method(f"random k={random_k}", "random", k=random_k)]
-    for signal in signals:
+@dataclass(frozen=True)
+class RouterEntry:
+    """One router of the comparison table: the signal source it probes with (a name in the sources given to
+    ``expand``), the signal it ranks by, and how it weights the chosen adapters. It becomes one row per k."""
+
+    label: str                        # "LoGo-norm"
+    source: str                       # key of its SignalSource factory
+    signal: str                       # the signal name the source returns and the router ranks by
+    weighting: str = "proportional"
+    weight_signal: Optional[str] = None
+
+    def methods(self, ks: Sequence[Optional[int]]) -> list[Method]:
+        out = []
         for k in ks:
             label = "all" if k is None else f"{k} (top-1)" if k == 1 else str(k)
-            methods.append(Method(f"{_display(signal)} k={label}", "top-k", signal=signal, k=k))
-    return methods
+            out.append(Method(f"{self.label} k={label}", "top-k", signal=self.signal, k=k, weighting=self.weighting,
+                              weight_signal=self.weight_signal))
+        return out
 
 
-def _display(signal: str) -> str:
-    return {"logo-norm": "LoGo-norm", "logo-entropy": "LoGo-entropy"}.get(signal, signal)
+def baselines(random_k: int = 3) -> list[Method]:
+    """The paper's comparison points: the base model, the oracle (each prompt's own adapter), a uniform merge
+    of the whole pool and random-k."""
+    return [Method("base", "base"), Method("oracle (own adapter)", "oracle"),
+            Method("uniform merge", "uniform"), Method(f"random k={random_k}", "random", k=random_k)]
