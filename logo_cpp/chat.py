@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 DEFAULT_MAX_TOKENS = 256
-# What the router reads on a chat turn. "message": the last user message as raw text (how the paper probes,
-# and what logo-cpp measured to route best through the chat template: docs/eval/chat_probe.md);
-# "conversation": the whole templated conversation up to the assistant's turn.
+# What the router reads on a chat turn. "message": the last user message as raw text (closest to the raw prompt
+# the paper probes; `logo-cpp serve` routes chat requests the same way by default, its --chat-route-on
+# last-user, chosen by benchmarks/chat_routing.py); "conversation": the templated conversation up to the
+# assistant's turn.
 ROUTE_ON = ("message", "conversation")
 DEFAULT_ROUTE_ON = "message"
 
@@ -341,7 +342,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-adapters", action="store_true", help="chat with the base model alone")
     p.add_argument("--k", type=int, default=None, help="adapters per turn (default: the demo's)")
     p.add_argument("--route-on", default=DEFAULT_ROUTE_ON, choices=ROUTE_ON,
-                   help=f"what the router reads each turn (default {DEFAULT_ROUTE_ON}: see docs/eval/chat_probe.md)")
+                   help=f"what the router reads each turn (default {DEFAULT_ROUTE_ON}: the last user message)")
     p.add_argument("--system", default=None, help="a system message")
     p.add_argument("--max-tokens", "-n", type=int, default=DEFAULT_MAX_TOKENS, help="longest reply (tokens)")
     # SmolLM2's model card samples its instruct models at temperature 0.2, top-p 0.9.

@@ -53,6 +53,9 @@ def run_demo(threads: Optional[int] = None, device: str = "auto", pool_path: Opt
     import logo_cpp
     from . import default_model, tasks
 
+    for name, value in (("--k", k), ("--n", n)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
     t0 = time.perf_counter()
     base = default_model.base_model_path()
     pool_path = Path(pool_path) if pool_path is not None else default_model.pool_dir()

@@ -45,6 +45,20 @@ ROUTERS = [
 SOURCES = {"logo": logo_source}
 
 
+def pick_routers(text: Optional[str]) -> list[RouterEntry]:
+    """The ROUTERS named in ``text`` ("logo-norm,arrow": keys as RouterEntry.key), all of them for None;
+    ValueError naming an unknown key and the known ones."""
+    if not text:
+        return list(ROUTERS)
+    known = {r.key: r for r in ROUTERS}
+    picked = []
+    for part in (p.strip() for p in text.split(",")):
+        if part not in known:
+            raise ValueError(f"--routers: unknown router {part!r}; use some of {', '.join(known)}")
+        picked.append(known[part])
+    return list(dict.fromkeys(picked))
+
+
 def signal_sources(model, pool, routers: Sequence[RouterEntry] = ROUTERS) -> list[SignalSource]:
     """The signal sources the routers need, each built once."""
     return [SOURCES[name](model, pool) for name in dict.fromkeys(r.source for r in routers)]
@@ -93,14 +107,15 @@ def run_eval(args) -> int:
     if args.batch < 1:
         raise ValueError(f"--batch must be at least 1, got {args.batch}")
     ks = parse_ks(args.ks) if args.ks else (QUICK_KS if args.quick else FULL_KS)
+    routers = pick_routers(args.routers)
 
     model = logo_cpp.Model(base, n_ctx=512, n_threads=args.threads)
     pool = logo_cpp.AdapterPool(model, list(adapters.values()), names=list(adapters))
     only = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     items = load_items(pool, manifest, pool_path, per_task, only)
-    table = methods(ks)
-    run = run_comparison(model, pool, items, signal_sources(model, pool), table, tasks.score, batch=args.batch,
-                         seed=args.seed)
+    table = methods(ks, routers)
+    run = run_comparison(model, pool, items, signal_sources(model, pool, routers), table, tasks.score,
+                         batch=args.batch, seed=args.seed)
     meta = {
         "model": Path(base).name.removesuffix(".gguf"),
         "pool": manifest.get("name", pool_path.name),
@@ -132,6 +147,9 @@ def add_arguments(p) -> None:
     p.add_argument("--ks", default=None, help="k values for the signal routers, e.g. 1,3,5,all "
                    f"(default {','.join('all' if k is None else str(k) for k in FULL_KS)}; --quick: "
                    f"{','.join(map(str, QUICK_KS))})")
+    p.add_argument("--routers", default=None,
+                   help=f"compare only these routers (comma-separated; default all: {','.join(r.key for r in ROUTERS)}); "
+                   "the base model, the oracle, the uniform merge and random-k are always in")
     p.add_argument("--batch", type=int, default=16, help="sequences decoded together per graph evaluation")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-k baseline")
     p.add_argument("--threads", "-t", type=int, default=None)

@@ -178,20 +178,31 @@ def test_eval_quick_writes_the_table_json_and_plots(tmp_path):
     in_pool = [t["task"] for t in tasks if t.get("adapter")][:2]
     out_of_pool = [t["task"] for t in tasks if not t.get("adapter")][:1]
     out = cli("eval", "--quick", "--tasks", ",".join(in_pool + out_of_pool), "--per-task", "2", "--threads", THREADS,
-              "--out", tmp_path)
+              "--routers", "logo-entropy", "--out", tmp_path)
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "eval.json").read_text())
     acc = report["accuracy"]
     assert set(acc) == {"in pool", "own adapter removed", "out of pool"}
-    assert {"base", "oracle (own adapter)", "uniform merge", "random k=3", "LoGo-norm k=1 (top-1)",
-            "LoGo-entropy k=3"} <= set(acc["in pool"])
+    assert set(acc["in pool"]) == {"base", "oracle (own adapter)", "uniform merge", "random k=3",
+                                   "LoGo-entropy k=1 (top-1)", "LoGo-entropy k=3"}
     assert "oracle (own adapter)" not in acc["own adapter removed"] and "oracle (own adapter)" not in acc["out of pool"]
     assert set(acc["in pool"]["base"]["per_task"]) == set(in_pool)
     assert set(acc["out of pool"]["base"]["per_task"]) == set(out_of_pool)
     assert acc["in pool"]["oracle (own adapter)"]["overall"] >= acc["in pool"]["base"]["overall"]
-    heat = report["mean_signal_task_x_adapter"]["logo-norm"]
+    heat = report["mean_signal_task_x_adapter"]["logo-entropy"]
     assert np.array(heat).shape == (3, len(report["adapters"]))
     assert "| method | in pool | own adapter removed | out of pool |" in (tmp_path / "eval.md").read_text()
     assert "\r" not in out.stderr and "probing" in out.stderr  # one progress line per stage on a pipe
     pytest.importorskip("matplotlib")
     assert (tmp_path / "accuracy.png").exists() and (tmp_path / "signals_heatmap.png").exists()
+
+
+def test_eval_and_demo_refuse_bad_arguments_before_loading_anything():
+    for args, message in ((("eval", "--routers", "logo-norm,bogus"), "unknown router 'bogus'; use some of logo-norm"),
+                          (("eval", "--ks", "1,0"), "'0' is not a positive integer"),
+                          (("eval", "--per-task", "0"), "--per-task must be at least 1"),
+                          (("demo", "--n", "0"), "--n must be at least 1"),
+                          (("demo", "--k", "-1"), "--k must be at least 1"),
+                          (("chat", "--bogus"), "unrecognized arguments: --bogus")):
+        out = cli(*args, timeout=120)
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)

@@ -140,6 +140,11 @@ class RouterEntry:
     weighting: str = "proportional"
     weight_signal: Optional[str] = None
 
+    @property
+    def key(self) -> str:
+        """The name `logo-cpp eval --routers` takes: the label in lower case, spaces as dashes."""
+        return self.label.lower().replace(" ", "-")
+
     def methods(self, ks: Sequence[Optional[int]]) -> list[Method]:
         out = []
         for k in ks:
