@@ -211,14 +211,11 @@ class Terminal:
     def read(self) -> Optional[str]:
         """The next user line; None at end of input (Ctrl-D, or the pipe's end)."""
         if self.interactive:
-            while True:
-                try:
-                    return input(self.bold("> "))
-                except EOFError:
-                    print()
-                    return None
-                except KeyboardInterrupt:  # Ctrl-C at the prompt clears the line, as a shell does
-                    print()
+            try:
+                return input(self.bold("> "))
+            except EOFError:
+                print()
+                return None
         line = sys.stdin.readline()
         if not line:
             return None
@@ -230,16 +227,22 @@ class Terminal:
     def loop(self) -> int:
         self.say(self.banner)
         while True:
-            line = self.read()
-            if line is None:
-                return 0
-            if not line.strip():
-                continue
-            if line.startswith("/") and not line.startswith("//"):
-                if self.command(line) == "quit":
+            try:
+                line = self.read()
+                if line is None:
                     return 0
-                continue
-            self.answer(line[1:] if line.startswith("//") else line)
+                if not line.strip():
+                    continue
+                if line.startswith("/") and not line.startswith("//"):
+                    if self.command(line) == "quit":
+                        return 0
+                    continue
+                self.answer(line[1:] if line.startswith("//") else line)
+            except KeyboardInterrupt:
+                # Ctrl-C outside an answer (at the prompt, or just after an answer ended) drops the line, as a
+                # shell does; answer() handles it during a reply. Leaving is Ctrl-D or /quit.
+                self.say()
+                self.say(self.dim("(Ctrl-D or /quit leaves)"))
 
     def answer(self, text: str) -> None:
         from . import ContextOverflowError
