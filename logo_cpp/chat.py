@@ -212,7 +212,10 @@ class Terminal:
         """The next user line; None at end of input (Ctrl-D, or the pipe's end)."""
         if self.interactive:
             try:
-                return input(self.bold("> "))
+                # readline counts every character of the prompt as a column unless escape codes sit between
+                # \001 and \002; unmarked colour codes garble editing of lines longer than the terminal.
+                styled = self.bold("> ") != "> "
+                return input("\001\033[1m\002> \001\033[0m\002" if styled else "> ")
             except EOFError:
                 print()
                 return None
@@ -299,7 +302,8 @@ class Terminal:
                 self.say(self.dim(f"(/k takes a positive integer, got {rest!r})"))
             else:
                 session.router.k = min(int(rest), len(session.pool))
-                self.say(self.dim(f"(routing to the top {session.router.k} adapters from now on)"))
+                k = session.router.k
+                self.say(self.dim(f"(routing to the top {k} adapter{'s' if k != 1 else ''} from now on)"))
         elif name == "/adapters":
             if session.pool is None or not len(session.pool):
                 self.say(self.dim("(no adapters: the base model answers)"))

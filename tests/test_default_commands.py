@@ -193,8 +193,8 @@ def test_eval_selections_are_logo_routers_own(default):
 
 def test_eval_quick_writes_the_table_json_and_plots(tmp_path):
     tasks = default_model.load_manifest()["tasks"]
-    in_pool = [t["task"] for t in tasks if t.get("adapter")][:2]
-    out_of_pool = [t["task"] for t in tasks if not t.get("adapter")][:1]
+    in_pool = [t["name"] for t in tasks if t.get("adapter")][:2]
+    out_of_pool = [t["name"] for t in tasks if not t.get("adapter")][:1]
     out = cli("eval", "--quick", "--tasks", ",".join(in_pool + out_of_pool), "--per-task", "2", "--threads", THREADS,
               "--routers", "logo-entropy", "--out", tmp_path)
     assert out.returncode == 0, out.stderr
