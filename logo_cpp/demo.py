@@ -69,7 +69,8 @@ def run_demo(threads: Optional[int] = None, device: str = "auto", pool_path: Opt
 
     print(bold("logo-cpp demo") + dim(f"  {base.stem} on {model.device} ({model.n_threads} threads) · "
                                       f"{len(pool)} task adapters ({pool.nbytes / 2**20:.0f} MiB) · LoGo k={router.k}, "
-                                      f"signal {router.signal}"))
+                                      f"signal {router.signal}"
+                                      + (f" ({router.calibration})" if getattr(router, "calibration", "none") != "none" else "")))
     print(dim(f"loaded in {load_s:.1f} s. {len(prompts)} held-out prompts of different tasks; the router is not "
               f"told the task: it picks adapters from the prompt alone.\n"))
     right = {"logo": 0, "own": 0, "base": 0}

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import default_model
-from .evaluation.methods import Method, RouterEntry, SignalSource, baselines, logo_source
+from . import router as router_module
+from .evaluation.methods import (Method, RouterEntry, SignalSource, arrow_source, baselines, default_calibration,
+                                 logo_source)
 from .evaluation.report import markdown, plots, summarize
 from .evaluation.run import Item, run_comparison
 
@@ -38,11 +40,21 @@ def parse_ks(text: str) -> tuple[Optional[int], ...]:
 
 # The routers compared, one entry each; every entry is evaluated at each k of --ks. An entry names the signal
 # source it probes with (SOURCES: one probe per prompt serves every entry and k that uses the source).
+# Raw LoGo is the paper's router. Calibrated LoGo (what logo_cpp.LoGo does by default) ranks by the calibrated
+# signal and weights by the raw one; Arrow (Ostapenko et al. 2024) is a data-free routing baseline. Both come
+# with the router's calibration support (logo_cpp.router.DEFAULT_CALIBRATION, Arrow).
 ROUTERS = [
     RouterEntry("LoGo-norm", source="logo", signal="logo-norm"),
     RouterEntry("LoGo-entropy", source="logo", signal="logo-entropy"),
 ]
 SOURCES = {"logo": logo_source}
+_CALIBRATION = default_calibration()
+if _CALIBRATION not in (None, "none"):
+    ROUTERS += [RouterEntry(f"LoGo-{kind} {_CALIBRATION}", source="logo", signal=f"logo-{kind}-{_CALIBRATION}",
+                            weight_signal=f"logo-{kind}") for kind in ("norm", "entropy")]
+if hasattr(router_module, "Arrow"):
+    ROUTERS.append(RouterEntry("Arrow", source="arrow", signal="arrow"))
+    SOURCES["arrow"] = arrow_source
 
 
 def pick_routers(text: Optional[str]) -> list[RouterEntry]:

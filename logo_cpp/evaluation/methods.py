@@ -38,20 +38,56 @@ class SignalSource:
     score: Callable[[str], dict[str, np.ndarray]]
 
 
+def default_calibration() -> Optional[str]:
+    """``logo_cpp.router.DEFAULT_CALIBRATION`` (how logo_cpp.LoGo calibrates signals unless told otherwise), or
+    None where the router has no calibration (the paper's raw signals only)."""
+    from .. import router
+
+    return getattr(router, "DEFAULT_CALIBRATION", None)
+
+
 def logo_source(model, pool, probe: str = "base", layer: int = -1, module: str = "attn_q") -> SignalSource:
-    """LoGo's raw signals as the paper defines them (logo-method.md): "logo-norm" s_i = ||o_i|| and
-    "logo-entropy" s_i = 1 / (H(softmax(o_i)) + 1e-6), both from one probe of the whole pool, float32 as the
-    C++ router computes them (so the selections and weights below are LoGo's own, bit for bit)."""
+    """LoGo's signals for every pool adapter:
+    - raw, as the paper defines them (logo-method.md): "logo-norm" s_i = ||o_i|| and "logo-entropy"
+      s_i = 1 / (H(softmax(o_i)) + 1e-6), from one probe of the whole pool;
+    - where the router calibrates (default_calibration() is not None or "none"), also
+      "logo-norm-<calibration>" and "logo-entropy-<calibration>": what the calibrated router ranks by (it weights
+      the chosen adapters by the raw signals), one probe per signal kind.
+    All float32 as the C++ router computes them, so the selections and weights are LoGo's own, bit for bit."""
     from ..router import LoGo
 
-    router = LoGo(model, pool, k=len(pool), signal="norm", probe=probe, layer=layer, module=module)
+    calibration = default_calibration()
+    if calibration is None:
+        routers = {"norm": LoGo(model, pool, k=len(pool), signal="norm", probe=probe, layer=layer, module=module)}
+    else:
+        routers = {kind: LoGo(model, pool, k=len(pool), signal=kind, probe=probe, layer=layer, module=module,
+                              calibration=calibration) for kind in ("norm", "entropy")}
 
     def score(prompt: str) -> dict[str, np.ndarray]:
-        r = router.route(prompt)
-        inverse_entropy = (1.0 / (r.entropies.astype(np.float64) + 1e-6)).astype(np.float32)
-        return {"logo-norm": r.norms.astype(np.float32), "logo-entropy": inverse_entropy}
+        out = {}
+        for kind, router in routers.items():
+            r = router.route(prompt)
+            inverse_entropy = (1.0 / (r.entropies.astype(np.float64) + 1e-6)).astype(np.float32)
+            out.update({"logo-norm": r.norms.astype(np.float32), "logo-entropy": inverse_entropy})
+            if calibration not in (None, "none"):
+                out[f"logo-{kind}-{calibration}"] = np.asarray(r.signals, dtype=np.float32)
+        return out
 
     return SignalSource("logo", score)
+
+
+def arrow_source(model, pool) -> SignalSource:
+    """Arrow's per-adapter scores (``logo_cpp.Arrow``, Ostapenko et al. 2024: |<v_i, h>| / ||h|| summed over
+    every block, v_i the top right singular vector of adapter i's B A on the probe module) as "arrow"; the
+    Arrow router weights the chosen adapters by them too."""
+    from ..router import Arrow
+
+    router = Arrow(model, pool, k=len(pool))
+
+    def score(prompt: str) -> dict[str, np.ndarray]:
+        return {"arrow": np.asarray(router.route(prompt).signals, dtype=np.float32)}
+
+    return SignalSource("arrow", score)
 
 
 @dataclass(frozen=True)
