@@ -67,7 +67,7 @@ CHAT_SCRIPT = "\n".join([
 
 
 def test_chat_from_a_pipe_routes_every_turn_and_obeys_commands():
-    out = cli("chat", "--max-tokens", "12", "--temperature", "0", "--threads", THREADS, stdin=CHAT_SCRIPT)
+    out = cli("chat", "--k", "3", "--max-tokens", "12", "--temperature", "0", "--threads", THREADS, stdin=CHAT_SCRIPT)
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert text.startswith("logo-cpp chat") and "Traceback" not in out.stderr
