@@ -121,6 +121,7 @@ def run_eval(args) -> int:
     ks = parse_ks(args.ks) if args.ks else (QUICK_KS if args.quick else FULL_KS)
     routers = pick_routers(args.routers)
 
+    load_before = os.getloadavg()[0]  # the machine's business, for reading the timings
     model = logo_cpp.Model(base, n_ctx=512, n_threads=args.threads)
     pool = logo_cpp.AdapterPool(model, list(adapters.values()), names=list(adapters))
     only = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
@@ -132,7 +133,8 @@ def run_eval(args) -> int:
         "model": Path(base).name.removesuffix(".gguf"),
         "pool": manifest.get("name", pool_path.name),
         "command": " ".join(["logo-cpp", *getattr(args, "argv", ["eval"])]),
-        "machine": f"{platform.machine()} with {os.cpu_count()} cores, {model.n_threads} threads, {model.device}",
+        "machine": f"{platform.machine()} with {os.cpu_count()} cores, {model.n_threads} threads, {model.device}, "
+                   f"load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after",
         "per_task": per_task,
     }
     report = summarize(run, table, meta)
