@@ -6,6 +6,7 @@ shipped ones; --model and --pool evaluate another base model or another pool mad
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import sys
@@ -132,6 +133,8 @@ def run_eval(args) -> int:
     meta = {
         "model": Path(base).name.removesuffix(".gguf"),
         "pool": manifest.get("name", pool_path.name),
+        # The manifest lists every adapter's sha256: its own hash identifies the pool's files.
+        "pool_manifest_sha256": hashlib.sha256((pool_path / "manifest.json").read_bytes()).hexdigest(),
         "command": " ".join(["logo-cpp", *getattr(args, "argv", ["eval"])]),
         "machine": f"{platform.machine()} with {os.cpu_count()} cores, {model.n_threads} threads, {model.device}, "
                    f"load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after",

@@ -76,7 +76,7 @@ def markdown(report: dict, plots: Sequence[str]) -> str:
              f"**own adapter removed** (the same prompts, each routed with its own task's adapter taken out, as "
              f"LoraRetriever evaluates); **out of pool** ({n['out of pool']} prompts of "
              f"{len(report['tasks']['out_of_pool'])} tasks that have no adapter).", "",
-             f"Made with `{report['command']}`.", "",
+             f"Made with `{report['command']}` (pool manifest sha256 {report.get('pool_manifest_sha256', '-')}).", "",
              "| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
     for m in methods:
         lines.append(f"| {m} | " + " | ".join(_cell(acc[s].get(m, {}).get("overall")) for s in settings) + " |")
