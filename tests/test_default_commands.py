@@ -40,7 +40,7 @@ def default():
 
 
 def test_demo_shows_routing_answers_and_timings():
-    out = cli("demo", "--n", "3", "--threads", THREADS)
+    out = cli("demo", "--n", "3", "--k", "3", "--threads", THREADS)
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert text.count("LoGo chose") == 3 and text.count("own adapter") >= 3 and text.count("base model") >= 3
