@@ -40,17 +40,30 @@ std::vector<std::string> from_bytes(const std::vector<nb::bytes> & list) {
     for (const auto & b : list) out.push_back(from_bytes(b));
     return out;
 }
-logo::RouterOptions router_options(int k, const std::string & signal, const std::string & probe, int layer,
-                                   const std::string & module) {
+
+logo::RouterOptions router_options(int k, const std::string & signal, const std::string & probe,
+                                   const std::vector<int> & layers, const std::string & module,
+                                   const std::string & calibration, const std::string & position) {
     logo::RouterOptions o;
     o.k = k;
     if (signal == "norm") o.signal = logo::Signal::norm;
     else if (signal == "entropy") o.signal = logo::Signal::entropy;
-    else throw std::invalid_argument("unknown signal '" + signal + "'; use 'norm' or 'entropy'");
+    else if (signal == "arrow") o.signal = logo::Signal::arrow;
+    else throw std::invalid_argument("unknown signal '" + signal + "'; use 'norm', 'entropy' or 'arrow'");
     if (probe == "base") o.probe = logo::ProbeMode::base;
     else if (probe == "all") o.probe = logo::ProbeMode::all;
     else throw std::invalid_argument("unknown probe '" + probe + "'; use 'base' or 'all'");
-    o.layer = layer;
+    if (calibration == "none") o.calibration = logo::Calibration::none;
+    else if (calibration == "zscore") o.calibration = logo::Calibration::zscore;
+    else if (calibration == "spectral") o.calibration = logo::Calibration::spectral;
+    else if (calibration == "frobenius") o.calibration = logo::Calibration::frobenius;
+    else throw std::invalid_argument("unknown calibration '" + calibration + "'; use 'none', 'zscore', 'spectral' or 'frobenius'");
+    if (position == "last") o.position = logo::ProbePosition::last;
+    else if (position == "mean") o.position = logo::ProbePosition::mean;
+    else throw std::invalid_argument("unknown probe position '" + position + "'; use 'last' or 'mean'");
+    if (layers.empty()) throw std::invalid_argument("layers is empty");
+    o.layers = layers;
+    o.layer = layers.back();
     o.module = module;
     return o;
 }
@@ -80,6 +93,8 @@ NB_MODULE(_core, m) {
 
     m.def("available_devices", &logo::Model::available_devices, "Devices offered by the linked ggml, e.g. ['CPU'].");
     m.def("default_thread_count", &logo::Model::default_thread_count);
+    m.def("calibration_prompts", &logo::calibration_prompts,
+          "The generic, unlabeled prompts calibrated LoGo signals are normalised over (list of str).");
 
     nb::class_<logo::Model>(m, "Model")
         .def("__init__",
@@ -106,6 +121,7 @@ NB_MODULE(_core, m) {
         .def_prop_ro("device", [](const logo::Model & m) { return m.info().device; })
         .def_prop_ro("n_threads", [](const logo::Model & m) { return m.info().n_threads; })
         .def_prop_ro("weight_bytes", [](const logo::Model & m) { return m.info().weight_bytes; })
+        .def_prop_ro("calibration_cache_entries", &logo::Model::calibration_cache_entries)
         .def_prop_ro("bos", [](const logo::Model & m) { return m.info().bos; })
         .def_prop_ro("eos", [](const logo::Model & m) { return m.info().eos; })
         .def("tokenize",
@@ -231,6 +247,20 @@ NB_MODULE(_core, m) {
                  return as_matrix(std::move(h), n);
              },
              "seq"_a, "tokens"_a, "layer"_a)
+        .def("hidden_states",
+             [](logo::Context & c, int seq, const std::vector<int32_t> & tokens, const std::vector<int> & layers) {
+                 std::vector<std::vector<float>> hs;
+                 {
+                     nb::gil_scoped_release release;
+                     hs = c.hidden_states(seq, tokens, layers);
+                 }
+                 const size_t n_embd = tokens.empty() || hs.empty() ? 0 : hs[0].size() / tokens.size();
+                 nb::list out;
+                 for (auto & h : hs) out.append(as_matrix(std::move(h), n_embd));
+                 return out;
+             },
+             "seq"_a, "tokens"_a, "layers"_a,
+             "Residual entering each of `layers` at every token: a list of float32 (n_tokens, n_embd) arrays.")
         .def("generate",
              [](logo::Context & c, const std::vector<std::vector<int32_t>> & prompts, int max_tokens, float temperature,
                 int top_k, float top_p, float min_p, uint64_t seed, const std::vector<nb::bytes> & stop,
@@ -266,8 +296,9 @@ NB_MODULE(_core, m) {
 
     m.def("route",
           [](logo::Context & c, int seq, const logo::AdapterPool & pool, const std::vector<int32_t> & tokens, int k,
-             const std::string & signal, const std::string & probe, int layer, const std::string & module) {
-              const logo::RouterOptions o = router_options(k, signal, probe, layer, module);
+             const std::string & signal, const std::string & probe, const std::vector<int> & layers,
+             const std::string & module, const std::string & calibration, const std::string & position) {
+              const logo::RouterOptions o = router_options(k, signal, probe, layers, module, calibration, position);
               logo::Routing r;
               {
                   nb::gil_scoped_release release;
@@ -277,14 +308,20 @@ NB_MODULE(_core, m) {
               d["selected"] = r.selected;
               d["weights"] = as_vector(std::move(r.weights));
               d["signals"] = as_vector(std::move(r.signals));
+              d["raw_signals"] = as_vector(std::move(r.raw_signals));
               d["norms"] = as_vector(std::move(r.norms));
               d["entropies"] = as_vector(std::move(r.entropies));
               d["scored"] = r.scored;
               d["probe_seconds"] = r.probe_seconds;
               d["select_seconds"] = r.select_seconds;
+              d["calibration_seconds"] = r.calibration_seconds;
               d["layer"] = r.layer;
+              d["layers"] = r.layers;
+              d["signal"] = logo::to_string(r.signal);
+              d["calibration"] = logo::to_string(r.calibration);
+              d["position"] = logo::to_string(r.position);
               return d;
           },
           "session"_a, "seq"_a, "pool"_a, "tokens"_a, "k"_a = 20, "signal"_a = "norm", "probe"_a = "base",
-          "layer"_a = -1, "module"_a = "attn_q");
+          "layers"_a = std::vector<int>{-1}, "module"_a = "attn_q", "calibration"_a = "none", "position"_a = "last");
 }

@@ -6,14 +6,16 @@ from ._libs import preload as _preload
 _preload(_build_config.LINKED_AGAINST)
 
 from ._core import ConcurrentUseError, ContextOverflowError, FormatError, available_devices  # noqa: E402
+from ._core import calibration_prompts  # noqa: E402
 from .model import Completion, Model, Timings  # noqa: E402
 from .adapters import AdapterPool  # noqa: E402
-from .router import ROUTERS, Fixed, LoGo, RandomK, Router, Routing, TopOne, Uniform  # noqa: E402
+from .router import ROUTERS, Arrow, Fixed, LoGo, RandomK, Router, Routing, TopOne, Uniform  # noqa: E402
 
 __version__ = _build_config.VERSION
 
 __all__ = [
     "AdapterPool",
+    "Arrow",
     "Fixed",
     "LoGo",
     "ROUTERS",
@@ -29,4 +31,5 @@ __all__ = [
     "Model",
     "Timings",
     "available_devices",
+    "calibration_prompts",
 ]

@@ -31,12 +31,21 @@ def _add_model_args(p: argparse.ArgumentParser, adapters_required: bool = True) 
 
 
 def _add_router_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--router", default="logo", choices=["logo", "top1", "uniform", "random"],
+    from .router import CALIBRATIONS, DEFAULT_CALIBRATION, POSITIONS
+
+    p.add_argument("--router", default="logo", choices=["logo", "top1", "arrow", "uniform", "random"],
                    help="how to choose adapters (default: logo)")
     p.add_argument("--k", type=int, default=20, help="adapters per instance (capped at the pool size)")
     p.add_argument("--signal", default="norm", choices=["norm", "entropy"])
+    p.add_argument("--calibration", default=None, choices=CALIBRATIONS,
+                   help=f"how LoGo signals are calibrated per adapter (default: {DEFAULT_CALIBRATION}; "
+                        "none: the paper's raw signal; arrow's default: none)")
+    p.add_argument("--position", default=None, choices=POSITIONS,
+                   help="probe vector: the last prompt token or the mean over the prompt's tokens (default: last "
+                        "for calibration none and arrow, else mean)")
     p.add_argument("--probe", default="base", choices=["base", "all"])
-    p.add_argument("--layer", type=int, default=-1, help="probe block (default: the last)")
+    p.add_argument("--layer", type=int, nargs="+", default=None,
+                   help="probe block(s) (default: the last; arrow: every block)")
     p.add_argument("--module", default="attn_q", help="probe module (default: attn_q)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -52,11 +61,19 @@ def _load(args):
 def _router(args, model, pool):
     import logo_cpp
 
+    from .router import DEFAULT_CALIBRATION
+
+    layer = -1 if args.layer is None else args.layer[0] if len(args.layer) == 1 else args.layer
+    calibration = args.calibration or DEFAULT_CALIBRATION
     if args.router == "logo":
-        return logo_cpp.LoGo(model, pool, k=args.k, signal=args.signal, probe=args.probe, layer=args.layer,
-                             module=args.module)
+        return logo_cpp.LoGo(model, pool, k=args.k, signal=args.signal, probe=args.probe, layer=layer,
+                             module=args.module, calibration=calibration, position=args.position)
     if args.router == "top1":
-        return logo_cpp.TopOne(model, pool, signal=args.signal, probe=args.probe, layer=args.layer, module=args.module)
+        return logo_cpp.TopOne(model, pool, signal=args.signal, probe=args.probe, layer=layer, module=args.module,
+                               calibration=calibration, position=args.position)
+    if args.router == "arrow":
+        return logo_cpp.Arrow(model, pool, k=args.k, layer=args.layer, module=args.module,
+                              calibration=args.calibration or "none", probe=args.probe, position=args.position or "last")
     if args.router == "uniform":
         return logo_cpp.Uniform(model, pool)
     return logo_cpp.RandomK(model, pool, k=args.k, seed=args.seed)
@@ -67,8 +84,12 @@ def _routing_dict(routing, pool, every: bool = False) -> dict:
                                                   for n, w in zip(routing.names, routing.weights)]}
     if routing.unscored:
         out["unscored"] = routing.unscored
+    if routing.calibration is not None:
+        out["signal"], out["calibration"], out["layers"] = routing.signal, routing.calibration, routing.layers
+        out["position"] = routing.position
     if every and routing.signals is not None:
         out["signals"] = {n: (None if s != s else round(float(s), 6)) for n, s in zip(pool.names, routing.signals)}
+        out["raw_signals"] = {n: (None if s != s else round(float(s), 6)) for n, s in zip(pool.names, routing.raw_signals)}
     if routing.timings:
         out["timings"] = routing.timings
     return out
@@ -83,10 +104,22 @@ def _print_routing(routing, pool, every: bool = False, file=sys.stdout) -> None:
     if routing.unscored:
         print(f"  not scored (no {routing.module} LoRA): {', '.join(routing.unscored)}", file=file)
     if every and routing.signals is not None:
-        print("signals:", file=file)
+        blocks = ",".join(str(l) for l in routing.layers) if routing.layers else str(routing.layer)
+        print(f"signals ({routing.signal} at {routing.module} of block {blocks}, {routing.position} token(s); "
+              f"calibration {routing.calibration}):",
+              file=file)
+        calibrated = routing.calibration != "none"
+        header = f"  {'adapter':<{width}}  {'calibrated':>10}  {'raw':>10}" if calibrated else f"  {'adapter':<{width}}  {'raw':>10}"
+        print(header, file=file)
+
+        def fmt(v):
+            return f"{'-':>10}" if v != v else f"{float(v):>10.5g}"
+
         for i in routing.ranking():
-            s = routing.signals[i]
-            print(f"  {pool.names[i]:<{width}}  {'-' if s != s else f'{float(s):.5g}'}", file=file)
+            if calibrated:
+                print(f"  {pool.names[i]:<{width}}  {fmt(routing.signals[i])}  {fmt(routing.raw_signals[i])}", file=file)
+            else:
+                print(f"  {pool.names[i]:<{width}}  {fmt(routing.signals[i])}", file=file)
 
 
 def cmd_run(args) -> int:

@@ -154,6 +154,27 @@ class Model:
             self._session.clear(0)
         return out
 
+    def hidden_states(self, tokens: Sequence[int], layers: Optional[Sequence[int]] = None) -> np.ndarray:
+        """The residual stream entering each block of ``layers`` (default: every block; negative indices count
+        from the end) at every token, from an empty context and without adapters, in one forward pass:
+        float32 of shape (len(layers), n_tokens, n_embd). ``hidden_states(ids, [-1])[0, -1]`` is LoGo's probe
+        vector (the paper's h: before the block's attention RMSNorm)."""
+        ids = self._check_tokens(tokens)
+        wanted = list(range(self.n_layer)) if layers is None else [int(l) for l in layers]
+        resolved = []
+        for layer in wanted:
+            if not -self.n_layer <= layer < self.n_layer:
+                raise ValueError(f"layer {layer} is out of range for a model of {self.n_layer} blocks")
+            resolved.append(layer % self.n_layer)
+        if not resolved:
+            raise ValueError("layers is empty")
+        order = sorted(set(resolved))
+        with self._lock:
+            self._session.clear(0)
+            out = self._session.hidden_states(0, ids, order)
+        by_layer = dict(zip(order, out))
+        return np.stack([by_layer[l] for l in resolved])
+
     def _session_for(self, n_seq: int):
         if n_seq == 1:
             return self._session

@@ -14,6 +14,18 @@ from .model import Completion, Model, Prompt
 
 SIGNALS = ("norm", "entropy")
 PROBES = ("base", "all")
+CALIBRATIONS = ("none", "zscore", "spectral", "frobenius")
+DEFAULT_CALIBRATION = "zscore"
+POSITIONS = ("last", "mean")
+
+
+def default_position(calibration: str) -> str:
+    """Where the probe vector is read when ``position`` is not given: the last prompt token for the paper's
+    raw signal (calibration "none"), else the mean over the prompt's tokens (measured best with calibration,
+    docs/calibration)."""
+    return "last" if calibration == "none" else "mean"
+
+MODULES = ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up")
 
 
 @dataclass
@@ -24,12 +36,17 @@ class Routing:
     names: list[str]          # selected adapters, highest signal first
     weights: np.ndarray       # float32, sums to 1
     indices: list[int]        # their positions in the pool
-    signals: Optional[np.ndarray] = None   # one per pool adapter (NaN: not scored); None for non-probing routers
+    signals: Optional[np.ndarray] = None   # one per pool adapter, what ranks them (NaN: not scored); None for
+                                           # non-probing routers
+    raw_signals: Optional[np.ndarray] = None  # the same before calibration (the paper's s_i)
     norms: Optional[np.ndarray] = None
     entropies: Optional[np.ndarray] = None
     unscored: list[str] = field(default_factory=list)  # adapters without the probe module: never selectable
     signal: Optional[str] = None
-    layer: Optional[int] = None
+    calibration: Optional[str] = None     # how signals were made from raw_signals ("none": they are equal)
+    position: Optional[str] = None        # where the probe vector was read: "last" token or "mean" over tokens
+    layer: Optional[int] = None           # the last probed block
+    layers: Optional[list[int]] = None    # every probed block
     module: Optional[str] = None
     timings: dict = field(default_factory=dict)
 
@@ -107,32 +124,48 @@ class Router:
                        weights=np.asarray(weights, dtype=np.float32), indices=list(indices), **extra)
 
 
-class LoGo(Router):
-    """LoGo: one probe pass scores every adapter from the hidden state entering block ``layer`` at the
-    last prompt token, through each adapter's LoRA on ``module``; the top ``k`` get weights s_i / sum(s).
-
-    ``signal``: "norm" (||o_i||) or "entropy" (1 / H(softmax(o_i))). ``probe``: "base" (no adapters
-    during the probe) or "all" (every pool adapter active at scale 1 during the probe).
-    """
-
-    method = "logo"
-
-    def __init__(self, model: Model, pool: AdapterPool, k: int = 20, signal: str = "norm", probe: str = "base",
-                 layer: int = -1, module: str = "attn_q"):
-        super().__init__(model, pool)
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
-        if signal not in SIGNALS:
-            raise ValueError(f"unknown signal {signal!r}; use one of {', '.join(SIGNALS)}")
-        if probe not in PROBES:
-            raise ValueError(f"unknown probe {probe!r}; use one of {', '.join(PROBES)}")
-        if not isinstance(layer, int) or not -model.n_layer <= layer < model.n_layer:
-            raise ValueError(f"layer {layer!r} is out of range for a model of {model.n_layer} blocks "
+def _layers(model: Model, layer) -> list[int]:
+    """``layer`` as a list of block indices (an int, or a sequence of them; negative counts from the end)."""
+    layers = [layer] if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool) else layer
+    try:
+        layers = list(layers)
+    except TypeError:
+        raise ValueError(f"layer must be an int or a sequence of ints, got {layer!r}") from None
+    if not layers:
+        raise ValueError("layer is an empty sequence; give at least one block")
+    for one in layers:
+        if isinstance(one, bool) or not isinstance(one, (int, np.integer)) or not -model.n_layer <= one < model.n_layer:
+            raise ValueError(f"layer {one!r} is out of range for a model of {model.n_layer} blocks "
                              f"(0..{model.n_layer - 1} or -1..-{model.n_layer})")
-        modules = ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up")
-        if module not in modules:
-            raise ValueError(f"unknown or unprobeable module {module!r}; use one of {', '.join(modules)}")
-        self.k, self.signal, self.probe, self.layer, self.module = k, signal, probe, layer, module
+    return [int(one) for one in layers]
+
+
+def _choice(name: str, value, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; use one of {', '.join(choices)}")
+    return value
+
+
+class _ProbeRouter(Router):
+    """A router that scores every adapter in one probe pass (the C++ core's route)."""
+
+    _signals: Sequence[str] = ()
+
+    def __init__(self, model: Model, pool: AdapterPool, k: int, signal: str, probe: str, layer, module: str,
+                 calibration: str, position: Optional[str]):
+        super().__init__(model, pool)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        self.k = k
+        self.signal = _choice("signal", signal, self._signals)
+        self.probe = _choice("probe", probe, PROBES)
+        self.calibration = _choice("calibration", calibration, CALIBRATIONS)
+        self.position = default_position(calibration) if position is None else _choice("position", position, POSITIONS)
+        if module not in MODULES:
+            raise ValueError(f"unknown or unprobeable module {module!r}; use one of {', '.join(MODULES)}")
+        self.module = module
+        self.layers = _layers(model, layer)
+        self.layer = layer
 
     def route(self, prompt: Prompt) -> Routing:
         self._require_pool()
@@ -140,24 +173,75 @@ class LoGo(Router):
         ids = model._prompt_tokens(prompt)
         with model._lock:
             raw = _core.route(model._session, 0, self.pool._core, ids, k=self.k, signal=self.signal,
-                              probe=self.probe, layer=self.layer, module=self.module)
+                              probe=self.probe, layers=self.layers, module=self.module, calibration=self.calibration,
+                              position=self.position)
         names = self.pool.names
         scored = raw["scored"]
         return self._routing(
-            raw["selected"], raw["weights"], signals=raw["signals"], norms=raw["norms"],
-            entropies=raw["entropies"], unscored=[n for n, s in zip(names, scored) if not s],
-            signal=self.signal, layer=raw["layer"], module=self.module,
-            timings={"probe_seconds": raw["probe_seconds"], "select_seconds": raw["select_seconds"]})
+            raw["selected"], raw["weights"], signals=raw["signals"], raw_signals=raw["raw_signals"],
+            norms=raw["norms"], entropies=raw["entropies"], unscored=[n for n, s in zip(names, scored) if not s],
+            signal=raw["signal"], calibration=raw["calibration"], position=raw["position"], layer=raw["layer"],
+            layers=list(raw["layers"]),
+            module=self.module,
+            timings={"probe_seconds": raw["probe_seconds"], "calibration_seconds": raw["calibration_seconds"],
+                     "select_seconds": raw["select_seconds"]})
+
+
+class LoGo(_ProbeRouter):
+    """LoGo: one probe pass scores every adapter from the hidden state entering block ``layer``, through each
+    adapter's LoRA on ``module``; the top ``k`` by calibrated signal get weights proportional to their raw
+    signals, s_i / sum(s).
+
+    ``signal``: "norm" (||o_i||, o_i = (alpha_i / r_i) B_i A_i h) or "entropy" (1 / H(softmax(o_i))), the
+    paper's two. ``calibration``: how raw signals are made comparable across adapters before ranking:
+    "none" is the paper exactly; "zscore" standardises each adapter's signal with its own mean and std over
+    the library's generic unlabeled prompts (``logo_cpp.calibration_prompts()``; no labels, no training);
+    "spectral" / "frobenius" divide by the norm of (alpha/r) B A (no data). ``layer``: a block, or a sequence
+    of blocks whose calibrated signals are averaged (raw ones summed). ``position``: where the probe vector
+    is read, "last" (the last prompt token, the paper's h) or "mean" (over the prompt's tokens after BOS);
+    None picks "last" for calibration "none" (so that it is the paper exactly) and "mean" otherwise.
+    ``probe``: "base" (no adapters during the probe) or "all" (every pool adapter active at scale 1).
+
+    Raises ValueError naming the argument and its choices for a bad ``k``, ``signal``, ``probe``,
+    ``calibration``, ``position``, ``layer`` or ``module``.
+    """
+
+    method = "logo"
+    _signals = SIGNALS
+
+    def __init__(self, model: Model, pool: AdapterPool, k: int = 20, signal: str = "norm", probe: str = "base",
+                 layer=-1, module: str = "attn_q", calibration: str = DEFAULT_CALIBRATION,
+                 position: Optional[str] = None):
+        super().__init__(model, pool, k, signal, probe, layer, module, calibration, position)
 
 
 class TopOne(LoGo):
-    """The single adapter with the highest LoGo signal, at weight 1."""
+    """The single adapter with the highest (calibrated) LoGo signal, at weight 1."""
 
     method = "top1"
 
     def __init__(self, model: Model, pool: AdapterPool, signal: str = "norm", probe: str = "base",
-                 layer: int = -1, module: str = "attn_q"):
-        super().__init__(model, pool, k=1, signal=signal, probe=probe, layer=layer, module=module)
+                 layer=-1, module: str = "attn_q", calibration: str = DEFAULT_CALIBRATION,
+                 position: Optional[str] = None):
+        super().__init__(model, pool, k=1, signal=signal, probe=probe, layer=layer, module=module,
+                         calibration=calibration, position=position)
+
+
+class Arrow(_ProbeRouter):
+    """Arrow-style routing (Ostapenko et al. 2024, "Towards modular LLMs by building and reusing a library of
+    LoRAs"; in PEFT as ``ArrowConfig``), per instance: each adapter's prototype at a block is the top right
+    singular vector v of its B A on ``module``; its score is |<v, h>| / ||h|| at the probe vector h, summed over
+    ``layer`` (default: every block, as Arrow routes in every adapted layer). The top ``k`` get weights
+    proportional to their scores. Training-free and data-free; ``calibration`` defaults to "none".
+    """
+
+    method = "arrow"
+    _signals = ("arrow",)
+
+    def __init__(self, model: Model, pool: AdapterPool, k: int = 1, layer=None, module: str = "attn_q",
+                 calibration: str = "none", probe: str = "base", position: str = "last"):
+        super().__init__(model, pool, k, "arrow", probe, list(range(model.n_layer)) if layer is None else layer,
+                         module, calibration, position)
 
 
 class Uniform(Router):
@@ -213,4 +297,4 @@ class Fixed(Router):
         return self._routing(indices, list(self.mixture.values()))
 
 
-ROUTERS = {"logo": LoGo, "top1": TopOne, "uniform": Uniform, "random": RandomK, "fixed": Fixed}
+ROUTERS = {"logo": LoGo, "top1": TopOne, "arrow": Arrow, "uniform": Uniform, "random": RandomK, "fixed": Fixed}

@@ -12,6 +12,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import ctypes
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,8 @@ avoid_amx()  # llama.cpp as the oracle, off ggml's AMX matmul that crashes on th
 # Where the oracle runs without repacked layouts (CPUs with AMX), ours must too for bit-equal kernels.
 REPACK = not cpu_has_amx()
 
-THREADS = 2
+# 2 threads as CI; LOGO_TEST_THREADS=1 is much faster on an oversubscribed machine (ggml's threads spin).
+THREADS = int(os.environ.get("LOGO_TEST_THREADS", "2"))
 
 
 def _spec(arch, **kw):

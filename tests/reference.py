@@ -170,3 +170,78 @@ def select(signals, scored, k):
     order = [i for i in np.argsort(-np.where(scored, signals, -np.inf), kind="stable") if scored[i]][:k]
     s = np.array([signals[i] for i in order])
     return order, s / s.sum()
+
+
+# -- calibrated signals (logo_cpp.LoGo(calibration=...), logo_cpp.Arrow) ------------------------------------
+
+_SPECTRA: dict = {}
+
+
+def lora_spectrum(pair):
+    """(||s B A||_F, ||s B A||_2, top right singular vector of B A) by a full numpy SVD of the product
+    (memoised per pair object: a z-score asks for it once per generic prompt)."""
+    key = id(pair)
+    if key not in _SPECTRA or _SPECTRA[key][0] is not pair:
+        a, b, scale = pair
+        _, sv, vt = np.linalg.svd(scale * b @ a)
+        _SPECTRA[key] = (pair, (float(np.sqrt(np.sum(sv ** 2))), float(sv[0]), vt[0]))
+    return _SPECTRA[key][1]
+
+
+def raw_signal(kind, pair, h):
+    """One adapter's raw signal at probe vector h: "norm" ||o||, "entropy" 1 / (H(softmax(o)) + 1e-6) with
+    o = s B A h (the paper), "arrow" |<v, h>| / ||h|| (v: the top right singular vector of B A)."""
+    if kind == "arrow":
+        v = lora_spectrum(pair)[2]
+        return abs(v @ h) / np.linalg.norm(h)
+    a, b, scale = pair
+    o = scale * b @ (a @ h)
+    if kind == "norm":
+        return np.linalg.norm(o)
+    p = np.exp(o - o.max())
+    p /= p.sum()
+    return 1.0 / (-np.sum(p * np.log(p + 1e-8)) + 1e-6)
+
+
+def probe_vector(model: ReferenceModel, tokens, layer, position="last", bos=None, module="attn_q"):
+    """The probe vector of block ``layer``: the residual entering it at the last token, or ("mean") the mean over
+    the tokens after BOS of the module's input RMSNorm(h_t) * w (w: attn_norm for attn_*, else ffn_norm)."""
+    h = model.block_input(tokens, layer)
+    if position == "last":
+        return h[-1]
+    first = 1 if len(tokens) > 1 and tokens[0] == bos else 0
+    w = model.w[f"blk.{layer}.{'attn_norm' if module.startswith('attn_') else 'ffn_norm'}.weight"]
+    return model._rms(h[first:], w).mean(axis=0)
+
+
+def calibrated_signals(adapters, probe_h, generic_h, layers, module="attn_q", signal="norm", calibration="none"):
+    """(raw signals, calibrated signals) per adapter, NaN where an adapter adapts the module at none of ``layers``.
+
+    probe_h[l]: the probe vector entering block l; generic_h[l]: (G, n_embd) the generic prompts' vectors there.
+    Per block: zscore = (s - mean) / std over the generic prompts (population std), spectral / frobenius =
+    s / ||s B A||; then summed (none) or averaged (calibrated) over the blocks that adapt the module."""
+    raw, calibrated = [], []
+    for ad in adapters:
+        r_parts, c_parts = [], []
+        for layer in layers:
+            pair = ad.pairs.get(f"blk.{layer}.{module}.weight")
+            if pair is None:
+                continue
+            s = raw_signal(signal, pair, probe_h[layer])
+            if calibration == "zscore":
+                g = np.array([raw_signal(signal, pair, h) for h in generic_h[layer]])
+                c = (s - g.mean()) / g.std()
+            elif calibration in ("spectral", "frobenius"):
+                frob, spec, _ = lora_spectrum(pair)
+                c = s / (spec if calibration == "spectral" else frob)
+            else:
+                c = s
+            r_parts.append(s)
+            c_parts.append(c)
+        if not r_parts:
+            raw.append(np.nan)
+            calibrated.append(np.nan)
+            continue
+        raw.append(np.sum(r_parts))
+        calibrated.append(np.sum(c_parts) if calibration == "none" else np.mean(c_parts))
+    return np.array(raw), np.array(calibrated)

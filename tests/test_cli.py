@@ -43,6 +43,32 @@ def test_route_all_scores_every_adapter(files, tmp_path):
     data = json.loads(out.stdout)
     assert set(data["signals"]) == {"math", "sql", "poem", "code", "chat", "legal", "mixed"}
     assert data["signals"]["chat"] is None
+    assert data["calibration"] == "zscore" and set(data["raw_signals"]) == set(data["signals"])
+
+
+def test_route_all_shows_raw_and_calibrated_signals(files, tmp_path):
+    import logo_cpp
+
+    model, adapters = files
+    out = cli("route", "-m", model, "-a", adapters, "-p", "the cat", "--all", "--k", "2", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "calibration zscore" in out.stdout and "calibrated" in out.stdout and "raw" in out.stdout
+    m = logo_cpp.Model(model, n_ctx=64, n_threads=1)
+    pool = logo_cpp.AdapterPool(m, adapters)
+    r = logo_cpp.LoGo(m, pool, k=2).route("the cat")
+    table = out.stdout.split("signals (", 1)[1].splitlines()
+    row = next(line.split() for line in table if line.split()[:1] == [r.names[0]])
+    assert float(row[1]) == pytest.approx(float(r.signals[r.indices[0]]), rel=1e-3)
+    assert float(row[2]) == pytest.approx(float(r.raw_signals[r.indices[0]]), rel=1e-3)
+    out = cli("route", "-m", model, "-a", adapters, "-p", "the cat", "--all", "--calibration", "none", cwd=tmp_path)
+    assert "calibration none" in out.stdout and "calibrated" not in out.stdout
+    out = cli("route", "-m", model, "-a", adapters, "-p", "the cat", "--router", "arrow", "--k", "1", "--json",
+              cwd=tmp_path)
+    data = json.loads(out.stdout)
+    assert data["method"] == "arrow" and data["signal"] == "arrow" and data["layers"] == [0, 1, 2]
+    out = cli("route", "-m", model, "-a", adapters, "-p", "hi", "--calibration", "z", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "invalid choice: 'z' (choose from 'none', 'zscore', 'spectral', 'frobenius')" in out.stderr
 
 
 def test_inspect_model_and_adapter_fit(files, model_dir, tmp_path):

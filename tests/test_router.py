@@ -30,7 +30,7 @@ def test_signals_selection_and_weights_match_reference(setup, probe, signal, lay
     k = 3
     for prompt in PROMPTS:
         ids = model.tokenize(prompt)
-        routing = logo_cpp.LoGo(model, pool, k=k, signal=signal, probe=probe, layer=layer).route(prompt)
+        routing = logo_cpp.LoGo(model, pool, k=k, signal=signal, probe=probe, layer=layer, calibration="none").route(prompt)
         h, norms, entropies, scored = logo_signals(reference, adapters, ids, layer=layer, probe=probe)
         if probe == "base":  # the probe vector itself
             ours_h = model._session.block_input(0, ids, layer % model.n_layer)[0]

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "lora_spectrum.h"
+
 namespace logo::core {
 
 ProbeBank::~ProbeBank() {
@@ -108,13 +110,14 @@ const ProbeBank & AdapterPool::probe_bank(int layer, const std::string & module)
     }
     if (!bank->adapters.empty()) {
         const int64_t n = int64_t(bank->adapters.size()), n_in = base->ne[0], n_out = base->ne[1], R = bank->r_max;
-        ggml_init_params params = {2 * ggml_tensor_overhead(), nullptr, true};
+        ggml_init_params params = {3 * ggml_tensor_overhead(), nullptr, true};
         bank->ctx = ggml_init(params);
         bank->a_all = ggml_new_tensor_2d(bank->ctx, GGML_TYPE_F32, n_in, R * n);
         bank->b_all = ggml_new_tensor_3d(bank->ctx, GGML_TYPE_F32, R, n_out, n);
+        bank->prototypes = ggml_new_tensor_2d(bank->ctx, GGML_TYPE_F32, n_in, n);
         bank->buffer = ggml_backend_alloc_ctx_tensors_from_buft(bank->ctx, ggml_backend_dev_buffer_type(model_->device()));
         if (!bank->buffer) throw std::runtime_error("out of memory: cannot allocate the probe stacks");
-        std::vector<float> a(size_t(n_in * R * n), 0.0f), b(size_t(R * n_out * n), 0.0f);
+        std::vector<float> a(size_t(n_in * R * n), 0.0f), b(size_t(R * n_out * n), 0.0f), v(size_t(n_in * n));
         for (int64_t j = 0; j < n; ++j) {
             const LoraMatrix * m = adapters_[size_t(bank->adapters[size_t(j)])]->find(layer, module);
             const std::vector<float> a_i = to_host_f32(m->a);  // [r][n_in]
@@ -124,12 +127,34 @@ const ProbeBank & AdapterPool::probe_bank(int layer, const std::string & module)
             for (int64_t o = 0; o < n_out; ++o) {
                 for (int64_t r = 0; r < m->rank; ++r) b_j[o * R + r] = m->scale * b_i[size_t(o * m->rank + r)];
             }
+            // Data-free facts of s B A (from r x r Grams: cheap even for hundreds of adapters).
+            LoraSpectrum spectrum = lora_spectrum(a_i, b_i, m->rank, n_in, n_out, m->scale);
+            bank->frobenius.push_back(spectrum.frobenius);
+            bank->spectral.push_back(spectrum.spectral);
+            bank->content_hash.push_back(matrix_content_hash(*m, a_i, b_i));
+            std::copy(spectrum.top_right.begin(), spectrum.top_right.end(), v.begin() + j * n_in);
+            bank->prototype_host.push_back(std::move(spectrum.top_right));
         }
         ggml_backend_tensor_set(bank->a_all, a.data(), 0, ggml_nbytes(bank->a_all));
         ggml_backend_tensor_set(bank->b_all, b.data(), 0, ggml_nbytes(bank->b_all));
+        ggml_backend_tensor_set(bank->prototypes, v.data(), 0, ggml_nbytes(bank->prototypes));
     }
     slot = std::move(bank);
     return *slot;
+}
+
+const std::vector<SignalStats> & AdapterPool::bank_stats(const ProbeBank & bank, RawSignal kind, ProbePosition position) {
+    std::lock_guard<std::mutex> lock(cache_mutex_);
+    ProbeBank & owned = *banks_.at({bank.layer, bank.module});  // the same bank, as this pool owns it
+    auto it = owned.stats.find({kind, position});
+    if (it != owned.stats.end()) return it->second;
+    std::vector<SignalStats> out;
+    for (size_t j = 0; j < bank.adapters.size(); ++j) {
+        const LoraMatrix * m = adapters_[size_t(bank.adapters[j])]->find(bank.layer, bank.module);
+        out.push_back(model_->calibration_cache().stats(model_, *m, bank.content_hash[j], kind, position,
+                                                        bank.prototype_host[j]));
+    }
+    return owned.stats[{kind, position}] = std::move(out);
 }
 
 const Mixture & AdapterPool::all_adapters() {

@@ -9,12 +9,14 @@
 #include <vector>
 
 #include "adapter.h"
+#include "calibration.h"
 #include "mixture.h"
 
 namespace logo::core {
 
 // Every adapter's LoRA on one module of one layer, stacked for one matmul pair:
-// a_all [n_in, r_max * n] (zero rows pad ranks below r_max), b_all [r_max, n_out, n] with alpha/r folded in.
+// a_all [n_in, r_max * n] (zero rows pad ranks below r_max), b_all [r_max, n_out, n] with alpha/r folded in,
+// and what calibration and Arrow need of each (per adapter, in stack order).
 struct ProbeBank {
     int layer = -1;
     std::string module;
@@ -22,6 +24,14 @@ struct ProbeBank {
     int r_max = 0;
     ggml_tensor * a_all = nullptr;
     ggml_tensor * b_all = nullptr;
+    ggml_tensor * prototypes = nullptr;  // [n_in, n]: each adapter's top right singular vector of B A (Arrow)
+    std::vector<double> frobenius;       // ||s B A||_F
+    std::vector<double> spectral;        // ||s B A||_2
+    std::vector<uint64_t> content_hash;  // matrix_content_hash: the key of the adapter's statistics
+    std::vector<std::vector<float>> prototype_host;  // the prototypes on the host, for their statistics
+    // Statistics over the generic prompts, per raw signal and probe position, filled on first use
+    // (AdapterPool::bank_stats).
+    std::map<std::pair<RawSignal, ProbePosition>, std::vector<SignalStats>> stats;
 
     ProbeBank() = default;
     ~ProbeBank();
@@ -55,6 +65,11 @@ public:
     const ProbeBank & probe_bank(int layer, const std::string & module);
     // Every adapter at user scale 1, as one mixture (the probe="all" mode).
     const Mixture & all_adapters();
+
+    // Each bank adapter's statistics of `kind` over the generic prompts (in stack order). Computed on first
+    // use from the model's cached generic hidden states and cached per matrix content on the model, so they
+    // never depend on the rest of the pool and re-adding an adapter costs nothing.
+    const std::vector<SignalStats> & bank_stats(const ProbeBank & bank, RawSignal kind, ProbePosition position);
 
 private:
     std::shared_ptr<const Model> model_;

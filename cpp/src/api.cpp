@@ -7,6 +7,8 @@
 #include "adapter_pool.h"
 #include "api_internal.h"
 #include "backend.h"
+#include "calibration.h"
+#include "calibration_prompts.h"
 #include "generate.h"
 #include "logo/logo.h"
 #include "mixture.h"
@@ -74,6 +76,8 @@ std::string Model::apply_chat_template(const std::vector<ChatMessage> & messages
     return impl_->vocab().apply_chat_template(messages, add_generation_prompt, chat_template);
 }
 
+size_t Model::calibration_cache_entries() const { return impl_->calibration_cache().n_cached_stats(); }
+
 std::vector<std::string> Model::available_devices() { return core::available_devices(); }
 int Model::default_thread_count() { return core::default_thread_count(); }
 
@@ -132,6 +136,8 @@ AdapterInfo AdapterPool::info(size_t index) const {
     }
     return info;
 }
+
+std::vector<std::string> calibration_prompts() { return core::calibration_prompts(); }
 
 std::vector<std::pair<std::string, float>> describe(const Routing & routing, const AdapterPool & pool) {
     const std::vector<std::string> names = pool.names();
@@ -225,6 +231,12 @@ std::vector<float> Context::evaluate(int first_seq, int n_seq, const std::vector
 std::vector<float> Context::block_input(int seq, const std::vector<Token> & tokens, int layer) {
     Entered entered(guard_->mutex, "Context");
     return session_->block_input(seq, tokens, layer, nullptr);
+}
+
+std::vector<std::vector<float>> Context::hidden_states(int seq, const std::vector<Token> & tokens,
+                                                      const std::vector<int> & layers) {
+    Entered entered(guard_->mutex, "Context");
+    return session_->hidden_states(seq, tokens, layers);
 }
 
 std::vector<Completion> Context::generate(const std::vector<std::vector<Token>> & prompts, const GenerateOptions & options,

@@ -59,14 +59,19 @@ struct ForwardGraph {
     GraphInputs inputs;
     ggml_tensor * logits = nullptr;        // [n_vocab, n_outputs], when the graph runs to the end
     ggml_tensor * block_input = nullptr;   // [n_embd, n_outputs], residual entering block `stop_layer`
+    // The residual entering each block listed in `capture`, at every token: [n_embd, n_tokens] each
+    // (not marked as outputs: the caller reads them whole or builds on them).
+    std::vector<ggml_tensor *> captured;
 };
 
 // Builds the forward pass's tensors in `ctx` (a GraphArena's: it throws GraphArenaFull when short of room,
 // and GraphArena::build_graph makes the cgraph from `outputs`). With stop_layer in [0, n_layer) the graph
 // stops at the residual stream entering that block (the LoGo probe vector); with stop_layer = n_layer it
 // produces logits.
+// `capture` lists blocks (each <= stop_layer, ascending) whose input residual is also kept, at every token.
 ForwardGraph build_forward_graph(ggml_context * ctx, const Model & model, const KvCache & cache,
-                                 const BatchShape & shape, const LowRankTerms * adapters, int stop_layer);
+                                 const BatchShape & shape, const LowRankTerms * adapters, int stop_layer,
+                                 const std::vector<int> & capture = {});
 
 // A first guess at the tensors a forward graph creates, for a GraphArena's initial room (it grows as needed).
 size_t forward_tensor_estimate(const ModelHparams & hp);

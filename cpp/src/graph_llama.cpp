@@ -157,7 +157,8 @@ size_t forward_tensor_estimate(const ModelHparams & hp) {
 }
 
 ForwardGraph build_forward_graph(ggml_context * ctx, const Model & model, const KvCache & cache,
-                                 const BatchShape & shape, const LowRankTerms * terms, int stop_layer) {
+                                 const BatchShape & shape, const LowRankTerms * terms, int stop_layer,
+                                 const std::vector<int> & capture) {
     const ModelHparams & hp = model.hparams();
     Adapters adapters = {terms, shape.first_stream, shape.n_stream, {}};
     const ModelWeights & w = model.weights();
@@ -179,7 +180,15 @@ ForwardGraph build_forward_graph(ggml_context * ctx, const Model & model, const 
 
     ggml_tensor * residual = ggml_get_rows(ctx, w.tok_embd, in.tokens);  // [n_embd, n_tokens]
 
+    size_t next_capture = 0;
+    auto keep_if_captured = [&](int il) {
+        if (next_capture < capture.size() && capture[next_capture] == il) {
+            fg.captured.push_back(residual);
+            ++next_capture;
+        }
+    };
     for (int il = 0; il < stop_layer; ++il) {
+        keep_if_captured(il);
         const LayerWeights & L = w.layers[size_t(il)];
         graph_reserve(ctx, kLayerRoom);
         ggml_tensor * attn = attention(ctx, fg.outputs, model, cache, shape, in, il,
@@ -194,6 +203,7 @@ ForwardGraph build_forward_graph(ggml_context * ctx, const Model & model, const 
     }
 
     if (stop_layer < hp.n_layer) {
+        keep_if_captured(stop_layer);
         fg.block_input = reduce_outputs ? ggml_get_rows(ctx, residual, in.output_rows) : residual;
         ggml_set_output(fg.block_input);
         fg.outputs.push_back(fg.block_input);

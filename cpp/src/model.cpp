@@ -10,6 +10,7 @@
 #include <stdexcept>
 
 #include "backend.h"
+#include "calibration.h"
 #include "logo/errors.h"
 #include "gguf_file.h"
 
@@ -151,7 +152,8 @@ std::vector<ggml_backend_buffer_type_t> cpu_extra_bufts(ggml_backend_dev_t cpu) 
 
 }  // namespace
 
-Model::Model(const std::string & path, const ModelOptions & options) : path_(path) {
+Model::Model(const std::string & path, const ModelOptions & options)
+    : path_(path), calibration_cache_(std::make_unique<CalibrationCache>()) {
     if (options.n_threads < 0) throw std::invalid_argument("n_threads must be >= 0 (0 means one per core)");
     GgufFile file(path);
     hparams_ = read_hparams(file);

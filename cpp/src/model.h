@@ -14,6 +14,8 @@
 
 namespace logo::core {
 
+class CalibrationCache;  // calibration.h
+
 struct ModelOptions {
     std::string device = "auto";
     int n_threads = 0;  // 0: one per core
@@ -40,6 +42,10 @@ public:
     // A weight by its GGUF name (e.g. "blk.3.attn_q.weight"), for adapters; nullptr when absent.
     ggml_tensor * find_weight(const std::string & name) const;
 
+    // What calibrated routing learns about this model once (the generic prompts' hidden states) and about
+    // each adapter matrix (its statistics): filled on first use, behind its own lock; the weights stay read-only.
+    CalibrationCache & calibration_cache() const { return *calibration_cache_; }
+
 private:
     std::string path_;
     ModelHparams hparams_;
@@ -53,6 +59,7 @@ private:
     void * mapping_ = nullptr;
     size_t mapping_size_ = 0;
     std::unordered_map<std::string, ggml_tensor *> by_name_;
+    std::unique_ptr<CalibrationCache> calibration_cache_;
 
     void release();
 };

@@ -145,25 +145,92 @@ std::vector<float> Session::evaluate(int first_stream, int n_stream, const std::
 
 std::vector<float> Session::block_input(int stream, const std::vector<int32_t> & tokens, int layer,
                                         const LowRankTerms * adapters) {
-    return std::move(probe(stream, tokens, layer, adapters, nullptr)[0]);
+    GraphTail identity = [](ggml_context *, const std::vector<ggml_tensor *> & h) { return h; };
+    return std::move(probe(stream, tokens, {layer}, adapters, identity)[0]);
 }
 
-std::vector<std::vector<float>> Session::probe(int stream, const std::vector<int32_t> & tokens, int layer,
-                                               const LowRankTerms * adapters, const GraphTail & tail) {
-    const int n_layer = int(model_->hparams().n_layer);
-    if (layer < 0 || layer >= n_layer) {
-        throw std::invalid_argument("layer " + std::to_string(layer) + " is out of range [0, " + std::to_string(n_layer) + ")");
+static void check_layers(const std::vector<int> & layers, int n_layer) {
+    if (layers.empty()) throw std::invalid_argument("no layers given");
+    for (size_t i = 0; i < layers.size(); ++i) {
+        if (layers[i] < 0 || layers[i] >= n_layer) {
+            throw std::invalid_argument("layer " + std::to_string(layers[i]) + " is out of range [0, " +
+                                        std::to_string(n_layer) + ")");
+        }
+        if (i > 0 && layers[i] <= layers[i - 1]) throw std::invalid_argument("layers must be ascending and distinct");
     }
+}
+
+std::vector<std::vector<float>> Session::probe(int stream, const std::vector<int32_t> & tokens,
+                                               const std::vector<int> & layers, const LowRankTerms * adapters,
+                                               const GraphTail & tail, ProbeAt at,
+                                               const std::vector<ggml_tensor *> & norm_weights) {
+    if (at == ProbeAt::token_mean && norm_weights.size() != layers.size()) {
+        throw std::invalid_argument("a token-mean probe needs one norm weight per probed layer");
+    }
+    check_layers(layers, int(model_->hparams().n_layer));
     check_tokens(stream, 1, tokens);
     const int n = int(tokens.size());
     const int before = cache_.length[size_t(stream)];
+    // BOS is left out of a mean (its residual is the same for every prompt), unless it is all there is.
+    const bool skip_bos = at == ProbeAt::token_mean && n > 1 && tokens[0] == model_->vocab().bos();
+    const size_t n_embd = size_t(model_->hparams().n_embd);
+    std::vector<float> carry;  // token sums of the chunks before the last, [layers][n_embd]
     std::vector<std::vector<float>> out;
     try {
         for (int start = 0; start < n; start += n_batch_) {
             const int m = std::min(n_batch_, n - start);
             const bool last = start + m == n;
-            // Only the last chunk's graph carries the tail: earlier chunks just fill the cache.
-            out = run_chunk(stream, 1, tokens.data() + start, m, false, adapters, layer, last && tail ? &tail : nullptr);
+            Capture capture;
+            capture.layers = layers;
+            capture.skip_first = skip_bos && start == 0;
+            capture.norm_weights = norm_weights;
+            if (at == ProbeAt::last_token) {
+                // Only the last chunk's graph carries the tail: earlier chunks just fill the cache.
+                capture.mode = Capture::last_token;
+                out = run_chunk(stream, 1, tokens.data() + start, m, false, adapters, layers.back(),
+                                last ? &tail : nullptr, last ? &capture : nullptr);
+                continue;
+            }
+            if (!last) {
+                // Earlier chunks return their token sums; the last chunk's graph adds them and divides.
+                capture.mode = Capture::token_sum;
+                std::vector<std::vector<float>> part =
+                    run_chunk(stream, 1, tokens.data() + start, m, false, adapters, layers.back(), nullptr, &capture);
+                carry.resize(layers.size() * n_embd, 0.0f);
+                for (size_t l = 0; l < layers.size(); ++l) {
+                    for (size_t e = 0; e < n_embd; ++e) carry[l * n_embd + e] += part[l + 1][e];
+                }
+                continue;
+            }
+            capture.mode = Capture::token_mean;
+            capture.carry = carry.empty() ? nullptr : &carry;
+            capture.count = n - (skip_bos ? 1 : 0);
+            out = run_chunk(stream, 1, tokens.data() + start, m, false, adapters, layers.back(), &tail, &capture);
+        }
+    } catch (...) {
+        cache_.length[size_t(stream)] = before;
+        throw;
+    }
+    cache_.length[size_t(stream)] = before;
+    return out;
+}
+
+std::vector<std::vector<float>> Session::hidden_states(int stream, const std::vector<int32_t> & tokens,
+                                                       const std::vector<int> & layers) {
+    check_layers(layers, int(model_->hparams().n_layer));
+    check_tokens(stream, 1, tokens);
+    const int n = int(tokens.size());
+    const int before = cache_.length[size_t(stream)];
+    std::vector<std::vector<float>> out(layers.size());
+    Capture capture;
+    capture.layers = layers;
+    try {
+        for (int start = 0; start < n; start += n_batch_) {
+            const int m = std::min(n_batch_, n - start);
+            std::vector<std::vector<float>> part =
+                run_chunk(stream, 1, tokens.data() + start, m, false, nullptr, layers.back(), nullptr, &capture);
+            // part[0] is the last token's block input; the captured layers (every token) follow.
+            for (size_t l = 0; l < layers.size(); ++l) out[l].insert(out[l].end(), part[l + 1].begin(), part[l + 1].end());
         }
     } catch (...) {
         cache_.length[size_t(stream)] = before;
@@ -185,7 +252,7 @@ void Session::compute(const std::function<std::vector<ggml_tensor *>(ggml_contex
 
 std::vector<std::vector<float>> Session::run_chunk(int first_stream, int n_stream, const int32_t * tokens,
                                                    int n_per_stream, bool all_outputs, const LowRankTerms * adapters,
-                                                   int stop_layer, const GraphTail * tail) {
+                                                   int stop_layer, const GraphTail * tail, const Capture * capture) {
     BatchShape shape;
     shape.first_stream = first_stream;
     shape.n_stream = n_stream;
@@ -200,16 +267,56 @@ std::vector<std::vector<float>> Session::run_chunk(int first_stream, int n_strea
 
     ForwardGraph fg;
     std::vector<ggml_tensor *> results;
+    ggml_tensor * carry = nullptr;  // [n_embd, n_layers]: token sums of earlier chunks (token_mean)
     const BuiltGraph built = arena_.build_graph([&](ggml_context * ctx) {
-        fg = build_forward_graph(ctx, *model_, cache_, shape, adapters, stop_layer);
+        fg = build_forward_graph(ctx, *model_, cache_, shape, adapters, stop_layer,
+                                 capture ? capture->layers : std::vector<int>{});
         results = {fg.logits ? fg.logits : fg.block_input};
+        carry = nullptr;
+        std::vector<ggml_tensor *> kept;
+        if (capture) {
+            graph_reserve(ctx, 8);
+            if (capture->mode == Capture::token_mean && capture->carry) {
+                carry = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, model_->hparams().n_embd, int64_t(capture->layers.size()));
+                ggml_set_input(carry);
+            }
+            for (size_t l = 0; l < fg.captured.size(); ++l) {
+                graph_reserve(ctx, 16);
+                ggml_tensor * h = fg.captured[l];  // [n_embd, n_tokens]
+                switch (capture->mode) {
+                    case Capture::all_tokens: break;
+                    case Capture::last_token: h = ggml_get_rows(ctx, h, fg.inputs.output_rows); break;
+                    case Capture::token_sum:
+                    case Capture::token_mean: {
+                        // Each token as the module reads it: RMS-normalised, times the module's norm weight.
+                        h = ggml_mul(ctx, ggml_rms_norm(ctx, h, model_->hparams().rms_eps), capture->norm_weights[l]);
+                        ggml_tensor * first = ggml_view_2d(ctx, h, h->ne[0], 1, h->nb[1], 0);
+                        h = ggml_sum_rows(ctx, ggml_cont(ctx, ggml_transpose(ctx, h)));  // [1, n_embd]
+                        h = ggml_reshape_2d(ctx, h, h->ne[1], 1);                          // [n_embd, 1]
+                        if (capture->skip_first) h = ggml_sub(ctx, h, first);
+                        if (capture->mode == Capture::token_sum) break;
+                        if (carry) {
+                            h = ggml_add(ctx, h, ggml_view_2d(ctx, carry, carry->ne[0], 1, carry->nb[1], l * carry->nb[1]));
+                        }
+                        h = ggml_scale(ctx, h, 1.0f / float(capture->count));
+                        break;
+                    }
+                }
+                kept.push_back(h);
+            }
+        }
+        std::vector<ggml_tensor *> extra;  // outputs beyond the forward graph's own
         if (tail) {
             graph_reserve(ctx, kLayerRoom);
-            results = (*tail)(ctx, fg.block_input);
-            for (ggml_tensor * t : results) {
-                ggml_set_output(t);
-                fg.outputs.push_back(t);
-            }
+            results = (*tail)(ctx, kept);
+            extra = results;
+        } else {
+            results.insert(results.end(), kept.begin(), kept.end());
+            extra = kept;
+        }
+        for (ggml_tensor * t : extra) {
+            ggml_set_output(t);
+            fg.outputs.push_back(t);
         }
         return fg.outputs;
     });
@@ -249,6 +356,7 @@ std::vector<std::vector<float>> Session::run_chunk(int first_stream, int n_strea
     set_input(fg.inputs.cache_rows, rows.data(), sizeof(int64_t) * rows.size());
     set_input(fg.inputs.mask, mask.data(), sizeof(ggml_fp16_t) * mask.size());
     set_input(fg.inputs.output_rows, out_rows.data(), sizeof(int32_t) * out_rows.size());
+    if (carry) set_input(carry, capture->carry->data(), sizeof(float) * capture->carry->size());
 
     if (ggml_backend_sched_graph_compute(sched_, built.graph) != GGML_STATUS_SUCCESS) {
         throw std::runtime_error("graph computation failed");

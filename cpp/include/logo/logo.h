@@ -60,6 +60,10 @@ public:
     std::string apply_chat_template(const std::vector<ChatMessage> & messages, bool add_generation_prompt = true,
                                     const std::string & chat_template = "") const;
 
+    // How many adapter matrices' calibration statistics this model has cached (diagnostics and tests:
+    // statistics are computed once per matrix content, whichever pool or order it comes in).
+    size_t calibration_cache_entries() const;
+
     static std::vector<std::string> available_devices();
     static int default_thread_count();
 
@@ -142,6 +146,9 @@ public:
 
     // The residual stream entering block `layer` at the last token (the LoGo probe vector), [n_embd].
     std::vector<float> block_input(int seq, const std::vector<Token> & tokens, int layer);
+    // The residual stream entering each of `layers` (ascending, distinct) at every token, in one
+    // forward pass: one row-major [n_tokens][n_embd] array per layer. Sequence `seq` is left as it was.
+    std::vector<std::vector<float>> hidden_states(int seq, const std::vector<Token> & tokens, const std::vector<int> & layers);
 
     // Generates for each prompt in its own sequence (0..n-1), decoding them together; sequence i's
     // sampler is seeded with options.sampling.seed + i. A single prompt generating at least 16 tokens
@@ -174,6 +181,9 @@ private:
     const AdapterPool & pool_;
     RouterOptions options_;
 };
+
+// The generic, unlabeled prompts that calibrated signals are normalised over (shipped with the library).
+std::vector<std::string> calibration_prompts();
 
 // Names of pool adapters and their weights, e.g. for printing a Routing.
 std::vector<std::pair<std::string, float>> describe(const Routing & routing, const AdapterPool & pool);

@@ -59,26 +59,47 @@ struct Completion {
 // Receives each new piece of text (complete UTF-8) as it becomes final; returning false stops.
 using TextCallback = std::function<bool(int sequence, const std::string & piece)>;
 
-enum class Signal { norm, entropy };
+// The raw per-adapter signal, from the probe vector h at a probed block and the adapter's LoRA on the probed
+// module (o = (alpha/r) B A h): norm ||o|| and entropy 1 / H(softmax(o)) are the paper's; arrow is
+// |<v, h>| / ||h|| with v the top right singular vector of B A (Arrow, Ostapenko et al. 2024, as in PEFT).
+enum class Signal { norm, entropy, arrow };
 enum class ProbeMode { base, all };
+// How raw signals are made comparable across adapters before ranking. none: the paper, raw signals
+// (bit for bit as before calibration existed). zscore: (s - mean) / std with the adapter's own statistics
+// over the library's generic unlabeled prompts (logo::calibration_prompts()). spectral / frobenius:
+// s / ||(alpha/r) B A|| (no data).
+enum class Calibration { none, zscore, spectral, frobenius };
+// Where the probe vector is read at each probed block: the last prompt token (the paper), or the mean over
+// the prompt's tokens after BOS.
+enum class ProbePosition { last, mean };
 
 struct RouterOptions {
     int k = 20;
     Signal signal = Signal::norm;
     ProbeMode probe = ProbeMode::base;
-    int layer = -1;  // negative counts from the end: -1 is the last block
+    int layer = -1;           // negative counts from the end: -1 is the last block
+    std::vector<int> layers;  // several probed blocks (overrides `layer` when not empty): signals are
+                              // calibrated per block, then averaged (summed when calibration is none)
     std::string module = "attn_q";
+    Calibration calibration = Calibration::zscore;
+    ProbePosition position = ProbePosition::mean;  // the paper (with calibration none): last
 };
 
 struct Routing {
-    std::vector<int> selected;        // pool indices, highest signal first
-    std::vector<float> weights;       // sum to 1
-    std::vector<float> signals;       // one per pool adapter (the chosen signal); NaN where not scored
-    std::vector<float> norms;         // ||o_i||, NaN where not scored
-    std::vector<float> entropies;     // H_i, NaN where not scored
-    std::vector<bool> scored;         // whether the adapter adapts the probe module
-    int layer = -1;                   // the probed block
+    std::vector<int> selected;        // pool indices, highest calibrated signal first
+    std::vector<float> weights;       // sum to 1: proportional to the selected adapters' raw signals
+    std::vector<float> signals;       // one per pool adapter: what ranks them (calibrated); NaN where not scored
+    std::vector<float> raw_signals;   // the chosen signal before calibration (the paper's s_i); NaN where not scored
+    std::vector<float> norms;         // ||o_i|| (summed over probed blocks), NaN where not scored or for arrow
+    std::vector<float> entropies;     // H_i (mean over probed blocks), NaN where not scored or for arrow
+    std::vector<bool> scored;         // whether the adapter adapts the probe module at a probed block
+    Signal signal = Signal::norm;
+    Calibration calibration = Calibration::none;  // how `signals` were made from `raw_signals`
+    ProbePosition position = ProbePosition::last;
+    int layer = -1;                   // the last probed block
+    std::vector<int> layers;          // every probed block, ascending
     double probe_seconds = 0;
+    double calibration_seconds = 0;   // computing statistics not yet cached (first use of an adapter)
     double select_seconds = 0;
 };
 
@@ -102,6 +123,10 @@ struct AdapterData {
     float alpha = 0.0f;      // informational only (AdapterInfo::alpha): each matrix carries its own scale
     std::vector<LoraMatrixData> matrices;
 };
+
+const char * to_string(Signal signal);
+const char * to_string(Calibration calibration);
+const char * to_string(ProbePosition position);
 
 // A weighted set of pool adapters: (pool index, weight).
 using Mixture = std::vector<std::pair<int, float>>;

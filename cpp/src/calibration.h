@@ -1,0 +1,73 @@
+// Label-free calibration of LoGo signals: each adapter's raw signal is standardised with its own mean and
+// standard deviation over a fixed set of generic, unlabeled prompts (calibration_prompts.h), so that an
+// adapter is ranked by how unusually it responds to this input, not by how loud it always is (SEQR,
+// arXiv 2509.18093, makes the same point). Everything here depends only on the model, the generic prompts
+// and one adapter's own matrices: never on the rest of the pool or the order adapters were added.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "adapter.h"
+#include "logo/types.h"
+#include "model.h"
+
+namespace logo::core {
+
+// The generic prompts' probe vectors at every block, for both probe positions: the residual entering the
+// block at the last prompt token, and the mean over the prompt's tokens (after BOS) of the module input
+// RMSNorm(h_t) * w, with w the attention norm's weight (attn_*) or the FFN norm's (ffn_*).
+struct GenericStates {
+    int64_t n_prompts = 0;
+    int64_t n_embd = 0;
+    std::vector<std::vector<float>> last;       // [n_layer] of row-major [n_prompts][n_embd]
+    std::vector<std::vector<float>> mean_attn;  // the same layout
+    std::vector<std::vector<float>> mean_ffn;
+
+    const std::vector<float> & at(int layer, ProbePosition position, const std::string & module) const;
+};
+
+// What one adapter's raw signal is: the paper's two, and Arrow's.
+enum class RawSignal {
+    norm,             // ||s B A h||
+    inverse_entropy,  // 1 / (H(softmax(s B A h)) + 1e-6)
+    arrow,            // |<v, h>| / ||h||, v the top right singular vector of B A
+};
+
+struct SignalStats {
+    double mean = 0;
+    double std = 0;  // population standard deviation over the generic prompts
+};
+
+// The raw signal of one LoRA pair for one probe vector, in double precision (the statistics' reference).
+// a: [rank][n_in], b: [n_out][rank] row-major; prototype: [n_in] (arrow only).
+double raw_signal(RawSignal kind, const std::vector<float> & a, const std::vector<float> & b, int64_t rank,
+                  int64_t n_in, int64_t n_out, float scale, const std::vector<float> & prototype, const float * h);
+
+// Per model: the generic prompts' hidden states (computed once, on first use) and every adapter matrix's
+// statistics, keyed by the matrix's content so that removing and re-adding an adapter costs nothing.
+class CalibrationCache {
+public:
+    // Runs the generic prompts through `model` (a private session: the caller's contexts are untouched).
+    const GenericStates & generic_states(const std::shared_ptr<const Model> & model);
+
+    // Statistics of `kind` for matrix m over the generic prompts at m's layer. content_hash identifies m's
+    // values (see matrix_content_hash); prototype is the matrix's Arrow vector (arrow only).
+    SignalStats stats(const std::shared_ptr<const Model> & model, const LoraMatrix & m, uint64_t content_hash,
+                      RawSignal kind, ProbePosition position, const std::vector<float> & prototype);
+
+    size_t n_cached_stats();
+
+private:
+    std::mutex mutex_;
+    std::unique_ptr<GenericStates> states_;
+    std::unordered_map<uint64_t, SignalStats> stats_;
+};
+
+// FNV-1a over the matrix's values (as F32), its scale and its layer: equal for equal adapters.
+uint64_t matrix_content_hash(const LoraMatrix & m, const std::vector<float> & a, const std::vector<float> & b);
+
+}  // namespace logo::core

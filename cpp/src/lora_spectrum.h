@@ -1,0 +1,22 @@
+// Data-free facts about one LoRA update dW = s B A, computed from the small r x r Gram matrices
+// without forming dW: its Frobenius and spectral norms and its top right singular vector (Arrow's
+// prototype, Ostapenko et al. 2024, "Towards modular LLMs by building and reusing a library of LoRAs").
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace logo::core {
+
+struct LoraSpectrum {
+    double frobenius = 0;  // ||s B A||_F
+    double spectral = 0;   // ||s B A||_2, the largest singular value
+    std::vector<float> top_right;  // [n_in], unit norm: the top right singular vector (sign fixed, see .cpp)
+};
+
+// a: row-major [rank][n_in] (PEFT's lora_A), b: row-major [n_out][rank] (lora_B), scale = alpha / rank.
+// Deterministic: the same matrices give the same bits, whatever else is in the pool.
+LoraSpectrum lora_spectrum(const std::vector<float> & a, const std::vector<float> & b, int64_t rank, int64_t n_in,
+                           int64_t n_out, float scale);
+
+}  // namespace logo::core
