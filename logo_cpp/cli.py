@@ -305,6 +305,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, KeyError, OSError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         return _die(str(message))
+    except RuntimeError as exc:
+        # The core reports allocations it could not make (a KV cache or adapter stacks larger than memory) as
+        # "out of memory: ..."; that is a user-sized request, so one line. Anything else is a bug: traceback.
+        if str(exc).startswith("out of memory"):
+            return _die(str(exc))
+        raise
     except KeyboardInterrupt:
         return 130
 

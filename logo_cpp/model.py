@@ -53,6 +53,9 @@ def _random_seed() -> int:
     return int.from_bytes(os.urandom(8), "little") >> 1
 
 
+_INT32_MAX = 2**31 - 1
+
+
 class Model:
     """A Llama-family GGUF model (llama, qwen2, qwen3) run by logo-cpp's own ggml graph.
 
@@ -293,18 +296,20 @@ class Model:
         if any(not isinstance(s, (str, bytes)) or not s for s in stop):
             raise ValueError("stop must be a non-empty string or a list of non-empty strings (str or bytes)")
         stop = [as_bytes(s, "stop") for s in stop]
-        if not isinstance(max_tokens, int) or max_tokens < 0:
-            raise ValueError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
-        if not isinstance(top_k, int) or top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {top_k!r}")
+        # The C++ options hold max_tokens and top_k as int32 and the seed as uint64 (logo/types.h): larger
+        # values are refused here rather than as a binding's type error. bool is an int in Python, not a count.
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 0 <= max_tokens <= _INT32_MAX:
+            raise ValueError(f"max_tokens must be an integer in [0, {_INT32_MAX}], got {max_tokens!r}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= _INT32_MAX:
+            raise ValueError(f"top_k must be an integer in [0, {_INT32_MAX}] (0 disables it), got {top_k!r}")
         if not (float(temperature) >= 0 and np.isfinite(temperature)):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
         if not 0 < float(top_p) <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
         if not 0 <= float(min_p) < 1:
             raise ValueError(f"min_p must be in [0, 1), got {min_p!r}")
-        if seed is not None and (not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+            raise ValueError(f"seed must be an integer in [0, 2**64) or None, got {seed!r}")
         return dict(max_tokens=max_tokens, temperature=float(temperature), top_k=top_k, top_p=float(top_p),
                     min_p=float(min_p), seed=_random_seed() if seed is None else seed, stop=stop,
                     ignore_eos=ignore_eos)

@@ -96,6 +96,11 @@ def test_token_id_out_of_range(model, bad):
     (dict(min_p=1.0), "min_p"),
     (dict(max_tokens=-3), "max_tokens"),
     (dict(seed=-1), "seed"),
+    # beyond what the C++ options hold (int32 counts, uint64 seed): a ValueError, not a binding TypeError
+    (dict(max_tokens=10**12), "max_tokens"),
+    (dict(top_k=2**40), "top_k"),
+    (dict(seed=2**70), "seed"),
+    (dict(max_tokens=True), "max_tokens"),
     (dict(stop=[""]), "stop"),
 ])
 def test_invalid_sampling_arguments(model, kwargs, name):

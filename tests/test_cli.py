@@ -90,6 +90,7 @@ def test_inspect_model_and_adapter_fit(files, model_dir, tmp_path):
     (["route", "-m", "{model}", "-a", "{adapters}", "-p", "hi", "--layer", "9"], "layer 9 is out of range"),
     (["run", "-m", "{model}", "-a", "{broken}", "-p", "hi"], "contains NaN or Inf"),
     (["bench", "--types", "q3"], "--types: unknown weight type 'q3'"),
+    (["serve", "--model", "{model}", "--port", "99999"], "--port must be in 0..65535"),
     (["bench", "logo", "--type", "f8"], "--type: unknown weight type 'f8'"),
 ])
 def test_user_mistakes_are_one_line(files, broken_dir, tmp_path, args, message):
@@ -110,3 +111,11 @@ def test_help_everywhere(tmp_path):
     for sub, option in ((["bench"], "--pool-sizes"), (["bench", "core"], "--types"), (["bench", "logo"], "--n-adapters")):
         out = cli(*sub, "--help", cwd=tmp_path)
         assert out.returncode == 0 and f"usage: logo-cpp {' '.join(sub)}" in out.stdout and option in out.stdout, out.stdout
+
+
+def test_a_kv_cache_larger_than_memory_is_an_error_not_a_traceback(files, tmp_path):
+    model, adapters = files
+    out = cli("run", "-m", model, "-a", adapters, "-p", "hi", "--ctx", "1000000000", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    last = out.stderr.splitlines()[-1]
+    assert last.startswith("logo-cpp: error:") and "KV cache" in last and "n_ctx=1000000000" in last, out.stderr

@@ -86,6 +86,8 @@ def load(args) -> Loaded:
         value = getattr(args, name)
         if value < (0 if name in ("port",) else 1):
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.port > 65535:
+        raise ValueError(f"--port must be in 0..65535, got {args.port}")
     if args.queue < 0:
         raise ValueError(f"--queue must be >= 0, got {args.queue}")
     model_path, adapters = args.model, args.adapters
