@@ -263,18 +263,18 @@ def main(argv: Optional[list[str]] = None) -> None:
                     print(f"rep {rep + 1}/{args.reps}  {name:<17} {clients:>2} clients: "
                           f"{out['tokens_per_second']:7.1f} tok/s, TTFT p50 {out['ttft_p50'] * 1000:6.0f} ms, "
                           f"p95 {out['ttft_p95'] * 1000:6.0f} ms", flush=True)
+            # Written after every repetition: a run cut short (a time limit) still leaves its complete ones.
+            report = summarize(samples, args, model_path, adapters, adapter, parallel, reps_done=rep + 1)
+            report["load"] = f"{load_before} / {_load()}"
+            common.write_json(args.out / "serve.json", report)
+            (args.out / "serve.md").write_text(markdown(report))
     finally:
         for server in servers.values():
             server.stop()
-
-    report = summarize(samples, args, model_path, adapters, adapter, parallel)
-    report["load"] = f"{load_before} / {_load()}"
-    common.write_json(args.out / "serve.json", report)
-    (args.out / "serve.md").write_text(markdown(report))
     print(markdown(report))
 
 
-def summarize(samples, args, model_path, adapters, adapter, parallel) -> dict:
+def summarize(samples, args, model_path, adapters, adapter, parallel, reps_done=None) -> dict:
     rows = []
     for clients in args.clients:
         row = {"clients": clients}
@@ -291,7 +291,8 @@ def summarize(samples, args, model_path, adapters, adapter, parallel) -> dict:
         "machine": common.machine_info(args.threads),
         "model": Path(model_path).name, "pool": sorted(a.stem for a in adapters), "pool_size": len(adapters),
         "llama_cpp_server_adapter": adapter.stem, "k": k, "distinct_selections": len(distinct),
-        "max_tokens": args.max_tokens, "requests_per_client": args.requests_per_client, "reps": args.reps,
+        "max_tokens": args.max_tokens, "requests_per_client": args.requests_per_client,
+        "reps": args.reps if reps_done is None else reps_done,
         "parallel": parallel, "ctx_size": args.ctx_size, "rows": rows,
         "command": "logo-cpp bench serve " + " ".join(sys.argv[3:] if sys.argv[1:3] == ["bench", "serve"] else sys.argv[1:]),
     }
