@@ -52,7 +52,7 @@ SOURCES = {"logo": logo_source}
 _CALIBRATION = default_calibration()
 if _CALIBRATION not in (None, "none"):
     ROUTERS += [RouterEntry(f"LoGo-{kind} {_CALIBRATION}", source="logo", signal=f"logo-{kind}-{_CALIBRATION}",
-                            weight_signal=f"logo-{kind}") for kind in ("norm", "entropy")]
+                            weight_signal=f"logo-{kind}-{_CALIBRATION}-raw") for kind in ("norm", "entropy")]
 if hasattr(router_module, "Arrow"):
     ROUTERS.append(RouterEntry("Arrow", source="arrow", signal="arrow"))
     SOURCES["arrow"] = arrow_source

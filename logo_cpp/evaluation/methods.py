@@ -48,29 +48,29 @@ def default_calibration() -> Optional[str]:
 
 def logo_source(model, pool, probe: str = "base", layer: int = -1, module: str = "attn_q") -> SignalSource:
     """LoGo's signals for every pool adapter:
-    - raw, as the paper defines them (logo-method.md): "logo-norm" s_i = ||o_i|| and "logo-entropy"
-      s_i = 1 / (H(softmax(o_i)) + 1e-6), from one probe of the whole pool;
-    - where the router calibrates (default_calibration() is not None or "none"), also
-      "logo-norm-<calibration>" and "logo-entropy-<calibration>": what the calibrated router ranks by (it weights
-      the chosen adapters by the raw signals), one probe per signal kind.
+    - raw, as the paper defines them (logo-method.md), from one probe of the whole pool at the last prompt
+      token: "logo-norm" s_i = ||o_i|| and "logo-entropy" s_i = 1 / (H(softmax(o_i)) + 1e-6);
+    - where the router calibrates (default_calibration() is not None or "none"), the calibrated router's own
+      probe per signal kind (its default probe position may differ from the paper's): "logo-<kind>-<calibration>",
+      what it ranks by, and "logo-<kind>-<calibration>-raw", the raw signals at its position, what it weights by.
     All float32 as the C++ router computes them, so the selections and weights are LoGo's own, bit for bit."""
     from ..router import LoGo
 
     calibration = default_calibration()
-    if calibration is None:
-        routers = {"norm": LoGo(model, pool, k=len(pool), signal="norm", probe=probe, layer=layer, module=module)}
-    else:
-        routers = {kind: LoGo(model, pool, k=len(pool), signal=kind, probe=probe, layer=layer, module=module,
-                              calibration=calibration) for kind in ("norm", "entropy")}
+    raw = {} if calibration is None else {"calibration": "none"}
+    paper = LoGo(model, pool, k=len(pool), signal="norm", probe=probe, layer=layer, module=module, **raw)
+    calibrated = {} if calibration in (None, "none") else {
+        kind: LoGo(model, pool, k=len(pool), signal=kind, probe=probe, layer=layer, module=module,
+                   calibration=calibration) for kind in ("norm", "entropy")}
 
     def score(prompt: str) -> dict[str, np.ndarray]:
-        out = {}
-        for kind, router in routers.items():
-            r = router.route(prompt)
-            inverse_entropy = (1.0 / (r.entropies.astype(np.float64) + 1e-6)).astype(np.float32)
-            out.update({"logo-norm": r.norms.astype(np.float32), "logo-entropy": inverse_entropy})
-            if calibration not in (None, "none"):
-                out[f"logo-{kind}-{calibration}"] = np.asarray(r.signals, dtype=np.float32)
+        r = paper.route(prompt)
+        inverse_entropy = (1.0 / (r.entropies.astype(np.float64) + 1e-6)).astype(np.float32)
+        out = {"logo-norm": r.norms.astype(np.float32), "logo-entropy": inverse_entropy}
+        for kind, router in calibrated.items():
+            c = router.route(prompt)
+            out[f"logo-{kind}-{calibration}"] = np.asarray(c.signals, dtype=np.float32)
+            out[f"logo-{kind}-{calibration}-raw"] = np.asarray(c.raw_signals, dtype=np.float32)
         return out
 
     return SignalSource("logo", score)
