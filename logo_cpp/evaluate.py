@@ -121,6 +121,11 @@ def run_eval(args) -> int:
         raise ValueError(f"--batch must be at least 1, got {args.batch}")
     ks = parse_ks(args.ks) if args.ks else (QUICK_KS if args.quick else FULL_KS)
     routers = pick_routers(args.routers)
+    # The output directory is made before the run: an unwritable --out fails now, not after the evaluation.
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise PermissionError(f"--out {str(out)!r} is not writable")
 
     load_before = os.getloadavg()[0]  # the machine's business, for reading the timings
     model = logo_cpp.Model(base, n_ctx=512, n_threads=args.threads)
@@ -141,8 +146,6 @@ def run_eval(args) -> int:
         "per_task": per_task,
     }
     report = summarize(run, table, meta)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     import json
 
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")

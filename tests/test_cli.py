@@ -91,6 +91,7 @@ def test_inspect_model_and_adapter_fit(files, model_dir, tmp_path):
     (["run", "-m", "{model}", "-a", "{broken}", "-p", "hi"], "contains NaN or Inf"),
     (["bench", "--types", "q3"], "--types: unknown weight type 'q3'"),
     (["serve", "--model", "{model}", "--port", "99999"], "--port must be in 0..65535"),
+    (["eval", "--per-task", "1", "--out", "/proc/nope/eval"], "/proc/nope"),  # refused before the run, not after
     (["bench", "logo", "--type", "f8"], "--type: unknown weight type 'f8'"),
 ])
 def test_user_mistakes_are_one_line(files, broken_dir, tmp_path, args, message):
