@@ -295,6 +295,9 @@ BAD = [
     (b"[" * 100000 + b"]" * 100000, 400, None, "not valid JSON"),
     (b'{"prompt": "x", "seed": ' + b"9" * 5000 + b"}", 400, None, "not valid JSON"),
     (b'{"prompt": "\xff\xfe"}', 400, None, "not valid JSON"),
+    # JSON escapes may spell lone surrogates, which are not Unicode text: refused for every field at once
+    (b'{"prompt": "abc \\ud800 def"}', 400, "prompt", "lone surrogate U+D800 at index 4"),
+    (b'{"prompt": "abc", "stop": ["\\ud800"]}', 400, "stop.0", "lone surrogate U+D800 at index 0"),
     ({"model": "nope", "prompt": "x"}, 404, "model", "does not exist"),
     ({"model": "logo"}, 400, "prompt", "required"),
     ({"prompt": "x", "temperature": -1}, 400, "temperature", "greater than or equal to 0"),
@@ -336,6 +339,8 @@ BAD_CHAT = [
     ({"model": "logo", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, 400,
      "tools", "not supported"),
     ({"model": "sql", "messages": [{"role": "user", "content": "the " * 400}]}, 400, "messages", "context holds 256"),
+    ({"model": "base", "messages": [{"role": "user", "content": "\udcff"}]}, 400, "messages.0.content",
+     "lone surrogate U+DCFF"),
 ]
 
 

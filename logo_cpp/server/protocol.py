@@ -249,6 +249,11 @@ def parse(kind: type[BaseModel], body: Any):
     """Validates a decoded JSON body; every problem becomes a 400 ApiError naming the field."""
     if not isinstance(body, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}")
+    bad = _lone_surrogate(body, [])
+    if bad is not None:
+        param, index, char = bad
+        raise ApiError(400, f"{param or 'a key'}: holds a lone surrogate U+{ord(char):04X} at index {index}; "
+                            f"JSON strings must be valid Unicode (UTF-8 cannot encode it)", param=param or None)
     try:
         return kind.model_validate(body)
     except ValidationError as exc:
@@ -263,6 +268,25 @@ def parse(kind: type[BaseModel], body: Any):
         if err["type"] == "missing":
             message = "a required field is missing"
         return _raise(400, f"{param}: {message}" if param else message, param, None)
+
+
+def _lone_surrogate(value: Any, path: list) -> Optional[tuple[str, int, str]]:
+    """The first string in a decoded JSON value holding a lone surrogate (json accepts escapes like "\\ud800"
+    that are not Unicode text): (dotted path, index, character), or None. Checked once for the whole body, so
+    no field can carry one to the tokenizer or the C++ core."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")       # surrogates are the only str content UTF-8 cannot encode
+            return None
+        except UnicodeEncodeError as exc:
+            return ".".join(map(str, path)), exc.start, value[exc.start]
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _lone_surrogate(key, path) if isinstance(key, str) else None
+        found = found or _lone_surrogate(item, [*path, key])
+        if found:
+            return found
+    return None
 
 
 def _is_type_tag(part) -> bool:
