@@ -69,3 +69,20 @@ def health(background):
     status, body, _ = request(background, "GET", "/health")
     assert status == 200, body
     return body
+
+
+def wait_for_port(proc, port: int, timeout: float = TIMEOUT) -> None:
+    """Waits until the `logo-cpp serve` subprocess ``proc`` accepts connections on ``port``; fails the test
+    with its output if it exits first, or when ``timeout`` seconds pass."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            assert time.monotonic() < deadline, "logo-cpp serve did not start"
+            time.sleep(0.1)

@@ -23,7 +23,7 @@ import pytest
 import logo_cpp
 
 from conftest import THREADS
-from server_util import TIMEOUT, client, health, request, running_server, wait_until
+from server_util import wait_for_port, TIMEOUT, client, health, request, running_server, wait_until
 
 openai = pytest.importorskip("openai")  # the `test` extra installs it; a missing client fails loudly below
 assert openai is not None
@@ -449,15 +449,7 @@ def test_logo_cpp_serve_command(model_dir, adapter_dir, tmp_path):
                              "--threads", "2", "--log-level", "warning"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            assert proc.poll() is None, proc.communicate()
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "logo-cpp serve did not start"
-                time.sleep(0.1)
+        wait_for_port(proc, port)
         from openai import OpenAI
 
         c = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=TIMEOUT)

@@ -13,7 +13,7 @@ from logo_cpp import _core, synthetic
 from logo_cpp.server.main import default_model_paths
 
 from conftest import THREADS
-from server_util import client, running_server
+from server_util import wait_for_port, client, running_server
 
 QUESTIONS = ["What is the capital of France?", "Name three colors.", "Write one sentence about the sea.",
              "What is 2 + 2?"]
@@ -99,7 +99,6 @@ def test_logo_cpp_serve_without_arguments_serves_the_default(tmp_path):
     import socket
     import subprocess
     import sys
-    import time
 
     from server_util import TIMEOUT
 
@@ -110,15 +109,7 @@ def test_logo_cpp_serve_without_arguments_serves_the_default(tmp_path):
                              "--ctx-size", "512", "--threads", str(THREADS), "--log-level", "warning"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            assert proc.poll() is None, proc.communicate()
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "logo-cpp serve did not start"
-                time.sleep(0.2)
+        wait_for_port(proc, port)
         from openai import OpenAI
 
         c = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=TIMEOUT)
