@@ -95,6 +95,9 @@ NB_MODULE(_core, m) {
     m.def("default_thread_count", &logo::Model::default_thread_count);
     m.def("calibration_prompts", &logo::calibration_prompts,
           "The generic, unlabeled prompts calibrated LoGo signals are normalised over (list of str).");
+    m.def("check_gguf_file", &logo::check_gguf_file, "path"_a, nb::call_guard<nb::gil_scoped_release>(),
+          "Reads a GGUF file's header: FormatError naming the file and the version or the truncated tensor "
+          "(bytes needed vs present) unless the loaders can read it; says nothing of what it holds.");
 
     nb::class_<logo::Model>(m, "Model")
         .def("__init__",

@@ -80,9 +80,15 @@ def describe(path: str, base: Optional[str] = None) -> dict:
         return describe_peft(path, base)
     if Path(path).is_dir():
         raise IsADirectoryError(f"'{path}' is a directory, expected a GGUF file or a PEFT adapter directory")
+    # The runtime's own header check first: the gguf package meets a truncated file or an unknown version
+    # with numpy's reshape/view messages; this names the file and the version, or the truncated tensor with
+    # the bytes it needs and the bytes present (the messages Model and AdapterPool give).
+    from . import _core
+
+    _core.check_gguf_file(path)
     try:
         reader = GGUFReader(path)
-    except Exception as exc:  # the gguf package raises assorted types for foreign files
+    except Exception as exc:  # the gguf package raises assorted types for what ggml reads and it does not
         raise ValueError(f"'{path}' is not a readable GGUF file ({exc})") from None
     arch = _value(reader, "general.architecture", "?")
     kind = _value(reader, "general.type", "model")

@@ -402,9 +402,18 @@ def write_adapter(path: PathLike, spec_or_base_path: Union[ModelSpec, PathLike],
 
 # -- broken files -----------------------------------------------------------------------------------
 
-BROKEN_KINDS = ("empty", "not_gguf", "truncated", "truncated_header", "unsupported_arch", "missing_tensor",
-                "wrong_shape", "rope_freqs_nan", "adapter_wrong_arch", "adapter_wrong_shape", "adapter_missing_b",
-                "adapter_nan", "adapter_inf", "adapter_not_adapter", "adapter_alpha_nan", "adapter_alpha_inf")
+BROKEN_KINDS = ("empty", "not_gguf", "truncated", "truncated_header", "version_0", "version_1", "version_99",
+                "big_endian", "unsupported_arch", "missing_tensor", "wrong_shape", "rope_freqs_nan",
+                "adapter_wrong_arch", "adapter_wrong_shape", "adapter_missing_b", "adapter_nan", "adapter_inf",
+                "adapter_not_adapter", "adapter_alpha_nan", "adapter_alpha_inf", "adapter_truncated",
+                "adapter_version_99")
+
+
+def _set_gguf_version(path: Path, version: int, byteorder: str = "little") -> None:
+    """Overwrites the header's version word (bytes 4..8, after the magic); the rest stays a valid v3 file."""
+    data = bytearray(path.read_bytes())
+    data[4:8] = version.to_bytes(4, byteorder)
+    path.write_bytes(bytes(data))
 
 
 def write_broken(path: PathLike, kind: str, spec: ModelSpec) -> Path:
@@ -418,6 +427,12 @@ def write_broken(path: PathLike, kind: str, spec: ModelSpec) -> Path:
         write_model(path, spec)
         data = path.read_bytes()
         path.write_bytes(data[: len(data) * 2 // 3] if kind == "truncated" else data[:200])
+    elif kind.startswith("version_") or kind == "big_endian":
+        write_model(path, spec)
+        if kind == "big_endian":  # version 3 as a big-endian file writes it
+            _set_gguf_version(path, 3, "big")
+        else:
+            _set_gguf_version(path, int(kind[len("version_"):]))
     elif kind == "rope_freqs_nan":
         writer = GGUFWriter(str(path), spec.arch)
         _write_header(writer, spec)
@@ -438,6 +453,13 @@ def write_broken(path: PathLike, kind: str, spec: ModelSpec) -> Path:
                 array = array[:-8]
             _add(writer, name, array)
         _finish(writer)
+    elif kind in ("adapter_truncated", "adapter_version_99"):
+        write_adapter(path, spec, seed=99)
+        if kind == "adapter_truncated":
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) * 2 // 3])
+        else:
+            _set_gguf_version(path, 99)
     elif kind.startswith("adapter_"):
         tensors = adapter_tensors(spec, ("attn_q", "attn_v"), 4, seed=99)
         first = next(iter(tensors))  # blk.0.attn_q.weight.lora_a

@@ -97,6 +97,9 @@ def test_pool_names_add_remove_and_directory(model_dir, adapter_dir):
     ("adapter_not_adapter", "is not a LoRA adapter: general.type"),
     ("adapter_alpha_nan", r"key 'adapter\.lora\.alpha' is nan; expected a finite number"),
     ("adapter_alpha_inf", r"key 'adapter\.lora\.alpha' is inf; expected a finite number"),
+    ("adapter_truncated", r"is truncated: tensor 'blk\.\d+\.attn_[qv]\.weight\.lora_[ab]' needs bytes up to \d+ but "
+                          r"the file has \d+"),
+    ("adapter_version_99", r"is GGUF version 99; logo-cpp reads GGUF versions 2 and 3"),
 ])
 def test_bad_adapters_leave_the_pool_unchanged(model_dir, adapter_dir, broken_dir, kind, message):
     model, pool = make(model_dir, adapter_dir, adapters=["math", "sql"])

@@ -31,7 +31,11 @@ def test_directory(tmp_path):
     ("empty", "is empty"),
     ("not_gguf", "not a GGUF file"),
     ("truncated", "truncated: tensor '.*' needs bytes"),
-    ("truncated_header", "truncated or corrupt header|not a readable GGUF"),
+    ("truncated_header", r"not a readable GGUF file \(truncated or corrupt header; the file has 200 bytes\)"),
+    ("version_0", r"is GGUF version 0; logo-cpp reads GGUF versions 2 and 3 \(little-endian\)"),
+    ("version_1", r"is GGUF version 1 \(GGUFv1, 32-bit counts: .*\); logo-cpp reads GGUF versions 2 and 3"),
+    ("version_99", r"is GGUF version 99; logo-cpp reads GGUF versions 2 and 3 \(little-endian\)"),
+    ("big_endian", r"is GGUF version 50331648 \(version 3 written big-endian\?\); logo-cpp reads GGUF versions 2"),
     ("unsupported_arch", "unsupported architecture '.*'; supported: llama, qwen2, qwen3"),
     ("missing_tensor", r"missing tensor 'blk\.0\.ffn_up\.weight' \(expected shape \[\d+, \d+\]\)"),
     ("wrong_shape", r"tensor 'blk\.0\.attn_q\.weight' has shape \[\d+, \d+\], expected \[\d+, \d+\]"),
@@ -43,6 +47,28 @@ def test_broken_files(broken_dir, kind, message):
         logo_cpp.Model(path)
     assert os.fspath(path) in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+def test_the_versions_named_as_supported_are_the_ones_that_load(model_dir, tmp_path):
+    # The message's list is the gguf package's (an independent reader), and a version-2 file (the same bytes
+    # as version 3 on a little-endian machine) loads and computes what the version-3 file computes.
+    from gguf.gguf_reader import READER_SUPPORTED_VERSIONS
+
+    v2 = tmp_path / "v2.gguf"
+    data = bytearray((model_dir / "llama-f32.gguf").read_bytes())
+    assert data[4:8] == (3).to_bytes(4, "little")
+    data[4:8] = (2).to_bytes(4, "little")
+    v2.write_bytes(bytes(data))
+    ours = logo_cpp.Model(v2, n_ctx=16, n_threads=THREADS)
+    ids = ours.tokenize("the cat")
+    same = logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=16, n_threads=THREADS).logits(ids)
+    assert (ours.logits(ids) == same).all()
+    bad = tmp_path / "v4.gguf"
+    data[4:8] = (4).to_bytes(4, "little")
+    bad.write_bytes(bytes(data))
+    with pytest.raises(logo_cpp.FormatError) as info:
+        logo_cpp.Model(bad)
+    assert f"versions {' and '.join(map(str, READER_SUPPORTED_VERSIONS))} (little-endian)" in str(info.value)
 
 
 def test_adapter_file_is_not_a_model(adapter_dir):

@@ -83,6 +83,52 @@ def test_inspect_model_and_adapter_fit(files, model_dir, tmp_path):
     assert out.returncode == 1 and "is for architecture 'llama'" in out.stdout
 
 
+def _first_cut_tensor(full, size):
+    """(name, end) of the first tensor of the GGUF file `full` whose data ends past `size` bytes, read with the
+    gguf package: what a copy of `full` cut to `size` bytes must be reported as."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(full)
+    for t in reader.tensors:
+        end = int(t.data_offset) + int(t.n_bytes)
+        if end > size:
+            return t.name, end
+    raise AssertionError("nothing is cut")
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("empty", "'{path}' is empty, expected a GGUF file"),
+    ("not_gguf", "'{path}' is not a GGUF file (no GGUF magic at its start)"),
+    ("truncated", "'{path}' is truncated: tensor '{tensor}' needs bytes up to {end} but the file has {size}"),
+    ("adapter_truncated", "'{path}' is truncated: tensor '{tensor}' needs bytes up to {end} but the file has {size}"),
+    ("truncated_header", "'{path}' is not a readable GGUF file (truncated or corrupt header; the file has {size} bytes)"),
+    ("version_99", "'{path}' is GGUF version 99; logo-cpp reads GGUF versions 2 and 3 (little-endian)"),
+    ("version_1", "'{path}' is GGUF version 1 (GGUFv1"),
+    ("big_endian", "'{path}' is GGUF version 50331648 (version 3 written big-endian?)"),
+    ("adapter_version_99", "'{path}' is GGUF version 99; logo-cpp reads GGUF versions 2 and 3 (little-endian)"),
+])
+def test_inspect_says_what_is_wrong_with_a_bad_file(model_dir, tmp_path, kind, message):
+    # Before: the gguf package's numpy messages ("cannot reshape array of size ...") for truncated files.
+    from logo_cpp import synthetic
+    from conftest import SPECS, _spec
+
+    spec = _spec(**SPECS["llama"])
+    path = synthetic.write_broken(tmp_path / f"{kind}.gguf", kind, spec)
+    fields = {"path": path.name, "size": path.stat().st_size}
+    if kind.endswith("truncated"):
+        full = tmp_path / "full.gguf"
+        if kind == "truncated":
+            synthetic.write_model(full, spec)
+        else:
+            synthetic.write_adapter(full, spec, seed=99)
+        assert full.read_bytes()[: fields["size"]] == path.read_bytes()  # the broken file is a cut copy
+        fields["tensor"], fields["end"] = _first_cut_tensor(full, fields["size"])
+    out = cli("inspect", path.name, cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    last = out.stderr.splitlines()[-1]  # ggml may log a line of its own before a corrupt header
+    assert last.startswith("logo-cpp: error:") and message.format(**fields) in last, out.stderr
+
+
 @pytest.mark.parametrize("args,message", [
     (["run", "-m", "missing.gguf", "-a", "x.gguf", "-p", "hi"], "no such file: 'missing.gguf'"),
     (["inspect", "."], "is a directory"),

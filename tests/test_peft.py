@@ -465,9 +465,11 @@ def test_cli_convert_inspect_and_run(model_dir, tmp_path):
     (["convert", "{good}", "--base", "{qwen2}"], "blk.0.attn_q.weight"),
     (["convert", "{good}", "--base", "missing.gguf"], "no such file: 'missing.gguf'"),
     (["run", "-m", "{base}", "-a", "{dora}", "-p", "hi"], "use_dora is set"),
+    (["convert", "{good}", "--base", "{v99}"], "is GGUF version 99; logo-cpp reads GGUF versions 2 and 3"),
 ])
 def test_cli_mistakes_are_one_line(model_dir, tmp_path, args, message):
     paths = {"base": model_dir / "llama-f32.gguf", "qwen2": model_dir / "qwen2-f32.gguf",
+             "v99": synthetic.write_broken(tmp_path / "v99.gguf", "version_99", spec("qwen3")),
              "dora": ref.write_peft(tmp_path / "dora", spec("llama"), config={"use_dora": True}),
              "good": ref.write_peft(tmp_path / "good", spec("qwen3"), targets=("q_proj",))}
     out = cli(*[a.format(**paths) for a in args], cwd=tmp_path)

@@ -10,6 +10,7 @@
 #include "calibration.h"
 #include "calibration_prompts.h"
 #include "generate.h"
+#include "gguf_file.h"
 #include "logo/logo.h"
 #include "mixture.h"
 #include "model.h"
@@ -138,6 +139,8 @@ AdapterInfo AdapterPool::info(size_t index) const {
 }
 
 std::vector<std::string> calibration_prompts() { return core::calibration_prompts(); }
+
+void check_gguf_file(const std::string & path) { core::GgufFile file(path); }
 
 std::vector<std::pair<std::string, float>> describe(const Routing & routing, const AdapterPool & pool) {
     const std::vector<std::string> names = pool.names();

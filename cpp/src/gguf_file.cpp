@@ -23,6 +23,26 @@ std::string shape_string(const ggml_tensor * t) {
     return shape_string(ne);
 }
 
+void check_gguf_version(const std::string & path, uint32_t version) {
+    // ggml's reader (gguf.cpp) takes versions 2 and 3 (they differ only in allowing big-endian files),
+    // refuses 0, version 1 (32-bit counts) and anything newer; files are little-endian here. A version
+    // whose low 16 bits are zero is a small version written in the other byte order.
+    if (version >= kGgufMinVersion && version <= GGUF_VERSION) return;
+    std::string supported = "logo-cpp reads GGUF versions ";
+    for (uint32_t v = kGgufMinVersion; v <= GGUF_VERSION; ++v) {
+        supported += std::to_string(v) + (v == GGUF_VERSION ? "" : v + 1 == GGUF_VERSION ? " and " : ", ");
+    }
+    supported += " (little-endian)";
+    std::string found = "'" + path + "' is GGUF version " + std::to_string(version);
+    if (version != 0 && (version & 0xFFFFu) == 0) {
+        const uint32_t swapped = (version >> 24) | ((version >> 8) & 0xFF00u);
+        found += " (version " + std::to_string(swapped) + " written big-endian?)";
+    } else if (version == 1) {
+        found += " (GGUFv1, 32-bit counts: convert it again with a current llama.cpp)";
+    }
+    throw FormatError(found + "; " + supported);
+}
+
 GgufFile::GgufFile(const std::string & path_) : path(path_) {
     struct stat st {};
     if (stat(path.c_str(), &st) != 0) throw FileNotFound("no such file: '" + path + "'");
@@ -31,22 +51,30 @@ GgufFile::GgufFile(const std::string & path_) : path(path_) {
     file_size = size_t(st.st_size);
     if (file_size == 0) throw FormatError("'" + path + "' is empty, expected a GGUF file");
 
-    // The magic is checked here so that a foreign file gets a clear message, not a parser log line.
+    // The magic and the version are checked here so that a foreign or newer file gets a clear message,
+    // not a line in ggml's log and "corrupt header".
     {
         FILE * f = std::fopen(path.c_str(), "rb");
         if (!f) throw FileError("cannot open '" + path + "' for reading");
-        char magic[4] = {0, 0, 0, 0};
-        size_t n = std::fread(magic, 1, 4, f);
+        unsigned char head[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        const size_t n = std::fread(head, 1, 8, f);
         std::fclose(f);
-        if (n < 4 || magic[0] != 'G' || magic[1] != 'G' || magic[2] != 'U' || magic[3] != 'F') {
+        if (n < 4 || head[0] != 'G' || head[1] != 'G' || head[2] != 'U' || head[3] != 'F') {
             throw FormatError("'" + path + "' is not a GGUF file (no GGUF magic at its start)");
         }
+        if (n < 8) {
+            throw FormatError("'" + path + "' is truncated: its GGUF header needs at least 8 bytes (magic and "
+                              "version) but the file has " + std::to_string(n));
+        }
+        check_gguf_version(path, uint32_t(head[4]) | uint32_t(head[5]) << 8 | uint32_t(head[6]) << 16 |
+                                     uint32_t(head[7]) << 24);
     }
 
     gguf_init_params params = {/*no_alloc =*/true, /*ctx =*/&meta};
     gguf = gguf_init_from_file(path.c_str(), params);
     if (!gguf) {
-        throw FormatError("'" + path + "' is not a readable GGUF file (truncated or corrupt header)");
+        throw FormatError("'" + path + "' is not a readable GGUF file (truncated or corrupt header; the file has " +
+                          std::to_string(file_size) + " bytes)");
     }
 
     // gguf only parses the header; a file cut inside the tensor data parses fine, so check every extent.

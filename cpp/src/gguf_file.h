@@ -18,7 +18,7 @@ struct GgufFile {
     gguf_context * gguf = nullptr;
     ggml_context * meta = nullptr;  // one no_alloc tensor per file tensor: names, types, shapes
 
-    // Opens and checks: exists, is a regular file, non-empty, parses as GGUF, and every tensor's data
+    // Opens and checks: exists, is a regular file, non-empty, a GGUF version ggml reads, parses, and every tensor's data
     // lies inside the file. Throws FileError or FormatError.
     explicit GgufFile(const std::string & path);
     ~GgufFile();
@@ -47,6 +47,13 @@ struct GgufFile {
 private:
     int64_t key_id(const std::string & key) const;
 };
+
+// The oldest GGUF version ggml reads; the newest is GGUF_VERSION (gguf.h).
+constexpr uint32_t kGgufMinVersion = 2;
+
+// Throws FormatError naming the file, the version found and the versions supported, unless `version`
+// (the header's second 32-bit word) is one that ggml's reader accepts.
+void check_gguf_version(const std::string & path, uint32_t version);
 
 // "[4096, 32000]": a shape in ggml order, for error messages.
 std::string shape_string(const ggml_tensor * t);

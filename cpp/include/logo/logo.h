@@ -185,6 +185,13 @@ private:
 // The generic, unlabeled prompts that calibrated signals are normalised over (shipped with the library).
 std::vector<std::string> calibration_prompts();
 
+// Checks that `path` is a GGUF file the loaders can read, reading only its header: it exists, has the GGUF
+// magic and a supported version (2 or 3), its header parses, and every tensor's data lies inside the file.
+// Throws FileNotFound / FileError / FormatError with the messages Model and AdapterPool give (naming the
+// file and the version, or the truncated tensor with the bytes it needs and the bytes present). Says nothing
+// of what the file holds: Model and AdapterPool check that.
+void check_gguf_file(const std::string & path);
+
 // Names of pool adapters and their weights, e.g. for printing a Routing.
 std::vector<std::pair<std::string, float>> describe(const Routing & routing, const AdapterPool & pool);
 
