@@ -213,10 +213,11 @@ def _read_tensors(path: Path) -> dict[str, tuple[np.ndarray, str]]:
     raw bytes come back and BF16 is widened here)."""
     import safetensors
 
+    data = path.read_bytes()
     try:
-        entries = safetensors.deserialize(path.read_bytes())
+        entries = safetensors.deserialize(data)
     except Exception as exc:  # SafetensorError and friends for truncated or foreign files
-        raise FormatError(f"'{path}' is not a readable safetensors file ({exc})") from None
+        raise FormatError(f"'{path}' {_truncation(data) or f'is not a readable safetensors file ({exc})'}") from None
     out = {}
     for name, t in entries:
         code, shape, data = t["dtype"], tuple(t["shape"]), t["data"]
@@ -232,6 +233,28 @@ def _read_tensors(path: Path) -> dict[str, tuple[np.ndarray, str]]:
             raise FormatError(f"'{path}': tensor '{name}' has type {code}; LoRA tensors must be F32, F16, BF16 or F64")
         out[name] = (values.astype(np.float32).reshape(shape), kept)
     return out
+
+
+def _truncation(data: bytes) -> Optional[str]:
+    """What is cut off in a safetensors file that the library refused ("incomplete metadata, file not fully
+    covered" says neither what nor where), or None when it is not a cut: the format is an 8-byte
+    little-endian header length, a JSON header giving each tensor's [begin, end) data offsets, then the data."""
+    if not data:
+        return "is empty, expected a safetensors file"
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    if len(data) < 9 or data[8:9] != b"{" or header_end > 8 + 100 * 2**20:
+        return None  # not the start of a safetensors file (the library caps the header at 100 MB)
+    if header_end > len(data):
+        return f"is truncated: its header needs bytes up to {header_end} but the file has {len(data)}"
+    try:
+        header = json.loads(data[8:header_end])
+        extents = sorted((int(v["data_offsets"][1]), k) for k, v in header.items() if k != "__metadata__")
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None
+    for end, name in extents:
+        if header_end + end > len(data):
+            return f"is truncated: tensor '{name}' needs bytes up to {header_end + end} but the file has {len(data)}"
+    return None
 
 
 def _llama_rows(b: np.ndarray, n_head: int) -> np.ndarray:

@@ -4,6 +4,7 @@ what `logo-cpp convert` writes, and every refusal with its message."""
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -376,9 +377,30 @@ def test_broken_directories(model_dir, tmp_path):
     shutil.copy(good / "adapter_config.json", d)
     (d / "adapter_model.bin").write_bytes(b"\x80\x02")
     cases.append((d, logo_cpp.FormatError, "has only adapter_model.bin"))
+    # Cut: the library says only "incomplete metadata, file not fully covered"; the message names the tensor
+    # cut and the bytes it needs. Cut by one byte, that is the tensor whose data ends the file (the oracle:
+    # the library's own bytes for each tensor of the whole file).
+    import safetensors
+
+    data = (good / "adapter_model.safetensors").read_bytes()
+    last = [name for name, t in safetensors.deserialize(data) if data.endswith(bytes(t["data"]))]
+    assert len(last) == 1
     d = shutil.copytree(good, tmp_path / "truncated")
-    data = (d / "adapter_model.safetensors").read_bytes()
+    (d / "adapter_model.safetensors").write_bytes(data[:-1])
+    cases.append((d, logo_cpp.FormatError, re.escape(f"is truncated: tensor '{last[0]}' needs bytes up to "
+                                                      f"{len(data)} but the file has {len(data) - 1}")))
+    d = shutil.copytree(good, tmp_path / "half")
     (d / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
+    cases.append((d, logo_cpp.FormatError, r"is truncated: tensor '.*' needs bytes up to \d+ but the file has "
+                                           f"{len(data) // 2}"))
+    d = shutil.copytree(good, tmp_path / "header")
+    (d / "adapter_model.safetensors").write_bytes(data[:20])
+    cases.append((d, logo_cpp.FormatError, r"is truncated: its header needs bytes up to \d+ but the file has 20"))
+    d = shutil.copytree(good, tmp_path / "empty-file")
+    (d / "adapter_model.safetensors").write_bytes(b"")
+    cases.append((d, logo_cpp.FormatError, "adapter_model.safetensors' is empty, expected a safetensors file"))
+    d = shutil.copytree(good, tmp_path / "foreign")
+    (d / "adapter_model.safetensors").write_text("not tensors at all, just some text in a file\n" * 4)
     cases.append((d, logo_cpp.FormatError, "is not a readable safetensors file"))
     d = shutil.copytree(good, tmp_path / "json")
     (d / "adapter_config.json").write_text("{r: 8,")
