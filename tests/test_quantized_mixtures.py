@@ -99,6 +99,13 @@ class Oracle:
         self.llm.eval(list(ids))
         return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
 
+    def decode_logits(self, ids, n_prompt: int, adapters: dict):
+        """Logits of ids[:n_prompt] as one batch, then of every later token as a decode step of its own."""
+        self.logits(ids[:n_prompt], adapters)
+        for tok in ids[n_prompt:]:
+            self.llm.eval([tok])
+        return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
+
 
 @pytest.fixture(scope="module")
 def oracles(files):
@@ -139,4 +146,43 @@ def test_quantized_base_mixture_against_llama_cpp(files, oracles, tmp_path, base
     if mixture == "tiny":
         # The adapter's own types at a power-of-two scale: exactly llama.cpp's computation.
         np.testing.assert_array_equal(ours, theirs)
+    del pool
+
+
+def our_decode_logits(model, ids, n_prompt: int, adapters: dict):
+    """Our logits of ids[:n_prompt] as one batch, then of every later token as a decode step of its own (the
+    session API that generation uses), with the mixture `adapters` in every step."""
+    pool, selection = model._resolve_mixture(adapters)
+    mixture = dict(pool=pool._core, selections=[selection])
+    session = model._session
+    session.clear(0)
+    rows = [session.evaluate(0, 1, ids[:n_prompt], all_logits=True, **mixture)]
+    rows += [session.evaluate(0, 1, [tok], **mixture) for tok in ids[n_prompt:]]
+    session.clear(0)
+    return np.concatenate(rows)
+
+
+@pytest.mark.parametrize("mixture", ["three", "groups"])
+@pytest.mark.parametrize("adapter_type", ["f16", "q8_0"])
+@pytest.mark.parametrize("base", BASES)
+def test_decode_steps_against_llama_cpp(files, oracles, tmp_path, base, adapter_type, mixture):
+    """Decode steps, one token each: there a Q8_0 pair runs as the single-node kernels of cpp/src/pair_matvec.cpp
+    (on x86 CPUs with AVX2), which must compute ggml's numbers: llama.cpp running the equivalent pair token by
+    token gives our logits bit for bit, and the files themselves within the tolerance."""
+    bases, adapters = files
+    chosen = MIXTURES[mixture](adapter_type)
+    model = logo_cpp.Model(bases[base], n_ctx=256, n_threads=THREADS, repack=REPACK)
+    pool = logo_cpp.AdapterPool(model, [adapters[n] for n in chosen], names=list(chosen))
+    ids = model.tokenize(PROMPT)
+    n_prompt = 4
+    ours = our_decode_logits(model, ids, n_prompt, chosen)
+    by_file = {adapters[n]: w for n, w in chosen.items()}
+    assert layout_for(bases[base], by_file) == "q8_0"
+    oracle = oracles[base]
+    exact = oracle.decode_logits(ids, n_prompt, {write_equivalent_pair(tmp_path / "pair.gguf", by_file, "q8_0"): 1.0})
+    np.testing.assert_array_equal(ours, exact)
+    theirs = oracle.decode_logits(ids, n_prompt, by_file)
+    plain = oracle.decode_logits(ids, n_prompt, {})
+    effect = np.abs(theirs - plain).max()
+    assert np.abs(ours - theirs).max() <= TOLERANCE[adapter_type] * effect
     del pool

@@ -3,6 +3,9 @@
 #include <cmath>
 #include <vector>
 
+#include "backend.h"
+#include "pair_matvec.h"
+
 namespace logo::core {
 
 // Every linear map of the model passes through here, so adapters enter the graph in one place.
@@ -18,7 +21,15 @@ struct Adapters {
         ggml_tensor * ax;
     };
     std::vector<Product> products;
+    // One token on the CPU: plain Q8_0 pairs go through the single-node kernels of pair_matvec.h.
+    bool matvec = false;
 };
+
+// Whether this weight's A x (and, when its B is Q8_0 too, B (A x) + W x) runs as pair_matvec() nodes: one
+// mixture for every sequence (no slot weights, no per-sequence stacks) and one token.
+static bool matvec_input(const LowRankTerm & term, const ggml_tensor * x, const Adapters & adapters) {
+    return adapters.matvec && !term.slot_weights && pair_matvec_fits(term.a, x);
+}
 
 // A x for the adapted weights that read x: [rows of A, n_rows / n_mix, n_mix], each sequence's slot
 // weights applied when one pair serves several mixtures. Every graph node costs a thread barrier and
@@ -47,6 +58,8 @@ static ggml_tensor * low_rank_input(ggml_context * ctx, const LowRankTerm & term
         a = ggml_view_3d(ctx, a, a->ne[0], R, adapters.n_stream, a->nb[1], a->nb[2], a->nb[2] * size_t(adapters.first_stream));
         ggml_tensor * xs = ggml_reshape_3d(ctx, x, x->ne[0], x->ne[1] / adapters.n_stream, adapters.n_stream);
         ax = ggml_mul_mat(ctx, a, xs);                                                            // [R, rows/mix, n_mix]
+    } else if (matvec_input(term, x, adapters)) {
+        ax = pair_matvec(ctx, a, x, nullptr);                                                     // [R, 1]
     } else {
         ax = ggml_mul_mat(ctx, a, x);                                                             // [R, rows]
     }
@@ -64,6 +77,11 @@ static ggml_tensor * linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * x
     ggml_tensor * ax = low_rank_input(ctx, term, x, adapters);
     ggml_tensor * b = term.b;
     const int64_t rank = b->ne[0];
+    if (matvec_input(term, x, adapters)) {
+        // B (A x) + W x in one node, reading this weight's rows of the product.
+        ggml_tensor * rows = ggml_view_1d(ctx, ax, rank, ax->nb[0] * size_t(term.a_row0));
+        if (pair_matvec_fits(b, rows)) return pair_matvec(ctx, b, rows, y);
+    }
     if (rank != ax->ne[0]) {
         // This weight's rows of the shared product.
         ax = ggml_view_3d(ctx, ax, rank, ax->ne[1], ax->ne[2], ax->nb[1], ax->nb[2], ax->nb[0] * size_t(term.a_row0));
@@ -161,6 +179,7 @@ ForwardGraph build_forward_graph(ggml_context * ctx, const Model & model, const 
                                  const std::vector<int> & capture) {
     const ModelHparams & hp = model.hparams();
     Adapters adapters = {terms, shape.first_stream, shape.n_stream, {}};
+    adapters.matvec = shape.n_tokens() == 1 && is_cpu_device(model.device()) && pair_matvec_available();
     const ModelWeights & w = model.weights();
     ForwardGraph fg;
     graph_reserve(ctx, kLayerRoom);

@@ -10,6 +10,7 @@ first, so ratios come from neighbouring measurements on a shared machine; the re
 spread of the per-repetition ratios.
 
     logo-cpp bench quant [--model PATH | --synthetic] [--types q4_1 q4_k q8_0] [--ks 1 8 20] [--reps 5]
+                         [--kernels-off 8 20]
 """
 
 from __future__ import annotations
@@ -89,7 +90,10 @@ def ensure_adapters(base: Path, workdir: Path, n: int, rank: int, targets, dtype
 
 
 def bench_type(path: Path, adapters: list[Path], ks, threads: int, reps: int, n_prompt: int, n_decode: int,
-               repack: bool) -> dict:
+               repack: bool, kernels_off=()) -> dict:
+    """Rows keyed "0" (the base), "k", and "k-ggml" for every k in kernels_off: logo-cpp alone with its
+    single-node decode kernels of Q8_0 pairs turned off (LOGO_PAIR_MATVEC=0: ggml's matmuls, the same numbers),
+    measured in the same repetitions, so that the kernels' effect is a side-by-side ratio too."""
     ours = logo_cpp.Model(path, n_ctx=1024, n_threads=threads, repack=repack)
     pool = logo_cpp.AdapterPool(ours, adapters[: max(ks)])
     theirs = common.LlamaCppRunner(path, threads)
@@ -97,14 +101,24 @@ def bench_type(path: Path, adapters: list[Path], ks, threads: int, reps: int, n_
     session = ours._session
     gen = dict(max_tokens=n_decode + 1, temperature=0.0, ignore_eos=True, seed=0)
     keys = ("logo_prefill", "logo_decode", "llama_prefill", "llama_decode")
-    samples = {k: {key: [] for key in keys} for k in [0, *ks]}
+    configs = [("0", 0, True)] + [(str(k), k, True) for k in ks] + [(f"{k}-ggml", k, False) for k in kernels_off]
+    samples = {name: {key: [] for key in keys} for name, _, _ in configs}
     for rep in range(reps + 1):  # the first repetition warms caches and is dropped
-        for k in [0, *ks]:
+        for name, k, kernels in configs:
             mixture = dict(pool=pool._core, selections=[[(i, 1.0 / k) for i in range(k)]]) if k else {}
             llama_mixture = [(adapters[i], 1.0 / k) for i in range(k)]
-            for runtime in (("logo", "llama") if rep % 2 == 0 else ("llama", "logo")):
+            runtimes = ("logo", "llama") if kernels else ("logo",)
+            for runtime in (runtimes if rep % 2 == 0 else runtimes[::-1]):
                 if runtime == "logo":
-                    t = session.generate([ids], **gen, **mixture)[0]["timings"]
+                    before = os.environ.get("LOGO_PAIR_MATVEC")
+                    os.environ["LOGO_PAIR_MATVEC"] = "1" if kernels else "0"
+                    try:
+                        t = session.generate([ids], **gen, **mixture)[0]["timings"]
+                    finally:
+                        if before is None:
+                            os.environ.pop("LOGO_PAIR_MATVEC")
+                        else:
+                            os.environ["LOGO_PAIR_MATVEC"] = before
                     prefill, decode = t["prefill_tokens_per_second"], t["decode_tokens_per_second"]
                 else:
                     theirs.set_adapters(llama_mixture)
@@ -112,22 +126,24 @@ def bench_type(path: Path, adapters: list[Path], ks, threads: int, reps: int, n_
                     t_prefill, tok = theirs.prefill(ids)
                     prefill, decode = len(ids) / t_prefill, n_decode / theirs.decode([tok], [len(ids)], n_decode)
                 if rep:
-                    samples[k][f"{runtime}_prefill"].append(prefill)
-                    samples[k][f"{runtime}_decode"].append(decode)
+                    samples[name][f"{runtime}_prefill"].append(prefill)
+                    samples[name][f"{runtime}_decode"].append(decode)
     theirs.close()
     del pool
     rows = {}
-    for k, s in samples.items():
-        row = {key: common.median(v) for key, v in s.items()}
+    for name, s in samples.items():
+        row = {key: common.median(v) if v else None for key, v in s.items()}
         for runtime in ("logo", "llama"):
             for phase in ("prefill", "decode"):
+                if not s[f"{runtime}_{phase}"]:
+                    continue
                 # Each repetition's mixture against the base measured next to it.
-                ratios = [m / b for m, b in zip(s[f"{runtime}_{phase}"], samples[0][f"{runtime}_{phase}"])]
+                ratios = [m / b for m, b in zip(s[f"{runtime}_{phase}"], samples["0"][f"{runtime}_{phase}"])]
                 row[f"{runtime}_{phase}_vs_base"] = common.median(ratios)
                 row[f"{runtime}_{phase}_vs_base_range"] = [min(ratios), max(ratios)]
-        row["decode_logo_over_llama"] = row["logo_decode"] / row["llama_decode"]
+        row["decode_logo_over_llama"] = row["logo_decode"] / row["llama_decode"] if row["llama_decode"] else None
         row["samples"] = s
-        rows[str(k)] = row
+        rows[name] = row
     return {"file": path.name, "tensor_types": tensor_types(path), "rows": rows}
 
 
@@ -140,6 +156,9 @@ def report(res: dict) -> str:
              f"{'/'.join(f'{x:.2f}' for x in res['load_before'])}, after {'/'.join(f'{x:.2f}' for x in res['load_after'])}.", "",
              f"Adapters: {res['adapters']}, scale 1/k each, the same files and scales in both runtimes. "
              f"Weight layouts: {res['layouts']}.", ""]
+    if any(k.endswith("-ggml") for r in res["types"].values() for k in r["rows"]):
+        lines += ["Rows 'k (ggml matmuls)': logo-cpp alone, with its single-node decode kernels of Q8_0 pairs turned off "
+                  "(LOGO_PAIR_MATVEC=0: ggml's matmuls and adds, the same numbers), in the same repetitions.", ""]
     for t, r in res["types"].items():
         lines += [f"## {t} ({r['file']}: {r['tensor_types']})", "",
                   "| k | prefill logo-cpp | prefill llama.cpp | decode logo-cpp | decode llama.cpp | logo-cpp prefill vs base "
@@ -147,13 +166,18 @@ def report(res: dict) -> str:
                   "|---|---|---|---|---|---|---|---|---|"]
         for k, row in r["rows"].items():
             def rel(key):
+                if key not in row:
+                    return "-"
                 lo, hi = row[f"{key}_range"]
                 return f"{row[key]:.3f} [{lo:.2f}-{hi:.2f}]"
 
-            name = "base" if k == "0" else k
-            lines.append(f"| {name} | {row['logo_prefill']:.1f} | {row['llama_prefill']:.1f} | {row['logo_decode']:.1f} | "
-                         f"{row['llama_decode']:.1f} | {rel('logo_prefill_vs_base')} | {rel('logo_decode_vs_base')} | "
-                         f"{rel('llama_decode_vs_base')} | {row['decode_logo_over_llama']:.2f} |")
+            def num(key, digits):
+                return "-" if row.get(key) is None else f"{row[key]:.{digits}f}"
+
+            name = "base" if k == "0" else k.replace("-ggml", " (ggml matmuls)")
+            lines.append(f"| {name} | {num('logo_prefill', 1)} | {num('llama_prefill', 1)} | {num('logo_decode', 1)} | "
+                         f"{num('llama_decode', 1)} | {rel('logo_prefill_vs_base')} | {rel('logo_decode_vs_base')} | "
+                         f"{rel('llama_decode_vs_base')} | {num('decode_logo_over_llama', 2)} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -181,6 +205,9 @@ def main(argv=None):
                         help="adapted blocks: 'all' (default) or FIRST-LAST; the shipped pool adapts 18-29 of SmolLM2's 30")
     parser.add_argument("--adapter-type", default="f16", choices=["f32", "f16", "bf16", "q8_0"],
                         help="type the adapter files are stored in (default f16, as the shipped pool)")
+    parser.add_argument("--kernels-off", nargs="*", type=int, default=[], metavar="K",
+                        help="also measure logo-cpp at these k with its single-node decode kernels of Q8_0 pairs off "
+                             "(LOGO_PAIR_MATVEC=0: ggml's matmuls, the same numbers), rows 'K (ggml matmuls)'")
     parser.add_argument("--prompt", type=int, default=150, help="prompt tokens")
     parser.add_argument("--decode", type=int, default=64, help="decode steps")
     common.add_common_args(parser, reps=5)
@@ -189,6 +216,8 @@ def main(argv=None):
     parse_layers(args.layers)
     if min(args.ks) < 1:
         parser.error("--ks: every k must be >= 1")
+    if any(k not in args.ks for k in args.kernels_off):
+        parser.error("--kernels-off: every k must also be in --ks")
 
     model = args.model
     if args.synthetic:
@@ -213,17 +242,21 @@ def main(argv=None):
                        "no repacked CPU layouts in either runtime (this CPU has AMX: llama.cpp runs with --no-repack, "
                        "logo-cpp with repack=False); Q4_1 and Q8_0 have none on x86 anyway"),
            "types": {}}
+    stem = f"quant-{model.stem}" + ("" if args.layers == "all" else f"-blk{args.layers}")
     for t in args.types:
         print(f"[{t}] {files[t].name} ({tensor_types(files[t])}) ...", flush=True)
-        res["types"][t] = bench_type(files[t], adapters, args.ks, args.threads, args.reps, args.prompt, args.decode, repack)
+        res["types"][t] = bench_type(files[t], adapters, args.ks, args.threads, args.reps, args.prompt, args.decode, repack,
+                                     args.kernels_off)
         for k, row in res["types"][t]["rows"].items():
-            print(f"  k={k}: decode vs base {row['logo_decode_vs_base']:.3f} (llama.cpp {row['llama_decode_vs_base']:.3f}), "
+            llama = row.get("llama_decode_vs_base")
+            print(f"  k={k}: decode vs base {row['logo_decode_vs_base']:.3f} "
+                  f"(llama.cpp {'-' if llama is None else f'{llama:.3f}'}), "
                   f"prefill vs base {row['logo_prefill_vs_base']:.3f}", flush=True)
-    res["load_after"] = os.getloadavg()
-    text = report(res)
-    stem = f"quant-{model.stem}" + ("" if args.layers == "all" else f"-blk{args.layers}")
-    common.write_json(args.out / f"{stem}.json", res)
-    (args.out / f"{stem}.md").write_text(text)
+        # Written after every base type, so that a run cut short by a time limit keeps the types it finished.
+        res["load_after"] = os.getloadavg()
+        text = report(res)
+        common.write_json(args.out / f"{stem}.json", res)
+        (args.out / f"{stem}.md").write_text(text)
     print(text)
 
 
