@@ -9,7 +9,9 @@ llama.cpp runs each adapter as its own pair in the file's type and scales the pr
   padded to 32, or the own types) reproduces our logits exactly, so scales, order, padding, types and the A
   shared by q/k/v and gate/up are right;
 - the rounding, against llama.cpp on the adapter files themselves, within TOLERANCE of the adapters' effect;
-  one tiny adapter at a power-of-two scale equals llama.cpp on its file bit for bit, whatever its type.
+  one tiny adapter at a power-of-two scale equals llama.cpp on its file bit for bit, whatever its type;
+- decode steps (one token each), where a Q8_0 pair runs in logo-cpp's own kernels (cpp/src/pair_matvec.cpp):
+  bit for bit llama.cpp on the equivalent pair, token by token, as for a whole prompt.
 
 Why that tolerance, per adapter type. Our pair rounds, relative to llama.cpp:
 - F32 adapters: A, B, the input x and A x to 8 bits (llama.cpp keeps all four F32);
