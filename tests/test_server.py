@@ -301,7 +301,18 @@ BAD = [
     ({"model": "nope", "prompt": "x"}, 404, "model", "does not exist"),
     ({"model": "logo"}, 400, "prompt", "required"),
     ({"prompt": "x", "temperature": -1}, 400, "temperature", "greater than or equal to 0"),
-    ({"prompt": "x", "temperature": "hot"}, 400, "temperature", "valid number"),
+    ({"prompt": "x", "temperature": "hot"}, 400, "temperature", 'must be a number, got "hot"'),
+    # Numbers are JSON numbers and finite (pydantic checked the bounds first: NaN said "<= 2"; true read as 1.0).
+    ({"prompt": "x", "temperature": float("nan")}, 400, "temperature", "must be a finite number, got NaN"),
+    ({"prompt": "x", "top_p": float("inf")}, 400, "top_p", "must be a finite number, got Infinity"),
+    ({"prompt": "x", "min_p": float("-inf")}, 400, "min_p", "must be a finite number, got -Infinity"),
+    ({"prompt": "x", "frequency_penalty": float("nan")}, 400, "frequency_penalty", "must be a finite number, got NaN"),
+    ({"prompt": "x", "temperature": True}, 400, "temperature", "must be a number, got true"),
+    ({"prompt": "x", "temperature": "0.5"}, 400, "temperature", 'must be a number, got "0.5"'),
+    ({"prompt": "x", "top_k": "40"}, 400, "top_k", 'must be an integer, got "40"'),
+    ({"prompt": "x", "n": True}, 400, "n", "must be an integer, got true"),
+    ({"prompt": "x", "max_tokens": float("nan")}, 400, "max_tokens", "finite number"),
+    ({"prompt": "x", "stream_options": 5}, 400, "stream_options", "should be a JSON object"),
     ({"prompt": "x", "top_p": 0}, 400, "top_p", "greater than 0"),
     ({"prompt": "x", "top_k": -3}, 400, "top_k", "greater than or equal to 0"),
     ({"prompt": "x", "min_p": 1.5}, 400, "min_p", "less than 1"),
@@ -319,7 +330,27 @@ BAD = [
     ({"prompt": "x", "adapters": {}}, 400, "adapters", "at least one adapter"),
     (b'{"prompt": "x", "adapters": {"sql": 1e39}}', 400, "adapters", "'sql' must be a finite float32"),
     (b'{"prompt": "x", "lora": [{"id": 0, "scale": -1e300}]}', 400, "lora.0.scale", "finite float32"),
-    ({"prompt": "x", "adapters": "sometimes"}, 400, "adapters", None),
+    # Fields of several forms say what was wrong and what is accepted (a union's error named its first member
+    # only: a mixture with a bad weight said "Input should be 'auto' or 'none'").
+    ({"prompt": "x", "adapters": {"sql": "a"}}, 400, "adapters", "the weight of adapter 'sql' must be a number, got \"a\""),
+    ({"prompt": "x", "adapters": {"sql": True}}, 400, "adapters", "the weight of adapter 'sql' must be a number, got true"),
+    ({"prompt": "x", "adapters": {"sql": None}}, 400, "adapters", "the weight of adapter 'sql' must be a number, got null"),
+    ({"prompt": "x", "adapters": {"sql": float("nan")}}, 400, "adapters", "'sql' must be a finite float32, got NaN"),
+    ({"prompt": "x", "adapters": "sometimes"}, 400, "adapters",
+     "must be 'auto', 'none' or a mixture {\"adapter name\": weight, ...}, got \"sometimes\""),
+    ({"prompt": "x", "adapters": ["sql"]}, 400, "adapters", "got a list"),
+    ({"prompt": 5}, 400, "prompt", "must be a string, a list of token ids, or a list of strings and token-id lists, got 5"),
+    ({"prompt": {"text": "x"}}, 400, "prompt", "got an object"),
+    ({"prompt": [1, "a"]}, 400, "prompt", "token 1 must be an integer id, got \"a\""),
+    ({"prompt": ["a", 5]}, 400, "prompt", "item 1 must be a string or a list of token ids, got 5"),
+    ({"prompt": ["a", [3, 2.5]]}, 400, "prompt", "item 1: token 1 must be an integer id, got 2.5"),
+    ({"prompt": None}, 400, "prompt", "required"),
+    ({"prompt": "x", "stop": 5}, 400, "stop", "must be a string or a list of strings, got 5"),
+    ({"prompt": "x", "stop": ["a", 5]}, 400, "stop", "item 1 must be a string, got 5"),
+    ({"prompt": "x", "lora": [{"id": 0, "scale": "1"}]}, 400, "lora.0.scale", 'must be a number, got "1"'),
+    ({"prompt": "x", "lora": [{"id": True, "scale": 1}]}, 400, "lora.0.id", "must be an integer, got true"),
+    ({"prompt": "x", "lora": [5]}, 400, "lora.0", "should be a JSON object"),
+    ({"prompt": "x", "logo": {"k": True}}, 400, "logo.k", "must be an integer, got true"),
     ({"prompt": "x", "lora": [{"id": 99, "scale": 1.0}]}, 400, "lora.0.id", "no adapter with id 99"),
     ({"prompt": "x", "lora": [{"id": 0}]}, 400, "lora.0.scale", "required"),
     ({"prompt": "x", "lora": [], "adapters": "none"}, 400, "lora", "either 'adapters' or 'lora'"),
@@ -341,6 +372,19 @@ BAD_CHAT = [
     ({"model": "sql", "messages": [{"role": "user", "content": "the " * 400}]}, 400, "messages", "context holds 256"),
     ({"model": "base", "messages": [{"role": "user", "content": "\udcff"}]}, 400, "messages.0.content",
      "lone surrogate U+DCFF"),
+    ({"model": "logo", "messages": [5]}, 400, "messages.0", "should be a JSON object"),
+    ({"model": "logo", "messages": [{"role": "user", "content": 5}]}, 400, "messages.0.content",
+     "must be a string or a list of content parts, got 5"),
+    ({"model": "logo", "messages": [{"role": "user", "content": [{"text": "a"}]}]}, 400, "messages.0.content",
+     "part 0 must be an object with a string 'type'"),
+    ({"model": "logo", "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, 400,
+     "messages.0.content", "part 0 is a text part; its 'text' must be a string, got 5"),
+    ({"model": "logo", "messages": [{"role": "user", "content": "x"}], "temperature": float("nan")}, 400,
+     "temperature", "must be a finite number, got NaN"),
+    ({"model": "logo", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": "8"}, 400,
+     "max_completion_tokens", 'must be an integer, got "8"'),
+    ({"model": "logo", "messages": [{"role": "user", "content": "x"}], "response_format": "json"}, 400,
+     "response_format", "should be a JSON object"),
 ]
 
 
@@ -365,6 +409,43 @@ def test_bad_completion_requests(served, body, status, param, fragment):
 def test_bad_chat_requests(served, body, status, param, fragment):
     code, payload, _ = request(served, "POST", "/v1/chat/completions", body=body)
     _check_error(code, payload, status, param, fragment)
+
+
+def test_bad_parameters_through_the_openai_client_name_the_field(served):
+    c = client(served)
+    messages = [{"role": "user", "content": "x"}]
+    with pytest.raises(openai.BadRequestError) as info:
+        c.chat.completions.create(model="logo", messages=messages, extra_body={"adapters": {"sql": "a"}})
+    assert info.value.body["param"] == "adapters"
+    assert "the weight of adapter 'sql' must be a number, got \"a\"" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        c.completions.create(model="logo", prompt="x", extra_body={"logo": {"k": "two"}})
+    assert info.value.body["param"] == "logo.k" and 'must be an integer, got "two"' in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        c.completions.create(model="logo", prompt="x", stop=["a", 5])
+    assert info.value.body["param"] == "stop" and "item 1 must be a string, got 5" in info.value.body["message"]
+
+
+def test_null_parameters_take_their_defaults(served):
+    # OpenAI's API and llama-server read null as "the default" (some clients send every field): the answer is
+    # the one the same request without them gets (a fixed seed, default sampling).
+    body = {"model": "base", "prompt": "the cat", "max_tokens": 6, "seed": 11}
+    nulls = {"temperature": None, "top_p": None, "top_k": None, "min_p": None, "n": None, "stop": None,
+             "presence_penalty": None, "frequency_penalty": None, "logprobs": None, "logit_bias": None,
+             "stream_options": None, "adapters": None, "logo": None, "lora": None, "user": None}
+    status, plain, _ = request(served, "POST", "/v1/completions", body=body)
+    assert status == 200, plain
+    status, with_nulls, _ = request(served, "POST", "/v1/completions", body={**body, **nulls})
+    assert status == 200, with_nulls
+    assert with_nulls["choices"][0]["text"] == plain["choices"][0]["text"]
+    assert with_nulls["usage"] == plain["usage"]
+    chat = {"model": "base", "max_tokens": 4, "seed": 3, "messages": [{"role": "user", "content": "hi", "name": None}]}
+    status, plain, _ = request(served, "POST", "/v1/chat/completions", body=chat)
+    status2, with_nulls, _ = request(served, "POST", "/v1/chat/completions",
+                                     body={**chat, "temperature": None, "max_completion_tokens": None, "tools": None,
+                                           "response_format": None})
+    assert status == status2 == 200, with_nulls
+    assert with_nulls["choices"][0]["message"]["content"] == plain["choices"][0]["message"]["content"]
 
 
 def test_bad_requests_through_the_openai_client_and_the_server_still_serves(served):

@@ -4,12 +4,20 @@ per-request ``lora``, and logo-cpp's ``adapters`` and ``logo`` extensions, valid
 Unknown fields are ignored (clients and SDKs send fields of their own); known OpenAI parameters this server does
 not implement are refused when they would change the result (``n`` is supported, ``logprobs`` is not), so a
 client never gets a silently different answer. Defaults follow llama-server where OpenAI leaves the choice to
-the server (``temperature`` 0.8, ``top_k`` 40, ``top_p`` 0.95, ``min_p`` 0.05).
+the server (``temperature`` 0.8, ``top_k`` 40, ``top_p`` 0.95, ``min_p`` 0.05); ``null`` means the default, as
+in OpenAI's API and llama-server.
+
+Numbers must be JSON numbers (``true`` or ``"0.5"`` for a temperature is refused, not read as 1 or 0.5), and
+finite. Fields that take several forms (``prompt``, ``stop``, ``adapters``, a message's ``content``) are checked
+by hand before pydantic sees them: a union's own error names only its first member ("Input should be 'auto'
+or 'none'" for a mixture with a bad weight), where these messages say what was wrong and what is accepted.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,6 +34,48 @@ def calibrations() -> tuple[tuple[str, ...], str]:
     from .. import router
 
     return tuple(getattr(router, "CALIBRATIONS", ("none",))), getattr(router, "DEFAULT_CALIBRATION", "none")
+
+
+def _shown(value: Any) -> str:
+    """A JSON value as the client wrote it, for messages: "a", 12, true, null, NaN, a list, an object."""
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    text = json.dumps(value, ensure_ascii=False)  # floats as JSON spells them: NaN, Infinity, -Infinity
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number(value: Any) -> Any:
+    """A JSON number, finite: bools and strings are refused (pydantic would read true as 1.0 and "0.5" as
+    0.5), NaN and infinities too (pydantic checks bounds first, so NaN got "should be <= 2")."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"must be a number, got {_shown(value)}")
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {_shown(value)}")
+    return value
+
+
+def _integer(value: Any) -> Any:
+    """A JSON number (pydantic then refuses fractions and non-finite values); bools and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"must be an integer, got {_shown(value)}")
+    return value
+
+
+def _without_nulls(data: Any) -> Any:
+    # OpenAI's API and llama-server take null as "the default": drop such keys before validation (a required
+    # field sent as null then reads as missing).
+    return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+
+class _Body(BaseModel):
+    """A JSON object of the request: null fields take their defaults."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls(cls, data):
+        return _without_nulls(data)
 
 
 class ApiError(Exception):
@@ -45,7 +95,7 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-class LogoOptions(BaseModel):
+class LogoOptions(_Body):
     """The ``logo`` extension: how LoGo routes this request (server defaults for what is left out)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -53,6 +103,11 @@ class LogoOptions(BaseModel):
     signal: Optional[Literal["norm", "entropy"]] = None
     probe: Optional[Literal["base", "all"]] = None
     calibration: Optional[str] = None
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k(cls, v):
+        return _integer(v)
 
     @field_validator("calibration")
     @classmethod
@@ -63,12 +118,22 @@ class LogoOptions(BaseModel):
         return v
 
 
-class LoraEntry(BaseModel):
+class LoraEntry(_Body):
     """llama-server's per-request adapter scale: ``{"id": <index in /lora-adapters>, "scale": <float>}``."""
 
     model_config = ConfigDict(extra="forbid")
     id: int = Field(ge=0)
     scale: float
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id(cls, v):
+        return _integer(v)
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _scale_is_a_number(cls, v):
+        return _number(v)
 
     @field_validator("scale")
     @classmethod
@@ -78,11 +143,11 @@ class LoraEntry(BaseModel):
         return v
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class _Common(BaseModel):
+class _Common(_Body):
     """Parameters completions and chat completions share."""
 
     model_config = ConfigDict(extra="ignore")
@@ -102,41 +167,55 @@ class _Common(BaseModel):
     adapters: Optional[Union[Literal["auto", "none"], dict[str, float]]] = None
     logo: Optional[LogoOptions] = None
     lora: Optional[list[LoraEntry]] = None
-    # OpenAI parameters that would change the answer and are not implemented: only their neutral value passes.
-    logprobs: Optional[Union[bool, int]] = None
-    top_logprobs: Optional[int] = None
+    # OpenAI parameters that would change the answer and are not implemented: only their neutral value passes
+    # (any other value, of any type, is "not supported").
+    logprobs: Any = None
+    top_logprobs: Any = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    logit_bias: Optional[dict[str, float]] = None
+    logit_bias: Optional[dict[str, Any]] = None
 
-    @field_validator("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty")
+    @field_validator("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", mode="before")
     @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v
+    def _numbers(cls, v):
+        return _number(v)
 
-    @field_validator("stop")
+    @field_validator("top_k", "n", "seed", "max_tokens", "max_completion_tokens", "best_of", mode="before",
+                     check_fields=False)  # the last three are fields of one request kind only
+    @classmethod
+    def _integers(cls, v):
+        return _integer(v)
+
+    @field_validator("stop", mode="before")
     @classmethod
     def _stop(cls, v):
-        if v is None:
-            return []
         stops = [v] if isinstance(v, str) else v
+        if not isinstance(stops, list):
+            raise ValueError(f"must be a string or a list of strings, got {_shown(v)}")
+        for i, s in enumerate(stops):
+            if not isinstance(s, str):
+                raise ValueError(f"item {i} must be a string, got {_shown(s)}")
+            if not s:
+                raise ValueError("stop strings must not be empty")
         if len(stops) > MAX_STOP:
             raise ValueError(f"at most {MAX_STOP} stop strings")
-        if any(not s for s in stops):
-            raise ValueError("stop strings must not be empty")
         return stops
 
-    @field_validator("adapters")
+    @field_validator("adapters", mode="before")
     @classmethod
     def _adapters(cls, v):
-        if isinstance(v, dict):
-            if not v:
-                raise ValueError("a mixture names at least one adapter (or use \"none\")")
-            for name, weight in v.items():
-                if not abs(weight) <= FLOAT32_MAX:
-                    raise ValueError(f"the weight of adapter {name!r} must be a finite float32, got {weight!r}")
+        forms = "'auto', 'none' or a mixture {\"adapter name\": weight, ...}"
+        if v in ("auto", "none"):
+            return v
+        if not isinstance(v, dict):
+            raise ValueError(f"must be {forms}, got {_shown(v)}")
+        if not v:
+            raise ValueError("a mixture names at least one adapter (or use \"none\")")
+        for name, weight in v.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                raise ValueError(f"the weight of adapter {name!r} must be a number, got {_shown(weight)}")
+            if not abs(weight) <= FLOAT32_MAX:
+                raise ValueError(f"the weight of adapter {name!r} must be a finite float32, got {_shown(weight)}")
         return v
 
     @model_validator(mode="after")
@@ -167,6 +246,28 @@ class CompletionRequest(_Common):
     best_of: Optional[int] = None
     suffix: Optional[str] = None
 
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, v):
+        forms = "a string, a list of token ids, or a list of strings and token-id lists"
+        if isinstance(v, str):
+            return v
+        if not isinstance(v, list):
+            raise ValueError(f"must be {forms}, got {_shown(v)}")
+        if v and _is_token(v[0]):  # one prompt of token ids
+            bad = next((j for j, t in enumerate(v) if not _is_token(t)), None)
+            if bad is not None:
+                raise ValueError(f"token {bad} must be an integer id, got {_shown(v[bad])}")
+            return v
+        for i, item in enumerate(v):  # several prompts
+            if isinstance(item, list):
+                bad = next((j for j, t in enumerate(item) if not _is_token(t)), None)
+                if bad is not None:
+                    raise ValueError(f"item {i}: token {bad} must be an integer id, got {_shown(item[bad])}")
+            elif not isinstance(item, str):
+                raise ValueError(f"item {i} must be a string or a list of token ids, got {_shown(item)}")
+        return v
+
     @model_validator(mode="after")
     def _completion_only(self):
         if self.echo:
@@ -186,16 +287,31 @@ class CompletionRequest(_Common):
         return list(p)
 
 
-class ContentPart(BaseModel):
+class ContentPart(_Body):
     model_config = ConfigDict(extra="ignore")
     type: str
     text: Optional[str] = None
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(_Body):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Optional[Union[str, list[ContentPart]]] = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, v):
+        if isinstance(v, str):
+            return v
+        if not isinstance(v, list):
+            raise ValueError(f"must be a string or a list of content parts, got {_shown(v)}")
+        for i, part in enumerate(v):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise ValueError(f"part {i} must be an object with a string 'type' (e.g. {{\"type\": \"text\", "
+                                 f"\"text\": \"...\"}}), got {_shown(part)}")
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                raise ValueError(f"part {i} is a text part; its 'text' must be a string, got {_shown(part.get('text'))}")
+        return v
 
     def text(self, index: int) -> str:
         if self.content is None:
@@ -265,6 +381,8 @@ def parse(kind: type[BaseModel], body: Any):
         loc = [str(p) for p in err["loc"] if not _is_type_tag(p)]
         param = ".".join(loc) or None
         message = err["msg"].removeprefix("Value error, ")
+        # pydantic names our classes ("a valid dictionary or instance of ChatMessage"): JSON has objects.
+        message = re.sub(r"a valid dictionary( or instance of \w+)?", "a JSON object", message)
         if err["type"] == "missing":
             message = "a required field is missing"
         return _raise(400, f"{param}: {message}" if param else message, param, None)
@@ -287,6 +405,10 @@ def _lone_surrogate(value: Any, path: list) -> Optional[tuple[str, int, str]]:
         if found:
             return found
     return None
+
+
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_type_tag(part) -> bool:
