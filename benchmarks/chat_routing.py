@@ -81,7 +81,12 @@ def main(argv=None) -> None:
             seen[item["task"]] += 1
             items.append(item)
 
+    # LoGo's defaults (those `logo-cpp serve` routes with), whatever they are on this checkout: the report says
+    # which calibration, probe position and site ranked the adapters.
     router = logo_cpp.LoGo(model, pool, k=max(3, *args.k))
+    setting = None
+    own_first = {c: [] for c in CANDIDATES}  # per item, for paired comparisons of two probe inputs
+    item_scores = {}
     first = {c: 0 for c in CANDIDATES}
     top3 = {c: 0 for c in CANDIDATES}
     jobs = {(c, k): [] for c in CANDIDATES for k in args.k}
@@ -91,8 +96,10 @@ def main(argv=None) -> None:
         chat_ids = inputs["prompt"]
         for c in CANDIDATES:
             routing = router.route(inputs[c])
+            setting = setting or _setting(routing)
             ranked = routing.names
             first[c] += ranked[0] == item["task"]
+            own_first[c].append(ranked[0] == item["task"])
             top3[c] += item["task"] in ranked[:3]
             for k in args.k:
                 jobs[c, k].append((chat_ids, list(zip(routing.indices[:k], _renorm(routing.weights[:k])))))
@@ -103,12 +110,14 @@ def main(argv=None) -> None:
         for (c, k), batch_jobs in jobs.items():
             answers = generate_all(model, pool, batch_jobs, args.max_tokens)
             print(f"answers for {c} k={k} after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-            scores[f"{c} k={k}"] = statistics.mean(score(it["task"], a, it["answer"]) for it, a in zip(items, answers))
+            item_scores[f"{c} k={k}"] = [score(it["task"], a, it["answer"]) for it, a in zip(items, answers)]
+            scores[f"{c} k={k}"] = statistics.mean(item_scores[f"{c} k={k}"])
     n = len(items)
     lines = ["# What LoGo probes for a chat request", "",
              f"{Path(base).name}, pool {args.pool_dir} ({len(pool)} adapters), {n} held-out in-pool items "
-             f"({len(seen)} tasks). Own adapter ranked first / in the top 3 by LoGo-norm, and the task score of the "
-             f"greedy chat answer with the top-k mixture (weights renormalised to sum 1).", "",
+             f"({len(seen)} tasks). Own adapter ranked first / in the top 3 by LoGo with its defaults ({setting}), "
+             f"and the task score of the greedy chat answer with the top-k mixture (weights renormalised to sum 1).",
+             "",
              "| probe input | own adapter first | own adapter in top 3 | " +
              " | ".join(f"chat answer score, k={k}" for k in args.k) + " |",
              "|---|---|---|" + "---|" * len(args.k)]
@@ -116,13 +125,48 @@ def main(argv=None) -> None:
         cells = [f"{scores[f'{c} k={k}']:.3f}" if f"{c} k={k}" in scores else "n/a" for k in args.k]
         lines.append(f"| {c} | {first[c] / n:.3f} | {top3[c] / n:.3f} | " + " | ".join(cells) + " |")
     lines += ["", f"chance: {1 / len(pool):.3f} / {min(3, len(pool)) / len(pool):.3f}; routing took "
-              f"{route_seconds:.0f} s for {3 * n} probes.", "",
+              f"{route_seconds:.0f} s for {3 * n} probes.", "", *_paired(own_first, item_scores, min(args.k)), "",
               f"Command: `python benchmarks/chat_routing.py {' '.join(sys.argv[1:])}`", ""]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "chat-routing.md").write_text("\n".join(lines))
     (args.out / "chat-routing.json").write_text(json.dumps(
-        {"n": n, "ks": args.k, "first": first, "top3": top3, "scores": scores, "pool_size": len(pool)}, indent=2))
+        {"n": n, "ks": args.k, "first": first, "top3": top3, "scores": scores, "pool_size": len(pool),
+         "router": setting, "own_first_per_item": own_first, "scores_per_item": item_scores}, indent=2))
     print("\n".join(lines))
+
+
+def _paired(own_first, item_scores, k) -> list[str]:
+    """last-user against prompt item by item (the same items, so the counts of items where only one of them is
+    right say more than the difference of two rates): for the own adapter first, and the k-adapter answer."""
+    out = []
+    for what, a, b in (("own adapter first", own_first["last-user"], own_first["prompt"]),
+                       (f"answer right at k={k}", item_scores.get(f"last-user k={k}"), item_scores.get(f"prompt k={k}"))):
+        if a is None or b is None:
+            continue
+        only_a = sum(1 for x, y in zip(a, b) if x and not y)
+        only_b = sum(1 for x, y in zip(a, b) if y and not x)
+        out.append(f"Paired, {what}: last-user only on {only_a} items, prompt only on {only_b} "
+                   f"(exact two-sided sign test p = {_sign_test(only_a, only_b):.2f}).")
+    return out
+
+
+def _sign_test(a: int, b: int) -> float:
+    """Two-sided exact binomial test of a successes in a + b trials at p = 1/2 (McNemar's exact test)."""
+    from math import comb
+
+    n, low = a + b, min(a, b)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(comb(n, i) for i in range(low + 1)) / 2 ** n)
+
+
+def _setting(routing) -> str:
+    """How a Routing ranked: signal, calibration, probe position and site (fields a router may lack say '?')."""
+    layers = routing.layers or ([routing.layer] if routing.layer is not None else None)
+    site = f"{routing.module or '?'} of block{'s' if layers and len(layers) > 1 else ''} " + (
+        f"{layers[0]}-{layers[-1]}" if layers and len(layers) > 1 else f"{layers[0]}" if layers else "?")
+    return (f"signal {routing.signal or '?'}, calibration {routing.calibration or 'none'}, position "
+            f"{routing.position or 'last'}, probe {site}")
 
 
 def _renorm(weights):
