@@ -55,9 +55,10 @@ logo::RouterOptions router_options(int k, const std::string & signal, const std:
     else throw std::invalid_argument("unknown probe '" + probe + "'; use 'base' or 'all'");
     if (calibration == "none") o.calibration = logo::Calibration::none;
     else if (calibration == "zscore") o.calibration = logo::Calibration::zscore;
+    else if (calibration == "zscore_sq") o.calibration = logo::Calibration::zscore_sq;
     else if (calibration == "spectral") o.calibration = logo::Calibration::spectral;
     else if (calibration == "frobenius") o.calibration = logo::Calibration::frobenius;
-    else throw std::invalid_argument("unknown calibration '" + calibration + "'; use 'none', 'zscore', 'spectral' or 'frobenius'");
+    else throw std::invalid_argument("unknown calibration '" + calibration + "'; use 'none', 'zscore', 'zscore_sq', 'spectral' or 'frobenius'");
     if (position == "last") o.position = logo::ProbePosition::last;
     else if (position == "mean") o.position = logo::ProbePosition::mean;
     else throw std::invalid_argument("unknown probe position '" + position + "'; use 'last' or 'mean'");

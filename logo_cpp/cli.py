@@ -45,8 +45,10 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "for calibration none and arrow, else mean)")
     p.add_argument("--probe", default="base", choices=["base", "all"])
     p.add_argument("--layer", type=int, nargs="+", default=None,
-                   help="probe block(s) (default: the last; arrow: every block)")
-    p.add_argument("--module", default="attn_q", help="probe module (default: attn_q)")
+                   help="probe block(s) (default: the last 8 when calibrated, the last for calibration none; "
+                        "arrow: every block)")
+    p.add_argument("--module", default=None,
+                   help="probe module (default: attn_v when calibrated, attn_q for calibration none and arrow)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -63,7 +65,7 @@ def _router(args, model, pool):
 
     from .router import DEFAULT_CALIBRATION
 
-    layer = -1 if args.layer is None else args.layer[0] if len(args.layer) == 1 else args.layer
+    layer = None if args.layer is None else args.layer[0] if len(args.layer) == 1 else args.layer
     calibration = args.calibration or DEFAULT_CALIBRATION
     if args.router == "logo":
         return logo_cpp.LoGo(model, pool, k=args.k, signal=args.signal, probe=args.probe, layer=layer,
@@ -72,7 +74,7 @@ def _router(args, model, pool):
         return logo_cpp.TopOne(model, pool, signal=args.signal, probe=args.probe, layer=layer, module=args.module,
                                calibration=calibration, position=args.position)
     if args.router == "arrow":
-        return logo_cpp.Arrow(model, pool, k=args.k, layer=args.layer, module=args.module,
+        return logo_cpp.Arrow(model, pool, k=args.k, layer=args.layer, module=args.module or "attn_q",
                               calibration=args.calibration or "none", probe=args.probe, position=args.position or "last")
     if args.router == "uniform":
         return logo_cpp.Uniform(model, pool)

@@ -14,9 +14,14 @@ from .model import Completion, Model, Prompt
 
 SIGNALS = ("norm", "entropy")
 PROBES = ("base", "all")
-CALIBRATIONS = ("none", "zscore", "spectral", "frobenius")
-DEFAULT_CALIBRATION = "zscore"
+CALIBRATIONS = ("none", "zscore", "zscore_sq", "spectral", "frobenius")
+DEFAULT_CALIBRATION = "zscore_sq"
 POSITIONS = ("last", "mean")
+MODULES = ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up")
+# The calibrated default's probe site (docs/calibration/README.md): attn_v of the last 8 blocks, chosen on
+# half of the held-out prompts of both pools among 1-12 blocks, attn_q / attn_v / both (cost kept <= 8 blocks).
+DEFAULT_MODULE = "attn_v"
+DEFAULT_BLOCKS = 8
 
 
 def default_position(calibration: str) -> str:
@@ -25,7 +30,18 @@ def default_position(calibration: str) -> str:
     docs/calibration)."""
     return "last" if calibration == "none" else "mean"
 
-MODULES = ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up")
+
+def default_module(calibration: str) -> str:
+    """The probed module when ``module`` is not given: the paper's attn_q for calibration "none", else
+    DEFAULT_MODULE (attn_v, measured best with calibration, docs/calibration)."""
+    return "attn_q" if calibration == "none" else DEFAULT_MODULE
+
+
+def default_layers(calibration: str, n_layer: int) -> list[int]:
+    """The probed blocks when ``layer`` is not given: the last block for calibration "none" (the paper), else
+    the last DEFAULT_BLOCKS blocks (every block of a shallower model), as negative indices, ascending."""
+    n = 1 if calibration == "none" else min(DEFAULT_BLOCKS, n_layer)
+    return list(range(-n, 0))
 
 
 @dataclass
@@ -161,11 +177,12 @@ class _ProbeRouter(Router):
         self.probe = _choice("probe", probe, PROBES)
         self.calibration = _choice("calibration", calibration, CALIBRATIONS)
         self.position = default_position(calibration) if position is None else _choice("position", position, POSITIONS)
+        module = default_module(calibration) if module is None else module
         if module not in MODULES:
             raise ValueError(f"unknown or unprobeable module {module!r}; use one of {', '.join(MODULES)}")
         self.module = module
-        self.layers = _layers(model, layer)
-        self.layer = layer
+        self.layers = _layers(model, default_layers(calibration, model.n_layer) if layer is None else layer)
+        self.layer = self.layers[-1] if layer is None else layer
 
     def route(self, prompt: Prompt) -> Routing:
         self._require_pool()
@@ -196,10 +213,14 @@ class LoGo(_ProbeRouter):
     paper's two. ``calibration``: how raw signals are made comparable across adapters before ranking:
     "none" is the paper exactly; "zscore" standardises each adapter's signal with its own mean and std over
     the library's generic unlabeled prompts (``logo_cpp.calibration_prompts()``; no labels, no training);
-    "spectral" / "frobenius" divide by the norm of (alpha/r) B A (no data). ``layer``: a block, or a sequence
-    of blocks whose calibrated signals are averaged (raw ones summed). ``position``: where the probe vector
-    is read, "last" (the last prompt token, the paper's h) or "mean" (over the prompt's tokens after BOS);
-    None picks "last" for calibration "none" (so that it is the paper exactly) and "mean" otherwise.
+    "zscore_sq" (the default) does the same for the squared signal s_i^2 (for the norm, the output energy
+    ||o_i||^2); "spectral" / "frobenius" divide by the norm of (alpha/r) B A (no data). ``layer``: a block,
+    or a sequence of blocks whose calibrated signals are averaged (raw ones summed). ``position``: where the
+    probe vector is read, "last" (the last prompt token, the paper's h) or "mean" (over the prompt's tokens
+    after BOS). ``layer``, ``module`` and ``position`` left as None follow the calibration: for "none" the
+    paper's last block, attn_q and last token (so that it is the paper exactly); otherwise the last 8 blocks
+    (``default_layers``), attn_v and the mean over the prompt, the probe site measured best with calibration
+    (docs/calibration/README.md).
     ``probe``: "base" (no adapters during the probe) or "all" (every pool adapter active at scale 1).
 
     Raises ValueError naming the argument and its choices for a bad ``k``, ``signal``, ``probe``,
@@ -210,7 +231,7 @@ class LoGo(_ProbeRouter):
     _signals = SIGNALS
 
     def __init__(self, model: Model, pool: AdapterPool, k: int = 20, signal: str = "norm", probe: str = "base",
-                 layer=-1, module: str = "attn_q", calibration: str = DEFAULT_CALIBRATION,
+                 layer=None, module: Optional[str] = None, calibration: str = DEFAULT_CALIBRATION,
                  position: Optional[str] = None):
         super().__init__(model, pool, k, signal, probe, layer, module, calibration, position)
 
@@ -221,7 +242,7 @@ class TopOne(LoGo):
     method = "top1"
 
     def __init__(self, model: Model, pool: AdapterPool, signal: str = "norm", probe: str = "base",
-                 layer=-1, module: str = "attn_q", calibration: str = DEFAULT_CALIBRATION,
+                 layer=None, module: Optional[str] = None, calibration: str = DEFAULT_CALIBRATION,
                  position: Optional[str] = None):
         super().__init__(model, pool, k=1, signal=signal, probe=probe, layer=layer, module=module,
                          calibration=calibration, position=position)

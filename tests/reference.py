@@ -218,7 +218,8 @@ def calibrated_signals(adapters, probe_h, generic_h, layers, module="attn_q", si
     """(raw signals, calibrated signals) per adapter, NaN where an adapter adapts the module at none of ``layers``.
 
     probe_h[l]: the probe vector entering block l; generic_h[l]: (G, n_embd) the generic prompts' vectors there.
-    Per block: zscore = (s - mean) / std over the generic prompts (population std), spectral / frobenius =
+    Per block: zscore = (s - mean) / std over the generic prompts (population std), zscore_sq the same for s^2
+    (mean and std of the generic prompts' s^2), spectral / frobenius =
     s / ||s B A||; then summed (none) or averaged (calibrated) over the blocks that adapt the module."""
     raw, calibrated = [], []
     for ad in adapters:
@@ -228,9 +229,13 @@ def calibrated_signals(adapters, probe_h, generic_h, layers, module="attn_q", si
             if pair is None:
                 continue
             s = raw_signal(signal, pair, probe_h[layer])
-            if calibration == "zscore":
+            if calibration in ("zscore", "zscore_sq"):
                 g = np.array([raw_signal(signal, pair, h) for h in generic_h[layer]])
-                c = (s - g.mean()) / g.std()
+                if calibration == "zscore_sq":  # the z-score of the squared signal
+                    s2, g = s * s, g * g
+                    c = (s2 - g.mean()) / g.std()
+                else:
+                    c = (s - g.mean()) / g.std()
             elif calibration in ("spectral", "frobenius"):
                 frob, spec, _ = lora_spectrum(pair)
                 c = s / (spec if calibration == "spectral" else frob)

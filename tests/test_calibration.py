@@ -57,7 +57,7 @@ def test_hidden_states_equal_block_inputs_and_the_reference(setup):
         model.hidden_states(ids, [3])
 
 
-CASES = [(c, s, l, p) for c in ("none", "zscore", "spectral", "frobenius") for s in ("norm", "entropy", "arrow")
+CASES = [(c, s, l, p) for c in ("none", "zscore", "zscore_sq", "spectral", "frobenius") for s in ("norm", "entropy", "arrow")
          for l in ([-1], [1], [0, 1, 2]) for p in ("last", "mean")
          # every calibration and signal at both positions on the last block; the rest on the default position
          if l == [-1] or p == ("last" if c == "none" else "mean")]
@@ -75,8 +75,8 @@ def test_calibrated_signals_match_reference(setup, calibration, signal, layers, 
         if signal == "arrow":
             router = logo_cpp.Arrow(model, pool, k=3, layer=layers, calibration=calibration, position=position)
         else:
-            router = logo_cpp.LoGo(model, pool, k=3, signal=signal, layer=layers, calibration=calibration,
-                                   position=position)
+            router = logo_cpp.LoGo(model, pool, k=3, signal=signal, layer=layers, module="attn_q",
+                                   calibration=calibration, position=position)
         r = router.route(prompt)
         assert r.calibration == calibration and r.signal == signal and r.layers == blocks and r.position == position
         scored = ~np.isnan(raw)
@@ -85,7 +85,7 @@ def test_calibrated_signals_match_reference(setup, calibration, signal, layers, 
         # magnifies absolute errors by 1/std, so it is compared in units of the generic spread.
         # Arrow's small cosines get an absolute tolerance on the scale of the largest.
         np.testing.assert_allclose(r.raw_signals[scored], raw[scored], rtol=5e-3, atol=2e-3 * raw[scored].max())
-        if calibration == "zscore":
+        if calibration in ("zscore", "zscore_sq"):
             np.testing.assert_allclose(r.signals[scored], calibrated[scored], atol=0.05)
         else:
             np.testing.assert_allclose(r.signals[scored], calibrated[scored], rtol=5e-3,
@@ -95,10 +95,31 @@ def test_calibrated_signals_match_reference(setup, calibration, signal, layers, 
         # Ranked by the calibrated signal (where the reference's cut is not a near tie), weighted by the raw one.
         order = [i for i in np.argsort(-np.where(scored, calibrated, -np.inf), kind="stable") if scored[i]][:3]
         ranked = np.sort(calibrated[scored])[::-1]
-        tie = 0.1 if calibration == "zscore" else 1e-2 * np.abs(ranked).max()
+        tie = 0.1 if calibration in ("zscore", "zscore_sq") else 1e-2 * np.abs(ranked).max()
         if np.all(-np.diff(ranked[:4]) > tie):
             assert r.indices == order
         np.testing.assert_allclose(r.weights, r.raw_signals[r.indices] / r.raw_signals[r.indices].sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("signal", ["norm", "entropy"])
+def test_default_router_matches_reference(setup, signal):
+    """LoGo's defaults (zscore_sq, token mean, attn_v of every block of this model) against the reference:
+    the adapter without attn_v ("poem") and the attn_q-only one are unscored."""
+    model, pool, reference, adapters, generic_h = setup
+    blocks = list(range(model.n_layer))
+    for prompt in PROMPTS:
+        ids = model.tokenize(prompt)
+        probe_h = {l: probe_vector(reference, ids, l, "mean", model.bos, module="attn_v") for l in blocks}
+        raw, calibrated = calibrated_signals(adapters, probe_h, generic_h["mean"], blocks, module="attn_v",
+                                             signal=signal, calibration="zscore_sq")
+        r = logo_cpp.LoGo(model, pool, k=3, signal=signal).route(prompt)
+        scored = ~np.isnan(raw)
+        assert r.unscored == ["poem", "partial"] and list(~np.isnan(r.signals)) == list(scored)
+        np.testing.assert_allclose(r.raw_signals[scored], raw[scored], rtol=5e-3, atol=2e-3 * raw[scored].max())
+        np.testing.assert_allclose(r.signals[scored], calibrated[scored], atol=0.05)
+        ranked = np.sort(calibrated[scored])[::-1]
+        if np.all(-np.diff(ranked[:4]) > 0.1):
+            assert r.indices == [i for i in np.argsort(-np.where(scored, calibrated, -np.inf), kind="stable")][:3]
 
 
 def test_none_is_the_papers_signal_bit_for_bit(setup):
@@ -116,11 +137,25 @@ def test_none_is_the_papers_signal_bit_for_bit(setup):
         np.testing.assert_array_equal(r.weights, (s / s.sum()).astype(np.float32))
 
 
+def test_defaults_follow_the_calibration(setup):
+    """The default router: zscore_sq at the token mean of attn_v over the last 8 blocks (every block of this
+    3-block model); calibration "none" alone gives the paper's probe site (last block, attn_q, last token)."""
+    model, pool, *_ = setup
+    assert logo_cpp.router.DEFAULT_CALIBRATION == "zscore_sq"
+    r = logo_cpp.LoGo(model, pool, k=3).route(PROMPTS[0])
+    assert (r.calibration, r.position, r.module) == ("zscore_sq", "mean", "attn_v")
+    assert r.layers == list(range(model.n_layer)) and r.layer == model.n_layer - 1
+    paper = logo_cpp.LoGo(model, pool, k=3, calibration="none").route(PROMPTS[0])
+    assert (paper.position, paper.module, paper.layers) == ("last", "attn_q", [model.n_layer - 1])
+    assert logo_cpp.router.default_layers("zscore_sq", 30) == list(range(-8, 0))
+    assert logo_cpp.router.default_layers("none", 30) == [-1]
+
+
 def test_spectral_and_frobenius_use_the_exact_norms(setup):
     """The core's data-free norms of s B A (from r x r Grams) against numpy's SVD of the full product."""
     model, pool, _, adapters, _ = setup
     for calibration, col in (("spectral", 1), ("frobenius", 0)):
-        r = logo_cpp.LoGo(model, pool, k=1, calibration=calibration).route(PROMPTS[0])
+        r = logo_cpp.LoGo(model, pool, k=1, layer=-1, module="attn_q", calibration=calibration).route(PROMPTS[0])
         assert r.position == "mean"
         norms = np.array([lora_spectrum(ad.pairs["blk.2.attn_q.weight"])[col] if "blk.2.attn_q.weight" in ad.pairs
                           else np.nan for ad in adapters])
@@ -128,7 +163,8 @@ def test_spectral_and_frobenius_use_the_exact_norms(setup):
         np.testing.assert_allclose(r.signals[scored], r.raw_signals[scored] / norms[scored], rtol=1e-5)
 
 
-def test_statistics_are_deterministic_and_independent_of_pool_order(model_dir, adapter_dir):
+@pytest.mark.parametrize("calibration", ["zscore", "zscore_sq"])
+def test_statistics_are_deterministic_and_independent_of_pool_order(model_dir, adapter_dir, calibration):
     paths = [adapter_dir / f"{n}.gguf" for n in NAMES]
     results = {}
     for label, order in (("forward", paths), ("reversed", paths[::-1])):
@@ -136,7 +172,7 @@ def test_statistics_are_deterministic_and_independent_of_pool_order(model_dir, a
         pool = logo_cpp.AdapterPool(model)
         for p in order:  # one at a time: statistics never see the rest of the pool
             pool.add(p)
-        r = logo_cpp.LoGo(model, pool, k=3, calibration="zscore").route(PROMPTS[0])
+        r = logo_cpp.LoGo(model, pool, k=3, calibration=calibration).route(PROMPTS[0])
         results[label] = {n: s for n, s in zip(pool.names, r.signals)}
     for name in NAMES:
         np.testing.assert_array_equal(results["forward"][name], results["reversed"][name])
@@ -145,7 +181,7 @@ def test_statistics_are_deterministic_and_independent_of_pool_order(model_dir, a
 def test_readding_an_adapter_reuses_its_statistics(model_dir, adapter_dir):
     model = logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=256, n_threads=THREADS)
     pool = logo_cpp.AdapterPool(model, [adapter_dir / f"{n}.gguf" for n in NAMES])
-    router = logo_cpp.LoGo(model, pool, k=3, calibration="zscore")
+    router = logo_cpp.LoGo(model, pool, k=3, layer=-1, calibration="zscore")
     first = router.route(PROMPTS[0])
     assert first.timings["calibration_seconds"] > 0
     pool.remove("math")
@@ -177,7 +213,8 @@ def test_arrow_router(setup):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(calibration="zcore"), "unknown calibration 'zcore'; use one of none, zscore, spectral, frobenius"),
+    (dict(calibration="zcore"), "unknown calibration 'zcore'; use one of none, zscore, zscore_sq, spectral, frobenius"),
+    (dict(module="attn_x"), "unknown or unprobeable module 'attn_x'; use one of attn_q, attn_k, attn_v"),
     (dict(calibration=None), "unknown calibration None"),
     (dict(signal="arrow"), "unknown signal 'arrow'; use one of norm, entropy"),
     (dict(layer=[]), "layer is an empty sequence"),
@@ -217,7 +254,7 @@ def test_mean_position_over_several_chunks(model_dir, adapter_dir):
 def test_mean_position_reads_the_ffn_norm_for_ffn_modules(setup):
     model, pool, reference, adapters, generic_h = setup
     ids = model.tokenize(PROMPTS[0])
-    r = logo_cpp.LoGo(model, pool, k=1, module="ffn_up", calibration="spectral", position="mean").route(PROMPTS[0])
+    r = logo_cpp.LoGo(model, pool, k=1, layer=-1, module="ffn_up", calibration="spectral", position="mean").route(PROMPTS[0])
     h = {2: probe_vector(reference, ids, 2, "mean", model.bos, module="ffn_up")}
     raw, calibrated = calibrated_signals(adapters, h, generic_h["mean"], [2], module="ffn_up", calibration="spectral")
     scored = ~np.isnan(raw)

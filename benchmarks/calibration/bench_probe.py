@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parent / "cache" / "bench")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--only", nargs="*", default=None, help="time only these variants (labels as printed)")
     args = ap.parse_args(argv)
 
     model_path = args.model or default_model()
@@ -65,8 +66,8 @@ def main(argv=None) -> int:
     ids = model.tokenize(prompt)
     res["prompt_tokens"] = len(ids)
 
-    # One-time costs of the default calibration: the generic prompts' hidden states, then N statistics.
-    first, routing = timed(lambda: logo_cpp.LoGo(model, pool, k=20, calibration="zscore", position="mean").route(ids))
+    # One-time costs of the default router: the generic prompts' hidden states, then N statistics per block.
+    first, routing = timed(lambda: logo_cpp.LoGo(model, pool, k=20).route(ids))
     res["first_zscore_route_seconds"] = first
     res["first_zscore_calibration_seconds"] = routing.timings["calibration_seconds"]
     # Re-adding an adapter: its statistics come from the model's cache.
@@ -74,17 +75,20 @@ def main(argv=None) -> int:
     pool.remove(name)
     readd_s, _ = timed(lambda: pool.add(paths[0], name=name))
     res["readd_seconds"] = readd_s
-    again = logo_cpp.LoGo(model, pool, k=20, calibration="zscore", position="mean").route(ids)
+    again = logo_cpp.LoGo(model, pool, k=20).route(ids)
     res["readd_calibration_seconds"] = again.timings["calibration_seconds"]
 
     variants = {
-        "none (paper)": dict(calibration="none", position="last"),
-        "zscore, mean (default)": dict(calibration="zscore", position="mean"),
-        "zscore, last token": dict(calibration="zscore", position="last"),
-        "spectral": dict(calibration="spectral", position="last"),
+        "none (paper)": dict(calibration="none"),
+        "default: zscore_sq, mean, last 8 blocks, attn_v": dict(),
+        "zscore, mean, block 29, attn_q (session 3)": dict(calibration="zscore", position="mean", layer=-1,
+                                                           module="attn_q"),
+        "spectral, last token": dict(calibration="spectral", position="last", layer=-1, module="attn_q"),
         "zscore, mean, every adapted block, attn_v": dict(calibration="zscore", position="mean", layer=layers,
                                                           module="attn_v"),
     }
+    if args.only:
+        variants = {k: v for k, v in variants.items() if k in args.only}
     session = model._session
     res["probe"] = {}
     for label, kw in variants.items():
@@ -101,7 +105,7 @@ def main(argv=None) -> int:
                 probe.append(t_probe)
         p, f = statistics.median(probe), statistics.median(plain)
         res["probe"][label] = {"probe_seconds": p, "forward_seconds": f, "ratio": p / f, "stop_block": stop_block}
-        print(f"{label:<30} probe {p * 1e3:8.2f} ms  forward to block {stop_block} {f * 1e3:8.2f} ms  ratio {p / f:.3f}",
+        print(f"{label:<48} probe {p * 1e3:8.2f} ms  forward to block {stop_block} {f * 1e3:8.2f} ms  ratio {p / f:.3f}",
               flush=True)
     print(json.dumps({k: v for k, v in res.items() if k != "probe"}, indent=1))
     if args.out:

@@ -143,18 +143,20 @@ const ProbeBank & AdapterPool::probe_bank(int layer, const std::string & module)
     return *slot;
 }
 
-const std::vector<SignalStats> & AdapterPool::bank_stats(const ProbeBank & bank, RawSignal kind, ProbePosition position) {
+const std::vector<SignalStats> & AdapterPool::bank_stats(const ProbeBank & bank, RawSignal kind, ProbePosition position,
+                                                        bool squared) {
     std::lock_guard<std::mutex> lock(cache_mutex_);
     ProbeBank & owned = *banks_.at({bank.layer, bank.module});  // the same bank, as this pool owns it
-    auto it = owned.stats.find({kind, position});
+    const auto key = std::make_tuple(kind, position, squared);
+    auto it = owned.stats.find(key);
     if (it != owned.stats.end()) return it->second;
     std::vector<SignalStats> out;
     for (size_t j = 0; j < bank.adapters.size(); ++j) {
         const LoraMatrix * m = adapters_[size_t(bank.adapters[j])]->find(bank.layer, bank.module);
         out.push_back(model_->calibration_cache().stats(model_, *m, bank.content_hash[j], kind, position,
-                                                        bank.prototype_host[j]));
+                                                        bank.prototype_host[j], squared));
     }
-    return owned.stats[{kind, position}] = std::move(out);
+    return owned.stats[key] = std::move(out);
 }
 
 const Mixture & AdapterPool::all_adapters() {

@@ -6,6 +6,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "adapter.h"
@@ -29,9 +30,9 @@ struct ProbeBank {
     std::vector<double> spectral;        // ||s B A||_2
     std::vector<uint64_t> content_hash;  // matrix_content_hash: the key of the adapter's statistics
     std::vector<std::vector<float>> prototype_host;  // the prototypes on the host, for their statistics
-    // Statistics over the generic prompts, per raw signal and probe position, filled on first use
-    // (AdapterPool::bank_stats).
-    std::map<std::pair<RawSignal, ProbePosition>, std::vector<SignalStats>> stats;
+    // Statistics over the generic prompts, per raw signal, probe position and whether of the squared signal,
+    // filled on first use (AdapterPool::bank_stats).
+    std::map<std::tuple<RawSignal, ProbePosition, bool>, std::vector<SignalStats>> stats;
 
     ProbeBank() = default;
     ~ProbeBank();
@@ -69,7 +70,9 @@ public:
     // Each bank adapter's statistics of `kind` over the generic prompts (in stack order). Computed on first
     // use from the model's cached generic hidden states and cached per matrix content on the model, so they
     // never depend on the rest of the pool and re-adding an adapter costs nothing.
-    const std::vector<SignalStats> & bank_stats(const ProbeBank & bank, RawSignal kind, ProbePosition position);
+    // squared: the statistics of s^2 (calibration zscore_sq) rather than of s.
+    const std::vector<SignalStats> & bank_stats(const ProbeBank & bank, RawSignal kind, ProbePosition position,
+                                                bool squared = false);
 
 private:
     std::shared_ptr<const Model> model_;

@@ -121,8 +121,8 @@ const GenericStates & CalibrationCache::generic_states(const std::shared_ptr<con
 
 SignalStats CalibrationCache::stats(const std::shared_ptr<const Model> & model, const LoraMatrix & m,
                                     uint64_t content_hash, RawSignal kind, ProbePosition position,
-                                    const std::vector<float> & prototype) {
-    const uint64_t variant = uint64_t(kind) * 2 + uint64_t(position) + 1;
+                                    const std::vector<float> & prototype, bool squared) {
+    const uint64_t variant = (uint64_t(kind) * 2 + uint64_t(position)) * 2 + uint64_t(squared) + 1;
     const uint64_t key = content_hash ^ (0x9e3779b97f4a7c15ull * variant);
     {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -136,7 +136,9 @@ SignalStats CalibrationCache::stats(const std::shared_ptr<const Model> & model, 
     // Two passes in double: the mean, then the spread around it (no cancellation for tight signals).
     std::vector<double> values(size_t(states.n_prompts));
     for (int64_t p = 0; p < states.n_prompts; ++p) {
-        values[size_t(p)] = raw_signal(kind, a, b, m.rank, n_in, n_out, m.scale, prototype, h.data() + p * states.n_embd);
+        const double v = raw_signal(kind, a, b, m.rank, n_in, n_out, m.scale, prototype, h.data() + p * states.n_embd);
+        // zscore_sq ranks by the squared signal: its statistics are those of s^2, from the same double s.
+        values[size_t(p)] = squared ? v * v : v;
     }
     SignalStats s;
     for (double v : values) s.mean += v;

@@ -54,10 +54,12 @@ public:
     // Runs the generic prompts through `model` (a private session: the caller's contexts are untouched).
     const GenericStates & generic_states(const std::shared_ptr<const Model> & model);
 
-    // Statistics of `kind` for matrix m over the generic prompts at m's layer. content_hash identifies m's
-    // values (see matrix_content_hash); prototype is the matrix's Arrow vector (arrow only).
+    // Statistics of `kind` (of its square when `squared`) for matrix m over the generic prompts at m's layer.
+    // content_hash identifies m's values (see matrix_content_hash); prototype is the matrix's Arrow vector
+    // (arrow only).
     SignalStats stats(const std::shared_ptr<const Model> & model, const LoraMatrix & m, uint64_t content_hash,
-                      RawSignal kind, ProbePosition position, const std::vector<float> & prototype);
+                      RawSignal kind, ProbePosition position, const std::vector<float> & prototype,
+                      bool squared = false);
 
     size_t n_cached_stats();
 

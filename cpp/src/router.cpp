@@ -24,6 +24,7 @@ const char * to_string(Calibration calibration) {
         case Calibration::zscore: return "zscore";
         case Calibration::spectral: return "spectral";
         case Calibration::frobenius: return "frobenius";
+        case Calibration::zscore_sq: return "zscore_sq";
     }
     return "?";
 }
@@ -82,8 +83,11 @@ void validate_router_options(const RouterOptions & options, const Model & model)
     const int s = int(options.signal), c = int(options.calibration), p = int(options.position);
     if (p < 0 || p > int(ProbePosition::mean)) throw std::invalid_argument("unknown probe position; use last or mean");
     if (s < 0 || s > int(Signal::arrow)) throw std::invalid_argument("unknown signal; use norm, entropy or arrow");
-    if (c < 0 || c > int(Calibration::frobenius)) {
-        throw std::invalid_argument("unknown calibration; use none, zscore, spectral or frobenius");
+    if (c < 0 || c > int(Calibration::zscore_sq)) {
+        throw std::invalid_argument("unknown calibration; use none, zscore, zscore_sq, spectral or frobenius");
+    }
+    if (options.layers.empty() && options.n_blocks < 1) {
+        throw std::invalid_argument("n_blocks must be >= 1, got " + std::to_string(options.n_blocks));
     }
 }
 
@@ -92,9 +96,12 @@ int resolved_layer(const RouterOptions & options, const Model & model) { return 
 std::vector<int> resolved_layers(const RouterOptions & options, const Model & model) {
     const int n_layer = int(model.hparams().n_layer);
     std::vector<int> out;
-    for (int layer : options.layers.empty() ? std::vector<int>{options.layer} : options.layers) {
-        out.push_back(layer < 0 ? n_layer + layer : layer);
+    if (options.layers.empty()) {
+        const int last = options.layer < 0 ? n_layer + options.layer : options.layer;
+        for (int l = std::max(0, last - options.n_blocks + 1); l <= last; ++l) out.push_back(l);
+        return out;
     }
+    for (int layer : options.layers) out.push_back(layer < 0 ? n_layer + layer : layer);
     std::sort(out.begin(), out.end());
     out.erase(std::unique(out.begin(), out.end()), out.end());
     return out;
@@ -151,8 +158,11 @@ Routing route(Session & session, int stream, AdapterPool & pool, const std::vect
     const auto t_cal = Clock::now();
     const RawSignal kind = raw_kind(options.signal);
     std::vector<const std::vector<SignalStats> *> stats(banks.size(), nullptr);
-    if (options.calibration == Calibration::zscore) {
-        for (size_t b = 0; b < banks.size(); ++b) stats[b] = &pool.bank_stats(*banks[b], kind, options.position);
+    const bool squared = options.calibration == Calibration::zscore_sq;
+    if (options.calibration == Calibration::zscore || squared) {
+        for (size_t b = 0; b < banks.size(); ++b) {
+            stats[b] = &pool.bank_stats(*banks[b], kind, options.position, squared);
+        }
     }
     const double calibration_seconds = std::chrono::duration<double>(Clock::now() - t_cal).count();
 
@@ -222,11 +232,13 @@ Routing route(Session & session, int stream, AdapterPool & pool, const std::vect
             double calibrated = raw;
             switch (options.calibration) {
                 case Calibration::none: break;
-                case Calibration::zscore: {
+                case Calibration::zscore:
+                case Calibration::zscore_sq: {
                     const SignalStats & s = (*stats[b])[j];
+                    const double value = squared ? double(raw) * double(raw) : double(raw);
                     // A signal that never varies over the generic prompts carries no information about
                     // fit; a tiny floor keeps it finite without letting it dominate.
-                    calibrated = (double(raw) - s.mean) / std::max(s.std, 1e-6 * std::fabs(s.mean) + 1e-30);
+                    calibrated = (value - s.mean) / std::max(s.std, 1e-6 * std::fabs(s.mean) + 1e-30);
                     break;
                 }
                 case Calibration::spectral: calibrated = bank.spectral[j] > 0 ? raw / bank.spectral[j] : 0.0; break;

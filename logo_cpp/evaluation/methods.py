@@ -51,7 +51,7 @@ def logo_source(model, pool, probe: str = "base", layer: int = -1, module: str =
     - raw, as the paper defines them (logo-method.md), from one probe of the whole pool at the last prompt
       token: "logo-norm" s_i = ||o_i|| and "logo-entropy" s_i = 1 / (H(softmax(o_i)) + 1e-6);
     - where the router calibrates (default_calibration() is not None or "none"), the calibrated router's own
-      probe per signal kind (its default probe position may differ from the paper's): "logo-<kind>-<calibration>",
+      probe per signal kind (its default probe site: blocks, module and position): "logo-<kind>-<calibration>",
       what it ranks by, and "logo-<kind>-<calibration>-raw", the raw signals at its position, what it weights by.
     All float32 as the C++ router computes them, so the selections and weights are LoGo's own, bit for bit."""
     from ..router import LoGo
@@ -59,9 +59,10 @@ def logo_source(model, pool, probe: str = "base", layer: int = -1, module: str =
     calibration = default_calibration()
     raw = {} if calibration is None else {"calibration": "none"}
     paper = LoGo(model, pool, k=len(pool), signal="norm", probe=probe, layer=layer, module=module, **raw)
+    # The calibrated rows are LoGo as users get it: its default probe site (blocks, module, position).
     calibrated = {} if calibration in (None, "none") else {
-        kind: LoGo(model, pool, k=len(pool), signal=kind, probe=probe, layer=layer, module=module,
-                   calibration=calibration) for kind in ("norm", "entropy")}
+        kind: LoGo(model, pool, k=len(pool), signal=kind, probe=probe, calibration=calibration)
+        for kind in ("norm", "entropy")}
 
     def score(prompt: str) -> dict[str, np.ndarray]:
         r = paper.route(prompt)

@@ -66,9 +66,10 @@ enum class Signal { norm, entropy, arrow };
 enum class ProbeMode { base, all };
 // How raw signals are made comparable across adapters before ranking. none: the paper, raw signals
 // (bit for bit as before calibration existed). zscore: (s - mean) / std with the adapter's own statistics
-// over the library's generic unlabeled prompts (logo::calibration_prompts()). spectral / frobenius:
-// s / ||(alpha/r) B A|| (no data).
-enum class Calibration { none, zscore, spectral, frobenius };
+// over the library's generic unlabeled prompts (logo::calibration_prompts()). zscore_sq: the same for the
+// squared signal, (s^2 - mean) / std (for the norm: the output energy ||o||^2; measured best, the default;
+// docs/calibration). spectral / frobenius: s / ||(alpha/r) B A|| (no data).
+enum class Calibration { none, zscore, spectral, frobenius, zscore_sq };
 // Where the probe vector is read at each probed block: the last prompt token (the paper), or the mean over
 // the prompt's tokens after BOS.
 enum class ProbePosition { last, mean };
@@ -77,12 +78,16 @@ struct RouterOptions {
     int k = 20;
     Signal signal = Signal::norm;
     ProbeMode probe = ProbeMode::base;
-    int layer = -1;           // negative counts from the end: -1 is the last block
-    std::vector<int> layers;  // several probed blocks (overrides `layer` when not empty): signals are
-                              // calibrated per block, then averaged (summed when calibration is none)
-    std::string module = "attn_q";
-    Calibration calibration = Calibration::zscore;
-    ProbePosition position = ProbePosition::mean;  // the paper (with calibration none): last
+    int layer = -1;           // the last probed block; negative counts from the end: -1 is the last block
+    int n_blocks = 8;         // probe the n_blocks blocks ending at `layer` (fewer where the model has fewer);
+                              // 1: `layer` alone (the paper)
+    std::vector<int> layers;  // explicit probed blocks (override `layer` and `n_blocks` when not empty):
+                              // signals are calibrated per block, then averaged (summed when calibration is none)
+    // The default router (docs/calibration): zscore_sq of the norm at the token mean of the last 8 blocks'
+    // attn_v. The paper: n_blocks 1, module attn_q, calibration none, position last.
+    std::string module = "attn_v";
+    Calibration calibration = Calibration::zscore_sq;
+    ProbePosition position = ProbePosition::mean;
 };
 
 struct Routing {

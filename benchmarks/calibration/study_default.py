@@ -1,0 +1,147 @@
+"""Session-4 study: candidate DEFAULT routers (zscore at the token-mean position) on both pools, chosen on one
+half of the held-out prompts and reported on the other half and on both pools.
+
+    python benchmarks/calibration/study_default.py --model <base.gguf> --out docs/calibration/default-study.json
+
+Uses the cached hidden states of explore.py (blocks 18-29 keep every token's state). Questions:
+- does centring the module input on the generic prompts' mean, s_i = ||s B_i A_i (x - xbar)||, help?
+- attn_q, attn_v or both (mean of the per-(block, module) z-scores)?
+- aggregation over blocks: mean of per-block z-scores vs the z-score of the summed signal?
+- how many of the last blocks?
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from explore import pool_adapters  # noqa: E402
+from probe_data import ProbeSet, load_pool_dir, probe_set, read_adapter, read_norm_weights, read_rms_eps  # noqa: E402
+
+
+def token_mean_x(ps: ProbeSet, layer: int, w: np.ndarray, eps: float) -> np.ndarray:
+    """(P, n_embd): the mean over each prompt's tokens (after BOS) of RMSNorm(h_t) * w (the runtime's "mean")."""
+    t = ps.tokens[:, ps.token_layers.index(layer)].astype(np.float64)
+    x = t / np.sqrt(np.mean(t * t, axis=1, keepdims=True) + eps) * w
+    return np.add.reduceat(x, ps.offsets()[:-1], axis=0) / ps.n_tokens[:, None]
+
+
+class Signals:
+    """Raw norm signals ||s B A u|| per (layer, module, centred) for eval and generic prompts, (P, N)."""
+
+    def __init__(self, pairs, ev, gen, nw, eps):
+        self.pairs, self.ev, self.gen, self.nw, self.eps = pairs, ev, gen, nw, eps
+        self.n = len(pairs)
+        self._x, self._s = {}, {}
+
+    def x(self, layer):
+        if layer not in self._x:
+            self._x[layer] = (token_mean_x(self.ev, layer, self.nw[layer], self.eps),
+                              token_mean_x(self.gen, layer, self.nw[layer], self.eps))
+        return self._x[layer]
+
+    def raw(self, layer, module, centred):
+        key = (layer, module, centred)
+        if key not in self._s:
+            e, g = self.x(layer)
+            if centred:
+                mu = g.mean(axis=0)
+                e, g = e - mu, g - mu
+            oe, og = np.full((len(e), self.n), np.nan), np.full((len(g), self.n), np.nan)
+            for i, pairs in enumerate(self.pairs):
+                p = pairs.get((layer, module))
+                if p is None:
+                    continue
+                oe[:, i] = np.linalg.norm(p.scale * (e @ p.a.T) @ p.b.T, axis=1)
+                og[:, i] = np.linalg.norm(p.scale * (g @ p.a.T) @ p.b.T, axis=1)
+            self._s[key] = (oe, og)
+        return self._s[key]
+
+    def scores(self, layers, modules, centred, agg):
+        if agg == "meanz":
+            zs = []
+            for l in layers:
+                for m in modules:
+                    e, g = self.raw(l, m, centred)
+                    zs.append((e - g.mean(0)) / (g.std(0) + 1e-12))
+            return np.nanmean(np.stack(zs), axis=0)
+        # "zsum": per module, z-score of the signal summed over blocks; modules' z averaged
+        zs = []
+        for m in modules:
+            e = sum(np.nan_to_num(self.raw(l, m, centred)[0]) for l in layers)
+            g = sum(np.nan_to_num(self.raw(l, m, centred)[1]) for l in layers)
+            zs.append((e - g.mean(0)) / (g.std(0) + 1e-12))
+        return np.mean(np.stack(zs), axis=0)
+
+
+def own_first(scores, own, rows):
+    s = np.where(np.isnan(scores[rows]), -np.inf, scores[rows])
+    return float(np.mean(np.argmax(s, axis=1) == own[rows]))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / "cache")
+    args = ap.parse_args(argv)
+    import logo_cpp
+    from logo_cpp import _core
+
+    layers_tok = tuple(range(18, 30))
+    model = logo_cpp.Model(args.model, n_ctx=2048, n_threads=1)
+    nw, eps = read_norm_weights(args.model), read_rms_eps(args.model)
+    pools = {}
+    for pool_dir in (Path("models/pool"), Path("models/pool-alt")):
+        manifest, items = load_pool_dir(pool_dir)
+        adapters = pool_adapters(pool_dir, manifest)
+        names = [n for n, _ in adapters]
+        keep = [i for i, it in enumerate(items) if it["task"] in names]
+        full = probe_set(model, [it["prompt"] for it in items], args.cache, "eval", layers_tok)
+        offs = full.offsets()
+        ev = ProbeSet([full.prompts[i] for i in keep], full.last[keep], full.mean[keep], full.n_tokens[keep])
+        ev.tokens = np.concatenate([full.tokens[offs[i]:offs[i + 1]] for i in keep])
+        ev.token_layers = layers_tok
+        gen = probe_set(model, list(_core.calibration_prompts()), args.cache, "generic", layers_tok)
+        own = np.array([names.index(items[i]["task"]) for i in keep])
+        # Halves: within each task, alternate prompts in file order (choose on A, report on B).
+        counts: dict = {}
+        half = []
+        for i in keep:
+            counts[items[i]["task"]] = counts.get(items[i]["task"], 0) + 1
+            half.append(counts[items[i]["task"]] % 2)  # 1: the 1st, 3rd, ... prompt of its task (half A)
+        half = np.array(half)
+        sig = Signals([read_adapter(str(p)) for _, p in adapters], ev, gen, nw, eps)
+        pools[pool_dir.name] = (sig, own, half)
+        print(pool_dir, len(keep), "prompts", flush=True)
+
+    results = []
+    for modules in (("attn_q",), ("attn_v",), ("attn_q", "attn_v")):
+        for n_blocks in (1, 2, 4, 6, 8, 10, 12):
+            layers = tuple(range(30 - n_blocks, 30))
+            for centred in (False, True):
+                for agg in (("meanz", "zsum") if n_blocks > 1 else ("meanz",)):
+                    row = {"modules": modules, "layers": f"{layers[0]}-{layers[-1]}", "n_blocks": n_blocks,
+                           "centred": centred, "agg": agg}
+                    for name, (sig, own, half) in pools.items():
+                        s = sig.scores(layers, modules, centred, agg)
+                        row[name] = {"A": own_first(s, own, half == 1), "B": own_first(s, own, half == 0),
+                                     "all": own_first(s, own, np.ones(len(own), bool))}
+                    results.append(row)
+                    print(f"{'+'.join(modules):<14} {row['layers']:>6} c={int(centred)} {agg:<5} "
+                          f"pool A {row['pool']['A']:.3f} B {row['pool']['B']:.3f} all {row['pool']['all']:.3f} | "
+                          f"alt A {row['pool-alt']['A']:.3f} B {row['pool-alt']['B']:.3f} all {row['pool-alt']['all']:.3f}",
+                          flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
