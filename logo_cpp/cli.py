@@ -88,7 +88,7 @@ def _routing_dict(routing, pool, every: bool = False) -> dict:
         out["unscored"] = routing.unscored
     if routing.calibration is not None:
         out["signal"], out["calibration"], out["layers"] = routing.signal, routing.calibration, routing.layers
-        out["position"] = routing.position
+        out["position"], out["module"] = routing.position, routing.module
     if every and routing.signals is not None:
         out["signals"] = {n: (None if s != s else round(float(s), 6)) for n, s in zip(pool.names, routing.signals)}
         out["raw_signals"] = {n: (None if s != s else round(float(s), 6)) for n, s in zip(pool.names, routing.raw_signals)}

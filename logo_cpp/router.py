@@ -55,8 +55,9 @@ class Routing:
     signals: Optional[np.ndarray] = None   # one per pool adapter, what ranks them (NaN: not scored); None for
                                            # non-probing routers
     raw_signals: Optional[np.ndarray] = None  # the same before calibration (the paper's s_i)
-    norms: Optional[np.ndarray] = None
-    entropies: Optional[np.ndarray] = None
+    norms: Optional[np.ndarray] = None      # ||o_i|| summed over the probed blocks (NaN: not scored; Arrow)
+    entropies: Optional[np.ndarray] = None  # H_i, mean over the probed blocks; NaN where not scored, for Arrow,
+                                            # and for a calibrated norm router (it computes norms only)
     unscored: list[str] = field(default_factory=list)  # adapters without the probe module: never selectable
     signal: Optional[str] = None
     calibration: Optional[str] = None     # how signals were made from raw_signals ("none": they are equal)

@@ -122,6 +122,19 @@ def test_default_router_matches_reference(setup, signal):
             assert r.indices == [i for i in np.argsort(-np.where(scored, calibrated, -np.inf), kind="stable")][:3]
 
 
+def test_norm_factor_probe_equals_the_full_probe(setup):
+    """A calibrated norm router scores ||R_i A_i h|| (s B_i = Q_i R_i) in one matmul per block; the uncalibrated
+    router computes o_i = s B_i A_i h itself: the norms agree to float rounding, at every block and rank
+    (the pool mixes ranks 2..16 and an F16, a BF16 and a Q8_0 adapter)."""
+    model, pool, *_ = setup
+    for prompt in PROMPTS:
+        fast = logo_cpp.LoGo(model, pool, k=3, calibration="zscore_sq").route(prompt)
+        full = logo_cpp.LoGo(model, pool, k=3, calibration="none", layer=fast.layers, module="attn_v",
+                             position="mean").route(prompt)
+        np.testing.assert_allclose(fast.raw_signals, full.raw_signals, rtol=1e-5, equal_nan=True)
+        assert np.all(np.isnan(fast.entropies))  # norms only: no entropy is computed
+
+
 def test_none_is_the_papers_signal_bit_for_bit(setup):
     """calibration="none" routes exactly as the uncalibrated router always did: the probe vector at the last
     token, the signal is the norm (or 1/(H + 1e-6)) itself, weights are s_i / sum s over the selection."""

@@ -23,7 +23,7 @@ def test_run_streams_the_answer_and_shows_the_routing(files, tmp_path):
               "--threads", "2", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "routing (logo): 2 of 7 adapters" in out.stderr
-    assert "not scored (no attn_q LoRA): chat" in out.stderr
+    assert "not scored (no attn_v LoRA): poem" in out.stderr  # the default router probes attn_v
 
 
 def test_run_json(files, tmp_path):
@@ -42,8 +42,9 @@ def test_route_all_scores_every_adapter(files, tmp_path):
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert set(data["signals"]) == {"math", "sql", "poem", "code", "chat", "legal", "mixed"}
-    assert data["signals"]["chat"] is None
-    assert data["calibration"] == "zscore" and set(data["raw_signals"]) == set(data["signals"])
+    assert data["signals"]["poem"] is None  # no attn_v LoRA: the default probe site
+    assert data["calibration"] == "zscore_sq" and set(data["raw_signals"]) == set(data["signals"])
+    assert data["layers"] == [0, 1, 2] and data["position"] == "mean"
 
 
 def test_route_all_shows_raw_and_calibrated_signals(files, tmp_path):
@@ -52,7 +53,7 @@ def test_route_all_shows_raw_and_calibrated_signals(files, tmp_path):
     model, adapters = files
     out = cli("route", "-m", model, "-a", adapters, "-p", "the cat", "--all", "--k", "2", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "calibration zscore" in out.stdout and "calibrated" in out.stdout and "raw" in out.stdout
+    assert "calibration zscore_sq" in out.stdout and "calibrated" in out.stdout and "raw" in out.stdout
     m = logo_cpp.Model(model, n_ctx=64, n_threads=1)
     pool = logo_cpp.AdapterPool(m, adapters)
     r = logo_cpp.LoGo(m, pool, k=2).route("the cat")
@@ -68,7 +69,7 @@ def test_route_all_shows_raw_and_calibrated_signals(files, tmp_path):
     assert data["method"] == "arrow" and data["signal"] == "arrow" and data["layers"] == [0, 1, 2]
     out = cli("route", "-m", model, "-a", adapters, "-p", "hi", "--calibration", "z", cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "invalid choice: 'z' (choose from 'none', 'zscore', 'spectral', 'frobenius')" in out.stderr
+    assert "invalid choice: 'z' (choose from 'none', 'zscore', 'zscore_sq', 'spectral', 'frobenius')" in out.stderr
 
 
 def test_inspect_model_and_adapter_fit(files, model_dir, tmp_path):

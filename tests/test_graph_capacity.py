@@ -124,7 +124,7 @@ def check_probe_and_fold(model, pool):
     ids = prompt(0)
     for probe in ("base", "all"):
         for layer in (0, -1):
-            routing = logo_cpp.LoGo(model, pool, k=3, probe=probe, layer=layer).route(ids)
+            routing = logo_cpp.LoGo(model, pool, k=3, probe=probe, layer=layer, module="attn_q").route(ids)
             assert len(routing.names) == 3 and routing.unscored == ["ffn"]  # the one without attn_q
             assert np.isfinite(np.delete(routing.signals, pool.index("ffn"))).all()
     # A single instance generating >= 16 tokens over F16 folds its mixture into the weights; its first

@@ -132,5 +132,7 @@ def test_empty_pool_and_unadapted_module(model_dir, adapter_dir):
         logo_cpp.LoGo(model, empty).route("Hi")
     pool = logo_cpp.AdapterPool(model, [adapter_dir / "chat.gguf"])
     with pytest.raises(ValueError, match=r"no adapter in the pool adapts blk\.2\.attn_q"):
-        logo_cpp.LoGo(model, pool).route("Hi")
-    assert logo_cpp.LoGo(model, pool, module="attn_v").route("Hi").names == ["chat"]
+        logo_cpp.LoGo(model, pool, calibration="none").route("Hi")  # the paper's site: block 2's attn_q
+    with pytest.raises(ValueError, match=r"no adapter in the pool adapts blk\.0\.attn_q, blk\.1\.attn_q, blk\.2\.attn_q"):
+        logo_cpp.LoGo(model, pool, module="attn_q").route("Hi")
+    assert logo_cpp.LoGo(model, pool).route("Hi").names == ["chat"]  # the default probes attn_v

@@ -6,8 +6,12 @@ half of the held-out prompts and reported on the other half and on both pools.
 Uses the cached hidden states of explore.py (blocks 18-29 keep every token's state). Questions:
 - does centring the module input on the generic prompts' mean, s_i = ||s B_i A_i (x - xbar)||, help?
 - attn_q, attn_v or both (mean of the per-(block, module) z-scores)?
-- aggregation over blocks: mean of per-block z-scores vs the z-score of the summed signal?
+- aggregation over blocks: mean of per-block z-scores vs the z-score of the summed signal, the median, ranks;
+  the z-score of s, of s^2 (the output energy) or of log s; robust (median/MAD) statistics?
 - how many of the last blocks?
+Halves: within each task, the 1st, 3rd, ... held-out prompt form half A, the others half B. The default is
+chosen on half A of both pools (the best mean own-first among candidates of at most 8 blocks, the cost bound)
+and reported on half B and on all prompts.
 """
 
 from __future__ import annotations
@@ -64,20 +68,40 @@ class Signals:
         return self._s[key]
 
     def scores(self, layers, modules, centred, agg):
-        if agg == "meanz":
+        """(P, N) scores. agg: how per-(block, module) signals become one score:
+        "meanz" mean of z-scores of s (the runtime's zscore); "sqz" mean of z-scores of s^2 (zscore_sq);
+        "logz" of log s; "medz" the median (not the mean) of the z-scores; "robz" median/MAD instead of
+        mean/std; "stdz" each block's z standardised across adapters first; "rank" the mean rank across
+        adapters; "zsum" per module the z-score of the signal summed over blocks."""
+        if agg == "zsum":
             zs = []
-            for l in layers:
-                for m in modules:
-                    e, g = self.raw(l, m, centred)
-                    zs.append((e - g.mean(0)) / (g.std(0) + 1e-12))
-            return np.nanmean(np.stack(zs), axis=0)
-        # "zsum": per module, z-score of the signal summed over blocks; modules' z averaged
+            for m in modules:
+                e = sum(np.nan_to_num(self.raw(l, m, centred)[0]) for l in layers)
+                g = sum(np.nan_to_num(self.raw(l, m, centred)[1]) for l in layers)
+                zs.append((e - g.mean(0)) / (g.std(0) + 1e-12))
+            return np.mean(np.stack(zs), axis=0)
+        f = {"sqz": np.square, "logz": lambda a: np.log(np.maximum(a, 1e-30))}.get(agg, lambda a: a)
         zs = []
-        for m in modules:
-            e = sum(np.nan_to_num(self.raw(l, m, centred)[0]) for l in layers)
-            g = sum(np.nan_to_num(self.raw(l, m, centred)[1]) for l in layers)
-            zs.append((e - g.mean(0)) / (g.std(0) + 1e-12))
-        return np.mean(np.stack(zs), axis=0)
+        for l in layers:
+            for m in modules:
+                e, g = (f(x) for x in self.raw(l, m, centred))
+                if agg == "robz":
+                    med = np.median(g, 0)
+                    zs.append((e - med) / (1.4826 * np.median(np.abs(g - med), 0) + 1e-12))
+                else:
+                    zs.append((e - g.mean(0)) / (g.std(0) + 1e-12))
+        z = np.stack(zs)
+        if agg == "medz":
+            return np.nanmedian(z, axis=0)
+        if agg == "stdz":
+            z = (z - np.nanmean(z, 2, keepdims=True)) / (np.nanstd(z, 2, keepdims=True) + 1e-12)
+        if agg == "rank":
+            z = np.argsort(np.argsort(np.where(np.isnan(z), -np.inf, z), 2), 2).astype(float)
+        return np.nanmean(z, axis=0)
+
+
+AGGS = ("meanz", "sqz", "logz", "medz", "robz", "stdz", "rank", "zsum")
+MAX_BLOCKS = 8  # the cost bound of the choice: 12 blocks cost 1.22x a plain forward (probe-cost.md)
 
 
 def own_first(scores, own, rows):
@@ -126,7 +150,7 @@ def main(argv=None) -> int:
         for n_blocks in (1, 2, 4, 6, 8, 10, 12):
             layers = tuple(range(30 - n_blocks, 30))
             for centred in (False, True):
-                for agg in (("meanz", "zsum") if n_blocks > 1 else ("meanz",)):
+                for agg in AGGS if n_blocks > 1 else ("meanz", "sqz", "logz"):
                     row = {"modules": modules, "layers": f"{layers[0]}-{layers[-1]}", "n_blocks": n_blocks,
                            "centred": centred, "agg": agg}
                     for name, (sig, own, half) in pools.items():
@@ -138,8 +162,18 @@ def main(argv=None) -> int:
                           f"pool A {row['pool']['A']:.3f} B {row['pool']['B']:.3f} all {row['pool']['all']:.3f} | "
                           f"alt A {row['pool-alt']['A']:.3f} B {row['pool-alt']['B']:.3f} all {row['pool-alt']['all']:.3f}",
                           flush=True)
+    # The choice: the best mean own-first over half A of both pools among candidates of <= MAX_BLOCKS blocks;
+    # half B (never looked at when choosing) is the honest estimate.
+    eligible = [r for r in results if r["n_blocks"] <= MAX_BLOCKS]
+    key = lambda r: (r["pool"]["A"] + r["pool-alt"]["A"]) / 2  # noqa: E731
+    eligible.sort(key=key, reverse=True)
+    print("\nchosen on half A of both pools (<= %d blocks), top 5:" % MAX_BLOCKS)
+    for r in eligible[:5]:
+        print(f"  {'+'.join(r['modules'])} {r['layers']} centred={r['centred']} {r['agg']}: A mean {key(r):.3f}; "
+              f"B {r['pool']['B']:.3f} / {r['pool-alt']['B']:.3f}; all {r['pool']['all']:.3f} / {r['pool-alt']['all']:.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+    args.out.write_text(json.dumps({"chosen": eligible[0], "rule": "max mean own-first on half A of both pools, "
+                                    f"<= {MAX_BLOCKS} blocks", "candidates": results}, indent=1))
     return 0
 
 

@@ -110,19 +110,23 @@ const ProbeBank & AdapterPool::probe_bank(int layer, const std::string & module)
     }
     if (!bank->adapters.empty()) {
         const int64_t n = int64_t(bank->adapters.size()), n_in = base->ne[0], n_out = base->ne[1], R = bank->r_max;
-        ggml_init_params params = {3 * ggml_tensor_overhead(), nullptr, true};
+        ggml_init_params params = {4 * ggml_tensor_overhead(), nullptr, true};
         bank->ctx = ggml_init(params);
         bank->a_all = ggml_new_tensor_2d(bank->ctx, GGML_TYPE_F32, n_in, R * n);
         bank->b_all = ggml_new_tensor_3d(bank->ctx, GGML_TYPE_F32, R, n_out, n);
+        bank->ra_all = ggml_new_tensor_2d(bank->ctx, GGML_TYPE_F32, n_in, R * n);
         bank->prototypes = ggml_new_tensor_2d(bank->ctx, GGML_TYPE_F32, n_in, n);
         bank->buffer = ggml_backend_alloc_ctx_tensors_from_buft(bank->ctx, ggml_backend_dev_buffer_type(model_->device()));
         if (!bank->buffer) throw std::runtime_error("out of memory: cannot allocate the probe stacks");
         std::vector<float> a(size_t(n_in * R * n), 0.0f), b(size_t(R * n_out * n), 0.0f), v(size_t(n_in * n));
+        std::vector<float> ra(a.size(), 0.0f);
         for (int64_t j = 0; j < n; ++j) {
             const LoraMatrix * m = adapters_[size_t(bank->adapters[size_t(j)])]->find(layer, module);
             const std::vector<float> a_i = to_host_f32(m->a);  // [r][n_in]
             const std::vector<float> b_i = to_host_f32(m->b);  // [n_out][r]
             std::copy(a_i.begin(), a_i.end(), a.begin() + j * R * n_in);
+            const std::vector<float> ra_i = lora_norm_factor(a_i, b_i, m->rank, n_in, n_out, m->scale);
+            std::copy(ra_i.begin(), ra_i.end(), ra.begin() + j * R * n_in);
             float * b_j = b.data() + j * R * n_out;
             for (int64_t o = 0; o < n_out; ++o) {
                 for (int64_t r = 0; r < m->rank; ++r) b_j[o * R + r] = m->scale * b_i[size_t(o * m->rank + r)];
@@ -137,6 +141,7 @@ const ProbeBank & AdapterPool::probe_bank(int layer, const std::string & module)
         }
         ggml_backend_tensor_set(bank->a_all, a.data(), 0, ggml_nbytes(bank->a_all));
         ggml_backend_tensor_set(bank->b_all, b.data(), 0, ggml_nbytes(bank->b_all));
+        ggml_backend_tensor_set(bank->ra_all, ra.data(), 0, ggml_nbytes(bank->ra_all));
         ggml_backend_tensor_set(bank->prototypes, v.data(), 0, ggml_nbytes(bank->prototypes));
     }
     slot = std::move(bank);

@@ -17,7 +17,8 @@ namespace logo::core {
 
 // Every adapter's LoRA on one module of one layer, stacked for one matmul pair:
 // a_all [n_in, r_max * n] (zero rows pad ranks below r_max), b_all [r_max, n_out, n] with alpha/r folded in,
-// and what calibration and Arrow need of each (per adapter, in stack order).
+// ra_all [n_in, r_max * n] the norm factors R_i A_i (lora_norm_factor: ||s B A h|| = ||R A h||, one matmul
+// for the norm signal alone), and what calibration and Arrow need of each (per adapter, in stack order).
 struct ProbeBank {
     int layer = -1;
     std::string module;
@@ -25,6 +26,7 @@ struct ProbeBank {
     int r_max = 0;
     ggml_tensor * a_all = nullptr;
     ggml_tensor * b_all = nullptr;
+    ggml_tensor * ra_all = nullptr;
     ggml_tensor * prototypes = nullptr;  // [n_in, n]: each adapter's top right singular vector of B A (Arrow)
     std::vector<double> frobenius;       // ||s B A||_F
     std::vector<double> spectral;        // ||s B A||_2

@@ -106,4 +106,47 @@ LoraSpectrum lora_spectrum(const std::vector<float> & a, const std::vector<float
     return out;
 }
 
+std::vector<float> lora_norm_factor(const std::vector<float> & a, const std::vector<float> & b, int64_t r, int64_t n_in,
+                                    int64_t n_out, float scale) {
+    // Householder QR of X = s B (column-major copy, n_out x r): after the loop, X's upper triangle is R.
+    const int64_t m = n_out;
+    std::vector<double> x(size_t(m * r));  // x[col * m + row]
+    for (int64_t i = 0; i < m; ++i) {
+        for (int64_t j = 0; j < r; ++j) x[size_t(j * m + i)] = double(scale) * double(b[size_t(i * r + j)]);
+    }
+    std::vector<double> v(static_cast<size_t>(m));
+    for (int64_t k = 0; k < std::min(m, r); ++k) {
+        double * col = x.data() + k * m;
+        double norm = 0;
+        for (int64_t i = k; i < m; ++i) norm += col[i] * col[i];
+        norm = std::sqrt(norm);
+        if (norm == 0) continue;  // a zero column below the diagonal: nothing to reflect
+        const double alpha = col[k] > 0 ? -norm : norm;
+        double vnorm = 0;
+        for (int64_t i = k; i < m; ++i) {
+            v[size_t(i)] = col[i] - (i == k ? alpha : 0.0);
+            vnorm += v[size_t(i)] * v[size_t(i)];
+        }
+        if (vnorm == 0) continue;
+        for (int64_t j = k; j < r; ++j) {  // X <- (I - 2 v v^T / v^T v) X on rows k.., columns k..
+            double * cj = x.data() + j * m;
+            double dot = 0;
+            for (int64_t i = k; i < m; ++i) dot += v[size_t(i)] * cj[i];
+            const double f = 2.0 * dot / vnorm;
+            for (int64_t i = k; i < m; ++i) cj[i] -= f * v[size_t(i)];
+        }
+    }
+    // (R A)[k] = sum_{l >= k} R[k][l] A[l], R[k][l] = x[l * m + k] for k <= l (k < n_out).
+    std::vector<double> ra(size_t(r * n_in), 0.0);
+    for (int64_t k = 0; k < std::min(m, r); ++k) {
+        for (int64_t l = k; l < r; ++l) {
+            const double rkl = x[size_t(l * m + k)];
+            if (rkl == 0) continue;
+            const float * row = a.data() + l * n_in;
+            for (int64_t c = 0; c < n_in; ++c) ra[size_t(k * n_in + c)] += rkl * double(row[c]);
+        }
+    }
+    return std::vector<float>(ra.begin(), ra.end());
+}
+
 }  // namespace logo::core

@@ -19,4 +19,11 @@ struct LoraSpectrum {
 LoraSpectrum lora_spectrum(const std::vector<float> & a, const std::vector<float> & b, int64_t rank, int64_t n_in,
                            int64_t n_out, float scale);
 
+// R A, row-major [rank][n_in], with s B = Q R (Householder QR of the n_out x rank matrix s B in double; Q has
+// orthonormal columns): ||s B A h|| = ||R A h|| for every h, so the norm signal needs one rank x n_in matrix
+// per adapter instead of A and B (a cheaper probe: no n_out-wide output, no second matmul). Rows of R beyond
+// n_out (rank > n_out) are zero. Deterministic, like lora_spectrum.
+std::vector<float> lora_norm_factor(const std::vector<float> & a, const std::vector<float> & b, int64_t rank,
+                                    int64_t n_in, int64_t n_out, float scale);
+
 }  // namespace logo::core

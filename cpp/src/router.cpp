@@ -168,6 +168,10 @@ Routing route(Session & session, int stream, AdapterPool & pool, const std::vect
 
     const LowRankTerms * probe_adapters = options.probe == ProbeMode::all ? &pool.all_adapters().terms() : nullptr;
     const bool arrow = options.signal == Signal::arrow;
+    // A calibrated norm router needs the norms alone: one matmul with the norm factors R_i A_i per block
+    // (||s B A h|| = ||R A h||), no n_out-wide outputs, no entropy. Calibration none keeps the paper's
+    // computation (o_i, its norm and entropy) bit for bit.
+    const bool norm_only = options.signal == Signal::norm && options.calibration != Calibration::none;
     GraphTail scoring = [&](ggml_context * ctx, const std::vector<ggml_tensor *> & h_at) -> std::vector<ggml_tensor *> {
         std::vector<ggml_tensor *> out;
         for (size_t b = 0; b < banks.size(); ++b) {
@@ -178,6 +182,12 @@ Routing route(Session & session, int stream, AdapterPool & pool, const std::vect
             if (arrow) {
                 out.push_back(ggml_mul_mat(ctx, bank.prototypes, h));              // [n, 1]: <v_i, h>
                 out.push_back(ggml_sqrt(ctx, ggml_sum_rows(ctx, ggml_sqr(ctx, h))));  // [1, 1]: ||h||
+                continue;
+            }
+            if (norm_only) {
+                ggml_tensor * y = ggml_mul_mat(ctx, bank.ra_all, h);             // [r_max * n, 1]: R_i A_i h
+                y = ggml_reshape_2d(ctx, y, bank.r_max, n);                      // [r_max, n]
+                out.push_back(ggml_sqrt(ctx, ggml_sum_rows(ctx, ggml_sqr(ctx, y))));  // [1, n]: ||o_i||
                 continue;
             }
             ggml_tensor * a = ggml_mul_mat(ctx, bank.a_all, h);              // [r_max * n, 1]
@@ -222,6 +232,9 @@ Routing route(Session & session, int stream, AdapterPool & pool, const std::vect
             if (arrow) {
                 const float h_norm = out[2 * b + 1][0];
                 raw = h_norm > 0 ? std::fabs(out[2 * b][j]) / h_norm : 0.0f;
+            } else if (norm_only) {
+                raw = out[b][j];
+                norm_sum[i] += raw;
             } else {
                 const float norm = out[2 * b][j], entropy = -out[2 * b + 1][j];
                 norm_sum[i] += norm;
@@ -260,10 +273,8 @@ Routing route(Session & session, int stream, AdapterPool & pool, const std::vect
             r.raw_signals[i] = float(raw_sum[i]);
             r.signals[i] = float(options.calibration == Calibration::none ? calibrated_sum[i] : calibrated_sum[i] / parts[i]);
         }
-        if (!arrow) {
-            r.norms[i] = float(norm_sum[i]);
-            r.entropies[i] = float(entropy_sum[i] / parts[i]);
-        }
+        if (!arrow) r.norms[i] = float(norm_sum[i]);
+        if (!arrow && !norm_only) r.entropies[i] = float(entropy_sum[i] / parts[i]);
     }
     select_top_k(r.signals, r.raw_signals, r.scored, options.k, r.selected, r.weights);
     r.signal = options.signal;

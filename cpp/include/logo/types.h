@@ -96,7 +96,8 @@ struct Routing {
     std::vector<float> signals;       // one per pool adapter: what ranks them (calibrated); NaN where not scored
     std::vector<float> raw_signals;   // the chosen signal before calibration (the paper's s_i); NaN where not scored
     std::vector<float> norms;         // ||o_i|| (summed over probed blocks), NaN where not scored or for arrow
-    std::vector<float> entropies;     // H_i (mean over probed blocks), NaN where not scored or for arrow
+    std::vector<float> entropies;     // H_i (mean over probed blocks), NaN where not scored, for arrow, and for
+                                      // a calibrated norm router (it computes norms only)
     std::vector<bool> scored;         // whether the adapter adapts the probe module at a probed block
     Signal signal = Signal::norm;
     Calibration calibration = Calibration::none;  // how `signals` were made from `raw_signals`
