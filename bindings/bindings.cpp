@@ -43,7 +43,8 @@ std::vector<std::string> from_bytes(const std::vector<nb::bytes> & list) {
 
 logo::RouterOptions router_options(int k, const std::string & signal, const std::string & probe,
                                    const std::vector<int> & layers, const std::string & module,
-                                   const std::string & calibration, const std::string & position) {
+                                   const std::string & calibration, const std::string & position,
+                                   const std::string & fallback_module) {
     logo::RouterOptions o;
     o.k = k;
     if (signal == "norm") o.signal = logo::Signal::norm;
@@ -66,6 +67,7 @@ logo::RouterOptions router_options(int k, const std::string & signal, const std:
     o.layers = layers;
     o.layer = layers.back();
     o.module = module;
+    o.fallback_module = fallback_module;
     return o;
 }
 
@@ -301,8 +303,10 @@ NB_MODULE(_core, m) {
     m.def("route",
           [](logo::Context & c, int seq, const logo::AdapterPool & pool, const std::vector<int32_t> & tokens, int k,
              const std::string & signal, const std::string & probe, const std::vector<int> & layers,
-             const std::string & module, const std::string & calibration, const std::string & position) {
-              const logo::RouterOptions o = router_options(k, signal, probe, layers, module, calibration, position);
+             const std::string & module, const std::string & calibration, const std::string & position,
+             const std::string & fallback_module) {
+              const logo::RouterOptions o = router_options(k, signal, probe, layers, module, calibration, position,
+                                                           fallback_module);
               logo::Routing r;
               {
                   nb::gil_scoped_release release;
@@ -324,8 +328,10 @@ NB_MODULE(_core, m) {
               d["signal"] = logo::to_string(r.signal);
               d["calibration"] = logo::to_string(r.calibration);
               d["position"] = logo::to_string(r.position);
+              d["module"] = r.module;
               return d;
           },
           "session"_a, "seq"_a, "pool"_a, "tokens"_a, "k"_a = 20, "signal"_a = "norm", "probe"_a = "base",
-          "layers"_a = std::vector<int>{-1}, "module"_a = "attn_q", "calibration"_a = "none", "position"_a = "last");
+          "layers"_a = std::vector<int>{-1}, "module"_a = "attn_q", "calibration"_a = "none", "position"_a = "last",
+          "fallback_module"_a = "");
 }

@@ -178,6 +178,9 @@ class _ProbeRouter(Router):
         self.probe = _choice("probe", probe, PROBES)
         self.calibration = _choice("calibration", calibration, CALIBRATIONS)
         self.position = default_position(calibration) if position is None else _choice("position", position, POSITIONS)
+        # The default module falls back to the paper's attn_q for a pool that adapts no attn_v at the probed
+        # blocks (q-only adapters); a module the caller names never changes.
+        self._fallback = "attn_q" if module is None and calibration != "none" else ""
         module = default_module(calibration) if module is None else module
         if module not in MODULES:
             raise ValueError(f"unknown or unprobeable module {module!r}; use one of {', '.join(MODULES)}")
@@ -192,7 +195,7 @@ class _ProbeRouter(Router):
         with model._lock:
             raw = _core.route(model._session, 0, self.pool._core, ids, k=self.k, signal=self.signal,
                               probe=self.probe, layers=self.layers, module=self.module, calibration=self.calibration,
-                              position=self.position)
+                              position=self.position, fallback_module=self._fallback)
         names = self.pool.names
         scored = raw["scored"]
         return self._routing(
@@ -200,7 +203,7 @@ class _ProbeRouter(Router):
             norms=raw["norms"], entropies=raw["entropies"], unscored=[n for n, s in zip(names, scored) if not s],
             signal=raw["signal"], calibration=raw["calibration"], position=raw["position"], layer=raw["layer"],
             layers=list(raw["layers"]),
-            module=self.module,
+            module=raw["module"],
             timings={"probe_seconds": raw["probe_seconds"], "calibration_seconds": raw["calibration_seconds"],
                      "select_seconds": raw["select_seconds"]})
 
@@ -221,7 +224,8 @@ class LoGo(_ProbeRouter):
     after BOS). ``layer``, ``module`` and ``position`` left as None follow the calibration: for "none" the
     paper's last block, attn_q and last token (so that it is the paper exactly); otherwise the last 8 blocks
     (``default_layers``), attn_v and the mean over the prompt, the probe site measured best with calibration
-    (docs/calibration/README.md).
+    (docs/calibration/README.md); a pool with no attn_v LoRA in those blocks is probed at attn_q instead
+    (``Routing.module`` says which).
     ``probe``: "base" (no adapters during the probe) or "all" (every pool adapter active at scale 1).
 
     Raises ValueError naming the argument and its choices for a bad ``k``, ``signal``, ``probe``,

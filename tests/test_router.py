@@ -136,3 +136,9 @@ def test_empty_pool_and_unadapted_module(model_dir, adapter_dir):
     with pytest.raises(ValueError, match=r"no adapter in the pool adapts blk\.0\.attn_q, blk\.1\.attn_q, blk\.2\.attn_q"):
         logo_cpp.LoGo(model, pool, module="attn_q").route("Hi")
     assert logo_cpp.LoGo(model, pool).route("Hi").names == ["chat"]  # the default probes attn_v
+    # A pool without attn_v (poem: attn_q and FFN only): the default falls back to attn_q; a named module does not.
+    q_only = logo_cpp.AdapterPool(model, [adapter_dir / "poem.gguf"])
+    r = logo_cpp.LoGo(model, q_only).route("Hi")
+    assert r.names == ["poem"] and r.module == "attn_q" and r.layers == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"no adapter in the pool adapts blk\.0\.attn_v, blk\.1\.attn_v, blk\.2\.attn_v, so"):
+        logo_cpp.LoGo(model, q_only, module="attn_v").route("Hi")

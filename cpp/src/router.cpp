@@ -76,9 +76,13 @@ void validate_router_options(const RouterOptions & options, const Model & model)
     for (int layer : options.layers) check_layer(layer, n_layer);
     // The probe vector is the block's input, so the module must read n_embd-wide inputs.
     const std::vector<std::string> probe_modules = {"attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up"};
-    if (std::find(probe_modules.begin(), probe_modules.end(), module) == probe_modules.end()) {
-        throw std::invalid_argument("module '" + module + "' cannot be probed; use one of attn_q, attn_k, attn_v, "
-                                    "ffn_gate, ffn_up (modules that read the block's input)");
+    for (const std::string * m : {&module, &options.fallback_module}) {
+        if (m == &options.fallback_module && m->empty()) continue;  // no fallback
+        if (std::find(probe_modules.begin(), probe_modules.end(), *m) == probe_modules.end()) {
+            throw std::invalid_argument(std::string(m == &module ? "module" : "fallback module") + " '" + *m +
+                                        "' cannot be probed; use one of attn_q, attn_k, attn_v, ffn_gate, ffn_up "
+                                        "(modules that read the block's input)");
+        }
     }
     const int s = int(options.signal), c = int(options.calibration), p = int(options.position);
     if (p < 0 || p > int(ProbePosition::mean)) throw std::invalid_argument("unknown probe position; use last or mean");
@@ -138,18 +142,30 @@ Routing route(Session & session, int stream, AdapterPool & pool, const std::vect
     if (pool.size() == 0) throw std::invalid_argument("the adapter pool is empty");
     const std::vector<int> layers = resolved_layers(options, model);
 
-    // One bank per probed block; a block no adapter adapts contributes nothing.
+    // One bank per probed block; a block no adapter adapts contributes nothing. A pool that does not adapt
+    // `module` at any probed block is probed at the fallback module instead (the default router probes
+    // attn_v and falls back to the paper's attn_q, so q-only pools still route).
     std::vector<const ProbeBank *> banks;
     std::vector<size_t> bank_layer_index;  // which of `layers` each bank probes
-    for (size_t l = 0; l < layers.size(); ++l) {
-        const ProbeBank & bank = pool.probe_bank(layers[l], options.module);
-        if (bank.adapters.empty()) continue;
-        banks.push_back(&bank);
-        bank_layer_index.push_back(l);
+    std::string module = options.module;
+    for (int attempt = 0; attempt < 2 && banks.empty(); ++attempt) {
+        if (attempt == 1) {
+            if (options.fallback_module.empty() || options.fallback_module == options.module) break;
+            module = options.fallback_module;
+        }
+        for (size_t l = 0; l < layers.size(); ++l) {
+            const ProbeBank & bank = pool.probe_bank(layers[l], module);
+            if (bank.adapters.empty()) continue;
+            banks.push_back(&bank);
+            bank_layer_index.push_back(l);
+        }
     }
     if (banks.empty()) {
         std::string where;
         for (int l : layers) where += (where.empty() ? "blk." : ", blk.") + std::to_string(l) + "." + options.module;
+        if (!options.fallback_module.empty() && options.fallback_module != options.module) {
+            where += " (nor " + options.fallback_module + " there)";
+        }
         throw std::invalid_argument("no adapter in the pool adapts " + where + ", so none can be scored; choose another "
                                     "module or layer");
     }
@@ -208,7 +224,7 @@ Routing route(Session & session, int stream, AdapterPool & pool, const std::vect
     const ProbeAt at = options.position == ProbePosition::last ? ProbeAt::last_token : ProbeAt::token_mean;
     std::vector<ggml_tensor *> norm_weights;
     if (at == ProbeAt::token_mean) {
-        for (int l : layers) norm_weights.push_back(module_norm_weight(model, l, options.module));
+        for (int l : layers) norm_weights.push_back(module_norm_weight(model, l, module));
     }
     std::vector<std::vector<float>> out = session.probe(stream, tokens, layers, probe_adapters, scoring, at, norm_weights);
     const auto t1 = Clock::now();
@@ -280,6 +296,7 @@ Routing route(Session & session, int stream, AdapterPool & pool, const std::vect
     r.signal = options.signal;
     r.calibration = options.calibration;
     r.position = options.position;
+    r.module = module;
     r.layers = layers;
     r.layer = layers.back();
     r.probe_seconds = std::chrono::duration<double>(t1 - t0).count();

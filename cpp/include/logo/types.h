@@ -86,6 +86,8 @@ struct RouterOptions {
     // The default router (docs/calibration): zscore_sq of the norm at the token mean of the last 8 blocks'
     // attn_v. The paper: n_blocks 1, module attn_q, calibration none, position last.
     std::string module = "attn_v";
+    // Probed instead of `module` when no pool adapter adapts `module` at any probed block ("": none, an error).
+    std::string fallback_module = "attn_q";
     Calibration calibration = Calibration::zscore_sq;
     ProbePosition position = ProbePosition::mean;
 };
@@ -102,6 +104,7 @@ struct Routing {
     Signal signal = Signal::norm;
     Calibration calibration = Calibration::none;  // how `signals` were made from `raw_signals`
     ProbePosition position = ProbePosition::last;
+    std::string module;               // the probed module (RouterOptions::module, or its fallback)
     int layer = -1;                   // the last probed block
     std::vector<int> layers;          // every probed block, ascending
     double probe_seconds = 0;
