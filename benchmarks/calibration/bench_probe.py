@@ -68,8 +68,8 @@ def main(argv=None) -> int:
 
     # One-time costs of the default router: the generic prompts' hidden states, then N statistics per block.
     first, routing = timed(lambda: logo_cpp.LoGo(model, pool, k=20).route(ids))
-    res["first_zscore_route_seconds"] = first
-    res["first_zscore_calibration_seconds"] = routing.timings["calibration_seconds"]
+    res["first_default_route_seconds"] = first
+    res["first_default_calibration_seconds"] = routing.timings["calibration_seconds"]
     # Re-adding an adapter: its statistics come from the model's cache.
     name = pool.names[0]
     pool.remove(name)

@@ -108,6 +108,10 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", default=None, help="measure only these candidate labels")
     ap.add_argument("--per-task", type=int, default=0, help="the first N eval items of each task (0: all)")
     ap.add_argument("--no-accuracy", action="store_true", help="routing only (no generation)")
+    ap.add_argument("--accuracy-for", nargs="*", default=None,
+                    help="generate (and report task accuracy) only for these candidate labels (default: all)")
+    ap.add_argument("--no-base-in-pool", action="store_true",
+                    help="skip the base model on in-pool prompts (out of pool it is always generated)")
     args = ap.parse_args(argv)
 
     import logo_cpp
@@ -165,12 +169,15 @@ def main(argv=None) -> int:
               "adapters": names, "adapted_blocks": adapted, "n_in_pool": int(in_pool.sum()),
               "n_out_of_pool": int((~in_pool).sum()), "pool_load_seconds": load_s, "candidates": {}}
     if not args.no_accuracy:
-        pairs = {(i, int(own[i])) for i in np.flatnonzero(in_pool)} | {(i, -1) for i in range(len(items))}
-        for label in grid:
+        accuracy_for = [l for l in grid if args.accuracy_for is None or l in args.accuracy_for]
+        base_rows = np.flatnonzero(~in_pool) if args.no_base_in_pool else range(len(items))
+        pairs = {(i, int(own[i])) for i in np.flatnonzero(in_pool)} | {(i, -1) for i in base_rows}
+        for label in accuracy_for:
             pairs |= {(i, c) for i, c in enumerate(routes[label]["chosen"])}
         gens.need(pairs)
         report["oracle_accuracy"] = float(np.mean([gens.get(i, int(own[i])) for i in np.flatnonzero(in_pool)]))
-        report["base_accuracy_in_pool"] = float(np.mean([gens.get(i, -1) for i in np.flatnonzero(in_pool)]))
+        if not args.no_base_in_pool:
+            report["base_accuracy_in_pool"] = float(np.mean([gens.get(i, -1) for i in np.flatnonzero(in_pool)]))
         report["base_accuracy_out_of_pool"] = float(np.mean([gens.get(i, -1) for i in np.flatnonzero(~in_pool)]))
     tasks = sorted({it["task"] for it in items})
     for label in grid:
@@ -182,7 +189,7 @@ def main(argv=None) -> int:
                                     for t in tasks if t in names}
         counts = np.bincount(chosen[in_pool], minlength=len(names))
         row["most_chosen"], row["most_chosen_share"] = names[int(counts.argmax())], float(counts.max() / in_pool.sum())
-        if not args.no_accuracy:
+        if not args.no_accuracy and label in accuracy_for:
             row["accuracy_in_pool"] = float(np.mean([gens.get(i, int(chosen[i])) for i in np.flatnonzero(in_pool)]))
             row["accuracy_out_of_pool"] = float(np.mean([gens.get(i, int(chosen[i])) for i in np.flatnonzero(~in_pool)]))
             row["accuracy_by_task"] = {t: float(np.mean([gens.get(i, int(chosen[i])) for i, it in enumerate(items)
@@ -190,7 +197,7 @@ def main(argv=None) -> int:
         report["candidates"][label] = row
     if not args.no_accuracy:
         report["base_by_task"] = {t: float(np.mean([gens.get(i, -1) for i, it in enumerate(items) if it["task"] == t]))
-                                  for t in tasks}
+                                  for t in tasks if t not in names or not args.no_base_in_pool}
         report["oracle_by_task"] = {t: float(np.mean([gens.get(i, int(own[i])) for i, it in enumerate(items)
                                                       if it["task"] == t])) for t in tasks if t in names}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -199,10 +206,10 @@ def main(argv=None) -> int:
     print(f"\n{'router (k=1)':<40} own-first  acc in pool  acc out of pool")
     if not args.no_accuracy:
         print(f"{'oracle (own adapter)':<40} {'':9}  {report['oracle_accuracy']:.3f}")
-        print(f"{'base model':<40} {'':9}  {report['base_accuracy_in_pool']:.3f}        "
+        print(f"{'base model':<40} {'':9}  {report.get('base_accuracy_in_pool', float('nan')):.3f}        "
               f"{report['base_accuracy_out_of_pool']:.3f}")
     for label, row in report["candidates"].items():
-        acc = "" if args.no_accuracy else f"  {row['accuracy_in_pool']:.3f}        {row['accuracy_out_of_pool']:.3f}"
+        acc = "" if "accuracy_in_pool" not in row else f"  {row['accuracy_in_pool']:.3f}        {row['accuracy_out_of_pool']:.3f}"
         print(f"{label:<40} {row['own_first']:.3f}    {acc}")
     return 0
 
