@@ -1,6 +1,14 @@
 """logo-cpp: many LoRA adapters per input on local hardware (LoGo routing and mixtures on ggml)."""
 
-from . import _build_config
+try:
+    from . import _build_config
+except ImportError as _exc:  # a source checkout on sys.path shadows the installed package
+    import os as _os
+
+    raise ImportError(
+        f"logo_cpp was imported from {_os.path.dirname(__file__)}, a source tree without the built extension "
+        "(it shadows the installed package when Python runs from the checkout's root): run Python from another "
+        "directory, or install the checkout in place with `pip install -e .`") from _exc
 from ._libs import preload as _preload
 
 _preload(_build_config.LINKED_AGAINST)

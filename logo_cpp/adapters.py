@@ -17,8 +17,12 @@ def _expand(paths: Union[PathLike, Iterable[PathLike]]) -> list[tuple[str, str]]
     other directory stands for its *.gguf files and the PEFT adapter directories in it, sorted by name."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    elif isinstance(paths, bytes) or not isinstance(paths, Iterable):
+        raise TypeError(f"paths must be a path (str or os.PathLike) or a list of paths, got {type(paths).__name__}")
     out: list[tuple[str, str]] = []
     for p in paths:
+        if not isinstance(p, (str, os.PathLike)):
+            raise TypeError(f"an adapter path must be str or os.PathLike, got {type(p).__name__} {p!r}")
         p = Path(p)
         if peft.is_peft_path(p):
             out.append(("peft", str(p)))
@@ -94,6 +98,11 @@ class AdapterPool:
             return added
 
     def remove(self, name: str) -> None:
+        """Unloads the adapter called ``name``. Raises TypeError for a non-str name, KeyError (listing the
+        pool's names) when there is none."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be str, got {type(name).__name__}")
+        self.index(name)
         with self.model._lock:
             self._core.remove(name)
 

@@ -76,6 +76,8 @@ class ChatSession:
             raise ValueError(f"route_on must be one of {', '.join(ROUTE_ON)}, got {self.route_on!r}")
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        # The sampling settings are checked now, not at the first reply, so a bad flag stops the chat at once.
+        self.model._sampling_kwargs(self.max_tokens, self.temperature, 40, self.top_p, 0.05, self.seed, None, False)
         if self.max_tokens >= self.model.n_ctx:
             raise ValueError(f"max_tokens ({self.max_tokens}) leaves no room for the conversation in a context "
                              f"of {self.model.n_ctx} tokens")
@@ -162,7 +164,8 @@ def routing_line(routing, top: int = 4) -> str:
     """The chosen mixture in one line: 'capital 0.62 · topic 0.38'."""
     if routing is None:
         return "base model (no adapters)"
-    parts = [f"{n} {w:.2f}" for n, w in zip(routing.names[:top], routing.weights[:top])]
+    ranked = sorted(zip(routing.names, routing.weights), key=lambda nw: -float(nw[1]))
+    parts = [f"{n} {float(w):.2f}" for n, w in ranked[:top]]
     more = len(routing.names) - top
     return " · ".join(parts) + (f" · +{more} more" if more > 0 else "")
 
@@ -172,13 +175,22 @@ def routing_detail(routing, pool) -> str:
     if routing is None:
         return "no routing yet (or no adapters)"
     chosen = routing.as_dict()
-    lines = [f"routing ({routing.method}, signal {routing.signal}, layer {routing.layer}, {routing.module}; "
+    blocks = ",".join(str(b) for b in routing.layers) if routing.layers else str(routing.layer)
+    lines = [f"routing ({routing.method}, signal {routing.signal} at {routing.module} of block {blocks}, "
+             f"{routing.position} token(s), calibration {routing.calibration}; "
              f"probe {routing.timings.get('probe_seconds', 0) * 1e3:.0f} ms): {len(chosen)} of {len(pool)} adapters"]
     width = max(len(n) for n in pool.names)
+    calibrated = routing.calibration not in (None, "none") and routing.raw_signals is not None
+    lines.append(f"  {'adapter':<{width}}  {'signal':>9}" + (f"  {'raw':>9}" if calibrated else ""))
+
+    def fmt(v) -> str:
+        return f"{'-':>9}" if v != v else f"{float(v):>9.3f}"
+
     for i in routing.ranking():
-        name, s = pool.names[i], routing.signals[i]
+        name = pool.names[i]
+        raw = f"  {fmt(routing.raw_signals[i])}" if calibrated else ""
         mark = f"  weight {chosen[name]:.3f}" if name in chosen else ""
-        lines.append(f"  {name:<{width}}  {'-' if s != s else f'{float(s):.4g}'}{mark}")
+        lines.append(f"  {name:<{width}}  {fmt(routing.signals[i])}{raw}{mark}")
     return "\n".join(lines)
 
 
@@ -346,19 +358,21 @@ def run_chat(args) -> int:
 
 
 def add_arguments(p) -> None:
+    from .cli import positive_int
+
     p.add_argument("--model", "-m", default=None, help="base model GGUF (default: the shipped SmolLM2-135M-Instruct)")
     p.add_argument("--adapters", "-a", nargs="+", default=[], help="adapter GGUF files or directories (with --model)")
     p.add_argument("--no-adapters", action="store_true", help="chat with the base model alone")
-    p.add_argument("--k", type=int, default=None, help=f"adapters per turn (default {DEFAULT_K})")
+    p.add_argument("--k", type=positive_int, default=None, help=f"adapters per turn (default {DEFAULT_K})")
     p.add_argument("--route-on", default=DEFAULT_ROUTE_ON, choices=ROUTE_ON,
                    help=f"what the router reads each turn: the templated conversation or the last user message "
                         f"(default {DEFAULT_ROUTE_ON})")
     p.add_argument("--system", default=None, help="a system message")
-    p.add_argument("--max-tokens", "-n", type=int, default=DEFAULT_MAX_TOKENS, help="longest reply (tokens)")
+    p.add_argument("--max-tokens", "-n", type=positive_int, default=DEFAULT_MAX_TOKENS, help="longest reply (tokens)")
     # SmolLM2's model card samples its instruct models at temperature 0.2, top-p 0.9.
     p.add_argument("--temperature", type=float, default=0.2, help="0 is greedy (default 0.2)")
     p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (default 0.9)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--ctx", type=int, default=2048, help="context length (tokens)")
+    p.add_argument("--ctx", type=positive_int, default=2048, help="context length (tokens)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", "-t", type=int, default=None)
+    p.add_argument("--threads", "-t", type=positive_int, default=None)

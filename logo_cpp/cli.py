@@ -21,13 +21,29 @@ def _die(message: str) -> int:
     return EXIT_USER_ERROR
 
 
-def _add_model_args(p: argparse.ArgumentParser, adapters_required: bool = True) -> None:
-    p.add_argument("--model", "-m", required=True, help="base model GGUF file")
-    p.add_argument("--adapters", "-a", nargs="+", required=adapters_required, default=[],
-                   help="adapter GGUF files, PEFT adapter directories, or directories of them")
+_INT32_MAX = 2**31 - 1
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts the core holds as int32 (threads, context, k): argparse names the flag."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if not 1 <= value <= _INT32_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer in [1, {_INT32_MAX}], got {text}")
+    return value
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", default=None,
+                   help="base model GGUF file (default: the shipped SmolLM2-135M-Instruct, with the shipped adapters)")
+    p.add_argument("--adapters", "-a", nargs="+", default=[],
+                   help="adapter GGUF files, PEFT adapter directories, or directories of them (with --model; "
+                        "default: the shipped pool)")
     p.add_argument("--device", default="auto", help="auto (a GPU if the linked ggml has one), cpu, or a device name")
-    p.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: one per core)")
-    p.add_argument("--ctx", type=int, default=2048, help="context length (tokens)")
+    p.add_argument("--threads", "-t", type=positive_int, default=None, help="CPU threads (default: one per core)")
+    p.add_argument("--ctx", type=positive_int, default=2048, help="context length in tokens (default 2048)")
 
 
 def _add_router_args(p: argparse.ArgumentParser) -> None:
@@ -35,7 +51,7 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--router", default="logo", choices=["logo", "top1", "arrow", "uniform", "random"],
                    help="how to choose adapters (default: logo)")
-    p.add_argument("--k", type=int, default=20, help="adapters per instance (capped at the pool size)")
+    p.add_argument("--k", type=positive_int, default=20, help="adapters per instance (default 20, capped at the pool size)")
     p.add_argument("--signal", default="norm", choices=["norm", "entropy"])
     p.add_argument("--calibration", default=None, choices=CALIBRATIONS,
                    help=f"how LoGo signals are calibrated per adapter (default: {DEFAULT_CALIBRATION}; "
@@ -53,10 +69,21 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
+    """The model and pool a command names; without --model, the shipped default model and its pool (as chat)."""
     import logo_cpp
 
-    model = logo_cpp.Model(args.model, n_ctx=args.ctx, device=args.device, n_threads=args.threads)
-    pool = logo_cpp.AdapterPool(model, args.adapters) if args.adapters else None
+    from . import default_model
+
+    if args.adapters and not args.model:
+        raise ValueError("--adapters needs --model (the shipped adapters are for the shipped model)")
+    if args.model is None:
+        model_path, adapters = default_model.base_model_path(), list(default_model.adapter_files().values())
+    elif not args.adapters:
+        raise ValueError("--model needs --adapters: the adapter files or directories to route over")
+    else:
+        model_path, adapters = args.model, args.adapters
+    model = logo_cpp.Model(model_path, n_ctx=args.ctx, device=args.device, n_threads=args.threads)
+    pool = logo_cpp.AdapterPool(model, adapters)
     return model, pool
 
 

@@ -73,6 +73,24 @@ def _encode(array: np.ndarray, outtype: str):
     return quantize(array, kind), kind
 
 
+def _check_output(out: Path, peft_path: PathLike, base: PathLike) -> None:
+    """Refuses, before any work, an output that cannot be written or that would overwrite an input."""
+    if out.is_dir():
+        raise IsADirectoryError(f"output '{out}' is a directory; give a file name such as '{out / 'adapter.gguf'}'")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"output folder '{parent}' does not exist")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"output folder '{parent}' is not writable")
+    source = Path(peft_path)
+    inputs = [Path(base)] + ([source / peft.CONFIG_FILE, source / peft.WEIGHTS_FILE] if source.is_dir()
+                             else [source, source.parent / peft.CONFIG_FILE])
+    target = out.resolve()
+    for path in inputs:
+        if path.exists() and path.resolve() == target:
+            raise ValueError(f"output '{out}' is the input file '{path}'; write the GGUF elsewhere")
+
+
 def convert(peft_path: PathLike, out: PathLike, base: PathLike, outtype: str = "f32",
             name: Optional[str] = None, task_name: Optional[str] = None) -> Converted:
     """Writes the PEFT adapter at `peft_path` (directory or safetensors file) as a GGUF LoRA for the base
@@ -89,6 +107,7 @@ def convert(peft_path: PathLike, out: PathLike, base: PathLike, outtype: str = "
     if outtype not in OUTTYPES:
         raise ValueError(f"unknown output type {outtype!r}: one of {', '.join(OUTTYPES)}")
     out = Path(out)
+    _check_output(out, peft_path, base)
     model = logo_cpp.Model(base, n_ctx=8, n_threads=1)
     adapter = peft.load_for_model(peft_path, model._core, name)
     pool = logo_cpp.AdapterPool(model)
@@ -118,11 +137,15 @@ def convert(peft_path: PathLike, out: PathLike, base: PathLike, outtype: str = "
             else:
                 writer.add_tensor(m.weight + suffix, data, raw_dtype=raw)
     try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
+        try:
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or an interrupt leaves no half-written file behind
+        raise
     try:
         pool._core.add([str(tmp)], ["written"])  # the file we wrote must load as any GGUF adapter does
     except Exception:

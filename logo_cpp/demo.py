@@ -94,7 +94,7 @@ def run_demo(threads: Optional[int] = None, device: str = "auto", pool_path: Opt
 
         print(bold(f"[{number}] ") + _one_line(prompt) + dim(f"   (task: {task})"))
         chosen = " · ".join(f"{cyan(name) if name == task else name} {w:.2f}"
-                            for name, w in zip(routing.names, routing.weights))
+                            for name, w in sorted(zip(routing.names, routing.weights), key=lambda nw: -float(nw[1])))
         print(f"    LoGo chose   {chosen}" + dim(f"   probe {probe_ms[-1]:.0f} ms"))
         for label, key, out, note in (("LoGo", "logo", logo, f"prefill {logo.timings.prefill_seconds * 1e3:.0f} ms · "
                                        f"{_tokens(logo.timings.n_generated)} in {(logo.timings.prefill_seconds + logo.timings.decode_seconds) * 1e3:.0f} ms"),
@@ -117,9 +117,11 @@ def run_demo(threads: Optional[int] = None, device: str = "auto", pool_path: Opt
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"adapters per prompt (default {DEFAULT_K})")
-    p.add_argument("--n", type=int, default=DEMO_PROMPTS, help=f"prompts, each of another task (default {DEMO_PROMPTS})")
+    from .cli import positive_int
+
+    p.add_argument("--k", type=positive_int, default=DEFAULT_K, help=f"adapters per prompt (default {DEFAULT_K})")
+    p.add_argument("--n", type=positive_int, default=DEMO_PROMPTS, help=f"prompts, each of another task (default {DEMO_PROMPTS})")
     p.add_argument("--seed", type=int, default=0, help="which held-out prompts to draw (default 0)")
     p.add_argument("--pool", type=Path, default=None, help="another adapter pool directory (default: the shipped one)")
-    p.add_argument("--threads", "-t", type=int, default=None)
+    p.add_argument("--threads", "-t", type=positive_int, default=None)
     p.add_argument("--device", default="auto")

@@ -80,12 +80,13 @@ class Model:
         repack: bool = True,
     ):
         path = os.fspath(path)
-        if not isinstance(n_ctx, int) or n_ctx < 1:
-            raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
-        if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
-            raise ValueError(f"n_threads must be a positive integer or None, got {n_threads!r}")
-        if not isinstance(n_batch, int) or n_batch < 1:
-            raise ValueError(f"n_batch must be a positive integer, got {n_batch!r}")
+        # The core holds these as int32 (logo/types.h): larger values are refused here, not by the binding.
+        for arg, value, optional in (("n_ctx", n_ctx, False), ("n_threads", n_threads, True), ("n_batch", n_batch, False)):
+            if optional and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _INT32_MAX:
+                raise ValueError(f"{arg} must be an integer in [1, {_INT32_MAX}]{' or None' if optional else ''}, "
+                                 f"got {value!r}")
         self._core = _core.Model(path, device=device, n_threads=n_threads or 0, use_mmap=use_mmap,
                                 repack=repack)
         self.n_ctx = n_ctx
@@ -125,6 +126,11 @@ class Model:
                                      unparse_special).decode("utf-8", errors="replace")
 
     def _check_tokens(self, tokens: Sequence[int], allow_empty: bool = False) -> list[int]:
+        if isinstance(tokens, (str, bytes)) or not (isinstance(tokens, Sequence) or isinstance(tokens, np.ndarray)):
+            raise TypeError(f"tokens must be a sequence of token ids (ints), got {type(tokens).__name__}")
+        if any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) for t in tokens):
+            bad = next(t for t in tokens if isinstance(t, bool) or not isinstance(t, (int, np.integer)))
+            raise TypeError(f"token ids must be ints, got {type(bad).__name__} {bad!r}")
         ids = [int(t) for t in tokens]
         if not ids and not allow_empty:
             raise ValueError("empty prompt: at least one token is needed")
@@ -140,6 +146,8 @@ class Model:
             if len(text) == 0:
                 raise ValueError("empty prompt: at least one character is needed")
             return self.tokenize(text, add_special=True, parse_special=True)
+        if not isinstance(prompt, Sequence) and not isinstance(prompt, np.ndarray):
+            raise TypeError(f"prompt must be str, bytes or a sequence of token ids, got {type(prompt).__name__}")
         return self._check_tokens(prompt)
 
     # -- evaluation --------------------------------------------------------------------------------
@@ -282,6 +290,9 @@ class Model:
             if chosen_pool is not None and holders[0] is not chosen_pool:
                 raise ValueError("a mixture must come from one AdapterPool")
             chosen_pool = holders[0]
+            # A weight is a number: "1" or True would be read as 1.0 silently, hiding a caller's mistake.
+            if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)):
+                raise ValueError(f"weight of adapter {name!r} must be a number, got {type(weight).__name__} {weight!r}")
             weight = float(weight)
             if not np.isfinite(weight):
                 raise ValueError(f"weight of adapter {name!r} must be finite, got {weight}")

@@ -116,6 +116,10 @@ def adapter_files(path: PathLike) -> tuple[Path, Path, Path]:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no such file or directory: '{p}'")
+    if not p.is_dir() and p.suffix != ".safetensors":
+        kind = "a GGUF file" if p.suffix == ".gguf" else "not a directory or a .safetensors file"
+        raise FormatError(f"'{p}' is {kind}: a PEFT adapter is a directory holding {CONFIG_FILE} and {WEIGHTS_FILE} "
+                          f"(or that .safetensors file)")
     directory, weights = (p, p / WEIGHTS_FILE) if p.is_dir() else (p.parent, p)
     config = directory / CONFIG_FILE
     if not config.is_file():

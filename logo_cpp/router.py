@@ -151,10 +151,26 @@ def _layers(model: Model, layer) -> list[int]:
     if not layers:
         raise ValueError("layer is an empty sequence; give at least one block")
     for one in layers:
-        if isinstance(one, bool) or not isinstance(one, (int, np.integer)) or not -model.n_layer <= one < model.n_layer:
+        if isinstance(one, bool) or not isinstance(one, (int, np.integer)):
+            raise ValueError(f"layer must be an int or a sequence of ints, got {type(one).__name__} {one!r}")
+        if not -model.n_layer <= one < model.n_layer:
             raise ValueError(f"layer {one!r} is out of range for a model of {model.n_layer} blocks "
                              f"(0..{model.n_layer - 1} or -1..-{model.n_layer})")
+    blocks = [int(one) % model.n_layer for one in layers]
+    if len(set(blocks)) != len(blocks):
+        twice = next(b for b in blocks if blocks.count(b) > 1)
+        raise ValueError(f"layer names block {twice} more than once ({list(layers)}); give each block once")
     return [int(one) for one in layers]
+
+
+# The core holds k as int32; a k above the pool size is capped there, so this bound only keeps the binding quiet.
+_K_MAX = 2**31 - 1
+
+
+def _check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= _K_MAX:
+        raise ValueError(f"k must be an integer in [1, {_K_MAX}] (a k above the pool size is capped), got {k!r}")
+    return int(k)
 
 
 def _choice(name: str, value, choices: Sequence[str]) -> str:
@@ -171,9 +187,7 @@ class _ProbeRouter(Router):
     def __init__(self, model: Model, pool: AdapterPool, k: int, signal: str, probe: str, layer, module: str,
                  calibration: str, position: Optional[str]):
         super().__init__(model, pool)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
-        self.k = k
+        self.k = _check_k(k)
         self.signal = _choice("signal", signal, self._signals)
         self.probe = _choice("probe", probe, PROBES)
         self.calibration = _choice("calibration", calibration, CALIBRATIONS)
@@ -288,9 +302,7 @@ class RandomK(Router):
 
     def __init__(self, model: Model, pool: AdapterPool, k: int = 20, seed: int = 0):
         super().__init__(model, pool)
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
-        self.k = k
+        self.k = _check_k(k)
         self._rng = np.random.default_rng(seed)
 
     def route(self, prompt: Prompt) -> Routing:

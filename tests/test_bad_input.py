@@ -142,6 +142,9 @@ def test_invalid_sampling_arguments_reach_the_core_too(model):
 
 @pytest.mark.parametrize("kwargs,name", [
     (dict(n_ctx=0), "n_ctx"),
+    (dict(n_ctx=99999999999), "n_ctx"),   # beyond the core's int32: a ValueError, not a binding TypeError
+    (dict(n_threads=2**40), "n_threads"),
+    (dict(n_batch=True), "n_batch"),
     (dict(n_threads=0), "n_threads"),
     (dict(n_batch=0), "n_batch"),
     (dict(device="tpu7"), "device 'tpu7' is not available"),
@@ -253,3 +256,68 @@ def test_a_bos_token_the_tokenizer_adds_but_lacks_is_refused(tmp_path):
     with pytest.raises(logo_cpp.FormatError, match=r"adds a BOS token to every prompt but has none: key "
                                                    r"'tokenizer\.ggml\.bos_token_id' is missing or outside the 11"):
         logo_cpp.Model(path)
+
+
+def test_prompts_and_names_of_the_wrong_type(model):
+    for prompt in (None, 123, 4.5):
+        with pytest.raises(TypeError, match="prompt must be str, bytes or a sequence of token ids"):
+            model.generate(prompt, max_tokens=1)
+    with pytest.raises(TypeError, match="token ids must be ints, got str"):
+        model.generate([1, "2"], max_tokens=1)
+    with pytest.raises(TypeError, match="tokens must be a sequence"):
+        model.logits(None)
+
+
+def test_pool_arguments_of_the_wrong_type(model, adapter_dir):
+    pool = logo_cpp.AdapterPool(model)
+    for paths in (None, 5, b"x.gguf"):
+        with pytest.raises(TypeError, match="paths must be a path"):
+            pool.add(paths)
+    with pytest.raises(TypeError, match="an adapter path must be str or os.PathLike, got int"):
+        pool.add([adapter_dir / "math.gguf", 5])
+    assert len(pool) == 0
+    pool.add(adapter_dir / "math.gguf")
+    with pytest.raises(TypeError, match="name must be str"):
+        pool.remove(None)
+    with pytest.raises(KeyError, match="no adapter named 'sql'.*have: math"):
+        pool.remove("sql")
+    assert pool.names == ["math"]
+
+
+@pytest.mark.parametrize("weight", ["1", True, None, [1.0]])
+def test_a_mixture_weight_must_be_a_number(model, adapter_dir, weight):
+    pool = logo_cpp.AdapterPool(model, adapter_dir / "math.gguf")
+    with pytest.raises(ValueError, match="weight of adapter 'math' must be a number"):
+        model.generate("Hello", max_tokens=1, adapters={"math": weight})
+    assert pool.names == ["math"]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(k=10**20), r"k must be an integer in \[1, 2147483647\]"),
+    (dict(k=True), "k must be"),
+    (dict(layer="x"), "layer must be an int or a sequence of ints, got str"),
+    (dict(layer=[1, "2"]), "layer must be an int or a sequence of ints, got str"),
+    (dict(layer=[1, 1]), "names block 1 more than once"),
+    (dict(layer=[0, -2]), "names block 0 more than once"),  # -2 is block 0 of a 2-block model
+])
+def test_router_arguments(model, adapter_dir, kwargs, message):
+    pool = logo_cpp.AdapterPool(model, adapter_dir / "math.gguf")
+    if model.n_layer != 2 and kwargs.get("layer") == [0, -2]:
+        kwargs = dict(layer=[0, -model.n_layer])
+    with pytest.raises(ValueError, match=message):
+        logo_cpp.LoGo(model, pool, **kwargs)
+    with pytest.raises(ValueError, match="k must be"):
+        logo_cpp.RandomK(model, pool, k=10**20)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(top_p=5.0), "top_p"),
+    (dict(seed=-1), "seed"),
+])
+def test_chat_session_checks_its_sampling_settings_at_start(model, kwargs, name):
+    # `logo-cpp chat --top-p 5` stops at once, not after the user's first message
+    from logo_cpp.chat import ChatSession
+
+    with pytest.raises(ValueError, match=name):
+        ChatSession(model, max_tokens=8, **kwargs)

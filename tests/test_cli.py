@@ -133,7 +133,9 @@ def test_inspect_says_what_is_wrong_with_a_bad_file(model_dir, tmp_path, kind, m
 @pytest.mark.parametrize("args,message", [
     (["run", "-m", "missing.gguf", "-a", "x.gguf", "-p", "hi"], "no such file: 'missing.gguf'"),
     (["inspect", "."], "is a directory"),
-    (["route", "-m", "{model}", "-a", "{adapters}", "-p", "hi", "--k", "0"], "k must be"),
+    (["route", "-m", "{model}", "-p", "hi"], "--model needs --adapters"),
+    (["route", "-a", "{adapters}", "-p", "hi"], "--adapters needs --model"),
+    (["route", "-m", "{model}", "-a", "{adapters}", "-p", "hi", "--layer", "1", "1"], "names block 1 more than once"),
     (["route", "-m", "{model}", "-a", "{adapters}", "-p", "hi", "--layer", "9"], "layer 9 is out of range"),
     (["run", "-m", "{model}", "-a", "{broken}", "-p", "hi"], "contains NaN or Inf"),
     (["bench", "--types", "q3"], "--types: unknown weight type 'q3'"),
@@ -149,6 +151,21 @@ def test_user_mistakes_are_one_line(files, broken_dir, tmp_path, args, message):
     assert "Traceback" not in out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("logo-cpp: error:") and message in lines[0], out.stderr
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["route", "-p", "hi", "--k", "0"], "--k"),
+    (["route", "-p", "hi", "--k", "99999999999999999999"], "--k"),
+    (["route", "-p", "hi", "--ctx", "99999999999"], "--ctx"),
+    (["run", "-p", "hi", "--threads", "0"], "--threads/-t"),
+    (["chat", "--ctx", "0"], "--ctx"),
+    (["demo", "--n", "-1"], "--n"),
+])
+def test_counts_out_of_range_name_the_flag(tmp_path, args, flag):
+    # Refused by the argument parser before anything loads: the flag as the user typed it, not a Python name.
+    out = cli(*args, cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"argument {flag}: expected" in out.stderr.splitlines()[-1], out.stderr
 
 
 def test_help_everywhere(tmp_path):

@@ -488,13 +488,23 @@ def test_cli_convert_inspect_and_run(model_dir, tmp_path):
     (["convert", "{good}", "--base", "missing.gguf"], "no such file: 'missing.gguf'"),
     (["run", "-m", "{base}", "-a", "{dora}", "-p", "hi"], "use_dora is set"),
     (["convert", "{good}", "--base", "{v99}"], "is GGUF version 99; logo-cpp reads GGUF versions 2 and 3"),
+    # the output is checked before any work: never one of the inputs, never a directory, in a folder that exists
+    (["convert", "{good}", "-o", "{good}/adapter_model.safetensors", "--base", "{base}"], "is the input file"),
+    (["convert", "{good}", "-o", "{good}/adapter_config.json", "--base", "{base}"], "is the input file"),
+    (["convert", "{good}", "-o", "{base}", "--base", "{base}"], "is the input file"),
+    (["convert", "{good}", "-o", "{good}", "--base", "{base}"], "is a directory; give a file name"),
+    (["convert", "{good}", "-o", "no/such/dir/x.gguf", "--base", "{base}"], "output folder 'no/such/dir' does not exist"),
+    (["convert", "{base}", "--base", "{base}"], "is a GGUF file: a PEFT adapter is a directory holding adapter_config.json"),
 ])
 def test_cli_mistakes_are_one_line(model_dir, tmp_path, args, message):
     paths = {"base": model_dir / "llama-f32.gguf", "qwen2": model_dir / "qwen2-f32.gguf",
              "v99": synthetic.write_broken(tmp_path / "v99.gguf", "version_99", spec("qwen3")),
              "dora": ref.write_peft(tmp_path / "dora", spec("llama"), config={"use_dora": True}),
              "good": ref.write_peft(tmp_path / "good", spec("qwen3"), targets=("q_proj",))}
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
     out = cli(*[a.format(**paths) for a in args], cwd=tmp_path)
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert len(lines) == 1 and lines[0].startswith("logo-cpp: error:") and message in lines[0], out.stderr
+    # nothing written, nothing overwritten, no temporary file left behind
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == before
