@@ -98,11 +98,10 @@ class AdapterPool:
             return added
 
     def remove(self, name: str) -> None:
-        """Unloads the adapter called ``name``. Raises TypeError for a non-str name, KeyError (listing the
-        pool's names) when there is none."""
+        """Unloads the adapter called ``name``. Raises TypeError for a non-str name, ValueError when the pool
+        has no adapter of that name."""
         if not isinstance(name, str):
             raise TypeError(f"name must be str, got {type(name).__name__}")
-        self.index(name)
         with self.model._lock:
             self._core.remove(name)
 

@@ -119,8 +119,8 @@ def run_demo(threads: Optional[int] = None, device: str = "auto", pool_path: Opt
 def add_arguments(p) -> None:
     from .cli import positive_int
 
-    p.add_argument("--k", type=positive_int, default=DEFAULT_K, help=f"adapters per prompt (default {DEFAULT_K})")
-    p.add_argument("--n", type=positive_int, default=DEMO_PROMPTS, help=f"prompts, each of another task (default {DEMO_PROMPTS})")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"adapters per prompt (default {DEFAULT_K})")
+    p.add_argument("--n", type=int, default=DEMO_PROMPTS, help=f"prompts, each of another task (default {DEMO_PROMPTS})")
     p.add_argument("--seed", type=int, default=0, help="which held-out prompts to draw (default 0)")
     p.add_argument("--pool", type=Path, default=None, help="another adapter pool directory (default: the shipped one)")
     p.add_argument("--threads", "-t", type=positive_int, default=None)

@@ -279,7 +279,7 @@ def test_pool_arguments_of_the_wrong_type(model, adapter_dir):
     pool.add(adapter_dir / "math.gguf")
     with pytest.raises(TypeError, match="name must be str"):
         pool.remove(None)
-    with pytest.raises(KeyError, match="no adapter named 'sql'.*have: math"):
+    with pytest.raises(ValueError, match="no adapter named 'sql'"):
         pool.remove("sql")
     assert pool.names == ["math"]
 

@@ -159,7 +159,7 @@ def test_user_mistakes_are_one_line(files, broken_dir, tmp_path, args, message):
     (["route", "-p", "hi", "--ctx", "99999999999"], "--ctx"),
     (["run", "-p", "hi", "--threads", "0"], "--threads/-t"),
     (["chat", "--ctx", "0"], "--ctx"),
-    (["demo", "--n", "-1"], "--n"),
+    (["demo", "--threads", "0"], "--threads/-t"),
 ])
 def test_counts_out_of_range_name_the_flag(tmp_path, args, flag):
     # Refused by the argument parser before anything loads: the flag as the user typed it, not a Python name.
