@@ -137,11 +137,11 @@ def test_greedy_chat_equals_the_python_api(served, reference, model_dir, adapter
     templated = model.apply_chat_template(messages)
     routing = logo_cpp.LoGo(model, pool, k=K).route("quick brown fox" if route_on == "last-user" else templated)
     expected = model.chat(messages, max_tokens=20, temperature=0.0, adapters=routing.as_dict())
-    if route_on == "prompt":  # the default
+    if route_on == "last-user":  # the default
         bg = served
         text, finish, n_tokens, got = _chat(bg, stream, model="logo", messages=messages, max_tokens=20, temperature=0)
     else:
-        with running_server(model_dir / "llama-f32.gguf", adapter_dir, n_slots=2, k=K, chat_route_on="last-user") as bg:
+        with running_server(model_dir / "llama-f32.gguf", adapter_dir, n_slots=2, k=K, chat_route_on="prompt") as bg:
             text, finish, n_tokens, got = _chat(bg, stream, model="logo", messages=messages, max_tokens=20,
                                                 temperature=0)
     assert text == expected.text and n_tokens == len(expected.tokens)

@@ -48,7 +48,7 @@ class ServerConfig:
     signal: str = "norm"
     probe: str = "base"
     calibration: Optional[str] = None  # None: LoGo's default (logo_cpp.router.DEFAULT_CALIBRATION)
-    chat_route_on: str = "prompt"  # measured: docs/server/chat-routing.md
+    chat_route_on: str = "last-user"  # measured with the default router: docs/server/chat-routing.md
     layout: str = "auto"   # how slots hold mixtures: auto, stacked, pooled (logo/batch.h)
     model_name: str = ""   # the base model's file name, for /v1/models
     allow_origins: list = field(default_factory=list)

@@ -40,9 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", default=None,
                    help="LoGo: how signals are calibrated before ranking (logo_cpp.router.CALIBRATIONS; "
                         "default: the router's default; 'none' is the paper's raw signal)")
-    p.add_argument("--chat-route-on", default="prompt", choices=["prompt", "last-user"],
-                   help="what LoGo probes for a chat request: the whole templated conversation (default) or the last "
-                        "user message (measured: docs/server/chat-routing.md)")
+    p.add_argument("--chat-route-on", default="last-user", choices=["prompt", "last-user"],
+                   help="what LoGo probes for a chat request: the last user message (default: it routes better with "
+                        "the default router, docs/server/chat-routing.md) or the whole templated conversation")
     p.add_argument("--mixture-layout", default="auto", choices=["auto", "stacked", "pooled"],
                    help="how slots hold their mixtures: the pool stacked once (pooled: small pools, many slots) or "
                         "each slot its own adapters (stacked: large pools); auto picks by the bytes a step reads")
