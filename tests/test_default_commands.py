@@ -87,7 +87,11 @@ def test_chat_ctrl_c_stops_the_answer_and_the_chat_goes_on(tmp_path):
     # before the signal arrives). A watchdog kills the chat if it stops talking, so the test fails, never hangs.
     proc = subprocess.Popen([sys.executable, "-m", "logo_cpp.cli", "chat", "--no-adapters", "--max-tokens", "400",
                              "--temperature", "0", "--threads", str(THREADS)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            # A test run started in the background (`cmd &`, nohup) hands its children SIGINT
+                            # ignored, and Python then keeps ignoring it, as a background job should; the chat
+                            # under test is a foreground program, so it gets SIGINT's default disposition.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     watchdog = threading.Timer(600, proc.kill)
     watchdog.start()
     try:
