@@ -339,10 +339,7 @@ def run_chat(args) -> int:
     import logo_cpp
     from . import default_model
 
-    if args.adapters and not args.model:
-        raise ValueError("--adapters needs --model (the shipped adapters are for the shipped model)")
-    model_path = args.model or default_model.base_model_path()
-    adapter_paths = args.adapters if args.model else list(default_model.adapter_files().values())
+    model_path, adapter_paths = default_model.model_and_adapters(args.model, args.adapters)
     model = logo_cpp.Model(model_path, n_ctx=args.ctx, device=args.device, n_threads=args.threads)
     pool = logo_cpp.AdapterPool(model, adapter_paths) if adapter_paths and not args.no_adapters else None
     k = args.k if args.k is not None else DEFAULT_K

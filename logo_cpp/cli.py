@@ -74,14 +74,9 @@ def _load(args):
 
     from . import default_model
 
-    if args.adapters and not args.model:
-        raise ValueError("--adapters needs --model (the shipped adapters are for the shipped model)")
-    if args.model is None:
-        model_path, adapters = default_model.base_model_path(), list(default_model.adapter_files().values())
-    elif not args.adapters:
+    model_path, adapters = default_model.model_and_adapters(args.model, args.adapters)
+    if not adapters:
         raise ValueError("--model needs --adapters: the adapter files or directories to route over")
-    else:
-        model_path, adapters = args.model, args.adapters
     model = logo_cpp.Model(model_path, n_ctx=args.ctx, device=args.device, n_threads=args.threads)
     pool = logo_cpp.AdapterPool(model, adapters)
     return model, pool

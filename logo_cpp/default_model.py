@@ -59,6 +59,17 @@ def has_base_model() -> bool:
     return True
 
 
+def model_and_adapters(model: Optional[str], adapters: list) -> tuple[Path, list]:
+    """The model file and adapter paths a command runs on: ``model`` and ``adapters`` as given, or, without a
+    model, the shipped model and the shipped pool's adapters. Adapters without a model are refused (ValueError):
+    the shipped model is the only model the shipped adapters fit, and other adapters are for another model."""
+    if adapters and not model:
+        raise ValueError("--adapters needs --model (the shipped adapters are for the shipped model)")
+    if not model:
+        return base_model_path(), list(adapter_files().values())
+    return Path(model), list(adapters)
+
+
 def pool_dir() -> Path:
     """The shipped adapter pool's directory (with manifest.json); FileNotFoundError if there is none."""
     for candidate in _POOL_CANDIDATES:

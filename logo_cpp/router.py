@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _core
 from .adapters import AdapterPool
-from .model import Completion, Model, Prompt
+from .model import _INT32_MAX, Completion, Model, Prompt
 
 SIGNALS = ("norm", "entropy")
 PROBES = ("base", "all")
@@ -163,13 +163,13 @@ def _layers(model: Model, layer) -> list[int]:
     return [int(one) for one in layers]
 
 
-# The core holds k as int32; a k above the pool size is capped there, so this bound only keeps the binding quiet.
-_K_MAX = 2**31 - 1
+# The core holds k as int32 (model._INT32_MAX); a k above the pool size is capped there, so this bound only
+# keeps the binding quiet.
 
 
 def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= _K_MAX:
-        raise ValueError(f"k must be an integer in [1, {_K_MAX}] (a k above the pool size is capped), got {k!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= _INT32_MAX:
+        raise ValueError(f"k must be an integer in [1, {_INT32_MAX}] (a k above the pool size is capped), got {k!r}")
     return int(k)
 
 
