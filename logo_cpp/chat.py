@@ -7,7 +7,9 @@ pipe, slash commands, Ctrl-C to stop an answer, Ctrl-D (end of input) to leave.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -243,24 +245,66 @@ class Terminal:
         return line
 
     def loop(self) -> int:
+        """Reads and answers until end of input or /quit; returns the exit code (0).
+
+        Ctrl-C stops the answer being written, or drops the line being typed, and never leaves. Python's own
+        handler raises KeyboardInterrupt wherever the interpreter next checks for signals, and one of those
+        places is the loop's jump back to its start, outside any try: a Ctrl-C landing just after a turn ended
+        would end the chat. So SIGINT raises only while a turn is armed (inside the try: reading a line, a
+        command, an answer), at most once per turn; one that lands while disarmed is kept and raised at the
+        start of the next turn, inside the try.
+        """
         self.say(self.banner)
-        while True:
-            try:
-                line = self.read()
-                if line is None:
-                    return 0
-                if not line.strip():
-                    continue
-                if line.startswith("/") and not line.startswith("//"):
-                    if self.command(line) == "quit":
+        with self._sigint_armed_only():
+            while True:
+                try:
+                    self._armed = True
+                    if self._pending_interrupt:
+                        self._pending_interrupt = self._armed = False
+                        raise KeyboardInterrupt
+                    line = self.read()
+                    if line is None:
                         return 0
-                    continue
-                self.answer(line[1:] if line.startswith("//") else line)
-            except KeyboardInterrupt:
-                # Ctrl-C outside an answer (at the prompt, or just after an answer ended) drops the line, as a
-                # shell does; answer() handles it during a reply. Leaving is Ctrl-D or /quit.
-                self.say()
-                self.say(self.dim("(Ctrl-D or /quit leaves)"))
+                    if not line.strip():
+                        continue
+                    if line.startswith("/") and not line.startswith("//"):
+                        if self.command(line) == "quit":
+                            return 0
+                        continue
+                    self.answer(line[1:] if line.startswith("//") else line)
+                except KeyboardInterrupt:
+                    # At the prompt, or in a command: drop the line, as a shell does (answer() handles a Ctrl-C
+                    # during a reply). Leaving is Ctrl-D or /quit. Disarmed here: a Ctrl-C now waits.
+                    self.say()
+                    self.say(self.dim("(Ctrl-D or /quit leaves)"))
+                finally:
+                    self._armed = False  # before the jump back (no signal check can come between)
+
+    _armed = False
+    _pending_interrupt = False
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self._armed:
+            self._armed = False  # one KeyboardInterrupt per turn: a second Ctrl-C waits for the next turn
+            raise KeyboardInterrupt
+        self._pending_interrupt = True
+
+    @contextlib.contextmanager
+    def _sigint_armed_only(self):
+        """Installs _on_sigint for the loop's duration, where SIGINT has Python's default handler (not where
+        it is ignored, as in a background job, and not off the main thread, where signals cannot be set)."""
+        try:
+            previous = signal.getsignal(signal.SIGINT)
+            install = previous is signal.default_int_handler
+            if install:
+                signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread
+            install = False
+        try:
+            yield
+        finally:
+            if install:
+                signal.signal(signal.SIGINT, previous)
 
     def answer(self, text: str) -> None:
         from . import ContextOverflowError
@@ -268,32 +312,33 @@ class Terminal:
         session = self.session
         stream = session.reply(text)
         try:
-            first = next(stream, None)  # routes and starts; errors surface here
-        except (ContextOverflowError, ValueError) as exc:
-            self.say(self.dim(f"({exc})"))
-            return
-        except KeyboardInterrupt:
-            stream.close()
-            self.say(self.dim("(stopped)"))
-            return
-        turn = session.last
-        if turn.dropped_messages:
-            self.say(self.dim(f"(left out the {turn.dropped_messages} oldest messages to fit the "
-                              f"{session.model.n_ctx}-token context)"))
-        if session.pool is not None:
-            probe_ms = turn.routing.timings.get("probe_seconds", 0) * 1e3 if turn.routing else 0
-            self.say(self.dim("[") + self.cyan(routing_line(turn.routing)) + self.dim(f"]  probe {probe_ms:.0f} ms"))
-        try:
-            if first is not None:
-                sys.stdout.write(first)
-                sys.stdout.flush()
-            for piece in stream:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-        except KeyboardInterrupt:
-            stream.close()
-            turn.stopped = True
-        stream.close()
+            try:
+                first = next(stream, None)  # routes and starts; errors surface here
+            except (ContextOverflowError, ValueError) as exc:
+                self.say(self.dim(f"({exc})"))
+                return
+            except KeyboardInterrupt:
+                self.say(self.dim("(stopped)"))
+                return
+            turn = session.last
+            try:
+                if turn.dropped_messages:
+                    self.say(self.dim(f"(left out the {turn.dropped_messages} oldest messages to fit the "
+                                      f"{session.model.n_ctx}-token context)"))
+                if session.pool is not None:
+                    probe_ms = turn.routing.timings.get("probe_seconds", 0) * 1e3 if turn.routing else 0
+                    self.say(self.dim("[") + self.cyan(routing_line(turn.routing))
+                             + self.dim(f"]  probe {probe_ms:.0f} ms"))
+                if first is not None:
+                    sys.stdout.write(first)
+                    sys.stdout.flush()
+                for piece in stream:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+            except KeyboardInterrupt:
+                turn.stopped = True
+        finally:
+            stream.close()  # the exchange joins the history, also when stopped
         self.say()
         self.say(self.dim(f"({summary(turn)})"))
 
