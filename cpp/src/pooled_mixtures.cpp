@@ -1,6 +1,5 @@
 // The pooled slot layout (slot_mixtures.h): the pool stacked once per adapted weight, per-slot rank weights.
 #include <algorithm>
-#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -9,22 +8,8 @@
 namespace logo::core {
 
 PooledMixtures::PooledMixtures(const Model & model, int n_slots, const std::vector<const Adapter *> & pool)
-    : model_(model), n_slots_(n_slots), type_(mixture_type_for(model)) {
-    if (n_slots < 1) throw std::invalid_argument("the number of slots must be positive");
+    : SlotMixtures(n_slots), model_(model), type_(mixture_type_for(model)) {
     append(pool);
-}
-
-PooledMixtures::~PooledMixtures() {
-    if (buffer_) ggml_backend_buffer_free(buffer_);
-    if (ctx_) ggml_free(ctx_);
-}
-
-size_t PooledMixtures::bytes() const { return buffer_ ? ggml_backend_buffer_get_size(buffer_) : 0; }
-
-void PooledMixtures::check_slot(int slot) const {
-    if (slot < 0 || slot >= n_slots_) {
-        throw std::invalid_argument("slot " + std::to_string(slot) + " is out of range [0, " + std::to_string(n_slots_) + ")");
-    }
 }
 
 const PooledMixtures::Entry * PooledMixtures::find(const Adapter * adapter) const {
@@ -84,38 +69,16 @@ void PooledMixtures::append(const std::vector<const Adapter *> & adapters) {
             t.b = ggml_new_tensor_3d(ctx, type_, t.rank, t.n_out, 1);
             t.slot_weights = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, t.rank, 1, n_slots_);
         }
-        ggml_backend_buffer_t buffer =
-            ggml_backend_alloc_ctx_tensors_from_buft(ctx, ggml_backend_dev_buffer_type(model_.device()));
-        if (!buffer) {
-            ggml_free(ctx);
-            throw std::runtime_error("out of memory: cannot allocate the pooled adapter stacks");
-        }
-        ggml_backend_buffer_clear(buffer, 0);
-        // Old contents move over through the host (this happens when the pool grows, not per request).
-        const size_t elem = ggml_type_size(type_);
+        TensorBuffer storage(ctx, model_.device(), "the pooled adapter stacks");
+        // The adapters already stacked and every slot's rank weights keep their ranks (this happens when the
+        // pool grows, not per request).
         for (const auto & [base, old] : stacks_) {
             const Stack & t = next[base];
-            std::vector<uint8_t> a(ggml_nbytes(old.a)), b(ggml_nbytes(old.b));
-            std::vector<float> w(size_t(ggml_nelements(old.slot_weights)));
-            ggml_backend_tensor_get(old.a, a.data(), 0, a.size());
-            ggml_backend_tensor_get(old.b, b.data(), 0, b.size());
-            ggml_backend_tensor_get(old.slot_weights, w.data(), 0, sizeof(float) * w.size());
-            ggml_backend_tensor_set(t.a, a.data(), 0, a.size());  // A: whole rows, so the old block is a prefix
-            std::vector<uint8_t> b_new(ggml_nbytes(t.b), 0);
-            for (int64_t o = 0; o < t.n_out; ++o) {
-                std::memcpy(b_new.data() + o * t.b->nb[1], b.data() + o * old.b->nb[1], size_t(old.rank) * elem);
-            }
-            ggml_backend_tensor_set(t.b, b_new.data(), 0, b_new.size());
-            std::vector<float> w_new(size_t(t.rank) * size_t(n_slots_), 0.0f);
-            for (int s = 0; s < n_slots_; ++s) {
-                std::copy(w.begin() + s * old.rank, w.begin() + (s + 1) * old.rank, w_new.begin() + s * t.rank);
-            }
-            ggml_backend_tensor_set(t.slot_weights, w_new.data(), 0, sizeof(float) * w_new.size());
+            copy_into_grown(old.a, t.a);
+            copy_into_grown(old.b, t.b);
+            copy_into_grown(old.slot_weights, t.slot_weights);
         }
-        if (buffer_) ggml_backend_buffer_free(buffer_);
-        if (ctx_) ggml_free(ctx_);
-        ctx_ = ctx;
-        buffer_ = buffer;
+        storage_ = std::move(storage);
     } else {
         for (auto & [base, t] : next) {
             const Stack & old = stacks_.at(base);
@@ -178,16 +141,12 @@ void PooledMixtures::clear(int slot) {
     check_slot(slot);
     for (auto & [base, s] : stacks_) {
         if (!s.used[size_t(slot)]) continue;
-        ggml_backend_tensor_memset(s.slot_weights, 0, s.slot_weights->nb[2] * size_t(slot), s.slot_weights->nb[2]);
+        zero_slice(s.slot_weights, slot);
         s.used[size_t(slot)] = 0;
     }
 }
 
-void PooledMixtures::move(Session & session, int from, int to) {
-    check_slot(from);
-    check_slot(to);
-    if (from == to) return;
-    clear(to);
+void PooledMixtures::copy_slot(Session &, int from, int to) {
     // A slot's rank weights are R floats per weight: through the host is cheaper than a graph.
     for (auto & [base, s] : stacks_) {
         if (!s.used[size_t(from)]) continue;
@@ -196,12 +155,10 @@ void PooledMixtures::move(Session & session, int from, int to) {
         ggml_backend_tensor_set(s.slot_weights, row.data(), s.slot_weights->nb[2] * size_t(to), sizeof(float) * row.size());
         s.used[size_t(to)] = 1;
     }
-    clear(from);
-    (void)session;
 }
 
 const LowRankTerms * PooledMixtures::terms(int n) {
-    if (n < 0 || n > n_slots_) throw std::invalid_argument("slot count out of range");
+    check_slot_count(n);
     terms_.clear();
     for (const auto & [base, s] : stacks_) {
         if (std::any_of(s.used.begin(), s.used.begin() + n, [](char u) { return u != 0; })) {

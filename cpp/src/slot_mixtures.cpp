@@ -1,7 +1,6 @@
 #include "slot_mixtures.h"
 
 #include <algorithm>
-#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -23,23 +22,33 @@ std::unique_ptr<SlotMixtures> make_slot_mixtures(const Model & model, int n_slot
     return std::make_unique<StackedMixtures>(model, n_slots);
 }
 
-StackedMixtures::StackedMixtures(const Model & model, int n_slots)
-    : model_(model), n_slots_(n_slots), type_(mixture_type_for(model)) {
+SlotMixtures::SlotMixtures(int n_slots) : n_slots_(n_slots) {
     if (n_slots < 1) throw std::invalid_argument("the number of slots must be positive");
 }
 
-StackedMixtures::~StackedMixtures() {
-    if (buffer_) ggml_backend_buffer_free(buffer_);
-    if (ctx_) ggml_free(ctx_);
-}
-
-size_t StackedMixtures::bytes() const { return buffer_ ? ggml_backend_buffer_get_size(buffer_) : 0; }
-
-void StackedMixtures::check_slot(int slot) const {
+void SlotMixtures::check_slot(int slot) const {
     if (slot < 0 || slot >= n_slots_) {
         throw std::invalid_argument("slot " + std::to_string(slot) + " is out of range [0, " + std::to_string(n_slots_) + ")");
     }
 }
+
+void SlotMixtures::check_slot_count(int n) const {
+    if (n < 0 || n > n_slots_) throw std::invalid_argument("slot count out of range");
+}
+
+void SlotMixtures::move(Session & session, int from, int to) {
+    check_slot(from);
+    check_slot(to);
+    if (from == to) return;
+    clear(to);
+    copy_slot(session, from, to);
+    clear(from);
+}
+
+void zero_slice(ggml_tensor * t, int i) { ggml_backend_tensor_memset(t, 0, t->nb[2] * size_t(i), t->nb[2]); }
+
+StackedMixtures::StackedMixtures(const Model & model, int n_slots)
+    : SlotMixtures(n_slots), model_(model), type_(mixture_type_for(model)) {}
 
 void upload_values(ggml_tensor * t, size_t offset, const std::vector<float> & values) {
     if (t->type == GGML_TYPE_F32) {
@@ -78,38 +87,13 @@ void StackedMixtures::grow(const std::map<const ggml_tensor *, int> & capacity) 
         s.a = ggml_new_tensor_3d(ctx, type_, s.n_in, s.rank, n_slots_);
         s.b = ggml_new_tensor_3d(ctx, type_, s.rank, s.n_out, n_slots_);
     }
-    ggml_backend_buffer_t buffer = ggml_backend_alloc_ctx_tensors_from_buft(ctx, ggml_backend_dev_buffer_type(model_.device()));
-    if (!buffer) {
-        ggml_free(ctx);
-        throw std::runtime_error("out of memory: cannot allocate the slots' adapter mixtures");
-    }
-    ggml_backend_buffer_clear(buffer, 0);
-
-    // Copy the old contents through the host: growth is rare, and rows change length in b.
-    const size_t elem = ggml_type_size(type_);
+    TensorBuffer storage(ctx, model_.device(), "the slots' adapter mixtures");
+    // Every slot's old ranks keep their place in its slice: A's rows, B's leading columns.
     for (const auto & [base, old] : stacks_) {
-        const Stack & s = next[base];
-        std::vector<uint8_t> a(ggml_nbytes(old.a)), b(ggml_nbytes(old.b));
-        ggml_backend_tensor_get(old.a, a.data(), 0, a.size());
-        ggml_backend_tensor_get(old.b, b.data(), 0, b.size());
-        std::vector<uint8_t> a_new(ggml_nbytes(s.a), 0), b_new(ggml_nbytes(s.b), 0);
-        for (int64_t slot = 0; slot < n_slots_; ++slot) {
-            // a: the slot's old R_old rows of n_in come first in its new slice.
-            std::memcpy(a_new.data() + slot * s.a->nb[2], a.data() + slot * old.a->nb[2], old.a->nb[2]);
-            // b: each of n_out rows keeps its first R_old entries.
-            for (int64_t o = 0; o < s.n_out; ++o) {
-                std::memcpy(b_new.data() + slot * s.b->nb[2] + o * s.b->nb[1], b.data() + slot * old.b->nb[2] + o * old.b->nb[1],
-                            size_t(old.rank) * elem);
-            }
-        }
-        ggml_backend_tensor_set(s.a, a_new.data(), 0, a_new.size());
-        ggml_backend_tensor_set(s.b, b_new.data(), 0, b_new.size());
+        copy_into_grown(old.a, next[base].a);
+        copy_into_grown(old.b, next[base].b);
     }
-
-    if (buffer_) ggml_backend_buffer_free(buffer_);
-    if (ctx_) ggml_free(ctx_);
-    ctx_ = ctx;
-    buffer_ = buffer;
+    storage_ = std::move(storage);
     stacks_ = std::move(next);
     terms_.clear();
 }
@@ -159,17 +143,13 @@ void StackedMixtures::clear(int slot) {
     check_slot(slot);
     for (auto & [base, s] : stacks_) {
         if (s.used[size_t(slot)] == 0) continue;
-        ggml_backend_tensor_memset(s.a, 0, s.a->nb[2] * size_t(slot), s.a->nb[2]);
-        ggml_backend_tensor_memset(s.b, 0, s.b->nb[2] * size_t(slot), s.b->nb[2]);
+        zero_slice(s.a, slot);
+        zero_slice(s.b, slot);
         s.used[size_t(slot)] = 0;
     }
 }
 
-void StackedMixtures::move(Session & session, int from, int to) {
-    check_slot(from);
-    check_slot(to);
-    if (from == to) return;
-    clear(to);
+void StackedMixtures::copy_slot(Session & session, int from, int to) {
     size_t n_copies = 0;
     for (const auto & [base, s] : stacks_) n_copies += s.used[size_t(from)] ? 2 : 0;
     if (n_copies > 0) {
@@ -189,11 +169,10 @@ void StackedMixtures::move(Session & session, int from, int to) {
         });
     }
     for (auto & [base, s] : stacks_) s.used[size_t(to)] = s.used[size_t(from)];
-    clear(from);
 }
 
 const LowRankTerms * StackedMixtures::terms(int n) {
-    if (n < 0 || n > n_slots_) throw std::invalid_argument("slot count out of range");
+    check_slot_count(n);
     terms_.clear();
     for (const auto & [base, s] : stacks_) {
         for (int slot = 0; slot < n; ++slot) {

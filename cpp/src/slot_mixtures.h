@@ -23,6 +23,7 @@
 #include "graph.h"
 #include "mixture.h"
 #include "session.h"
+#include "tensor_buffer.h"
 
 namespace logo::core {
 
@@ -30,17 +31,25 @@ enum class SlotLayout { automatic, stacked, pooled };
 
 class SlotMixtures {
 public:
+    explicit SlotMixtures(int n_slots);  // throws invalid_argument unless n_slots >= 1
     virtual ~SlotMixtures() = default;
     // Writes `selection` into `slot` (which must be clear), growing storage as needed (other slots keep theirs).
     virtual void set(int slot, const Selection & selection) = 0;
     // Zeroes the slot.
     virtual void clear(int slot) = 0;
     // Slot `to` takes slot `from`'s mixture (copied on the device through `session`); `from` is cleared.
-    virtual void move(Session & session, int from, int to) = 0;
+    void move(Session & session, int from, int to);
     // The terms a batch over slots [0, n) needs (weights one of them adapts), or nullptr when none.
     virtual const LowRankTerms * terms(int n) = 0;
     virtual size_t bytes() const = 0;
     virtual SlotLayout layout() const = 0;
+
+protected:
+    const int n_slots_;
+    void check_slot(int slot) const;        // invalid_argument outside [0, n_slots)
+    void check_slot_count(int n) const;     // invalid_argument outside [0, n_slots]
+    // move()'s layout-specific part: copy slot `from`'s contents into `to` (valid, distinct, `to` clear).
+    virtual void copy_slot(Session & session, int from, int to) = 0;
 };
 
 // `pool`: the adapters the slots will select (the pooled layout stacks them up front; adapters met later are
@@ -52,6 +61,9 @@ std::unique_ptr<SlotMixtures> make_slot_mixtures(const Model & model, int n_slot
 // Writes F32 values into a F32 or F16 tensor at a byte offset (converting to F16 as needed).
 void upload_values(ggml_tensor * t, size_t offset, const std::vector<float> & values);
 
+// Zeroes slice `i` (t[:, :, i]) of a stack: a slot's ranks in a stacked pair, its rank weights when pooled.
+void zero_slice(ggml_tensor * t, int i);
+
 // Capacities are rounded up to this many ranks (see the header comment).
 constexpr int kRankQuantum = 64;
 inline int round_up_ranks(int r) { return (r + kRankQuantum - 1) / kRankQuantum * kRankQuantum; }
@@ -59,15 +71,11 @@ inline int round_up_ranks(int r) { return (r + kRankQuantum - 1) / kRankQuantum 
 class StackedMixtures : public SlotMixtures {
 public:
     StackedMixtures(const Model & model, int n_slots);
-    ~StackedMixtures() override;
-    StackedMixtures(const StackedMixtures &) = delete;
-    StackedMixtures & operator=(const StackedMixtures &) = delete;
 
     void set(int slot, const Selection & selection) override;
     void clear(int slot) override;
-    void move(Session & session, int from, int to) override;
     const LowRankTerms * terms(int n) override;
-    size_t bytes() const override;
+    size_t bytes() const override { return storage_.bytes(); }
     SlotLayout layout() const override { return SlotLayout::stacked; }
 
 private:
@@ -80,14 +88,12 @@ private:
     };
 
     const Model & model_;
-    int n_slots_;
     ggml_type type_;
     std::map<const ggml_tensor *, Stack> stacks_;
-    ggml_context * ctx_ = nullptr;
-    ggml_backend_buffer_t buffer_ = nullptr;
+    TensorBuffer storage_;
     LowRankTerms terms_;
 
-    void check_slot(int slot) const;
+    void copy_slot(Session & session, int from, int to) override;
     // Reallocates with at least `capacity` ranks per weight, keeping every slot's contents.
     void grow(const std::map<const ggml_tensor *, int> & capacity);
 };
@@ -95,15 +101,11 @@ private:
 class PooledMixtures : public SlotMixtures {
 public:
     PooledMixtures(const Model & model, int n_slots, const std::vector<const Adapter *> & pool);
-    ~PooledMixtures() override;
-    PooledMixtures(const PooledMixtures &) = delete;
-    PooledMixtures & operator=(const PooledMixtures &) = delete;
 
     void set(int slot, const Selection & selection) override;
     void clear(int slot) override;
-    void move(Session & session, int from, int to) override;
     const LowRankTerms * terms(int n) override;
-    size_t bytes() const override;
+    size_t bytes() const override { return storage_.bytes(); }
     SlotLayout layout() const override { return SlotLayout::pooled; }
 
 private:
@@ -124,15 +126,13 @@ private:
     };
 
     const Model & model_;
-    int n_slots_;
     ggml_type type_;
     std::map<const ggml_tensor *, Stack> stacks_;
     std::vector<Entry> entries_;
-    ggml_context * ctx_ = nullptr;
-    ggml_backend_buffer_t buffer_ = nullptr;
+    TensorBuffer storage_;
     LowRankTerms terms_;
 
-    void check_slot(int slot) const;
+    void copy_slot(Session & session, int from, int to) override;
     const Entry * find(const Adapter * adapter) const;
     // Appends adapters to the stacks (reallocating when capacities grow, keeping contents and slot weights).
     void append(const std::vector<const Adapter *> & adapters);

@@ -189,6 +189,32 @@ class LlamaCppRunner:
         return time.perf_counter() - t0
 
 
+def equal_mixture(pool, adapters: list[Path], k: int) -> tuple[dict, list[tuple[Path, float]]]:
+    """The mixture of the pool's first k adapters at scale 1/k each, as each runtime takes it: (logo-cpp's
+    generate() keyword arguments, llama.cpp's [(adapter file, scale)]). k = 0: the base model in both."""
+    if k == 0:
+        return {}, []
+    return (dict(pool=pool._core, selections=[[(i, 1.0 / k) for i in range(k)]]),
+            [(adapters[i], 1.0 / k) for i in range(k)])
+
+
+def logo_rates(session, ids: list[int], gen: dict, mixture: dict) -> tuple[float, float]:
+    """logo-cpp's (prefill, decode) tokens/s for one prompt: ``session.generate`` with ``gen`` (max_tokens,
+    sampling) and ``mixture`` (equal_mixture's first part), from the timings it reports."""
+    t = session.generate([ids], **gen, **mixture)[0]["timings"]
+    return t["prefill_tokens_per_second"], t["decode_tokens_per_second"]
+
+
+def llama_rates(runner: "LlamaCppRunner", ids: list[int], n_decode: int,
+                adapters: list[tuple[Path, float]]) -> tuple[float, float]:
+    """llama.cpp's (prefill, decode) tokens/s for one prompt with the adapter set ``adapters`` (equal_mixture's
+    second part), from an empty KV cache: the prompt's evaluation, then n_decode greedy steps."""
+    runner.set_adapters(adapters)
+    runner.clear()
+    t_prefill, tok = runner.prefill(ids)
+    return len(ids) / t_prefill, n_decode / runner.decode([tok], [len(ids)], n_decode)
+
+
 def median(xs):
     return float(statistics.median(xs))
 

@@ -105,26 +105,21 @@ def bench_type(path: Path, adapters: list[Path], ks, threads: int, reps: int, n_
     samples = {name: {key: [] for key in keys} for name, _, _ in configs}
     for rep in range(reps + 1):  # the first repetition warms caches and is dropped
         for name, k, kernels in configs:
-            mixture = dict(pool=pool._core, selections=[[(i, 1.0 / k) for i in range(k)]]) if k else {}
-            llama_mixture = [(adapters[i], 1.0 / k) for i in range(k)]
+            mixture, llama_mixture = common.equal_mixture(pool, adapters, k)
             runtimes = ("logo", "llama") if kernels else ("logo",)
             for runtime in (runtimes if rep % 2 == 0 else runtimes[::-1]):
                 if runtime == "logo":
                     before = os.environ.get("LOGO_PAIR_MATVEC")
                     os.environ["LOGO_PAIR_MATVEC"] = "1" if kernels else "0"
                     try:
-                        t = session.generate([ids], **gen, **mixture)[0]["timings"]
+                        prefill, decode = common.logo_rates(session, ids, gen, mixture)
                     finally:
                         if before is None:
                             os.environ.pop("LOGO_PAIR_MATVEC")
                         else:
                             os.environ["LOGO_PAIR_MATVEC"] = before
-                    prefill, decode = t["prefill_tokens_per_second"], t["decode_tokens_per_second"]
                 else:
-                    theirs.set_adapters(llama_mixture)
-                    theirs.clear()
-                    t_prefill, tok = theirs.prefill(ids)
-                    prefill, decode = len(ids) / t_prefill, n_decode / theirs.decode([tok], [len(ids)], n_decode)
+                    prefill, decode = common.llama_rates(theirs, ids, n_decode, llama_mixture)
                 if rep:
                     samples[name][f"{runtime}_prefill"].append(prefill)
                     samples[name][f"{runtime}_decode"].append(decode)

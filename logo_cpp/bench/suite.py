@@ -43,21 +43,15 @@ def mixtures_section(path, adapters, threads, reps, n_prompt, n_decode, ks):
     out = {}
     gen = dict(max_tokens=n_decode, temperature=0.0, ignore_eos=True, seed=0)
     for k in [0] + list(ks):
-        selection = [(i, 1.0 / k) for i in range(k)] if k else []
-        mix = dict(pool=pool._core, selections=[selection]) if k else {}
-        llama_mix = [(adapters[i], 1.0 / k) for i in range(k)] if k else []
+        mix, llama_mix = common.equal_mixture(pool, adapters, k)
         samples = {"logo_prefill": [], "logo_decode": [], "llama_prefill": [], "llama_decode": []}
         for rep in range(reps + 1):
-            r = session.generate([ids], **gen, **mix)[0]["timings"]
-            llama.set_adapters(llama_mix)
-            llama.clear()
-            t_prefill, tok = llama.prefill(ids)
-            t_decode = llama.decode([tok], [len(ids)], n_decode)
+            logo = common.logo_rates(session, ids, gen, mix)
+            theirs = common.llama_rates(llama, ids, n_decode, llama_mix)
             if rep:
-                samples["logo_prefill"].append(r["prefill_tokens_per_second"])
-                samples["logo_decode"].append(r["decode_tokens_per_second"])
-                samples["llama_prefill"].append(n_prompt / t_prefill)
-                samples["llama_decode"].append(n_decode / t_decode)
+                for runtime, (prefill, decode) in (("logo", logo), ("llama", theirs)):
+                    samples[f"{runtime}_prefill"].append(prefill)
+                    samples[f"{runtime}_decode"].append(decode)
         out[k] = {key: common.median(v) for key, v in samples.items()}
     llama.close()
     for k in ks:
