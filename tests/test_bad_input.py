@@ -321,3 +321,56 @@ def test_chat_session_checks_its_sampling_settings_at_start(model, kwargs, name)
 
     with pytest.raises(ValueError, match=name):
         ChatSession(model, max_tokens=8, **kwargs)
+
+
+# Each loads a bad file in a fresh process and prints the exception; ggml's and libllama's own log lines
+# about it must not reach stderr (the exception carries them), whatever logger is installed before.
+_LOADERS = {
+    "model": "logo_cpp.Model(BAD)",
+    "pool": "logo_cpp.AdapterPool(logo_cpp.Model(GOOD), [BAD])",
+    "check": "logo_cpp._core.check_gguf_file(BAD)",
+}
+
+
+def _load_in_child(code: str, bad, good, env_extra=None, import_llama_cpp=False):
+    import subprocess
+    import sys
+
+    script = ("import llama_cpp\n" if import_llama_cpp else "") + (
+        "import logo_cpp\n"
+        f"BAD, GOOD = {str(bad)!r}, {str(good)!r}\n"
+        "try:\n"
+        f"    {code}\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__, e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "LOGO_GGML_LOG"}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("import_llama_cpp", [False, True], ids=["default-logger", "llama_cpp-logger"])
+@pytest.mark.parametrize("loader", list(_LOADERS))
+def test_a_corrupt_header_is_one_error_and_nothing_on_stderr(model_dir, broken_dir, loader, import_llama_cpp):
+    bad = broken_dir / "truncated_header.gguf"
+    out = _load_in_child(_LOADERS[loader], bad, model_dir / "llama-f32.gguf", import_llama_cpp=import_llama_cpp)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    # ggml's reason is in the message, after ours.
+    assert out.stdout.startswith("FormatError ") and f"'{bad}' is not a readable GGUF file (truncated or corrupt " \
+        "header; the file has 200 bytes): ggml: gguf_init_from_reader: failed to read key-value pairs" in out.stdout
+
+
+def test_ggml_log_lines_are_shown_with_logo_ggml_log(model_dir, broken_dir):
+    bad = broken_dir / "truncated_header.gguf"
+    out = _load_in_child(_LOADERS["model"], bad, model_dir, env_extra={"LOGO_GGML_LOG": "1"})
+    assert out.stdout.startswith("FormatError ") and "failed to read key-value pairs" in out.stderr
+
+
+def test_a_vocabulary_libllama_cannot_read_says_why(model_dir, tmp_path):
+    # libllama's reasons reached stderr as log lines before our message, which said only that it failed.
+    path = synthetic.write_model(tmp_path / "tokenizer.gguf", synthetic.ModelSpec(
+        arch="llama", n_embd=64, n_layer=1, n_head=2, n_head_kv=1, n_ff=128, seed=5),
+        metadata={"tokenizer.ggml.model": "nonsense"})
+    out = _load_in_child(_LOADERS["model"], path, model_dir)
+    assert out.stderr == ""
+    assert out.stdout.startswith(f"FormatError '{path}': libllama could not read the tokenizer vocabulary "
+                                 "(libllama: ") and "unknown tokenizer: 'nonsense'" in out.stdout

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <sstream>
 
+#include "ggml_log.h"
 #include "logo/errors.h"
 
 namespace logo::core {
@@ -71,10 +72,15 @@ GgufFile::GgufFile(const std::string & path_) : path(path_) {
     }
 
     gguf_init_params params = {/*no_alloc =*/true, /*ctx =*/&meta};
-    gguf = gguf_init_from_file(path.c_str(), params);
-    if (!gguf) {
-        throw FormatError("'" + path + "' is not a readable GGUF file (truncated or corrupt header; the file has " +
-                          std::to_string(file_size) + " bytes)");
+    {
+        // ggml's reader says what it could not read on the log; that goes into our message instead.
+        LogCapture log;
+        gguf = gguf_init_from_file(path.c_str(), params);
+        if (!gguf) {
+            const std::string ggml_says = log.take_errors();
+            throw FormatError("'" + path + "' is not a readable GGUF file (truncated or corrupt header; the file has " +
+                              std::to_string(file_size) + " bytes)" + (ggml_says.empty() ? "" : ": ggml: " + ggml_says));
+        }
     }
 
     // gguf only parses the header; a file cut inside the tensor data parses fine, so check every extent.

@@ -2,10 +2,10 @@
 
 #include <cstdint>
 #include <cstdio>
-#include <mutex>
 #include <stdexcept>
 #include <unordered_map>
 
+#include "ggml_log.h"
 #include "gguf_file.h"
 #include "logo/errors.h"
 #include "llama.h"
@@ -13,37 +13,6 @@
 namespace logo::core {
 
 namespace {
-
-// libllama describes every vocabulary it loads on the log; we load one per model, so while we do,
-// only errors pass on to whatever logger was installed (llama_cpp's, or libllama's default).
-struct QuietLlamaLog {
-    static std::mutex & mutex() {
-        static std::mutex m;
-        return m;
-    }
-    struct Previous {
-        ggml_log_callback callback = nullptr;
-        void * user_data = nullptr;
-    };
-    std::lock_guard<std::mutex> lock{mutex()};
-    Previous previous;
-
-    QuietLlamaLog() {
-        llama_log_get(&previous.callback, &previous.user_data);
-        llama_log_set(&QuietLlamaLog::forward_errors, &previous);
-    }
-    ~QuietLlamaLog() { llama_log_set(previous.callback, previous.user_data); }
-
-    static void forward_errors(ggml_log_level level, const char * text, void * user_data) {
-        const Previous * prev = static_cast<const Previous *>(user_data);
-        if (level != GGML_LOG_LEVEL_ERROR) return;
-        if (prev->callback) {
-            prev->callback(level, text, prev->user_data);
-        } else {
-            std::fputs(text, stderr);
-        }
-    }
-};
 
 // Where `text` holds a 4-byte UTF-8 form of a code point beyond U+10FFFF ("" if nowhere): libllama's
 // UTF-8 decoder accepts those, and its byte-level BPE then throws when it re-encodes them.
@@ -111,10 +80,16 @@ Vocab::Vocab(const GgufFile & file) : path_(file.path) {
     llama_model_params params = llama_model_default_params();
     params.vocab_only = true;
     {
-        QuietLlamaLog quiet;
+        // libllama describes every vocabulary it loads on the log (one per model here) and says there why it
+        // cannot read one: its lines are kept out of the user's terminal, the reason goes into our message.
+        LogCapture log;
         model_ = llama_model_load_from_file(path.c_str(), params);
+        if (!model_) {
+            const std::string libllama_says = log.take_errors();
+            throw FormatError("'" + path + "': libllama could not read the tokenizer vocabulary" +
+                              (libllama_says.empty() ? "" : " (libllama: " + libllama_says + ")"));
+        }
     }
-    if (!model_) throw FormatError("'" + path + "': libllama could not read the tokenizer vocabulary");
     vocab_ = llama_model_get_vocab(model_);
     try {
         check_special_tokens();
