@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
 from . import _core, peft
+from ._closing import CoreHandle
 from .model import Model
 
 PathLike = Union[str, os.PathLike]
@@ -45,7 +46,13 @@ class AdapterPool:
     Adapters are named after their file's stem (a PEFT adapter after its directory) unless ``names`` says
     otherwise. Every load is all or nothing: if one adapter is bad, the pool stays as it was and the error
     names the file and the tensor or setting.
+
+    ``close()`` (or the end of a ``with AdapterPool(...) as pool:`` block) frees the adapters at once; closing
+    the model closes its pools too.
     """
+
+    # The C++ pool: gone after close(), and every use then raises ClosedError.
+    _core = CoreHandle()
 
     def __init__(self, model: Model, paths: Union[PathLike, Iterable[PathLike], None] = None, *,
                  names: Optional[Sequence[str]] = None):
@@ -55,7 +62,38 @@ class AdapterPool:
         self._core = _core.AdapterPool(model._core)
         model._attach_pool(self)
         if paths is not None:
-            self.add(paths, names=names)
+            try:
+                self.add(paths, names=names)
+            except BaseException:
+                self.close()  # the caller never gets this pool: free it now, and the model forgets it
+                raise
+
+    def close(self) -> None:
+        """Frees the adapters (and their probe stacks) now. Afterwards every method and property of the pool
+        raises logo_cpp.ClosedError, and so do routers over it; the model no longer finds its adapter names
+        (``adapters=`` raises KeyError); closing again does nothing. A generation running on another thread
+        with a mixture of this pool finishes first (close() waits for the model). Requests already running in
+        a server Engine keep their mixtures (the batch holds its own copy of what it uses) and finish."""
+        with self.model._lock:
+            if self.closed:
+                return
+            self.model._detach_pool(self)
+            self._core = None
+
+    @property
+    def closed(self) -> bool:
+        """True after close() (of the pool or of its model)."""
+        return self.__dict__.get(AdapterPool._core.slot) is None
+
+    def _closed_message(self) -> str:
+        return ("this AdapterPool is closed: its close(), the end of its `with` block or its Model's close() "
+                "freed it; load the adapters again to use them")
+
+    def __enter__(self) -> "AdapterPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def add(self, paths: Union[PathLike, Iterable[PathLike]], *, names: Optional[Sequence[str]] = None,
             name: Optional[str] = None) -> list[str]:
@@ -133,4 +171,6 @@ class AdapterPool:
         return self._core.bytes
 
     def __repr__(self) -> str:
+        if self.closed:
+            return "AdapterPool(closed)"
         return f"AdapterPool({len(self)} adapters, {self.nbytes / 2**20:.1f} MiB)"

@@ -12,6 +12,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from . import _core
+from ._closing import CoreHandle
 from ._text import as_bytes
 
 # Text (str, or bytes passed to the tokenizer unchanged) or token ids.
@@ -66,7 +67,14 @@ class Model:
     ``repack=False`` keeps every weight in the file's own layout, as llama.cpp's ``--no-repack`` does; by
     default the weight types that have a repacked CPU layout (Q4_0, Q4_K, IQ4_NL on x86) use it, as llama.cpp
     does. ggml's AMX layout is never used: its matmul crashes on some CPUs (ggml-org/llama.cpp#20824).
+
+    ``close()`` (or the end of a ``with Model(...) as model:`` block) frees the weights and KV caches at once,
+    rather than whenever the garbage collector gets to them: see close() for what it takes with it.
     """
+
+    # The C++ model and its single-sequence session: gone after close(), and every use then raises ClosedError.
+    _core = CoreHandle()
+    _session = CoreHandle()
 
     def __init__(
         self,
@@ -87,6 +95,7 @@ class Model:
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _INT32_MAX:
                 raise ValueError(f"{arg} must be an integer in [1, {_INT32_MAX}]{' or None' if optional else ''}, "
                                  f"got {value!r}")
+        self._path = path
         self._core = _core.Model(path, device=device, n_threads=n_threads or 0, use_mmap=use_mmap,
                                 repack=repack)
         self.n_ctx = n_ctx
@@ -108,8 +117,43 @@ class Model:
     eos = property(lambda self: self._core.eos)
 
     def __repr__(self) -> str:
+        if self.closed:
+            return f"Model({self._path!r}, closed)"
         return (f"Model({self.path!r}, arch={self.arch!r}, n_layer={self.n_layer}, n_embd={self.n_embd}, "
                 f"n_vocab={self.n_vocab}, n_ctx={self.n_ctx}, device={self.device!r})")
+
+    # -- lifetime ----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Frees the model now: its weights (and their file mapping), its KV caches, and every AdapterPool
+        loaded for it, which is closed too (a pool's adapters are validated against, and only usable with,
+        this model). Afterwards every method and property of the model and of those pools raises
+        logo_cpp.ClosedError, and so do routers over them; closing again does nothing. A call running on
+        another thread finishes first (close() waits for it). What else holds the C++ model keeps the weights
+        alive until it is gone itself: a server Engine's batch (logo-cpp serve), or a ``_core`` object a
+        caller took out of the private API."""
+        with self._lock:
+            if self.closed:
+                return
+            for pool in list(self._pools):
+                pool.close()
+            self._batch_sessions.clear()
+            self._session = None
+            self._core = None
+
+    @property
+    def closed(self) -> bool:
+        """True after close()."""
+        return self.__dict__.get(Model._core.slot) is None
+
+    def _closed_message(self) -> str:
+        return (f"this Model ({self._path}) is closed: close() or the end of its `with` block freed it; "
+                f"load the model again to use it")
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- tokens ------------------------------------------------------------------------------------
     def tokenize(self, text: Union[str, bytes], add_special: bool = True, parse_special: bool = False) -> list[int]:
@@ -275,6 +319,9 @@ class Model:
     def _attach_pool(self, pool) -> None:
         self._pools.add(pool)
 
+    def _detach_pool(self, pool) -> None:
+        self._pools.discard(pool)
+
     def _resolve_mixture(self, adapters: Mapping[str, float]):
         """{"name": weight} over the adapters of this model's pools -> (pool, [(index, weight)])."""
         if not isinstance(adapters, Mapping) or not adapters:
@@ -284,7 +331,7 @@ class Model:
         for name, weight in adapters.items():
             holders = [p for p in self._pools if name in p]
             if not holders:
-                raise KeyError(f"no adapter named {name!r} in any AdapterPool of this model")
+                raise KeyError(f"no adapter named {name!r} in any open AdapterPool of this model")
             if len(holders) > 1:
                 raise ValueError(f"adapter name {name!r} is in several pools of this model; use one pool")
             if chosen_pool is not None and holders[0] is not chosen_pool:
