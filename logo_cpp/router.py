@@ -81,7 +81,10 @@ class Routing:
 
 
 class Router:
-    """Base of all routers: route() picks a mixture per prompt; generate() runs with it."""
+    """Base of all routers: route() picks a mixture per prompt; generate() runs with it.
+
+    A router holds no C++ memory of its own: it uses its model's session and its pool's adapters, so once
+    either is closed (Model.close(), AdapterPool.close()) every call raises logo_cpp.ClosedError."""
 
     method = "router"
 
