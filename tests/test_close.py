@@ -146,6 +146,22 @@ def test_close_frees_the_weights_at_once(model_dir, adapter_dir, tmp_path):
     assert router.model is model and router.pool is pool  # references alone keep no C++ memory
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_a_stopped_server_engine_holds_no_memory(model_dir, adapter_dir, tmp_path):
+    # An app that embeds the server, stops it and closes the model gets the weights back, though the engine
+    # object itself lives on (the app holds it).
+    from logo_cpp.server.engine import Engine
+
+    path = tmp_path / "own.gguf"
+    path.write_bytes((model_dir / "llama-f32.gguf").read_bytes())
+    model = logo_cpp.Model(path, n_ctx=64, n_threads=THREADS)
+    pool = logo_cpp.AdapterPool(model, adapter_dir)
+    engine = Engine(model, pool, n_slots=2, n_ctx=64, max_queue=2)
+    engine.close()
+    model.close()
+    assert not mapped(path)
+
+
 def test_closing_under_a_generation_on_another_thread_lets_it_finish(loaded):
     model, pool = loaded
     kwargs = dict(max_tokens=24, temperature=0.0, ignore_eos=True, adapters={"math": 0.5, "sql": 0.5})

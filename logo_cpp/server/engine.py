@@ -138,6 +138,10 @@ class Engine:
         for job in waiting:
             self._send(job, [("error", ApiError(503, "the server is shutting down", code="unavailable"))])
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            # The batch's KV cache and slot stacks are freed now, and its hold on the model's weights ends (an
+            # app that stops an embedded server and closes the model gets the memory back).
+            self.batch = None
 
     # -- engine thread -----------------------------------------------------------------------------
     def _run(self) -> None:
