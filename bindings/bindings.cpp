@@ -128,6 +128,40 @@ NB_MODULE(_core, m) {
         .def_prop_ro("n_threads", [](const logo::Model & m) { return m.info().n_threads; })
         .def_prop_ro("weight_bytes", [](const logo::Model & m) { return m.info().weight_bytes; })
         .def_prop_ro("calibration_cache_entries", &logo::Model::calibration_cache_entries)
+        .def_prop_ro("calibration_identity", &logo::Model::calibration_identity)
+        .def("calibration_stats",
+             [](const logo::Model & m) {
+                 std::vector<std::tuple<uint64_t, std::string, std::string, bool, double, double>> out;
+                 for (const logo::CalibrationStat & c : m.calibration_stats()) {
+                     out.emplace_back(c.matrix, logo::to_string(c.signal), logo::to_string(c.position), c.squared,
+                                      c.mean, c.std);
+                 }
+                 return out;
+             },
+             "Every calibration statistic held: [(matrix hash, signal, position, squared, mean, std)].")
+        .def("add_calibration_stats",
+             [](const logo::Model & m,
+                const std::vector<std::tuple<uint64_t, std::string, std::string, bool, double, double>> & stats) {
+                 std::vector<logo::CalibrationStat> in;
+                 for (const auto & [matrix, signal, position, squared, mean, std] : stats) {
+                     logo::CalibrationStat c;
+                     c.matrix = matrix;
+                     if (signal == "norm") c.signal = logo::Signal::norm;
+                     else if (signal == "entropy") c.signal = logo::Signal::entropy;
+                     else if (signal == "arrow") c.signal = logo::Signal::arrow;
+                     else throw std::invalid_argument("unknown signal '" + signal + "' in a calibration statistic; use norm, entropy or arrow");
+                     if (position == "last") c.position = logo::ProbePosition::last;
+                     else if (position == "mean") c.position = logo::ProbePosition::mean;
+                     else throw std::invalid_argument("unknown position '" + position + "' in a calibration statistic; use last or mean");
+                     c.squared = squared;
+                     c.mean = mean;
+                     c.std = std;
+                     in.push_back(c);
+                 }
+                 m.add_calibration_stats(in);
+             },
+             "stats"_a, "Statistics saved earlier under this model's calibration_identity (all or none; ValueError "
+             "for a bad signal/position, a non-finite mean or std, a negative std); held ones keep their value.")
         .def_prop_ro("bos", [](const logo::Model & m) { return m.info().bos; })
         .def_prop_ro("eos", [](const logo::Model & m) { return m.info().eos; })
         .def("tokenize",

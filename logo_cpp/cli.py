@@ -1,4 +1,4 @@
-"""The `logo-cpp` command line: run, route, inspect, convert, demo, eval, serve, bench.
+"""The `logo-cpp` command line: run, route, inspect, convert, demo, chat, eval, serve, cache, bench.
 
 User mistakes (a missing file, a bad argument, a file that does not fit) end with one line on stderr and
 exit code 2, never a traceback.
@@ -66,6 +66,21 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--module", default=None,
                    help="probe module (default: attn_v when calibrated, attn_q for calibration none and arrow)")
     p.add_argument("--seed", type=int, default=0)
+    _add_cache_args(p)
+
+
+def _add_cache_args(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--cache-dir", type=Path, default=None,
+                       help="where calibration statistics persist between runs (default: $LOGO_CPP_CACHE_DIR, "
+                            "else the user cache dir, ~/.cache/logo-cpp on Linux)")
+    where.add_argument("--no-cache", action="store_true",
+                       help="compute calibration statistics in this process only (as LOGO_CPP_NO_CACHE=1)")
+
+
+def _cache_setting(args):
+    """A router's cache_dir from --cache-dir / --no-cache (None: the environment's choice)."""
+    return False if getattr(args, "no_cache", False) else getattr(args, "cache_dir", None)
 
 
 def _load(args):
@@ -89,15 +104,17 @@ def _router(args, model, pool):
 
     layer = None if args.layer is None else args.layer[0] if len(args.layer) == 1 else args.layer
     calibration = args.calibration or DEFAULT_CALIBRATION
+    cache_dir = _cache_setting(args)
     if args.router == "logo":
         return logo_cpp.LoGo(model, pool, k=args.k, signal=args.signal, probe=args.probe, layer=layer,
-                             module=args.module, calibration=calibration, position=args.position)
+                             module=args.module, calibration=calibration, position=args.position, cache_dir=cache_dir)
     if args.router == "top1":
         return logo_cpp.TopOne(model, pool, signal=args.signal, probe=args.probe, layer=layer, module=args.module,
-                               calibration=calibration, position=args.position)
+                               calibration=calibration, position=args.position, cache_dir=cache_dir)
     if args.router == "arrow":
         return logo_cpp.Arrow(model, pool, k=args.k, layer=args.layer, module=args.module or "attn_q",
-                              calibration=args.calibration or "none", probe=args.probe, position=args.position or "last")
+                              calibration=args.calibration or "none", probe=args.probe, position=args.position or "last",
+                              cache_dir=cache_dir)
     if args.router == "uniform":
         return logo_cpp.Uniform(model, pool)
     return logo_cpp.RandomK(model, pool, k=args.k, seed=args.seed)
@@ -235,6 +252,30 @@ def cmd_serve(args) -> int:
         raise
 
 
+def cmd_cache(args) -> int:
+    from . import calibration_cache
+
+    setting = False if args.no_cache else args.cache_dir
+    directory = calibration_cache.cache_dir(setting)
+    if directory is None:
+        print("the calibration disk cache is off (LOGO_CPP_NO_CACHE is set)")
+        return 0
+    if args.clear:
+        removed = calibration_cache.clear(directory)
+        print(f"removed {removed} files from {directory}")
+        return 0
+    info = calibration_cache.describe(directory)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"calibration cache: {info['directory']}")
+    print(f"  {info['files']} statistics files ({info['entries']} statistics), {info['bytes']} bytes; "
+          f"clear with `logo-cpp cache --clear` (or delete the directory)")
+    for one in info["models"]:
+        print(f"  {one['entries']:6d}  {one['model']}")
+    return 0
+
+
 def cmd_bench(args, rest: Sequence[str]) -> int:
     from .bench import core, logo, quant, serve, suite
 
@@ -300,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("cache", help="where calibration statistics persist between runs, how large; --clear")
+    _add_cache_args(p)
+    p.add_argument("--clear", action="store_true", help="delete every cached statistic (they are recomputed)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("bench", help="speed side by side with llama.cpp (logo-cpp bench --help for its options)")
     p.add_argument("what", nargs="?", default="all", choices=["all", "core", "logo", "quant", "serve"],

@@ -57,6 +57,14 @@ def _random_seed() -> int:
 _INT32_MAX = 2**31 - 1
 
 
+def _file_state(path: str) -> Optional[tuple]:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
 class Model:
     """A Llama-family GGUF model (llama, qwen2, qwen3) run by logo-cpp's own ggml graph.
 
@@ -96,6 +104,9 @@ class Model:
                 raise ValueError(f"{arg} must be an integer in [1, {_INT32_MAX}]{' or None' if optional else ''}, "
                                  f"got {value!r}")
         self._path = path
+        # The file as loaded, so the calibration disk cache (keyed by the file's content) notices a file that
+        # changes on disk after loading; an absent file gets the core's own error below.
+        self._file_state = _file_state(path)
         self._core = _core.Model(path, device=device, n_threads=n_threads or 0, use_mmap=use_mmap,
                                 repack=repack)
         self.n_ctx = n_ctx
@@ -104,6 +115,10 @@ class Model:
         self._batch_sessions: dict[int, Any] = {}
         self._lock = threading.RLock()
         self._pools: "weakref.WeakSet" = weakref.WeakSet()
+
+    def _file_changed(self) -> bool:
+        """Whether the model file on disk is no longer the one that was loaded (size, times or inode differ)."""
+        return self._file_state is None or _file_state(self.path) != self._file_state
 
     # -- description -------------------------------------------------------------------------------
     path = property(lambda self: self._core.path)

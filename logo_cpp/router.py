@@ -8,13 +8,15 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from . import _core
+from . import _core, calibration_cache
 from .adapters import AdapterPool
 from .model import _INT32_MAX, Completion, Model, Prompt
 
 SIGNALS = ("norm", "entropy")
 PROBES = ("base", "all")
 CALIBRATIONS = ("none", "zscore", "zscore_sq", "spectral", "frobenius")
+# The calibrations that standardise with statistics over the generic prompts (kept in calibration_cache).
+_STATISTICAL = ("zscore", "zscore_sq")
 DEFAULT_CALIBRATION = "zscore_sq"
 POSITIONS = ("last", "mean")
 MODULES = ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up")
@@ -188,7 +190,7 @@ class _ProbeRouter(Router):
     _signals: Sequence[str] = ()
 
     def __init__(self, model: Model, pool: AdapterPool, k: int, signal: str, probe: str, layer, module: str,
-                 calibration: str, position: Optional[str]):
+                 calibration: str, position: Optional[str], cache_dir: calibration_cache.CacheSetting = None):
         super().__init__(model, pool)
         self.k = _check_k(k)
         self.signal = _choice("signal", signal, self._signals)
@@ -204,15 +206,21 @@ class _ProbeRouter(Router):
         self.module = module
         self.layers = _layers(model, default_layers(calibration, model.n_layer) if layer is None else layer)
         self.layer = self.layers[-1] if layer is None else layer
+        # Statistics over the generic prompts persist on disk between processes (None: no disk cache).
+        self._disk = calibration_cache.for_model(model, cache_dir) if calibration in _STATISTICAL else None
 
     def route(self, prompt: Prompt) -> Routing:
         self._require_pool()
         model = self.model
         ids = model._prompt_tokens(prompt)
         with model._lock:
+            if self._disk is not None:
+                self._disk.load()  # once per model and directory, before the core computes any statistic
             raw = _core.route(model._session, 0, self.pool._core, ids, k=self.k, signal=self.signal,
                               probe=self.probe, layers=self.layers, module=self.module, calibration=self.calibration,
                               position=self.position, fallback_module=self._fallback)
+        if self._disk is not None:
+            self._disk.save()  # only when this route computed new statistics
         names = self.pool.names
         scored = raw["scored"]
         return self._routing(
@@ -244,9 +252,13 @@ class LoGo(_ProbeRouter):
     (docs/calibration/README.md); a pool with no attn_v LoRA in those blocks is probed at attn_q instead
     (``Routing.module`` says which).
     ``probe``: "base" (no adapters during the probe) or "all" (every pool adapter active at scale 1).
+    ``cache_dir``: where the statistics of "zscore"/"zscore_sq" persist between processes (computing them runs
+    the generic prompts through the model once per model: seconds): None uses ``$LOGO_CPP_CACHE_DIR`` or the
+    user cache dir (``~/.cache/logo-cpp`` on Linux) unless ``$LOGO_CPP_NO_CACHE`` is set, a path uses that
+    directory, False keeps them in this process only (``logo_cpp.calibration_cache``).
 
     Raises ValueError naming the argument and its choices for a bad ``k``, ``signal``, ``probe``,
-    ``calibration``, ``position``, ``layer`` or ``module``.
+    ``calibration``, ``position``, ``layer`` or ``module``; TypeError for a ``cache_dir`` of another type.
     """
 
     method = "logo"
@@ -254,8 +266,8 @@ class LoGo(_ProbeRouter):
 
     def __init__(self, model: Model, pool: AdapterPool, k: int = 20, signal: str = "norm", probe: str = "base",
                  layer=None, module: Optional[str] = None, calibration: str = DEFAULT_CALIBRATION,
-                 position: Optional[str] = None):
-        super().__init__(model, pool, k, signal, probe, layer, module, calibration, position)
+                 position: Optional[str] = None, cache_dir: calibration_cache.CacheSetting = None):
+        super().__init__(model, pool, k, signal, probe, layer, module, calibration, position, cache_dir)
 
 
 class TopOne(LoGo):
@@ -265,9 +277,9 @@ class TopOne(LoGo):
 
     def __init__(self, model: Model, pool: AdapterPool, signal: str = "norm", probe: str = "base",
                  layer=None, module: Optional[str] = None, calibration: str = DEFAULT_CALIBRATION,
-                 position: Optional[str] = None):
+                 position: Optional[str] = None, cache_dir: calibration_cache.CacheSetting = None):
         super().__init__(model, pool, k=1, signal=signal, probe=probe, layer=layer, module=module,
-                         calibration=calibration, position=position)
+                         calibration=calibration, position=position, cache_dir=cache_dir)
 
 
 class Arrow(_ProbeRouter):
@@ -282,9 +294,10 @@ class Arrow(_ProbeRouter):
     _signals = ("arrow",)
 
     def __init__(self, model: Model, pool: AdapterPool, k: int = 1, layer=None, module: str = "attn_q",
-                 calibration: str = "none", probe: str = "base", position: str = "last"):
+                 calibration: str = "none", probe: str = "base", position: str = "last",
+                 cache_dir: calibration_cache.CacheSetting = None):
         super().__init__(model, pool, k, "arrow", probe, list(range(model.n_layer)) if layer is None else layer,
-                         module, calibration, position)
+                         module, calibration, position, cache_dir)
 
 
 class Uniform(Router):

@@ -44,6 +44,24 @@ SPECS = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def calibration_cache_dir(tmp_path_factory) -> Path:
+    """The calibration disk cache (logo_cpp.calibration_cache) is OFF for the suite, subprocesses included: a
+    test that compares two computations of statistics must not get the first one's from disk. Tests of the
+    cache pass their own directory (cache_dir=..., or the environment of a subprocess). The directory named
+    here is a fresh one, so that nothing in the suite can touch the user's ~/.cache even with the cache on."""
+    root = tmp_path_factory.mktemp("calibration-cache")
+    before = {k: os.environ.get(k) for k in ("LOGO_CPP_CACHE_DIR", "LOGO_CPP_NO_CACHE")}
+    os.environ["LOGO_CPP_CACHE_DIR"] = str(root)
+    os.environ["LOGO_CPP_NO_CACHE"] = "1"
+    yield root
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("models")

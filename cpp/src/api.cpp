@@ -79,6 +79,57 @@ std::string Model::apply_chat_template(const std::vector<ChatMessage> & messages
 
 size_t Model::calibration_cache_entries() const { return impl_->calibration_cache().n_cached_stats(); }
 
+namespace {
+
+core::RawSignal raw_signal_of(Signal signal) {
+    switch (signal) {
+        case Signal::norm: return core::RawSignal::norm;
+        case Signal::entropy: return core::RawSignal::inverse_entropy;
+        case Signal::arrow: return core::RawSignal::arrow;
+    }
+    throw std::invalid_argument("unknown signal in a calibration statistic");
+}
+
+// False for a raw signal with no public name (none today): such statistics are not exported.
+bool signal_of(core::RawSignal kind, Signal & out) {
+    switch (kind) {
+        case core::RawSignal::norm: out = Signal::norm; return true;
+        case core::RawSignal::inverse_entropy: out = Signal::entropy; return true;
+        case core::RawSignal::arrow: out = Signal::arrow; return true;
+    }
+    return false;
+}
+
+}  // namespace
+
+std::vector<CalibrationStat> Model::calibration_stats() const {
+    std::vector<CalibrationStat> out;
+    for (const auto & [key, s] : impl_->calibration_cache().entries()) {
+        Signal signal;
+        if (signal_of(key.kind, signal)) out.push_back({key.matrix, signal, key.position, key.squared, s.mean, s.std});
+    }
+    return out;
+}
+
+std::string Model::calibration_identity() const { return core::calibration_identity(*impl_); }
+
+void Model::add_calibration_stats(const std::vector<CalibrationStat> & stats) const {
+    std::vector<std::pair<core::StatsKey, core::SignalStats>> entries;
+    for (size_t i = 0; i < stats.size(); ++i) {
+        const CalibrationStat & c = stats[i];
+        if (!std::isfinite(c.mean) || !std::isfinite(c.std) || c.std < 0) {
+            throw std::invalid_argument("calibration statistic " + std::to_string(i) + ": mean and std must be finite "
+                                        "and std >= 0, got mean " + std::to_string(c.mean) + ", std " +
+                                        std::to_string(c.std));
+        }
+        if (c.position != ProbePosition::last && c.position != ProbePosition::mean) {
+            throw std::invalid_argument("calibration statistic " + std::to_string(i) + ": unknown probe position");
+        }
+        entries.push_back({{c.matrix, raw_signal_of(c.signal), c.position, c.squared}, {c.mean, c.std}});
+    }
+    impl_->calibration_cache().insert(entries);
+}
+
 std::vector<std::string> Model::available_devices() { return core::available_devices(); }
 int Model::default_thread_count() { return core::default_thread_count(); }
 

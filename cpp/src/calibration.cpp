@@ -122,8 +122,7 @@ const GenericStates & CalibrationCache::generic_states(const std::shared_ptr<con
 SignalStats CalibrationCache::stats(const std::shared_ptr<const Model> & model, const LoraMatrix & m,
                                     uint64_t content_hash, RawSignal kind, ProbePosition position,
                                     const std::vector<float> & prototype, bool squared) {
-    const uint64_t variant = (uint64_t(kind) * 2 + uint64_t(position)) * 2 + uint64_t(squared) + 1;
-    const uint64_t key = content_hash ^ (0x9e3779b97f4a7c15ull * variant);
+    const StatsKey key{content_hash, kind, position, squared};
     {
         std::lock_guard<std::mutex> lock(mutex_);
         auto it = stats_.find(key);
@@ -155,21 +154,65 @@ size_t CalibrationCache::n_cached_stats() {
     return stats_.size();
 }
 
-uint64_t matrix_content_hash(const LoraMatrix & m, const std::vector<float> & a, const std::vector<float> & b) {
+std::vector<std::pair<StatsKey, SignalStats>> CalibrationCache::entries() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return {stats_.begin(), stats_.end()};
+}
+
+void CalibrationCache::insert(const std::vector<std::pair<StatsKey, SignalStats>> & entries) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto & [key, s] : entries) stats_.emplace(key, s);  // emplace keeps what this process computed
+}
+
+namespace {
+
+// FNV-1a, 64 bits: a content identity for caches, not a defence against crafted collisions.
+struct Fnv1a {
     uint64_t h = 0xcbf29ce484222325ull;
-    auto mix = [&h](const void * data, size_t n) {
+    void mix(const void * data, size_t n) {
         const unsigned char * p = static_cast<const unsigned char *>(data);
         for (size_t i = 0; i < n; ++i) {
             h ^= p[i];
             h *= 0x100000001b3ull;
         }
-    };
+    }
+};
+
+std::string hex64(uint64_t v) {
+    static const char digits[] = "0123456789abcdef";
+    std::string s(16, '0');
+    for (int i = 15; i >= 0; --i, v >>= 4) s[size_t(i)] = digits[v & 15];
+    return s;
+}
+
+}  // namespace
+
+std::string calibration_identity(const Model & model) {
+    Fnv1a prompts;
+    for (const std::string & text : calibration_prompts()) {
+        const uint64_t n = text.size();  // length-prefixed: ["ab", "c"] and ["a", "bc"] differ
+        prompts.mix(&n, sizeof(n));
+        prompts.mix(text.data(), text.size());
+    }
+    ggml_backend_dev_t dev = model.device();
+    std::string s = "stats=" + std::to_string(kCalibrationStatsVersion);
+    s += ";prompts=" + std::to_string(calibration_prompts().size()) + ":" + hex64(prompts.h);
+    s += ";device=" + std::string(ggml_backend_dev_name(dev)) + ":" + ggml_backend_dev_description(dev);
+    s += ";repack=" + std::string(model.repack() ? "1" : "0");
+    return s;
+}
+
+uint64_t matrix_content_hash(const LoraMatrix & m, const std::vector<float> & a, const std::vector<float> & b) {
+    Fnv1a fnv;
+    auto mix = [&fnv](const void * data, size_t n) { fnv.mix(data, n); };
+    const int64_t shape[3] = {int64_t(m.rank), m.base->ne[0], m.base->ne[1]};
+    mix(shape, sizeof(shape));
     mix(a.data(), sizeof(float) * a.size());
     mix(b.data(), sizeof(float) * b.size());
     mix(&m.scale, sizeof(m.scale));
     mix(&m.layer, sizeof(m.layer));
     mix(m.module.data(), m.module.size());
-    return h;
+    return fnv.h;
 }
 
 }  // namespace logo::core

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -42,6 +43,36 @@ struct SignalStats {
     double std = 0;  // population standard deviation over the generic prompts
 };
 
+// What one statistic is of: a matrix (by content, matrix_content_hash) and the variant of its signal.
+struct StatsKey {
+    uint64_t matrix = 0;
+    RawSignal kind = RawSignal::norm;
+    ProbePosition position = ProbePosition::last;
+    bool squared = false;  // statistics of s^2 (zscore_sq)
+
+    bool operator==(const StatsKey & o) const {
+        return matrix == o.matrix && kind == o.kind && position == o.position && squared == o.squared;
+    }
+};
+
+struct StatsKeyHash {
+    size_t operator()(const StatsKey & k) const {
+        const uint64_t variant = (uint64_t(k.kind) * 2 + uint64_t(k.position)) * 2 + uint64_t(k.squared) + 1;
+        return size_t(k.matrix ^ (0x9e3779b97f4a7c15ull * variant));
+    }
+};
+
+// Bump when a statistic's value changes for the same model file, adapter matrix and generic prompts (the
+// generic states, raw_signal, the mean position's normalisation, the two-pass moments): persistent caches of
+// statistics (logo_cpp's disk cache) key on calibration_identity(), which carries it. The prompts themselves
+// are hashed into the identity, so changing them needs no bump.
+constexpr int kCalibrationStatsVersion = 1;
+
+// What the statistics of a model depend on besides the model file's content and each matrix's content: the
+// statistics version, the generic prompts (count and FNV-1a of their bytes), the device and the weights'
+// layout (repacked CPU layouts round differently). A printable "key=value;..." string.
+std::string calibration_identity(const Model & model);
+
 // The raw signal of one LoRA pair for one probe vector, in double precision (the statistics' reference).
 // a: [rank][n_in], b: [n_out][rank] row-major; prototype: [n_in] (arrow only).
 double raw_signal(RawSignal kind, const std::vector<float> & a, const std::vector<float> & b, int64_t rank,
@@ -63,13 +94,18 @@ public:
 
     size_t n_cached_stats();
 
+    // Every statistic held, for a persistent cache to save (order unspecified).
+    std::vector<std::pair<StatsKey, SignalStats>> entries();
+    // Statistics computed earlier for this model (a persistent cache): a key already held keeps its value.
+    void insert(const std::vector<std::pair<StatsKey, SignalStats>> & entries);
+
 private:
     std::mutex mutex_;
     std::unique_ptr<GenericStates> states_;
-    std::unordered_map<uint64_t, SignalStats> stats_;
+    std::unordered_map<StatsKey, SignalStats, StatsKeyHash> stats_;
 };
 
-// FNV-1a over the matrix's values (as F32), its scale and its layer: equal for equal adapters.
+// FNV-1a over the matrix's shape, values (as F32), scale, layer and module: equal for equal adapters.
 uint64_t matrix_content_hash(const LoraMatrix & m, const std::vector<float> & a, const std::vector<float> & b);
 
 }  // namespace logo::core

@@ -174,6 +174,7 @@ Model::Model(const std::string & path, const ModelOptions & options)
     check_rope_factors(file);
     device_ = select_device(options.device);
     n_threads_ = options.n_threads > 0 ? options.n_threads : default_thread_count();
+    repack_ = options.repack;
     for (const auto & spec : specs) {
         const ggml_tensor * t = file.find_tensor(spec.name);
         if (!t) continue;

@@ -37,6 +37,7 @@ public:
     const Vocab & vocab() const { return *vocab_; }
     ggml_backend_dev_t device() const { return device_; }
     int n_threads() const { return n_threads_; }
+    bool repack() const { return repack_; }  // as asked (ModelOptions::repack); it matters on the CPU only
     size_t weight_bytes() const;
 
     // A weight by its GGUF name (e.g. "blk.3.attn_q.weight"), for adapters; nullptr when absent.
@@ -53,6 +54,7 @@ private:
     std::unique_ptr<Vocab> vocab_;
     ggml_backend_dev_t device_ = nullptr;
     int n_threads_ = 1;
+    bool repack_ = true;
 
     ggml_context * ctx_ = nullptr;  // tensor metadata of all weights
     std::vector<ggml_backend_buffer_t> buffers_;

@@ -63,6 +63,14 @@ public:
     // How many adapter matrices' calibration statistics this model has cached (diagnostics and tests:
     // statistics are computed once per matrix content, whichever pool or order it comes in).
     size_t calibration_cache_entries() const;
+    // For a persistent cache of calibration statistics (logo_cpp's disk cache): every statistic this model
+    // holds; what they depend on besides the model file's and the matrices' content (a printable string:
+    // statistics version, generic prompts, device, weight layout); and statistics saved earlier under the same
+    // identity, taken all or none: std::invalid_argument for a non-finite mean or std or a negative std. A
+    // statistic this model already holds keeps its value.
+    std::vector<CalibrationStat> calibration_stats() const;
+    std::string calibration_identity() const;
+    void add_calibration_stats(const std::vector<CalibrationStat> & stats) const;
 
     static std::vector<std::string> available_devices();
     static int default_thread_count();

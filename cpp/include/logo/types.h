@@ -74,6 +74,16 @@ enum class Calibration { none, zscore, spectral, frobenius, zscore_sq };
 // the prompt's tokens after BOS.
 enum class ProbePosition { last, mean };
 
+// One adapter matrix's calibration statistic (zscore, zscore_sq), as a persistent cache keeps it
+// (Model::calibration_stats): the mean and population std of one raw signal over the generic prompts.
+struct CalibrationStat {
+    uint64_t matrix = 0;  // the matrix's content hash: shape, values, scale, block and module (FNV-1a)
+    Signal signal = Signal::norm;
+    ProbePosition position = ProbePosition::last;
+    bool squared = false;  // the statistics of s^2 (zscore_sq) rather than of s
+    double mean = 0, std = 0;
+};
+
 struct RouterOptions {
     int k = 20;
     Signal signal = Signal::norm;
