@@ -56,6 +56,24 @@ def _random_seed() -> int:
 
 _INT32_MAX = 2**31 - 1
 
+# The message roles of OpenAI's Chat Completions API today. "developer" is OpenAI's newer name for system
+# instructions: chat templates (SmolLM2's, chatml, llama-3's) know "system", so it is passed on as "system".
+# "function" (OpenAI's deprecated role for a function's result) and anything else are refused: a template
+# given a role it does not know renders it as plain text or drops it, so the model would see another prompt
+# than the caller meant.
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def chat_role_error(role: Any) -> Optional[str]:
+    """None for a role CHAT_ROLES holds, else what is wrong with it (for ValueError and HTTP 400 messages)."""
+    if isinstance(role, str) and role in CHAT_ROLES:
+        return None
+    accepted = ", ".join(CHAT_ROLES[:-1]) + " or " + CHAT_ROLES[-1]
+    if role == "function":
+        return f"'function' is OpenAI's deprecated role for a function's result; send it as 'tool' (roles: {accepted})"
+    shown = repr(role) if isinstance(role, (str, bytes)) else f"a value of type {type(role).__name__}"
+    return f"{shown[:60]} is not a chat role; use {accepted}"
+
 
 def _file_state(path: str) -> Optional[tuple]:
     try:
@@ -299,7 +317,8 @@ class Model:
     def chat(self, messages: Sequence[Mapping[str, Union[str, bytes]]], *, chat_template: Optional[str] = None,
              **generate_kwargs) -> Union[Completion, Iterator[str]]:
         """Generates the assistant's reply to ``messages`` ({"role", "content"} dicts; str or bytes) with the
-        model's chat template."""
+        model's chat template. Roles are OpenAI's (CHAT_ROLES: system, developer, user, assistant, tool;
+        "developer" reaches the template as "system"); ValueError naming the message for any other."""
         prompt = self._chat_prompt(messages, True, chat_template)
         return self.generate(prompt, **generate_kwargs)
 
@@ -307,7 +326,8 @@ class Model:
                             add_generation_prompt: bool = True, chat_template: Optional[str] = None) -> str:
         """The prompt the model's chat template (or ``chat_template``: a Jinja template or a name libllama
         knows, e.g. "chatml") makes of ``messages``; bytes that are not UTF-8 show as U+FFFD here (chat()
-        passes them to the tokenizer unchanged). ValueError for malformed messages or NUL bytes."""
+        passes them to the tokenizer unchanged). ValueError for malformed messages, a role outside CHAT_ROLES
+        (naming the message, the role and the accepted ones) or NUL bytes."""
         return self._chat_prompt(messages, add_generation_prompt, chat_template).decode("utf-8", errors="replace")
 
     def _chat_prompt(self, messages, add_generation_prompt: bool, chat_template: Optional[str]) -> bytes:
@@ -315,7 +335,12 @@ class Model:
         for i, m in enumerate(messages):
             if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
                 raise ValueError(f"messages[{i}] must be a mapping with 'role' and 'content'")
-            role, content = (m[k] if isinstance(m[k], (str, bytes)) else str(m[k]) for k in ("role", "content"))
+            role = m["role"].decode("utf-8", errors="replace") if isinstance(m["role"], bytes) else m["role"]
+            problem = chat_role_error(role)
+            if problem is not None:
+                raise ValueError(f"messages[{i}]['role']: {problem}")
+            role = "system" if role == "developer" else role
+            content = m["content"] if isinstance(m["content"], (str, bytes)) else str(m["content"])
             pair = (as_bytes(role, f"messages[{i}]['role']"), as_bytes(content, f"messages[{i}]['content']"))
             for key, value in zip(("role", "content"), pair):
                 # libllama's chat template API takes C strings, which end at the first NUL.

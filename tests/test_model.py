@@ -184,6 +184,28 @@ def test_chat_uses_the_models_template(models):
     assert out.tokens == model.generate(prompt, max_tokens=8, temperature=0.0).tokens
 
 
+def test_chat_roles_are_openais(models):
+    """system, developer (as system), user, assistant, tool reach the template; any other role is a ValueError
+    naming the message and the accepted roles, never text the template renders as it likes."""
+    model = models("qwen2-f32.gguf")
+    tool = model.apply_chat_template([{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "call"},
+                                      {"role": "tool", "content": "4"}])
+    assert "<|im_start|>tool\n4<|im_end|>" in tool
+    as_system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    as_developer = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert model.apply_chat_template(as_developer) == model.apply_chat_template(as_system)
+    assert model.apply_chat_template([{"role": b"user", "content": "Hi"}]) == model.apply_chat_template(as_system[1:])
+    for role, fragment in [("wizard", "'wizard' is not a chat role; use system, developer, user, assistant or tool"),
+                           ("function", "send it as 'tool'"), ("USER", "'USER' is not a chat role"),
+                           (3, "a value of type int is not a chat role"), (b"\xff", "is not a chat role")]:
+        messages = [{"role": "user", "content": "Hi"}, {"role": role, "content": "x"}]
+        with pytest.raises(ValueError, match=r"messages\[1\]\['role'\]") as err:
+            model.chat(messages, max_tokens=1)
+        assert fragment in str(err.value)
+        with pytest.raises(ValueError, match="not a chat role|deprecated"):
+            model.apply_chat_template(messages)
+
+
 def test_model_description(models):
     model = models("qwen3-f32.gguf")
     assert model.arch == "qwen3" and model.n_layer == 2 and model.n_embd == 128

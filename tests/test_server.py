@@ -364,7 +364,12 @@ BAD = [
 BAD_CHAT = [
     ({"model": "logo", "messages": []}, 400, "messages", "at least 1 item"),
     ({"model": "logo"}, 400, "messages", "required"),
-    ({"model": "logo", "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages.0.role", None),
+    ({"model": "logo", "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages.0.role",
+     "'wizard' is not a chat role; use system, developer, user, assistant or tool"),
+    ({"model": "logo", "messages": [{"role": "user", "content": "x"}, {"role": "function", "content": "4", "name": "f"}]},
+     400, "messages.1.role", "send it as 'tool'"),
+    ({"model": "logo", "messages": [{"role": "User", "content": "x"}]}, 400, "messages.0.role", "'User' is not a chat role"),
+    ({"model": "logo", "messages": [{"role": 3, "content": "x"}]}, 400, "messages.0.role", "3 is not a chat role"),
     ({"model": "logo", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400,
      "messages.0.content", "only text parts"),
     ({"model": "logo", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, 400,

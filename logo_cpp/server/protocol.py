@@ -295,8 +295,19 @@ class ContentPart(_Body):
 
 class ChatMessage(_Body):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: str  # one of logo_cpp.model.CHAT_ROLES (checked below, with a message naming the accepted ones)
     content: Optional[Union[str, list[ContentPart]]] = None
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _role(cls, v):
+        from ..model import chat_role_error
+
+        problem = chat_role_error(v)
+        if problem is not None:
+            raise ValueError(problem if isinstance(v, str) else f"{_shown(v)} is not a chat role; "
+                             + problem.split("; ", 1)[1])
+        return v
 
     @field_validator("content", mode="before")
     @classmethod
