@@ -293,6 +293,8 @@ class Model:
 
         ``temperature=0`` is greedy. Generation ends at EOS, at ``max_tokens``, or before the first
         ``stop`` string (str or bytes). With ``stream=True`` an iterator yields text pieces as they are final.
+        ``ignore_eos=True`` never samples an end-of-generation token (their logits are masked, as llama-server's
+        ``ignore_eos``), so generation runs to ``max_tokens`` with text all along.
         """
         ids = self._prompt_tokens(prompt)
         kwargs = self._sampling_kwargs(max_tokens, temperature, top_k, top_p, min_p, seed, stop, ignore_eos)

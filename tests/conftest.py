@@ -136,12 +136,18 @@ class LlamaCpp:
         return np.array(self.llm.scores[: len(tokens)], dtype=np.float32)
 
     def greedy(self, tokens, n):
-        """n argmax tokens, end-of-sequence ignored (compared with ignore_eos=True)."""
+        """n argmax tokens over every token but the end-of-generation ones, which llama-server's ignore_eos
+        masks (a -inf logit bias): what ignore_eos=True is compared with."""
+        lc = self.llama_cpp
+        vocab = lc.llama_model_get_vocab(self.llm.model)
+        eog = [t for t in range(lc.llama_vocab_n_tokens(vocab)) if lc.llama_vocab_is_eog(vocab, t)]
         self.llm.reset()
         self.llm.eval(list(tokens))
         out = []
         for _ in range(n):
-            tok = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            scores = np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)
+            scores[eog] = -np.inf
+            tok = int(np.argmax(scores))
             out.append(tok)
             self.llm.eval([tok])
         return out

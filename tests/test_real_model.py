@@ -92,6 +92,22 @@ def test_logits_at_every_position_are_llama_cpps_bit_for_bit(smollm, oracle, pro
     np.testing.assert_array_equal(ours, theirs)
 
 
+def test_ignore_eos_masks_end_of_generation_as_llama_server(smollm, oracle):
+    """A chat answer that ends after 7 tokens: with ignore_eos the end-of-generation tokens are masked (llama-server's
+    -inf logit bias), so the answer goes on with text, token for token llama.cpp's argmax over the other tokens;
+    without it, generation ends there with "eos"."""
+    ids = smollm.tokenize(smollm.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}]),
+                          parse_special=True)
+    ends = smollm.generate(ids, max_tokens=24, temperature=0.0)
+    assert ends.finish_reason == "eos" and len(ends.tokens) < 24
+    out = smollm.generate(ids, max_tokens=24, temperature=0.0, ignore_eos=True)
+    assert out.tokens == oracle.greedy(ids, 24) and out.finish_reason == "length"
+    assert out.tokens[: len(ends.tokens)] == ends.tokens
+    assert not any(smollm._core.is_end_of_generation(t) for t in out.tokens)
+    sampled = smollm.generate(ids, max_tokens=24, temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, seed=5, ignore_eos=True)
+    assert len(sampled.tokens) == 24 and not any(smollm._core.is_end_of_generation(t) for t in sampled.tokens)
+
+
 @pytest.mark.parametrize("prompt", PROMPTS[:2], ids=["plain", "chat"])
 def test_greedy_text_is_llama_cpps(smollm, oracle, prompt):
     ids = smollm.tokenize(prompt, parse_special=True)

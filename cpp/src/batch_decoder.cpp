@@ -75,7 +75,7 @@ RequestEvent BatchDecoder::start(int64_t id, const std::vector<int32_t> & prompt
     const int32_t n_vocab = int32_t(session_.model().hparams().n_vocab);
     RequestEvent event;
     event.id = id;
-    const bool going = request.state.accept(request.state.sampler.sample(logits.data(), n_vocab),
+    const bool going = request.state.accept(request.state.sample(logits.data(), n_vocab, session_.model().vocab()),
                                             session_.model().vocab(), session_.length(slot), n_ctx(), event.text);
     if (!going) {
         mixtures_->clear(slot);
@@ -105,8 +105,8 @@ std::vector<RequestEvent> BatchDecoder::step() {
         s.completion.timings.decode_seconds += elapsed;
         RequestEvent event;
         event.id = running_[size_t(i)].id;
-        const float * row = logits.data() + size_t(i) * size_t(n_vocab);
-        done[size_t(i)] = !s.accept(s.sampler.sample(row, n_vocab), vocab, session_.length(i), n_ctx(), event.text);
+        float * row = logits.data() + size_t(i) * size_t(n_vocab);
+        done[size_t(i)] = !s.accept(s.sample(row, n_vocab, vocab), vocab, session_.length(i), n_ctx(), event.text);
         if (done[size_t(i)]) event = finished_event(running_[size_t(i)], std::move(event.text));
         events.push_back(std::move(event));
     }

@@ -71,7 +71,7 @@ std::vector<Completion> generate(Session & session, const std::vector<std::vecto
         // Prompts differ in length, so each is prefilled as a batch of its own stream.
         std::vector<float> logits = session.evaluate(s, 1, prompts[size_t(s)], false, adapters);
         c.timings.prefill_seconds = seconds_since(t0);
-        active[size_t(s)] = accept(s, seqs[size_t(s)].sampler.sample(logits.data(), n_vocab));
+        active[size_t(s)] = accept(s, seqs[size_t(s)].sample(logits.data(), n_vocab, session.model().vocab()));
     }
 
     // Joint decoding over the span of streams still active. A finished stream inside the span takes a
@@ -105,8 +105,8 @@ std::vector<Completion> generate(Session & session, const std::vector<std::vecto
                 continue;
             }
             seqs[size_t(s)].completion.timings.decode_seconds += elapsed;
-            const float * row = logits.data() + size_t(s - first) * size_t(n_vocab);
-            active[size_t(s)] = accept(s, seqs[size_t(s)].sampler.sample(row, n_vocab));
+            float * row = logits.data() + size_t(s - first) * size_t(n_vocab);
+            active[size_t(s)] = accept(s, seqs[size_t(s)].sample(row, n_vocab, session.model().vocab()));
         }
     }
 

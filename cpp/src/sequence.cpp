@@ -1,6 +1,7 @@
 #include "sequence.h"
 
 #include <algorithm>
+#include <limits>
 
 namespace logo::core {
 
@@ -57,6 +58,15 @@ std::string TextStream::flush() {
 
 SequenceState::SequenceState(const GenerateOptions & options_)
     : options(options_), sampler(options_.sampling), text(options_.stop) {}
+
+int32_t SequenceState::sample(float * logits, int32_t n_vocab, const Vocab & vocab) {
+    if (options.ignore_eos) {
+        for (Token t : vocab.end_of_generation_tokens()) {
+            if (t < n_vocab) logits[t] = -std::numeric_limits<float>::infinity();
+        }
+    }
+    return sampler.sample(logits, n_vocab);
+}
 
 bool SequenceState::accept(int32_t token, const Vocab & vocab, int length, int n_ctx, std::string & fresh) {
     fresh.clear();

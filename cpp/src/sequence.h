@@ -40,6 +40,10 @@ struct SequenceState {
     Completion completion;
     int32_t next = 0;  // the token the next decode step feeds (the last accepted one)
 
+    // Samples the next token from `logits` ([n_vocab], modified): with options.ignore_eos every
+    // end-of-generation token is masked first (logit -inf), so generation never produces one, as llama-server's
+    // ignore_eos (a -inf logit bias on the end-of-generation tokens).
+    int32_t sample(float * logits, int32_t n_vocab, const Vocab & vocab);
     // Takes a sampled token. Returns whether the sequence goes on; otherwise completion.finish_reason is
     // set ("eos", "stop" or "length"). `fresh` receives the text that became final. `length` is the
     // sequence's cache length and `n_ctx` its capacity: a full context ends it with "length".

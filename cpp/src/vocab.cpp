@@ -97,6 +97,9 @@ Vocab::Vocab(const GgufFile & file) : path_(file.path) {
         llama_model_free(model_);
         throw;
     }
+    for (Token t = 0; t < llama_vocab_n_tokens(vocab_); ++t) {
+        if (llama_vocab_is_eog(vocab_, t)) eog_.push_back(t);
+    }
 }
 
 void Vocab::check_special_tokens() const {

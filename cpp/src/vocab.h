@@ -33,6 +33,7 @@ public:
     Token bos() const;
     Token eos() const;
     bool is_end_of_generation(Token token) const;
+    const std::vector<Token> & end_of_generation_tokens() const { return eog_; }  // ascending
     bool adds_bos() const;
 
     // Applies the model's chat template (or `template_override`); throws invalid_argument if unsupported.
@@ -45,6 +46,7 @@ private:
     llama_model * model_ = nullptr;
     const llama_vocab * vocab_ = nullptr;
     std::string path_;
+    std::vector<Token> eog_;  // every end-of-generation token (EOS, EOT, <|im_end|>, ...), for ignore_eos
 };
 
 }  // namespace logo::core

@@ -32,6 +32,8 @@ struct GenerateOptions {
     int max_tokens = 128;
     SamplingParams sampling;
     std::vector<std::string> stop;  // generation ends before the first occurrence of any of these
+    // Never end at an end-of-generation token: they are masked before sampling (logit -inf), as llama-server's
+    // ignore_eos, so exactly max_tokens visible tokens come (unless a stop string or the context ends it).
     bool ignore_eos = false;
 
     void validate() const;
