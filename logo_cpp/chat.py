@@ -152,7 +152,9 @@ class ChatSession:
             stream.close()  # stops the worker at its next token when the consumer left early
             turn.seconds = time.perf_counter() - t0
             text = "".join(pieces)
-            turn.n_generated = len(self.model.tokenize(text, add_special=False)) if text else 0
+            done = getattr(stream, "completion", None)  # the generated token ids: exact, unlike re-tokenizing
+            turn.n_generated = (len(done.tokens) if done is not None
+                                else len(self.model.tokenize(text, add_special=False)) if text else 0)
             self.messages = messages[dropped:] + [{"role": "assistant", "content": text}]
 
 
@@ -384,6 +386,8 @@ def run_chat(args) -> int:
     import logo_cpp
     from . import default_model
 
+    if args.no_adapters and args.adapters:
+        raise ValueError("--no-adapters and --adapters contradict each other: give one")
     model_path, adapter_paths = default_model.model_and_adapters(args.model, args.adapters)
     model = logo_cpp.Model(model_path, n_ctx=args.ctx, device=args.device, n_threads=args.threads)
     pool = logo_cpp.AdapterPool(model, adapter_paths) if adapter_paths and not args.no_adapters else None

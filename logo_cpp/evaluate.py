@@ -121,8 +121,15 @@ def run_eval(args) -> int:
         raise ValueError(f"--batch must be at least 1, got {args.batch}")
     ks = parse_ks(args.ks) if args.ks else (QUICK_KS if args.quick else FULL_KS)
     routers = pick_routers(args.routers)
+    only = None
+    if args.tasks is not None:
+        only = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        if not only:
+            raise ValueError(f"--tasks names no task ({args.tasks!r}): give comma-separated task names")
     # The output directory is made before the run: an unwritable --out fails now, not after the evaluation.
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; the evaluation writes a directory (eval.json, eval.md, plots)")
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise PermissionError(f"--out {str(out)!r} is not writable")
@@ -130,7 +137,6 @@ def run_eval(args) -> int:
     load_before = os.getloadavg()[0]  # the machine's business, for reading the timings
     model = logo_cpp.Model(base, n_ctx=512, n_threads=args.threads)
     pool = logo_cpp.AdapterPool(model, list(adapters.values()), names=list(adapters))
-    only = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     items = load_items(pool, manifest, pool_path, per_task, only)
     table = methods(ks, routers)
     run = run_comparison(model, pool, items, signal_sources(model, pool, routers), table, tasks.score,

@@ -41,6 +41,24 @@ class Completion:
         return self.text
 
 
+class CompletionStream(Iterator[str]):
+    """What ``generate(..., stream=True)`` returns: an iterator of text pieces (str) as they become final.
+    Once it has ended, or was closed early (the generation then stops at its next token), ``completion`` is the
+    Completion of what was generated (token ids, finish_reason, timings), for exact counts: tokenizing the text
+    again need not give the same tokens. None until then, and if generation failed."""
+
+    def __init__(self, pieces: Iterator[str]):
+        self._pieces = pieces
+        self.completion: Optional[Completion] = None
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        """Stops the generation (at its next token) and waits for it; idempotent."""
+        self._pieces.close()
+
+
 def _completion(raw: Mapping[str, Any]) -> Completion:
     return Completion(
         text=raw["text"].decode("utf-8", errors="replace"),
@@ -62,6 +80,24 @@ _INT32_MAX = 2**31 - 1
 # given a role it does not know renders it as plain text or drops it, so the model would see another prompt
 # than the caller meant.
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def _message_text(content: Any, index: int) -> Union[str, bytes]:
+    """A message's content as the template gets it: str or bytes as given, or OpenAI's list of content parts
+    with every part a text part ({"type": "text", "text": str}), joined as the server joins them. TypeError
+    (naming the message) for anything else: str() of None or of a list would reach the model as text."""
+    if isinstance(content, (str, bytes)):
+        return content
+    where = f"messages[{index}]['content']"
+    if isinstance(content, (list, tuple)):
+        texts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, Mapping) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise TypeError(f"{where}[{j}] must be a text part {{'type': 'text', 'text': str}} (only text is "
+                                f"supported), got {part!r:.80}")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise TypeError(f"{where} must be a str, bytes or a list of text parts, got {type(content).__name__}")
 
 
 def chat_role_error(role: Any) -> Optional[str]:
@@ -288,11 +324,12 @@ class Model:
         *,
         ignore_eos: bool = False,
         adapters: Optional[Mapping[str, float]] = None,
-    ) -> Union[Completion, Iterator[str]]:
+    ) -> Union[Completion, "CompletionStream"]:
         """Generates a continuation of ``prompt`` (str, bytes passed to the tokenizer unchanged, or token ids).
 
         ``temperature=0`` is greedy. Generation ends at EOS, at ``max_tokens``, or before the first
-        ``stop`` string (str or bytes). With ``stream=True`` an iterator yields text pieces as they are final.
+        ``stop`` string (str or bytes). With ``stream=True`` a CompletionStream yields text pieces as they are
+        final, and holds the Completion once it has ended.
         ``ignore_eos=True`` never samples an end-of-generation token (their logits are masked, as llama-server's
         ``ignore_eos``), so generation runs to ``max_tokens`` with text all along.
         """
@@ -309,7 +346,11 @@ class Model:
                        top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, seed: Optional[int] = None,
                        stop: Union[str, bytes, Sequence[Union[str, bytes]], None] = None, *,
                        ignore_eos: bool = False) -> list[Completion]:
-        """Generates for several prompts at once: one graph evaluation per step for all of them."""
+        """Generates for several prompts at once: one graph evaluation per step for all of them. ``prompts`` is
+        a sequence of prompts (each str, bytes or token ids); TypeError for a single str or bytes, which would
+        otherwise be read as one prompt per character."""
+        if isinstance(prompts, (str, bytes)):
+            raise TypeError("prompts must be a list of prompts; for one prompt (a str or bytes) use generate()")
         if len(prompts) == 0:
             raise ValueError("prompts is empty")
         ids = [self._prompt_tokens(p) for p in prompts]
@@ -342,7 +383,7 @@ class Model:
             if problem is not None:
                 raise ValueError(f"messages[{i}]['role']: {problem}")
             role = "system" if role == "developer" else role
-            content = m["content"] if isinstance(m["content"], (str, bytes)) else str(m["content"])
+            content = _message_text(m["content"], i)
             pair = (as_bytes(role, f"messages[{i}]['role']"), as_bytes(content, f"messages[{i}]['content']"))
             for key, value in zip(("role", "content"), pair):
                 # libllama's chat template API takes C strings, which end at the first NUL.
@@ -402,6 +443,9 @@ class Model:
             raise ValueError(f"max_tokens must be an integer in [0, {_INT32_MAX}], got {max_tokens!r}")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= _INT32_MAX:
             raise ValueError(f"top_k must be an integer in [0, {_INT32_MAX}] (0 disables it), got {top_k!r}")
+        for name, value in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r:.40}")
         if not (float(temperature) >= 0 and np.isfinite(temperature)):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
         if not 0 < float(top_p) <= 1:
@@ -420,7 +464,7 @@ class Model:
             raw = session.generate(prompts, on_text=on_text, **kwargs)
         return [_completion(r) for r in raw]
 
-    def _stream(self, prompts: list[list[int]], kwargs: dict) -> Iterator[str]:
+    def _stream(self, prompts: list[list[int]], kwargs: dict) -> "CompletionStream":
         """Runs generation on a worker thread; pieces travel through a queue to the consumer."""
         pieces: "queue.Queue[tuple[str, Any]]" = queue.Queue()
         cancelled = threading.Event()
@@ -454,11 +498,17 @@ class Model:
                     elif kind == "error":
                         raise value
                     else:
+                        stream.completion = value[0]
                         if pending:
                             yield pending.decode("utf-8", errors="replace")
                         return
             finally:
                 cancelled.set()
                 worker.join()
+                while stream.completion is None and not pieces.empty():  # stopped early: what was generated
+                    kind, value = pieces.get()
+                    if kind == "done":
+                        stream.completion = value[0]
 
-        return iterate()
+        stream = CompletionStream(iterate())
+        return stream

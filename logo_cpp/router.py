@@ -119,10 +119,11 @@ class Router:
 
     def generate_batch(self, prompts: Sequence[Prompt], max_tokens: int = 128, **kwargs) -> list[Completion]:
         """Routes each prompt on its own, then decodes all instances together, each with its own mixture:
-        one graph evaluation per step for the whole batch."""
+        one graph evaluation per step for the whole batch. TypeError for a single str or bytes (use generate())."""
+        if isinstance(prompts, (str, bytes)):
+            raise TypeError("prompts must be a list of prompts; for one prompt (a str or bytes) use generate()")
         if len(prompts) == 0:
             raise ValueError("prompts is empty")
-        routings = [self.route(p) for p in prompts]
         model = self.model
         ids = [model._prompt_tokens(p) for p in prompts]
         seed = kwargs.pop("seed", None)
@@ -133,7 +134,8 @@ class Router:
         if kwargs:
             raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
         run = model._sampling_kwargs(max_tokens, sampling["temperature"], sampling["top_k"], sampling["top_p"],
-                                     sampling["min_p"], seed, stop, ignore_eos)
+                                     sampling["min_p"], seed, stop, ignore_eos)  # checked before any routing
+        routings = [self.route(p) for p in prompts]
         run.update(pool=self.pool._core, selections=[list(zip(r.indices, map(float, r.weights))) for r in routings])
         outs = model._run(ids, run)
         for out, routing in zip(outs, routings):

@@ -268,6 +268,32 @@ def test_prompts_and_names_of_the_wrong_type(model):
         model.logits(None)
 
 
+def test_sampling_numbers_of_the_wrong_type_name_the_argument(model):
+    for name in ("temperature", "top_p", "min_p"):
+        for value in ("0", None, True):
+            with pytest.raises(TypeError, match=f"{name} must be a number"):
+                model.generate("Hello", max_tokens=1, **{name: value})
+
+
+def test_generate_batch_refuses_a_single_string(model):
+    # A str is a sequence of characters: it would run one prompt per character.
+    for prompts in ("abc", b"abc"):
+        with pytest.raises(TypeError, match="for one prompt .* use generate"):
+            model.generate_batch(prompts, max_tokens=1)
+
+
+def test_chat_content_is_text_or_text_parts(model):
+    text = model.apply_chat_template([{"role": "user", "content": "Hello there"}])
+    parts = [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]
+    assert model.apply_chat_template([{"role": "user", "content": parts}]) == text  # joined as the server does
+    for content, where in ((None, r"messages\[0\]\['content'\] must be"),
+                           (5, r"messages\[0\]\['content'\] must be"),
+                           ([{"type": "image_url", "image_url": {"url": "x"}}], r"messages\[0\]\['content'\]\[0\]"),
+                           (["Hello"], r"messages\[0\]\['content'\]\[0\] must be a text part")):
+        with pytest.raises(TypeError, match=where):
+            model.chat([{"role": "user", "content": content}], max_tokens=1)
+
+
 def test_pool_arguments_of_the_wrong_type(model, adapter_dir):
     pool = logo_cpp.AdapterPool(model)
     for paths in (None, 5, b"x.gguf"):

@@ -142,6 +142,9 @@ def test_inspect_says_what_is_wrong_with_a_bad_file(model_dir, tmp_path, kind, m
     (["bench", "--types", "q3"], "--types: unknown weight type 'q3'"),
     (["serve", "--model", "{model}", "--port", "99999"], "--port must be in 0..65535"),
     (["eval", "--per-task", "1", "--out", "/proc/nope/eval"], "/proc/nope"),  # refused before the run, not after
+    (["eval", "--per-task", "1", "--tasks", ","], "--tasks names no task"),
+    (["eval", "--per-task", "1", "--out", "{model}"], "is a file; the evaluation writes a directory"),
+    (["chat", "-m", "{model}", "-a", "{adapters}", "--no-adapters"], "--no-adapters and --adapters contradict"),
     (["bench", "logo", "--type", "f8"], "--type: unknown weight type 'f8'"),
 ])
 def test_user_mistakes_are_one_line(files, broken_dir, tmp_path, args, message):
@@ -161,6 +164,10 @@ def test_user_mistakes_are_one_line(files, broken_dir, tmp_path, args, message):
     (["run", "-p", "hi", "--threads", "0"], "--threads/-t"),
     (["chat", "--ctx", "0"], "--ctx"),
     (["demo", "--threads", "0"], "--threads/-t"),
+    (["run", "-p", "hi", "--max-tokens", "-1"], "--max-tokens/-n"),
+    (["run", "-p", "hi", "--temperature", "nan"], "--temperature"),
+    (["run", "-p", "hi", "--temperature", "-1"], "--temperature"),
+    (["route", "-p", "hi", "--router", "random", "--seed", "-1"], "--seed"),
 ])
 def test_counts_out_of_range_name_the_flag(tmp_path, args, flag):
     # Refused by the argument parser before anything loads: the flag as the user typed it, not a Python name.

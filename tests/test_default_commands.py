@@ -237,7 +237,7 @@ def test_eval_and_demo_refuse_bad_arguments_before_loading_anything():
                           (("eval", "--ks", "1,0"), "'0' is not a positive integer"),
                           (("eval", "--per-task", "0"), "--per-task must be at least 1"),
                           (("demo", "--n", "0"), "--n must be at least 1"),
-                          (("demo", "--k", "-1"), "--k must be at least 1"),
+                          (("demo", "--k", "-1"), "argument --k: expected an integer in [1, "),
                           (("chat", "--bogus"), "unrecognized arguments: --bogus")):
         out = cli(*args, timeout=120)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)

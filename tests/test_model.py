@@ -158,9 +158,23 @@ def test_sampling_is_seeded_and_streaming_matches(models):
     c = model.generate(PROMPTS[0], seed=8, **kw)
     assert a.tokens == b.tokens
     assert a.tokens != c.tokens
-    streamed = "".join(model.generate(PROMPTS[0], seed=7, stream=True, **kw))
-    assert streamed == a.text
+    stream = model.generate(PROMPTS[0], seed=7, stream=True, **kw)
+    assert stream.completion is None  # not before it has run
+    assert "".join(stream) == a.text
+    assert stream.completion.tokens == a.tokens and stream.completion.finish_reason == "length"
     assert a.timings.n_generated == 24 and a.timings.decode_tokens_per_second > 0
+
+
+def test_a_stream_closed_early_holds_what_was_generated(models):
+    model = models("llama-f32.gguf")
+    full = model.generate(PROMPTS[0], max_tokens=30, temperature=0.0, ignore_eos=True)
+    stream = model.generate(PROMPTS[0], max_tokens=30, temperature=0.0, ignore_eos=True, stream=True)
+    first = next(stream)
+    stream.close()
+    stream.close()  # idempotent
+    done = stream.completion
+    assert done is not None and 1 <= len(done.tokens) < 30
+    assert done.tokens == full.tokens[:len(done.tokens)] and full.text.startswith(first)
 
 
 def test_stop_strings_end_generation_before_them(models):
