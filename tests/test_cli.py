@@ -28,7 +28,7 @@ def test_run_streams_the_answer_and_shows_the_routing(files, tmp_path):
 
 def test_run_json(files, tmp_path):
     model, adapters = files
-    out = cli("run", "-m", model, "-a", adapters / "math.gguf", adapters / "sql.gguf", "-p", "Hello", "-n", "6",
+    out = cli("run", "-m", model, "-a", adapters / "math.gguf", adapters / "sql.gguf", "-p", "Hello", "-n", "6", "--k", "2",
               "--json", "--signal", "entropy", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
