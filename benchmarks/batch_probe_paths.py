@@ -119,7 +119,7 @@ def report(res: dict) -> str:
     # Every build against the reference, and the later ones against the second build as well.
     pairs = [(ref, n) for n in names[1:]] + [(names[1], n) for n in names[2:]]
     lines = [f"# Batched and probe paths, builds side by side ({res['model']})", "",
-             f"{res['machine']}; {res['threads']} threads, default OpenMP policy; {len(res['rounds'])} rounds, each "
+             f"{res['machine']} Default OpenMP policy; {len(res['rounds'])} rounds, each "
              f"running every build once in a rotating order (load average 1/5/15 min before "
              f"{'/'.join(f'{x:.2f}' for x in res['load_before'])}, after "
              f"{'/'.join(f'{x:.2f}' for x in res['load_after'])}). {res['n_adapters']} adapters "
@@ -188,7 +188,8 @@ def main(argv=None):
 
     res = {"machine": common.describe_machine(common.machine_info(args.threads)), "model": Path(args.model).name,
            "threads": args.threads, "k": args.k, "batch": args.batch, "decode": args.decode,
-           "adapters": str(args.adapters), "load_before": os.getloadavg(), "rounds": [],
+           "adapters": os.path.relpath(args.adapters, REPO) if Path(args.adapters).resolve().is_relative_to(REPO)
+           else str(args.adapters), "load_before": os.getloadavg(), "rounds": [],
            "builds": [{"name": n, "python": p, "env": e, "what": (args.what[i] if i < len(args.what) else "")}
                       for i, (n, p, e) in enumerate(args.build)],
            "command": " ".join(sys.argv)}
