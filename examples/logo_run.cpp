@@ -1,7 +1,8 @@
 // logo-run: prompt in, routed answer streamed out, routing printed. Uses only the public API.
 //
-//   logo-run MODEL.gguf ADAPTERS_DIR_OR_FILE... -p "prompt" [-k 3] [-n 64] [--threads N]
+//   logo-run MODEL.gguf ADAPTERS_DIR_OR_FILE... -p "prompt" [-k 1] [-n 64] [--threads N]
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -18,17 +19,35 @@ static int usage() {
     return 2;
 }
 
+// The whole text as an integer in [lo, hi], or false: atoi would read "abc" as 0 and wrap huge values.
+static bool parse_int(const std::string & text, long lo, long hi, int & out) {
+    if (text.empty()) return false;
+    char * end = nullptr;
+    errno = 0;
+    const long value = std::strtol(text.c_str(), &end, 10);
+    if (errno != 0 || *end != '\0' || value < lo || value > hi) return false;
+    out = int(value);
+    return true;
+}
+
 int main(int argc, char ** argv) {
     std::string model_path, prompt;
     std::vector<std::string> adapters;
-    int k = 3, max_tokens = 64, threads = 0;
+    int k = 1, max_tokens = 64, threads = 0;  // k = 1: as logo-cpp run, chat and serve
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
+        auto count = [&](int & out, long lo, const char * what) {
+            const std::string text = next();
+            if (parse_int(text, lo, 2147483647L, out)) return true;
+            std::cerr << "logo-run: " << arg << " takes " << what << " (an integer >= " << lo << "), got '" << text
+                      << "'\n";
+            return false;
+        };
         if (arg == "-p") prompt = next();
-        else if (arg == "-k") k = std::atoi(next().c_str());
-        else if (arg == "-n") max_tokens = std::atoi(next().c_str());
-        else if (arg == "--threads") threads = std::atoi(next().c_str());
+        else if (arg == "-k") { if (!count(k, 1, "the number of adapters per prompt")) return 2; }
+        else if (arg == "-n") { if (!count(max_tokens, 0, "the most tokens to generate")) return 2; }
+        else if (arg == "--threads") { if (!count(threads, 0, "CPU threads (0: one per core)")) return 2; }
         else if (model_path.empty()) model_path = arg;
         else adapters.push_back(arg);
     }
@@ -77,8 +96,10 @@ int main(int argc, char ** argv) {
         for (const auto & [name, weight] : logo::describe(routing, pool)) {
             std::fprintf(stderr, "  %-20s %.3f\n", name.c_str(), weight);
         }
-        std::fprintf(stderr, "%d tokens, %.1f tokens/s, finish: %s\n", completion.timings.n_generated,
-                     completion.timings.decode_tokens_per_second(), completion.finish_reason.c_str());
+        const int n = completion.timings.n_generated;
+        std::fprintf(stderr, "%d token%s", n, n == 1 ? "" : "s");
+        if (n > 1) std::fprintf(stderr, ", %.1f tokens/s", completion.timings.decode_tokens_per_second());
+        std::fprintf(stderr, ", finish: %s\n", completion.finish_reason.c_str());
         return 0;
     } catch (const std::exception & e) {
         std::cerr << "logo-run: error: " << e.what() << "\n";

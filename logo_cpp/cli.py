@@ -238,7 +238,9 @@ def cmd_inspect(args) -> int:
 def cmd_convert(args) -> int:
     from .convert import convert
 
-    out = args.out or Path(Path(args.peft_dir).resolve().name + ".gguf")
+    given = Path(args.peft_dir).resolve()
+    # The adapter's name is its directory's, also when the user points at the safetensors file inside it.
+    out = args.out or Path((given.parent.name if given.suffix == ".safetensors" else given.name) + ".gguf")
     result = convert(args.peft_dir, out, args.base, outtype=args.outtype, task_name=args.task_name)
     folded = (f"; {len(result.folded)} matrices carry their own PEFT scale in lora_b (alpha_pattern/use_rslora)"
               if result.folded else "")

@@ -154,6 +154,15 @@ def test_invalid_model_arguments(model_dir, kwargs, name):
         logo_cpp.Model(model_dir / "llama-f32.gguf", **kwargs)
 
 
+def test_gpu_is_offered_only_where_there_is_one(model_dir):
+    if logo_cpp.available_devices() != ["CPU"]:  # a GPU build: 'gpu' names its GPU
+        assert logo_cpp.Model(model_dir / "llama-f32.gguf", device="gpu").device != "CPU"
+        return
+    with pytest.raises(ValueError, match="device 'gpu' is not available; .*no GPU") as info:
+        logo_cpp.Model(model_dir / "llama-f32.gguf", device="gpu")
+    assert "'gpu')" not in str(info.value)
+
+
 def test_bad_chat_messages(model):
     with pytest.raises(ValueError, match="messages"):
         model.chat([])

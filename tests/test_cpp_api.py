@@ -65,6 +65,14 @@ def test_example_reports_bad_input(example, model_dir, broken_dir):
     assert out.returncode == 1 and "logo-run: error:" in out.stderr and "lora_a has shape" in out.stderr
 
 
+@pytest.mark.parametrize("flag,value", [("-k", "abc"), ("-k", "0"), ("-k", "99999999999999"), ("-n", "-1"),
+                                        ("--threads", "2x")])
+def test_example_refuses_counts_that_are_not_integers_in_range(example, model_dir, adapter_dir, flag, value):
+    out = subprocess.run([example, model_dir / "llama-f32.gguf", adapter_dir, "-p", "Hi", flag, value],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and f"logo-run: {flag} takes" in out.stderr and f"got '{value}'" in out.stderr
+
+
 def test_one_model_many_threads_each_with_its_own_context(model_dir, adapter_dir):
     model = logo_cpp.Model(model_dir / "llama-q8_0.gguf", n_ctx=256, n_threads=1)
     pool = _core.AdapterPool(model._core)

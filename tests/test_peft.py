@@ -454,6 +454,9 @@ def test_cli_convert_inspect_and_run(model_dir, tmp_path):
     assert (tmp_path / "my-adapter.gguf").exists()
     assert "wrote my-adapter.gguf: llama LoRA, 12 matrices, f32, alpha" in out.stdout
     assert "3 matrices carry their own PEFT scale in lora_b" in out.stdout  # the rank-2 k_proj of 3 layers
+    (tmp_path / "my-adapter.gguf").unlink()
+    out = cli("convert", directory / "adapter_model.safetensors", "--base", base, cwd=tmp_path)
+    assert out.returncode == 0 and "wrote my-adapter.gguf" in out.stdout, out.stderr  # the directory's name
     out = cli("convert", directory, "-o", tmp_path / "q.gguf", "--base", base, "--outtype", "q8_0", "--task-name",
               "sums", cwd=tmp_path)
     assert out.returncode == 0, out.stderr

@@ -53,8 +53,12 @@ ggml_backend_dev_t select_device(const std::string & request) {
     if (want == "auto") return cpu_device();
     std::string listed;
     for (const auto & n : available_devices()) listed += (listed.empty() ? "" : ", ") + n;
+    bool has_gpu = false;
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) has_gpu = has_gpu || is_gpu(ggml_backend_dev_get(i));
+    // 'gpu' is offered only where it names a device: a CPU-only build must not suggest it.
     throw std::invalid_argument("device '" + request + "' is not available; this build of ggml offers: " + listed +
-                                " (or 'auto', 'cpu', 'gpu')");
+                                (has_gpu ? " (or 'auto', 'cpu', 'gpu')"
+                                         : " (or 'auto', 'cpu'; no GPU: this build of ggml has no GPU backend)"));
 }
 
 void set_backend_threads(ggml_backend_t backend, int n_threads) {
