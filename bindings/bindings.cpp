@@ -166,7 +166,11 @@ NB_MODULE(_core, m) {
         .def_prop_ro("eos", [](const logo::Model & m) { return m.info().eos; })
         .def("tokenize",
              [](const logo::Model & m, const nb::bytes & text, bool add_special, bool parse_special) {
-                 return m.tokenize(from_bytes(text), add_special, parse_special);
+                 std::string s = from_bytes(text);
+                 // Megabytes of text take seconds: other Python threads (the server's event loop) run meanwhile.
+                 // libllama's tokenizer only reads the vocabulary, so concurrent calls are safe.
+                 nb::gil_scoped_release release;
+                 return m.tokenize(s, add_special, parse_special);
              },
              "text"_a, "add_special"_a = true, "parse_special"_a = false)
         .def("detokenize",
@@ -181,7 +185,13 @@ NB_MODULE(_core, m) {
                 bool add_generation_prompt, const nb::bytes & chat_template) {
                  std::vector<logo::ChatMessage> chat;
                  for (const auto & [role, content] : messages) chat.push_back({from_bytes(role), from_bytes(content)});
-                 return as_bytes(m.apply_chat_template(chat, add_generation_prompt, from_bytes(chat_template)));
+                 const std::string tmpl = from_bytes(chat_template);
+                 std::string text;
+                 {
+                     nb::gil_scoped_release release;  // as tokenize: long conversations format off the GIL
+                     text = m.apply_chat_template(chat, add_generation_prompt, tmpl);
+                 }
+                 return as_bytes(text);
              },
              "messages"_a, "add_generation_prompt"_a = true, "template"_a = nb::bytes(""));
 

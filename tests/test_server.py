@@ -10,11 +10,13 @@ import concurrent.futures
 import http.client
 import inspect
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -57,6 +59,9 @@ def test_models_health_and_adapter_list(served, adapter_dir):
     assert body["status"] == "ok" and body["slots_total"] == 8
     status, listed, _ = request(served, "GET", "/lora-adapters")
     assert status == 200 and [a["name"] for a in listed] == names and [a["id"] for a in listed] == list(range(len(names)))
+    # No adapter has a global scale (llama-server's "scale" is the one a request without `lora` gets; 0.0 reads as
+    # "disabled"): each request's model id or adapters/lora decides.
+    assert all(a["scale"] is None for a in listed)
 
 
 def _complete(served, stream, **kw):
@@ -359,6 +364,23 @@ BAD = [
     ({"prompt": "x", "logo": {"calibration": "magic"}}, 400, "logo.calibration", "unknown calibration 'magic'"),
     ({"prompt": "x", "logo": {"k": 2}, "adapters": {"sql": 1.0}}, 400, "logo", "routed requests"),
     ({"prompt": "x", "model": "base", "logo": {"k": 2}}, 400, "logo", "routed requests"),
+    # Booleans are JSON booleans (pydantic's lax mode read "yes" and 1 as true)
+    ({"prompt": "x", "stream": "yes"}, 400, "stream", 'must be true or false, got "yes"'),
+    ({"prompt": "x", "ignore_eos": "yes"}, 400, "ignore_eos", 'must be true or false, got "yes"'),
+    ({"prompt": "x", "ignore_eos": 1}, 400, "ignore_eos", "must be true or false, got 1"),
+    ({"prompt": "x", "echo": "false"}, 400, "echo", "must be true or false"),
+    ({"prompt": "x", "stream_options": {"include_usage": "yes"}}, 400, "stream_options.include_usage", "true or false"),
+    # Integers fit the runtime's int32, with one message whether written 10**30 or 1e30
+    ({"prompt": "x", "max_tokens": 10 ** 30}, 400, "max_tokens", "less than or equal to 2147483647"),
+    (b'{"prompt": "x", "max_tokens": 1e30}', 400, "max_tokens", "less than or equal to 2147483647"),
+    ({"prompt": "x", "top_k": 2 ** 31}, 400, "top_k", "less than or equal to 2147483647"),
+    ({"prompt": "x", "logo": {"k": 1e12}}, 400, "logo.k", "less than or equal to 2147483647"),
+    # Unknown top-level fields are refused (OpenAI's API does the same), with a hint for known mix-ups
+    ({"prompt": "x", "temperatur": 0.5}, 400, "temperatur", "not a parameter this server knows"),
+    ({"prompt": "x", "n_predict": 5}, 400, "n_predict", "use max_tokens"),
+    ({"prompt": "x", "max_completion_tokens": 5}, 400, "max_completion_tokens", "use max_tokens"),
+    ({"prompt": "x", "messages": []}, 400, "messages", "POST /v1/chat/completions"),
+    ({"prompt": "x", "repeat_penalty": "1.1"}, 400, "repeat_penalty", 'must be a number, got "1.1"'),
 ]
 
 BAD_CHAT = [
@@ -389,7 +411,24 @@ BAD_CHAT = [
     ({"model": "logo", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": "8"}, 400,
      "max_completion_tokens", 'must be an integer, got "8"'),
     ({"model": "logo", "messages": [{"role": "user", "content": "x"}], "response_format": "json"}, 400,
-     "response_format", "should be a JSON object"),
+     "response_format", "not supported"),
+    ({"model": "logo", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}},
+     400, "response_format", "not supported"),
+    # content is required but for assistant messages (OpenAI's API); null is the same as missing
+    ({"model": "logo", "messages": [{"role": "user"}]}, 400, "messages.0.content", "a required field is missing"),
+    ({"model": "logo", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": None}]}, 400,
+     "messages.1.content", "a user message needs content"),
+    ({"model": "logo", "messages": [{"role": "user", "content": "x"}, {"role": "tool"}]}, 400, "messages.1.content",
+     "required"),
+    ({"model": "logo", "messages": [{"role": "user", "content": "x"},
+                                    {"role": "assistant", "tool_calls": [{"id": "c", "type": "function"}]}]}, 400,
+     "messages.1.tool_calls", "not supported"),
+    ({"model": "logo", "messages": [{"role": "user", "content": "x"}], "max_tokens": 8, "max_completion_tokens": 16},
+     400, "max_completion_tokens", "max_tokens (8) and max_completion_tokens (16) differ"),
+    ({"model": "logo", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 1e30}, 400,
+     "max_completion_tokens", "less than or equal to 2147483647"),
+    ({"model": "logo", "messages": [{"role": "user", "content": "x"}], "prompt": "x"}, 400, "prompt",
+     "POST /v1/completions"),
 ]
 
 
@@ -546,6 +585,7 @@ def test_logo_cpp_serve_command(model_dir, adapter_dir, tmp_path):
         out, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, err
     assert "logo-cpp serve:" in out and "7 adapters, 2 slots of 128 tokens (pooled mixtures)" in out
+    assert "routing statistics ready in" in out  # computed before the server took requests
 
 
 def test_logo_cpp_serve_reports_bad_arguments(model_dir, tmp_path):
@@ -558,3 +598,285 @@ def test_logo_cpp_serve_reports_bad_arguments(model_dir, tmp_path):
     assert out.returncode == 2 and "--parallel must be positive" in out.stderr
     env = dict(os.environ)
     assert env  # the environment reaches the child unchanged
+
+
+# -- parameters that would change the answer are refused, never ignored ---------------------------------------------
+
+# (field, a value that changes the answer in OpenAI's API or llama-server's)
+CHANGES_THE_ANSWER = [
+    ("repeat_penalty", 1.1), ("repetition_penalty", 1.2), ("presence_penalty", 0.5), ("frequency_penalty", -0.5),
+    ("grammar", 'root ::= "a"'), ("json_schema", {"type": "object"}), ("typical_p", 0.5), ("mirostat", 2),
+    ("n_probs", 3), ("dry_multiplier", 0.8), ("xtc_probability", 0.5), ("samplers", ["top_k", "temperature"]),
+    ("top_n_sigma", 1.0), ("dynatemp_range", 0.5), ("min_keep", 5), ("logit_bias", {"5": 10}), ("logprobs", 2),
+    ("functions", [{"name": "f", "parameters": {}}]), ("function_call", {"name": "f"}), ("tool_choice", "required"),
+    ("tools", [{"type": "function", "function": {"name": "f"}}]), ("reasoning_effort", "high"),
+    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
+    ("chat_template_kwargs", {"enable_thinking": True}), ("t_max_predict_ms", 10),
+]
+# Fields that change nothing here (metadata, hints, neutral values, settings of samplers that are off)
+NO_EFFECT = {"user": "u-1", "metadata": {"app": "test"}, "store": False, "service_tier": "auto",
+             "parallel_tool_calls": True, "stream_options": None, "repeat_penalty": 1.0, "typical_p": 1, "mirostat": 0,
+             "mirostat_tau": 5.0, "mirostat_eta": 0.1, "presence_penalty": 0, "frequency_penalty": 0.0, "n_probs": 0,
+             "dry_multiplier": 0, "dry_base": 1.75, "xtc_probability": 0, "xtc_threshold": 0.1, "logit_bias": {},
+             "grammar": "", "tool_choice": "none", "tools": [], "response_format": {"type": "text"},
+             "cache_prompt": True, "prompt_cache_key": "k", "repeat_last_n": 64, "top_logprobs": 0}
+
+
+@pytest.mark.parametrize("field,value", CHANGES_THE_ANSWER, ids=[f for f, _ in CHANGES_THE_ANSWER])
+def test_parameters_that_change_the_answer_are_refused_naming_them(served, field, value):
+    c = client(served)
+    with pytest.raises(openai.BadRequestError) as info:
+        c.chat.completions.create(model="base", messages=[{"role": "user", "content": "x"}], max_tokens=2,
+                                  extra_body={field: value})
+    assert info.value.body["param"] == field and "not supported" in info.value.body["message"], info.value.body
+    assert info.value.body["code"] == "unsupported_parameter"
+    with pytest.raises(openai.BadRequestError) as info:
+        c.completions.create(model="base", prompt="x", max_tokens=2, extra_body={field: value})
+    assert info.value.body["param"] == field and "not supported" in info.value.body["message"], info.value.body
+
+
+def test_parameters_without_effect_are_accepted_and_change_nothing(served):
+    c = client(served)
+    plain = c.chat.completions.create(model="base", messages=[{"role": "user", "content": "the cat"}], max_tokens=8,
+                                      temperature=0)
+    same = c.chat.completions.create(model="base", messages=[{"role": "user", "content": "the cat", "name": "ann"}],
+                                     max_tokens=8, temperature=0, max_completion_tokens=8, extra_body=NO_EFFECT)
+    assert same.choices[0].message.content == plain.choices[0].message.content
+    plain = c.completions.create(model="base", prompt="the cat", max_tokens=8, temperature=0)
+    same = c.completions.create(model="base", prompt="the cat", max_tokens=8.0, temperature=0, extra_body=NO_EFFECT)
+    assert same.choices[0].text == plain.choices[0].text
+    # An assistant message may have no content (OpenAI's API: it had tool calls); the others may not.
+    r = c.chat.completions.create(model="base", max_tokens=2, messages=[
+        {"role": "user", "content": "x"}, {"role": "assistant", "content": None}, {"role": "user", "content": "y"}])
+    assert r.usage.completion_tokens <= 2
+
+
+def test_unknown_parameters_are_refused(served):
+    with pytest.raises(openai.BadRequestError) as info:
+        client(served).completions.create(model="base", prompt="x", extra_body={"top_a": 0.5})
+    body = info.value.body
+    assert body["param"] == "top_a" and body["code"] == "unknown_parameter"
+    assert "'top_a' is not a parameter this server knows" in body["message"]
+
+
+# -- startup, admission, body size, shutdown ---------------------------------------------------------------------
+
+def test_routing_statistics_are_computed_at_startup(model_dir, adapter_dir):
+    """The calibrated router's per-adapter statistics (seconds on a real model) are computed before the server
+    takes requests, for every per-request signal and statistical calibration: no request computes any."""
+    with running_server(model_dir / "llama-f32.gguf", adapter_dir, n_slots=2, k=K) as bg:
+        core = bg.server.model._core
+        held = len(core.calibration_stats())
+        assert held > 0 and bg.server.warm_up_seconds is not None
+        assert {(r.signal, r.calibration) for r in bg.server.warm_up_routes} == {
+            (s, c) for s in ("norm", "entropy") for c in ("zscore", "zscore_sq")}
+        for options in ({}, {"logo": {"signal": "entropy"}}, {"logo": {"calibration": "zscore", "k": 1}},
+                        {"logo": {"signal": "entropy", "calibration": "zscore", "probe": "all"}}):
+            r = client(bg).completions.create(model="logo", prompt="the dog", max_tokens=2, extra_body=options)
+            assert r.model_extra["routing"]["method"] == "logo"
+            assert len(core.calibration_stats()) == held, options  # nothing computed in the request path
+    with running_server(model_dir / "llama-f32.gguf", adapter_dir, n_slots=2, k=K, warm_up=False) as bg:
+        assert len(bg.server.model._core.calibration_stats()) == 0 and bg.server.warm_up_seconds is None
+    with running_server(model_dir / "llama-f32.gguf", adapter_dir, n_slots=2, calibration="none") as bg:
+        assert len(bg.server.model._core.calibration_stats()) == 0  # the raw signal needs no statistics
+
+
+def _gate_admission(engine):
+    """Makes the engine's next admissions wait (inside routing, as a slow first route did) until released."""
+    entered, release = threading.Event(), threading.Event()
+    original = engine._mixture
+
+    def slow(job):
+        entered.set()
+        release.wait(TIMEOUT)
+        return original(job)
+
+    engine._mixture = slow
+    return entered, release
+
+
+def test_a_request_being_started_holds_its_slot(model_dir, adapter_dir):
+    """--parallel 1 --queue 0: while the one slot's request is being routed, /health says so and a second
+    request is refused (it used to be accepted, and a third got "0 requests are running and 1 are waiting")."""
+    with running_server(model_dir / "llama-f32.gguf", adapter_dir, n_slots=1, max_queue=0, n_ctx=1024) as bg:
+        entered, release = _gate_admission(bg.server.engine)
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            first = ex.submit(request, bg, "POST", "/v1/completions", {"model": "logo", "prompt": "the dog",
+                                                                        "max_tokens": 3})
+            try:
+                assert entered.wait(TIMEOUT)
+                assert health(bg) == {"status": "ok", "slots_total": 1, "slots_busy": 1, "waiting": 0,
+                                      "queue_limit": 0}
+                code, payload, _ = request(bg, "POST", "/v1/completions", body={"model": "base", "prompt": "x"})
+                _check_error(code, payload, 503, None,
+                             "1 of 1 slots are running requests and 0 requests are waiting (queue limit 0)")
+            finally:
+                release.set()
+            code, payload, _ = first.result(TIMEOUT)
+        assert code == 200 and payload["usage"]["completion_tokens"] <= 3
+        wait_until(lambda: health(bg)["slots_busy"] == 0, what="the slot to be free")
+
+        # A client that goes away while its request is being started frees the slot once it has started.
+        entered, release = _gate_admission(bg.server.engine)
+        sock = _send_raw(bg, {"model": "logo", "prompt": "the dog", "max_tokens": 900, "ignore_eos": True})
+        assert entered.wait(TIMEOUT)
+        sock.close()
+        wait_until(lambda: bg.server.engine._cancelled, what="the cancellation to reach the engine")
+        release.set()
+        wait_until(lambda: health(bg)["slots_busy"] == 0, what="the abandoned request's slot to be freed")
+        assert bg.server.engine.stats["cancelled"] == 1
+
+
+def test_a_body_over_the_limit_gets_413(model_dir):
+    from logo_cpp.server.app import default_max_body_bytes
+
+    assert default_max_body_bytes(2048) == 2**20 and default_max_body_bytes(8192) == 4 * 2**20
+    with running_server(model_dir / "llama-f32.gguf", n_slots=1) as bg:  # n_ctx 256: the 1 MiB floor
+        assert bg.server.config.max_body_bytes == 2**20
+        # Refused by its Content-Length, before the body is read (so this client sends none).
+        sock = socket.create_connection((bg.host, bg.port), timeout=TIMEOUT)
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1200000\r\n\r\n")
+        reply = b""
+        while b"}}" not in reply:
+            piece = sock.recv(65536)
+            assert piece, reply
+            reply += piece
+        sock.close()
+        head, _, payload = reply.decode().partition("\r\n\r\n")
+        assert head.startswith("HTTP/1.1 413"), head
+        error = json.loads(payload)["error"]
+        assert "larger than this server's limit of 1 MiB (--max-body-mb" in error["message"]
+        assert error["code"] == "request_too_large"
+        # Without a Content-Length (chunked), the limit applies to the bytes read.
+        conn = http.client.HTTPConnection(bg.host, bg.port, timeout=TIMEOUT)
+        try:
+            chunks = iter([b'{"model": "base", "prompt": "', b"x " * 300_000, b"x " * 300_000, b'"}'])
+            conn.request("POST", "/v1/completions", body=chunks, headers={"Content-Type": "application/json"},
+                         encode_chunked=True)
+            response = conn.getresponse()
+            assert response.status == 413 and b"limit of 1 MiB" in response.read()
+        finally:
+            conn.close()
+        assert client(bg).completions.create(model="base", prompt="the", max_tokens=2).usage.completion_tokens <= 2
+    with running_server(model_dir / "llama-f32.gguf", n_slots=1, max_body_bytes=3 * 2**20) as bg:
+        code, payload, _ = request(bg, "POST", "/v1/completions", body={"model": "base", "prompt": "x " * 600_000})
+        _check_error(code, payload, 400, "prompt", "context holds 256")  # read, tokenized, too long
+
+
+def test_a_long_prompt_is_prepared_off_the_event_loop(model_dir):
+    """Tokenization (seconds for megabytes) runs in a worker thread: /health answers while it runs. The probe
+    holds the tokenizer until /health has answered, so a handler that tokenized on the event loop would hang."""
+    with running_server(model_dir / "llama-f32.gguf", n_slots=1) as bg:
+        model = bg.server.model
+        entered, release = threading.Event(), threading.Event()
+        original = model.tokenize
+
+        def held(text, *args, **kwargs):
+            if len(text) > 100_000:
+                entered.set()
+                release.wait(TIMEOUT)
+            return original(text, *args, **kwargs)
+
+        model.tokenize = held
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            big = ex.submit(request, bg, "POST", "/v1/completions", {"model": "base", "prompt": "x " * 200_000})
+            try:
+                assert entered.wait(TIMEOUT)
+                conn = http.client.HTTPConnection(bg.host, bg.port, timeout=5)
+                conn.request("GET", "/health")
+                assert conn.getresponse().status == 200
+                conn.close()
+                assert not big.done()
+            finally:
+                release.set()
+            code, payload, _ = big.result(TIMEOUT)
+        _check_error(code, payload, 400, "prompt", "context holds 256")
+
+
+def test_tokenize_lets_other_threads_run(reference):
+    """Model.tokenize releases the GIL (the server's event loop runs while a worker thread tokenizes)."""
+    model, _ = reference
+    text = "x " * 100_000
+    while True:  # a text that takes >= 0.2 s here
+        t0 = time.perf_counter()
+        model.tokenize(text)
+        if time.perf_counter() - t0 >= 0.2:
+            break
+        text += text
+    window = {}
+
+    def work():
+        window["start"] = time.perf_counter()
+        model.tokenize(text)
+        window["end"] = time.perf_counter()
+
+    turns = []
+    thread = threading.Thread(target=work)
+    thread.start()
+    while thread.is_alive():
+        turns.append(time.perf_counter())
+        time.sleep(0.001)
+    thread.join()
+    inside = [t for t in turns if window["start"] < t < window["end"]]
+    # With the GIL held through the call, this thread got no turn inside it (at most one at its edges).
+    assert len(inside) >= 10, (len(inside), window["end"] - window["start"])
+
+
+def test_a_client_that_goes_away_mid_body_is_one_info_line(model_dir, caplog):
+    caplog.set_level(logging.INFO, logger="logo_cpp.server")
+    with running_server(model_dir / "llama-f32.gguf", n_slots=1) as bg:
+        sock = socket.create_connection((bg.host, bg.port), timeout=TIMEOUT)
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100000\r\n\r\n" + b'{"prompt": "')
+        time.sleep(0.2)
+        sock.close()
+        wait_until(lambda: any("went away before its request" in r.getMessage() for r in caplog.records),
+                   what="the disconnection to be logged")
+        assert client(bg).completions.create(model="base", prompt="the", max_tokens=2).usage.completion_tokens <= 2
+    records = [r for r in caplog.records if r.name == "logo_cpp.server"]
+    assert not [r for r in records if r.levelno >= logging.WARNING], [r.getMessage() for r in records]
+    assert [r.levelno for r in records if "went away" in r.getMessage()] == [logging.INFO]
+
+
+def test_shutdown_ends_a_running_stream_with_an_error_event_and_done(model_dir):
+    """Ctrl-C (uvicorn's handle_exit) while a stream runs: the stream gets an error event and [DONE] at once,
+    instead of being cut after the graceful-shutdown timeout with no final event."""
+    with running_server(model_dir / "llama-f32.gguf", n_slots=1, n_ctx=4096) as bg:
+        conn, response = _stream_raw(bg, {"model": "base", "prompt": "the dog", "max_tokens": 4000,
+                                          "ignore_eos": True})
+        assert response.status == 200
+        response.fp.readline()  # the first chunk: the request runs
+        t0 = time.monotonic()
+        bg._uvicorn.handle_exit(signal.SIGINT, None)
+        events = []
+        while True:  # the raw chunked body (the line read above leaves http.client's chunk decoder behind)
+            line = response.fp.readline()
+            if not line or line == b"0\r\n":
+                break
+            if line.startswith(b"data: "):
+                events.append(line.decode().strip())
+        elapsed = time.monotonic() - t0
+        conn.close()
+    assert events[-1] == "data: [DONE]"
+    error = json.loads(events[-2][len("data: "):])["error"]
+    assert "shutting down" in error["message"] and error["code"] == "unavailable"
+    assert elapsed < 4, elapsed  # before the graceful timeout (2 s here, 5 s for logo-cpp serve) cut it
+
+
+def test_an_empty_api_key_is_refused(model_dir, tmp_path):
+    model = logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=64, n_threads=THREADS)
+    from logo_cpp.server.app import Server, ServerConfig
+
+    for key in ("", "  "):
+        with pytest.raises(ValueError, match="the API key is empty"):
+            Server(model, logo_cpp.AdapterPool(model), ServerConfig(n_slots=1, n_ctx=64, api_key=key))
+    command = [sys.executable, "-m", "logo_cpp.cli", "serve", "--model", str(model_dir / "llama-f32.gguf")]
+    out = subprocess.run(command + ["--api-key", ""], capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert out.returncode == 2 and "--api-key is empty" in out.stderr, out.stderr
+    env = {**os.environ, "LOGO_CPP_API_KEY": ""}
+    out = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path, env=env)
+    assert out.returncode == 2 and "$LOGO_CPP_API_KEY is set but empty" in out.stderr, out.stderr
+    out = subprocess.run(command + ["--max-body-mb", "0"], capture_output=True, text=True, timeout=TIMEOUT,
+                         cwd=tmp_path)
+    assert out.returncode == 2 and "--max-body-mb must be" in out.stderr, out.stderr

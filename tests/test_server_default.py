@@ -57,7 +57,7 @@ def test_chat_through_the_server_against_the_python_api(default_files):
                                                extra_body={"adapters": mixtures[i] or "none"})
         return r.choices[0].message.content
 
-    with running_server(base, pool_files, n_slots=4, n_ctx=512, k=2) as bg:
+    with running_server(base, pool_files, n_slots=4, n_ctx=512, k=2, warm_up=False) as bg:  # routes nothing
         layout = bg.server.engine.batch.layout
         alone = [ask(i) for i in range(4)]
         with concurrent.futures.ThreadPoolExecutor(4) as ex:

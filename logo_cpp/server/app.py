@@ -21,13 +21,14 @@ from typing import Optional
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HttpRoute
 
 from .engine import Engine, Job, Route
 from .protocol import ApiError, ChatRequest, CompletionRequest, calibrations, parse
-from .responses import error_response, read_json, respond
+from .responses import decode_json, error_response, read_body, respond
 
 log = logging.getLogger("logo_cpp.server")
 
@@ -52,6 +53,29 @@ class ServerConfig:
     layout: str = "auto"   # how slots hold mixtures: auto, stacked, pooled (logo/batch.h)
     model_name: str = ""   # the base model's file name, for /v1/models
     allow_origins: list = field(default_factory=list)
+    max_body_bytes: Optional[int] = None  # None: default_max_body_bytes(n_ctx)
+    # Compute the router's calibration statistics when the server starts (before it takes requests), not in the
+    # first routed request, where every request would wait behind them.
+    warm_up: bool = True
+
+
+def default_max_body_bytes(n_ctx: int) -> int:
+    """The largest request body taken by default, in bytes: 512 per context token, at least 1 MiB (1 MiB for
+    the default 2048-token context). A prompt that fills the whole context is far smaller (a few bytes per
+    token as text, ~7 as token ids, ~40 for text written as JSON \\u escapes), so this leaves room for several
+    prompts per request and long chat histories while refusing bodies that could only be too long, before
+    they are read, parsed or tokenized."""
+    return max(2**20, 512 * int(n_ctx))
+
+
+def _check_api_key(key) -> None:
+    if key is None:
+        return
+    if not isinstance(key, str):
+        raise TypeError(f"api_key must be a string or None, got {type(key).__name__}")
+    if not key.strip():
+        raise ValueError("the API key is empty: an empty --api-key (or $LOGO_CPP_API_KEY) would leave the server open "
+                         "to anyone; give a non-empty key, or leave the option out to serve without one")
 
 
 class Server:
@@ -70,12 +94,53 @@ class Server:
             config.calibration = default
         elif config.calibration not in choices:
             raise ValueError(f"unknown calibration {config.calibration!r}; use one of {', '.join(choices)}")
+        _check_api_key(config.api_key)
+        if config.max_body_bytes is None:
+            config.max_body_bytes = default_max_body_bytes(config.n_ctx)
+        elif isinstance(config.max_body_bytes, bool) or not isinstance(config.max_body_bytes, int) \
+                or config.max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes must be an integer >= 1024, got {config.max_body_bytes!r}")
         self.model = model
         self.pool = pool
         self.config = config
         self.created = int(time.time())
         self.engine = Engine(model, pool, n_slots=config.n_slots, n_ctx=config.n_ctx, max_queue=config.max_queue,
                              layout=config.layout)
+        self.warm_up_seconds: Optional[float] = None
+        self.warm_up_routes: list[Route] = []
+        if config.warm_up:
+            try:
+                self.warm_up()
+            except BaseException:
+                self.engine.close()
+                raise
+
+    def warm_up(self) -> None:
+        """Computes what routing needs before the first request: the default route's calibration statistics and,
+        since the generic prompts' hidden states are then computed anyway, those of every other per-request
+        choice of `logo.signal` x `logo.calibration` that uses statistics (~0.2 s each on the default model,
+        against ~12 s for the first on 2 cores with a cold disk cache; a warm disk cache makes all of them a
+        read). A default calibration without statistics ("none", "spectral", "frobenius") warms nothing: a
+        request that asks for "zscore" or "zscore_sq" then computes them on its first use. Sets
+        ``warm_up_seconds`` and ``warm_up_routes``; logs one line."""
+        from .protocol import STATISTICAL_CALIBRATIONS
+
+        c = self.config
+        if not self.adapter_names or c.calibration not in STATISTICAL_CALIBRATIONS:
+            return
+        t0 = time.perf_counter()
+        probe = self.model.tokenize("warm up", add_special=True, parse_special=False)
+        routes = [Route(kind="logo", method="logo", k=c.k, signal=c.signal, probe=c.probe, calibration=c.calibration)]
+        routes += [Route(kind="logo", method="logo", k=c.k, signal=signal, probe=c.probe, calibration=calibration)
+                   for signal in ("norm", "entropy") for calibration in STATISTICAL_CALIBRATIONS
+                   if (signal, calibration) != (c.signal, c.calibration)]
+        for route in routes:
+            self.engine.prepare(route, probe)
+        self.warm_up_seconds = time.perf_counter() - t0
+        self.warm_up_routes = routes
+        log.info("routing statistics of %d adapters (calibration %s; signals norm, entropy) ready in %.1f s, before "
+                 "the first request", len(self.adapter_names), ", ".join(STATISTICAL_CALIBRATIONS),
+                 self.warm_up_seconds)
 
     @property
     def adapter_names(self) -> list[str]:
@@ -150,9 +215,9 @@ class Server:
                                 f"(--ctx-size)", param=param, code="context_length_exceeded")
         return ids
 
-    def jobs(self, req, prompts: list[tuple[list[int], list[int]]], max_tokens: Optional[int]) -> list[Job]:
+    def jobs(self, req, prompts: list[tuple[list[int], list[int]]], max_tokens: Optional[int],
+             loop: asyncio.AbstractEventLoop) -> list[Job]:
         route = self.route_for(req)
-        loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()  # shared: one consumer per HTTP request
         seed = req.seed if req.seed is not None else secrets.randbits(62)
         jobs = []
@@ -191,21 +256,25 @@ def build_app(server: Server) -> Starlette:
         raise ApiError(404, f"the model '{name}' does not exist", param="model", code="model_not_found")
 
     async def lora_adapters(request: Request) -> Response:
+        # llama-server reports each adapter's global scale, the one a request without `lora` gets. Here no adapter
+        # has one: a request's adapters come from its model id (routed by LoGo, one adapter, or none) or its
+        # `adapters`/`lora`, so the scale is null rather than 0.0 (which llama-server's users read as "disabled").
         pool = server.pool
-        return JSONResponse([{"id": i, "name": n, "path": pool.info(n)["path"], "scale": 0.0}
+        return JSONResponse([{"id": i, "name": n, "path": pool.info(n)["path"], "scale": None}
                              for i, n in enumerate(server.adapter_names)])
 
-    async def completions(request: Request) -> Response:
-        req = parse(CompletionRequest, await read_json(request))
+    def completion_prompts(body: bytes):
+        # In a worker thread: JSON decoding, validation and tokenization of a long prompt take long enough to
+        # stall every other request if they ran on the event loop (tokenize releases the GIL).
+        req = parse(CompletionRequest, decode_json(body))
         prompts = []
         for i, p in enumerate(req.prompts()):
             ids = server.tokens(p, "prompt" if len(req.prompts()) == 1 else f"prompt.{i}")
             prompts.append((ids, ids))
-        _check_choices(len(prompts) * req.n, server)
-        return await respond(server.engine, request, server.jobs(req, prompts, req.max_tokens), req, chat=False)
+        return req, prompts
 
-    async def chat_completions(request: Request) -> Response:
-        req = parse(ChatRequest, await read_json(request))
+    def chat_prompt(body: bytes):
+        req = parse(ChatRequest, decode_json(body))  # in a worker thread, as completion_prompts
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
                     for i, m in enumerate(req.messages)]
         try:
@@ -218,8 +287,21 @@ def build_app(server: Server) -> Starlette:
             users = [m["content"] for m in messages if m["role"] == "user" and m["content"]]
             if users:
                 probe = server.model.tokenize(users[-1], add_special=True, parse_special=False)
+        return req, [(ids, probe)]
+
+    async def completions(request: Request) -> Response:
+        body = await read_body(request, server.config.max_body_bytes)
+        req, prompts = await run_in_threadpool(completion_prompts, body)
+        _check_choices(len(prompts) * req.n, server)
+        jobs = server.jobs(req, prompts, req.max_tokens, asyncio.get_running_loop())
+        return await respond(server.engine, request, jobs, req, chat=False)
+
+    async def chat_completions(request: Request) -> Response:
+        body = await read_body(request, server.config.max_body_bytes)
+        req, prompts = await run_in_threadpool(chat_prompt, body)
         _check_choices(req.n, server)
-        return await respond(server.engine, request, server.jobs(req, [(ids, probe)], req.token_limit()), req, chat=True)
+        jobs = server.jobs(req, prompts, req.token_limit(), asyncio.get_running_loop())
+        return await respond(server.engine, request, jobs, req, chat=True)
 
     async def on_api_error(request: Request, exc: ApiError) -> Response:
         return error_response(exc)
@@ -229,6 +311,11 @@ def build_app(server: Server) -> Starlette:
         message = {404: f"no such endpoint: {request.url.path}",
                    405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
         return error_response(ApiError(exc.status_code, message, code=codes.get(exc.status_code)))
+
+    async def on_disconnect(request: Request, exc: ClientDisconnect) -> Response:
+        # A client that goes away while it sends its request (a closed tab, a killed script): nothing failed here.
+        log.info("client %s went away before its request to %s was read", _peer(request), request.url.path)
+        return Response(status_code=499)
 
     async def on_internal_error(request: Request, exc: Exception) -> Response:
         log.exception("internal error on %s", request.url.path)
@@ -254,7 +341,8 @@ def build_app(server: Server) -> Starlette:
             server.close()
 
     app = Starlette(routes=routes, exception_handlers={ApiError: on_api_error, HTTPException: on_http_error,
-                                                       Exception: on_internal_error}, lifespan=lifespan)
+                                                       ClientDisconnect: on_disconnect, Exception: on_internal_error},
+                    lifespan=lifespan)
     if server.config.allow_origins:
         from starlette.middleware.cors import CORSMiddleware
 
@@ -263,6 +351,11 @@ def build_app(server: Server) -> Starlette:
     if server.config.api_key:
         return ApiKeyCheck(app, server.config.api_key)
     return app
+
+
+def _peer(request: Request) -> str:
+    client = request.client
+    return f"{client.host}:{client.port}" if client else "?"
 
 
 def _check_choices(n: int, server: Server) -> None:
@@ -292,4 +385,10 @@ class ApiKeyCheck:
 
 
 def api_key_from_env() -> Optional[str]:
-    return os.environ.get("LOGO_CPP_API_KEY") or None
+    """$LOGO_CPP_API_KEY, or None when it is not set. Set but empty raises ValueError (an unset shell variable
+    expanded into it must not leave the server open)."""
+    key = os.environ.get("LOGO_CPP_API_KEY")
+    if key is not None and not key.strip():
+        raise ValueError("$LOGO_CPP_API_KEY is set but empty: it would leave the server open to anyone; give a "
+                         "non-empty key, or unset it to serve without one")
+    return key

@@ -90,6 +90,9 @@ class Engine:
         self._waiting: collections.deque[Job] = collections.deque()
         self._cancelled: set[int] = set()
         self._running: dict[int, Job] = {}
+        # The job _admit took from the queue and is routing and prefilling: it holds a slot (the admission limit
+        # and /health count it) though it is neither waiting nor running yet.
+        self._starting: Optional[Job] = None
         self._stopping = False
         self.stats = collections.Counter()
         self._thread = threading.Thread(target=self._run, name="logo-cpp-engine", daemon=True)
@@ -102,10 +105,11 @@ class Engine:
             if self._stopping:
                 raise ApiError(503, "the server is shutting down", code="unavailable")
             # Free slots take jobs at once; beyond them at most max_queue wait.
-            if len(self._waiting) + len(jobs) > self.max_queue + (self.n_slots - len(self._running)):
-                raise ApiError(503, f"the server is busy: {len(self._running)} requests are running and "
-                                    f"{len(self._waiting)} are waiting (queue limit {self.max_queue}); retry later",
-                               code="server_busy", headers={"Retry-After": "1"})
+            busy = self._busy()
+            if len(self._waiting) + len(jobs) > self.max_queue + (self.n_slots - busy):
+                raise ApiError(503, f"the server is busy: {busy} of {self.n_slots} slots are running requests and "
+                                    f"{len(self._waiting)} requests are waiting (queue limit {self.max_queue}); "
+                                    f"retry later", code="server_busy", headers={"Retry-After": "1"})
             now = time.monotonic()
             for job in jobs:
                 job.id = next(self._ids)
@@ -121,22 +125,40 @@ class Engine:
                 return
             except ValueError:
                 pass
-            if job.id in self._running:
+            if job.id in self._running or job is self._starting:
                 self._cancelled.add(job.id)
                 self._cond.notify()
 
+    def _busy(self) -> int:
+        """Slots in use: running requests and the one being started (call with the lock held)."""
+        return len(self._running) + (self._starting is not None)
+
     def status(self) -> dict:
         with self._cond:
-            return {"slots_total": self.n_slots, "slots_busy": len(self._running), "waiting": len(self._waiting),
+            return {"slots_total": self.n_slots, "slots_busy": self._busy(), "waiting": len(self._waiting),
                     "queue_limit": self.max_queue}
 
-    def close(self, timeout: float = 10.0) -> None:
+    def prepare(self, route: Route, probe_tokens: list[int]) -> dict:
+        """Routes ``probe_tokens`` once with ``route`` (a "logo" Route) before the server takes requests, so that
+        the router's per-adapter calibration statistics (seconds on a cold disk cache) are computed now instead
+        of inside the first request that needs them, where every request would wait behind them. Returns the
+        router's timings (seconds). Call it before any request is submitted: it runs on the caller's thread."""
+        router = self._router(route)
+        return dict(router.route(probe_tokens).timings)
+
+    def shutdown(self) -> None:
+        """Stops taking requests and ends every waiting and running one with a 503 error event (streams get an
+        error event and ``[DONE]``) without waiting: what a server does when it is told to stop (Ctrl-C), so that
+        its connections can finish at once. close() then waits for the engine thread."""
         with self._cond:
             self._stopping = True
             waiting, self._waiting = list(self._waiting), collections.deque()
             self._cond.notify()
         for job in waiting:
             self._send(job, [("error", ApiError(503, "the server is shutting down", code="unavailable"))])
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.shutdown()
         self._thread.join(timeout)
         if not self._thread.is_alive():
             # The batch's KV cache and slot stacks are freed now, and its hold on the model's weights ends (an
@@ -169,7 +191,7 @@ class Engine:
             with self._cond:
                 if not self._waiting or self._stopping:
                     return
-                job = self._waiting.popleft()
+                job = self._starting = self._waiting.popleft()
             try:
                 self._start(job)
             except ApiError as exc:
@@ -179,6 +201,9 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - one bad request must not stop the loop
                 log.exception("request %d failed to start", job.id)
                 self._send(job, [("error", ApiError(500, f"internal error: {exc}"))])
+            finally:
+                with self._cond:
+                    self._starting = None
 
     def _start(self, job: Job) -> None:
         names, selection, routing = self._mixture(job)
@@ -204,6 +229,14 @@ class Engine:
             selection = [(self.pool.index(name), float(w)) for name, w in route.mixture]
             return ([n for n, _ in route.mixture], selection,
                     {"method": route.method, "adapters": [{"name": n, "weight": float(w)} for n, w in route.mixture]})
+        r = self._router(route).route(job.probe_tokens)
+        weights = [float(w) for w in r.weights]
+        report = {"method": "logo", "adapters": [{"name": n, "weight": w} for n, w in zip(r.names, weights)],
+                  "k": route.k, "signal": route.signal, "probe": route.probe, "calibration": route.calibration,
+                  "probe_ms": round(1000 * r.timings.get("probe_seconds", 0.0), 3)}
+        return r.names, list(zip(r.indices, weights)), report
+
+    def _router(self, route: Route) -> LoGo:
         key = (route.k, route.signal, route.probe, route.calibration)
         router = self._routers.get(key)
         if router is None:
@@ -211,12 +244,7 @@ class Engine:
             extra = {"calibration": route.calibration} if "calibration" in _LOGO_PARAMETERS else {}
             router = self._routers[key] = LoGo(self.model, self.pool, k=route.k, signal=route.signal, probe=route.probe,
                                                **extra)
-        r = router.route(job.probe_tokens)
-        weights = [float(w) for w in r.weights]
-        report = {"method": "logo", "adapters": [{"name": n, "weight": w} for n, w in zip(r.names, weights)],
-                  "k": route.k, "signal": route.signal, "probe": route.probe, "calibration": route.calibration,
-                  "probe_ms": round(1000 * r.timings.get("probe_seconds", 0.0), 3)}
-        return r.names, list(zip(r.indices, weights)), report
+        return router
 
     def _step(self) -> None:
         try:

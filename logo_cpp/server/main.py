@@ -31,7 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="requests that may wait for a slot; more are refused with 503 (default 64)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every endpoint but /health "
-                        "(default: $LOGO_CPP_API_KEY, else none)")
+                        "(default: $LOGO_CPP_API_KEY, else none; an empty key is refused)")
+    p.add_argument("--max-body-mb", type=float, default=None,
+                   help="largest request body in MiB; larger ones get 413 (default: 512 bytes per context token, at "
+                        "least 1 MiB: 1 MiB for --ctx-size 2048)")
     p.add_argument("--k", type=int, default=1,
                    help="LoGo: adapters per request, capped at the pool (default 1: on the shipped pool one adapter "
                         "answers better than mixtures of 3 or all 19, docs/server/chat-routing.md)")
@@ -90,6 +93,13 @@ def load(args) -> Loaded:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     if args.queue < 0:
         raise ValueError(f"--queue must be >= 0, got {args.queue}")
+    max_body = getattr(args, "max_body_mb", None)
+    if max_body is not None and not (max_body * 2**20 >= 1024 and max_body <= 2**20):  # also refuses NaN
+        raise ValueError(f"--max-body-mb must be in [0.001, 1048576] (MiB), got {max_body}")
+    if args.api_key is not None and not args.api_key.strip():
+        raise ValueError("--api-key is empty (an unset shell variable?): that would leave the server open to anyone; "
+                         "give a non-empty key, or leave the option out to serve without one")
+    api_key = args.api_key if args.api_key is not None else api_key_from_env()
     model_path, adapters = args.model, args.adapters
     if model_path is None:
         model_path, files = default_model_paths()
@@ -98,11 +108,12 @@ def load(args) -> Loaded:
     model = logo_cpp.Model(model_path, n_ctx=args.ctx_size, device=args.device, n_threads=args.threads)
     pool = logo_cpp.AdapterPool(model, adapters) if adapters else logo_cpp.AdapterPool(model)
     config = ServerConfig(n_slots=args.parallel, n_ctx=args.ctx_size, max_queue=args.queue,
-                          api_key=args.api_key or api_key_from_env(), k=args.k, signal=args.signal, probe=args.probe,
+                          api_key=api_key, k=args.k, signal=args.signal, probe=args.probe,
                           calibration=args.calibration,
                           chat_route_on=args.chat_route_on, layout=args.mixture_layout,
                           model_name=Path(model_path).name,
-                          allow_origins=list(args.allow_origin))
+                          allow_origins=list(args.allow_origin),
+                          max_body_bytes=None if max_body is None else int(max_body * 2**20))
     server = Server(model, pool, config)
     return Loaded(model, pool, server, build_app(server))
 
@@ -120,10 +131,41 @@ def run(args) -> int:
     print(f"logo-cpp serve: {Path(model.path).name} ({model.device}), {len(pool)} adapters, {args.parallel} slots of "
           f"{args.ctx_size} tokens ({server.engine.batch.layout} mixtures), loaded in {time.perf_counter() - t0:.1f} s",
           flush=True)
+    if server.warm_up_seconds is not None:
+        print(f"logo-cpp serve: routing statistics ready in {server.warm_up_seconds:.1f} s, before the first request "
+              f"({len(server.warm_up_routes)} signal/calibration choices; kept in the disk cache for the next start)",
+              flush=True)
     if server.config.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without an API key: anyone who can reach this address can use it", args.host)
-    uvicorn.run(loaded.app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(loaded.app, host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=5)
+    try:
+        _uvicorn_server_class()(config, server.engine).run()
+    except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it delayed for the graceful shutdown (as uvicorn.run)
+        pass
     return 0
+
+
+def _uvicorn_server_class():
+    import uvicorn
+
+    class ShuttingDown(uvicorn.Server):
+        """uvicorn's server, which on Ctrl-C (SIGINT/SIGTERM) first ends every running and waiting request with
+        an error event ("the server is shutting down"; streams then get `data: [DONE]`), so their connections
+        close at once instead of being cut after the graceful-shutdown timeout with no final event."""
+
+        def __init__(self, config, engine):
+            super().__init__(config)
+            self.engine = engine
+
+        def handle_exit(self, sig, frame) -> None:
+            # A signal handler may run while the main thread holds the engine's lock: end the requests from
+            # another thread.
+            threading.Thread(target=self.engine.shutdown, name="logo-cpp-shutdown", daemon=True).start()
+            super().handle_exit(sig, frame)
+
+    return ShuttingDown
+
 
 
 class BackgroundServer:
@@ -136,6 +178,8 @@ class BackgroundServer:
         self.url = f"http://{self.host}:{self.port}"
 
     def stop(self, timeout: float = 30.0) -> None:
+        """As Ctrl-C on `logo-cpp serve`: running and waiting requests end with an error event, then uvicorn stops."""
+        self.server.engine.shutdown()
         self._uvicorn.should_exit = True
         self._thread.join(timeout)
 
@@ -152,7 +196,7 @@ def start_in_thread(app, server, host: str = "127.0.0.1", port: int = 0, timeout
     import uvicorn
 
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", timeout_graceful_shutdown=2)
-    uv = uvicorn.Server(config)
+    uv = _uvicorn_server_class()(config, server.engine)
     thread = threading.Thread(target=uv.run, name="logo-cpp-http", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

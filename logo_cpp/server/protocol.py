@@ -1,14 +1,17 @@
 """The request bodies the server accepts: OpenAI's completion and chat-completion parameters, llama-server's
 per-request ``lora``, and logo-cpp's ``adapters`` and ``logo`` extensions, validated with pydantic.
 
-Unknown fields are ignored (clients and SDKs send fields of their own); known OpenAI parameters this server does
-not implement are refused when they would change the result (``n`` is supported, ``logprobs`` is not), so a
-client never gets a silently different answer. Defaults follow llama-server where OpenAI leaves the choice to
-the server (``temperature`` 0.8, ``top_k`` 40, ``top_p`` 0.95, ``min_p`` 0.05); ``null`` means the default, as
-in OpenAI's API and llama-server.
+A client never gets a silently different answer: a parameter of OpenAI's API or llama-server's that would change
+the answer and that this server does not implement (penalties, grammars, mirostat, tools...: NOT_IMPLEMENTED) is
+refused with 400 naming it unless it has its neutral value; parameters that change nothing here (``user``,
+``metadata``, ``store``...: INERT) are accepted; any other top-level field is refused as unknown, as OpenAI's API
+does (llama-server ignores them, but a field this server does not know may be another server's sampling option).
+Defaults follow llama-server where OpenAI leaves the choice to the server (``temperature`` 0.8, ``top_k`` 40,
+``top_p`` 0.95, ``min_p`` 0.05); ``null`` means the default, as in OpenAI's API and llama-server.
 
 Numbers must be JSON numbers (``true`` or ``"0.5"`` for a temperature is refused, not read as 1 or 0.5), and
-finite. Fields that take several forms (``prompt``, ``stop``, ``adapters``, a message's ``content``) are checked
+finite; integers fit what the runtime takes (max_tokens, top_k, logo.k at most 2^31 - 1; 1e3 reads as 1000);
+booleans are JSON booleans (``"yes"`` or 1 for ``stream`` is refused). Fields that take several forms (``prompt``, ``stop``, ``adapters``, a message's ``content``) are checked
 by hand before pydantic sees them: a union's own error names only its first member ("Input should be 'auto'
 or 'none'" for a mixture with a bad weight), where these messages say what was wrong and what is accepted.
 """
@@ -25,6 +28,48 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 MAX_STOP = 16      # OpenAI allows 4; llama-server any number: a bound keeps the stop search cheap
 MAX_CHOICES = 16   # n (and prompts x n) per request; each choice takes a slot
 FLOAT32_MAX = 3.4028234663852886e38  # mixture weights reach the C++ core as float32: larger ones become inf
+INT32_MAX = 2**31 - 1  # token counts, top_k and k reach the C++ core as int32
+# The calibrations whose per-adapter statistics the server computes at startup (logo_cpp.router).
+STATISTICAL_CALIBRATIONS = ("zscore", "zscore_sq")
+
+
+def _same(value: Any, neutral: Any) -> bool:
+    """JSON equality with JSON's types: true is not 1, 1.0 is 1."""
+    if isinstance(neutral, bool) or isinstance(value, bool):
+        return value is neutral
+    if isinstance(neutral, (int, float)):
+        return isinstance(value, (int, float)) and value == neutral
+    return value == neutral
+
+
+# Parameters of OpenAI's API or llama-server's that change the answer and are not implemented here: each is
+# accepted only at a neutral value (the answer is then the one without it), any other value is a 400 naming it.
+# Parameters whose neutral values are all numbers are numbers (a string or NaN is refused as such).
+NOT_IMPLEMENTED: dict[str, tuple] = {
+    "logprobs": (False, 0), "top_logprobs": (0,), "n_probs": (0,),          # token probabilities
+    "post_sampling_probs": (False,), "return_tokens": (False,),
+    "presence_penalty": (0,), "frequency_penalty": (0,),                    # penalties
+    "repeat_penalty": (1,), "repetition_penalty": (1,), "dry_multiplier": (0,),
+    "logit_bias": ({},), "grammar": ("",), "json_schema": (), "response_format": ({"type": "text"},),
+    "typical_p": (1,), "mirostat": (0,), "xtc_probability": (0,), "dynatemp_range": (0,), "top_n_sigma": (-1, 0),
+    "min_keep": (0, 1), "samplers": (), "t_max_predict_ms": (0,), "n_indent": (0,),
+    "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],), "function_call": ("none", "auto"),
+    "reasoning_effort": ("none",), "verbosity": (), "modalities": (["text"],), "audio": (),
+    "web_search_options": (), "chat_template": (), "chat_template_kwargs": ({},),
+}
+# Parameters that change nothing here: accepted and not used. Metadata (user, metadata, store, service_tier,
+# prompt_cache_key, safety_identifier), tool settings without tools (parallel_tool_calls), OpenAI's predicted
+# output (a speed hint), llama-server's cache and slot hints, and the settings of samplers that are off here
+# (mirostat's tau/eta without mirostat, DRY's and XTC's without their multiplier/probability, the penalties'
+# window without a penalty, the dynamic temperature's exponent without its range, n_keep without context shift).
+INERT = frozenset({
+    "user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier", "parallel_tool_calls",
+    "prediction", "cache_prompt", "id_slot", "timings_per_token", "return_progress", "mirostat_tau", "mirostat_eta",
+    "dry_base", "dry_allowed_length", "dry_penalty_last_n", "dry_sequence_breakers", "xtc_threshold",
+    "repeat_last_n", "penalty_last_n", "dynatemp_exponent", "n_keep",
+})
+_HINTS = {"n_predict": "use max_tokens", "messages": "chat messages go to POST /v1/chat/completions",
+          "prompt": "a raw prompt goes to POST /v1/completions", "max_completion_tokens": "use max_tokens"}
 
 
 def calibrations() -> tuple[tuple[str, ...], str]:
@@ -57,9 +102,20 @@ def _number(value: Any) -> Any:
 
 
 def _integer(value: Any) -> Any:
-    """A JSON number (pydantic then refuses fractions and non-finite values); bools and strings are refused."""
+    """A JSON number (pydantic then refuses fractions and non-finite values, and checks the field's bounds);
+    bools and strings are refused. An integral float (1e30, 8.0) reads as its integer, so 1e30 and 10**30 get
+    the same bound's message."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"must be an integer, got {_shown(value)}")
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    """A JSON boolean: "yes", 1 or "true" are refused (pydantic's lax mode reads them as true)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {_shown(value)}")
     return value
 
 
@@ -99,7 +155,7 @@ class LogoOptions(_Body):
     """The ``logo`` extension: how LoGo routes this request (server defaults for what is left out)."""
 
     model_config = ConfigDict(extra="forbid")
-    k: Optional[int] = Field(default=None, ge=1)
+    k: Optional[int] = Field(default=None, ge=1, le=INT32_MAX)
     signal: Optional[Literal["norm", "entropy"]] = None
     probe: Optional[Literal["base", "all"]] = None
     calibration: Optional[str] = None
@@ -146,6 +202,11 @@ class LoraEntry(_Body):
 class StreamOptions(_Body):
     include_usage: bool = False
 
+    @field_validator("include_usage", mode="before")
+    @classmethod
+    def _flag(cls, v):
+        return _boolean(v)
+
 
 class _Common(_Body):
     """Parameters completions and chat completions share."""
@@ -155,7 +216,7 @@ class _Common(_Body):
     model: str = "logo"
     temperature: float = Field(default=0.8, ge=0.0, le=2.0)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    top_k: int = Field(default=40, ge=0)
+    top_k: int = Field(default=40, ge=0, le=INT32_MAX)
     min_p: float = Field(default=0.05, ge=0.0, lt=1.0)
     seed: Optional[int] = Field(default=None, ge=0, lt=2**63)
     stop: Optional[Union[str, list[str]]] = None
@@ -167,18 +228,37 @@ class _Common(_Body):
     adapters: Optional[Union[Literal["auto", "none"], dict[str, float]]] = None
     logo: Optional[LogoOptions] = None
     lora: Optional[list[LoraEntry]] = None
-    # OpenAI parameters that would change the answer and are not implemented: only their neutral value passes
-    # (any other value, of any type, is "not supported").
-    logprobs: Any = None
-    top_logprobs: Any = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: Optional[dict[str, Any]] = None
 
-    @field_validator("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data):
+        """Refuses unknown fields and NOT_IMPLEMENTED ones away from their neutral values (null is the default
+        and passes); drops what passes, so the fields below are the ones this server implements."""
+        if not isinstance(data, dict):
+            return data
+        kept = {}
+        for name, value in data.items():
+            if value is None:
+                continue
+            if name in cls.model_fields and name not in NOT_IMPLEMENTED:
+                kept[name] = value
+            elif name in NOT_IMPLEMENTED:
+                _check_neutral(name, value)
+            elif name not in INERT:
+                hint = f"; {_HINTS[name]}" if name in _HINTS else ""
+                raise _Unknown(name, f"'{name}' is not a parameter this server knows{hint} (unknown parameters are "
+                                     f"refused, as OpenAI's API does, rather than ignored)")
+        return kept
+
+    @field_validator("temperature", "top_p", "min_p", mode="before")
     @classmethod
     def _numbers(cls, v):
         return _number(v)
+
+    @field_validator("stream", "ignore_eos", "echo", mode="before", check_fields=False)  # echo: completions only
+    @classmethod
+    def _flags(cls, v):
+        return _boolean(v)
 
     @field_validator("top_k", "n", "seed", "max_tokens", "max_completion_tokens", "best_of", mode="before",
                      check_fields=False)  # the last three are fields of one request kind only
@@ -219,13 +299,7 @@ class _Common(_Body):
         return v
 
     @model_validator(mode="after")
-    def _unsupported(self):
-        for name, neutral in (("logprobs", (None, False, 0)), ("top_logprobs", (None, 0)),
-                              ("presence_penalty", (0.0,)), ("frequency_penalty", (0.0,))):
-            if getattr(self, name) not in neutral:
-                raise _Unsupported(name)
-        if self.logit_bias:
-            raise _Unsupported("logit_bias")
+    def _combinations(self):
         if self.lora is not None and self.adapters is not None:
             raise _Conflict("lora", "give either 'adapters' or 'lora', not both")
         if self.logo is not None and (isinstance(self.adapters, dict) or self.adapters == "none" or self.lora is not None):
@@ -241,7 +315,7 @@ class CompletionRequest(_Common):
     """POST /v1/completions. ``prompt``: a string, a list of token ids, or a list of either (one choice each)."""
 
     prompt: Union[str, list[int], list[Union[str, list[int]]]]
-    max_tokens: Optional[int] = Field(default=16, ge=0)  # OpenAI's default for completions
+    max_tokens: Optional[int] = Field(default=16, ge=0, le=INT32_MAX)  # OpenAI's default for completions
     echo: bool = False
     best_of: Optional[int] = None
     suffix: Optional[str] = None
@@ -294,9 +368,13 @@ class ContentPart(_Body):
 
 
 class ChatMessage(_Body):
+    # Other fields (name, tool_call_id, refusal) are accepted and not used: the chat template renders roles and
+    # content only.
     model_config = ConfigDict(extra="ignore")
     role: str  # one of logo_cpp.model.CHAT_ROLES (checked below, with a message naming the accepted ones)
-    content: Optional[Union[str, list[ContentPart]]] = None
+    content: Optional[Union[str, list[ContentPart]]] = None  # required but for assistant messages (ChatRequest)
+    tool_calls: Optional[list[Any]] = None      # refused when not empty: this server has no tools
+    function_call: Optional[Any] = None
 
     @field_validator("role", mode="before")
     @classmethod
@@ -342,18 +420,25 @@ class ChatRequest(_Common):
     """POST /v1/chat/completions: the model's chat template over ``messages``."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: Optional[int] = Field(default=None, ge=0)  # None: until the end of text or of the context
-    max_completion_tokens: Optional[int] = Field(default=None, ge=0)
-    tools: Optional[list[Any]] = None
-    tool_choice: Optional[Any] = None
-    response_format: Optional[dict[str, Any]] = None
+    max_tokens: Optional[int] = Field(default=None, ge=0, le=INT32_MAX)  # None: until the end of text or context
+    max_completion_tokens: Optional[int] = Field(default=None, ge=0, le=INT32_MAX)
 
     @model_validator(mode="after")
     def _chat_only(self):
-        if self.tools:
-            raise _Unsupported("tools")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise _Unsupported("response_format")
+        for i, m in enumerate(self.messages):
+            # OpenAI's API: content is required, but an assistant message may have none (it had tool calls).
+            if m.content is None and m.role != "assistant":
+                raise _Conflict(f"messages.{i}.content", f"messages.{i}.content: a required field is missing (a "
+                                f"{m.role} message needs content, a string or a list of content parts; only assistant "
+                                f"messages may leave it out)")
+            for name in ("tool_calls", "function_call"):
+                if getattr(m, name):
+                    raise _Unsupported(f"messages.{i}.{name}", "this server has no tools")
+        if (self.max_tokens is not None and self.max_completion_tokens is not None
+                and self.max_tokens != self.max_completion_tokens):
+            raise _Conflict("max_completion_tokens", f"max_tokens ({self.max_tokens}) and max_completion_tokens "
+                            f"({self.max_completion_tokens}) differ: give one of them (max_completion_tokens is "
+                            f"OpenAI's current name for max_tokens)")
         return self
 
     def token_limit(self) -> Optional[int]:
@@ -361,9 +446,30 @@ class ChatRequest(_Common):
 
 
 class _Unsupported(ValueError):
-    def __init__(self, param: str):
-        super().__init__(f"'{param}' is not supported by this server")
+    def __init__(self, param: str, why: str = "it would change the answer"):
+        super().__init__(f"'{param}' is not supported by this server ({why})")
         self.param = param
+
+
+class _Unknown(ValueError):
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
+def _check_neutral(name: str, value: Any) -> None:
+    """Raises for a NOT_IMPLEMENTED parameter away from its neutral values (naming them)."""
+    neutral = NOT_IMPLEMENTED[name]
+    if neutral and all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in neutral):
+        try:
+            _number(value)
+        except ValueError as exc:
+            raise _Conflict(name, f"{name}: {exc}") from None
+    if any(_same(value, n) for n in neutral):
+        return
+    shown = " or ".join(json.dumps(n) for n in neutral)
+    raise _Unsupported(name, f"it would change the answer; only {shown} (no effect) is accepted" if neutral
+                       else "it would change the answer; leave it out or null")
 
 
 class _Conflict(ValueError):
@@ -386,8 +492,9 @@ def parse(kind: type[BaseModel], body: Any):
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, (_Unsupported, _Conflict)):
-            return _raise(400, str(cause), cause.param, "unsupported_parameter" if isinstance(cause, _Unsupported) else None)
+        if isinstance(cause, (_Unsupported, _Conflict, _Unknown)):
+            code = {_Unsupported: "unsupported_parameter", _Unknown: "unknown_parameter"}.get(type(cause))
+            return _raise(400, str(cause), cause.param, code)
         # A union reports one error per member type; its first location names the field well enough.
         loc = [str(p) for p in err["loc"] if not _is_type_tag(p)]
         param = ".".join(loc) or None

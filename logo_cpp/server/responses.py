@@ -16,9 +16,6 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from .engine import Job
 from .protocol import ApiError
 
-MAX_BODY_BYTES = 16 * 2**20
-
-
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 DISCONNECTED = object()
 
@@ -27,15 +24,29 @@ def error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
-async def read_json(request: Request) -> Any:
+def _too_large(limit: int) -> ApiError:
+    size = f"{limit / 2**20:g} MiB" if limit >= 2**20 else f"{limit} bytes"
+    return ApiError(413, f"the request body is larger than this server's limit of {size} (--max-body-mb; by default "
+                         f"512 bytes per context token, at least 1 MiB: a prompt that fills the context is far smaller)",
+                    code="request_too_large")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused with 413 past ``limit`` bytes (by its Content-Length before reading anything,
+    else as soon as the bytes read pass it). A client that goes away meanwhile raises ClientDisconnect."""
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-        raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES // 2**20} MiB")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise _too_large(limit)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES // 2**20} MiB")
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
+def decode_json(body: bytes) -> Any:
+    """The decoded JSON value of a body (400 for an empty or malformed one)."""
     if not body:
         raise ApiError(400, "the request body is empty: a JSON object is expected")
     try:
@@ -232,7 +243,10 @@ async def _stream(exchange: Exchange, early: list, routings: dict, rid: str, cre
             try:
                 pending = _merge_text([await exchange.next(), *exchange.ready()])
             except ApiError as exc:
+                # A failure after the stream began (a failed decode step, the server shutting down): an error
+                # event, which OpenAI's clients raise, then the stream's usual end for clients that wait for it.
                 yield f"data: {json.dumps(exc.body())}\n\n"
+                yield "data: [DONE]\n\n"
                 return
         if include_usage:
             body = {"id": rid, "object": obj, "created": created, "model": model, "system_fingerprint": None,
