@@ -216,8 +216,10 @@ class Engine:
                                  pool=self.pool._core if selection else None, selection=selection)
         self.stats["started"] += 1
         events: list = [("routing", routing)]
-        if not event[2]:
-            self._running[job.id] = job
+        with self._cond:  # from starting to running in one step: the admission count never sees it twice
+            self._starting = None
+            if not event[2]:
+                self._running[job.id] = job
         self._send(job, events + self._translate(job, event))
 
     def _mixture(self, job: Job):

@@ -133,8 +133,8 @@ def run(args) -> int:
           flush=True)
     if server.warm_up_seconds is not None:
         print(f"logo-cpp serve: routing statistics ready in {server.warm_up_seconds:.1f} s, before the first request "
-              f"({len(server.warm_up_routes)} signal/calibration choices; kept in the disk cache for the next start)",
-              flush=True)
+              f"({len(server.warm_up_routes)} signal x calibration choices; the calibration disk cache keeps them for "
+              f"the next start unless it is off)", flush=True)
     if server.config.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without an API key: anyone who can reach this address can use it", args.host)
     config = uvicorn.Config(loaded.app, host=args.host, port=args.port, log_level=args.log_level,
