@@ -11,7 +11,8 @@ Defaults follow llama-server where OpenAI leaves the choice to the server (``tem
 
 Numbers must be JSON numbers (``true`` or ``"0.5"`` for a temperature is refused, not read as 1 or 0.5), and
 finite; integers fit what the runtime takes (max_tokens, top_k, logo.k at most 2^31 - 1; 1e3 reads as 1000);
-booleans are JSON booleans (``"yes"`` or 1 for ``stream`` is refused). Fields that take several forms (``prompt``, ``stop``, ``adapters``, a message's ``content``) are checked
+booleans are JSON booleans (``"yes"`` or 1 for ``stream`` is refused). Fields that take several forms
+(``prompt``, ``stop``, ``adapters``, a message's ``content``) are checked
 by hand before pydantic sees them: a union's own error names only its first member ("Input should be 'auto'
 or 'none'" for a mixture with a bad weight), where these messages say what was wrong and what is accepted.
 """

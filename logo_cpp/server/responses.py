@@ -26,9 +26,9 @@ def error_response(exc: ApiError) -> JSONResponse:
 
 def _too_large(limit: int) -> ApiError:
     size = f"{limit / 2**20:g} MiB" if limit >= 2**20 else f"{limit} bytes"
-    return ApiError(413, f"the request body is larger than this server's limit of {size} (--max-body-mb; by default "
-                         f"512 bytes per context token, at least 1 MiB: a prompt that fills the context is far smaller)",
-                    code="request_too_large")
+    return ApiError(413, f"the request body is larger than this server's limit of {size} (--max-body-mb; by "
+                         f"default 512 bytes per context token, at least 1 MiB: a prompt that fills the context is "
+                         f"far smaller)", code="request_too_large")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
