@@ -163,6 +163,9 @@ def _uvicorn_server_class():
             # another thread.
             threading.Thread(target=self.engine.shutdown, name="logo-cpp-shutdown", daemon=True).start()
             super().handle_exit(sig, frame)
+            # uvicorn raises the signal again once it has shut down, inside its event loop: a KeyboardInterrupt
+            # traceback from the cancelled lifespan task. `logo-cpp serve` exits after the shutdown anyway.
+            self._captured_signals.clear()
 
     return ShuttingDown
 

@@ -36,13 +36,27 @@ async def read_body(request: Request, limit: int) -> bytes:
     else as soon as the bytes read pass it). A client that goes away meanwhile raises ClientDisconnect."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
+        await _drop_rest(request, 0)
         raise _too_large(limit)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
+            await _drop_rest(request, len(body))
             raise _too_large(limit)
     return bytes(body)
+
+
+DROP_LIMIT = 256 * 2**20
+
+
+async def _drop_rest(request: Request, read: int) -> None:
+    """Reads and drops the rest of a body that is too large (up to DROP_LIMIT bytes in all, which takes
+    milliseconds), so that a client still sending it gets the 413 instead of a connection reset."""
+    async for chunk in request.stream():
+        read += len(chunk)
+        if read > DROP_LIMIT:
+            return
 
 
 def decode_json(body: bytes) -> Any:
