@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -19,8 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", default=None,
                    help="base model GGUF file (default: the shipped default model, SmolLM2-135M-Instruct)")
     p.add_argument("--adapters", "-a", nargs="*", default=None,
-                   help="adapter GGUF files or directories of them (default: the default model's pool; "
-                        "give no value for none)")
+                   help="adapter GGUF files, PEFT adapter directories, or directories of them (default: the default "
+                        "model's pool; give no value for none)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--parallel", "-np", type=int, default=8,
@@ -37,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "least 1 MiB: 1 MiB for --ctx-size 2048)")
     p.add_argument("--k", type=int, default=1,
                    help="LoGo: adapters per request, capped at the pool (default 1: on the shipped pool one adapter "
-                        "answers better than mixtures of 3 or all 19, docs/server/chat-routing.md)")
+                        "answers better than mixtures of 3 or all 18, docs/server/chat-routing.md)")
     p.add_argument("--signal", default="norm", choices=["norm", "entropy"], help="LoGo signal (default norm)")
     p.add_argument("--probe", default="base", choices=["base", "all"], help="LoGo probe mode (default base)")
     p.add_argument("--calibration", default=None,
@@ -85,10 +86,12 @@ def load(args) -> Loaded:
         raise ImportError(f"{MISSING_EXTRA} ({exc})") from None
     import logo_cpp
 
-    for name in ("parallel", "ctx_size", "port", "k"):
+    for name in ("parallel", "ctx_size", "port", "k", "threads"):
         value = getattr(args, name)
-        if value < (0 if name in ("port",) else 1):
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        # The core holds these as int32: a larger value would surface as "n_ctx must be ..." without the flag.
+        if value is not None and not (0 if name == "port" else 1) <= value <= 2**31 - 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be an integer in [{0 if name == 'port' else 1}, "
+                             f"2147483647], got {value}")
     if args.port > 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     if args.queue < 0:
@@ -96,6 +99,10 @@ def load(args) -> Loaded:
     max_body = getattr(args, "max_body_mb", None)
     if max_body is not None and not (max_body * 2**20 >= 1024 and max_body <= 2**20):  # also refuses NaN
         raise ValueError(f"--max-body-mb must be in [0.001, 1048576] (MiB), got {max_body}")
+    try:  # before the model loads: a name that does not resolve would fail only at bind time, unnamed
+        socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ValueError(f"--host {args.host!r} is not an address or a name this machine resolves ({exc})") from None
     if args.api_key is not None and not args.api_key.strip():
         raise ValueError("--api-key is empty (an unset shell variable?): that would leave the server open to anyone; "
                          "give a non-empty key, or leave the option out to serve without one")
