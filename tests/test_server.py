@@ -596,7 +596,7 @@ def test_logo_cpp_serve_reports_bad_arguments(model_dir, tmp_path):
     out = subprocess.run([sys.executable, "-m", "logo_cpp.cli", "serve", "--model", str(model_dir / "llama-f32.gguf"),
                           "--parallel", "0"], capture_output=True, text=True, timeout=TIMEOUT,
                          cwd=tmp_path)
-    assert out.returncode == 2 and "--parallel must be positive" in out.stderr
+    assert out.returncode == 2 and "--parallel must be an integer in [1, 2147483647], got 0" in out.stderr
     env = dict(os.environ)
     assert env  # the environment reaches the child unchanged
 
