@@ -44,7 +44,8 @@ std::vector<std::string> from_bytes(const std::vector<nb::bytes> & list) {
 logo::RouterOptions router_options(int k, const std::string & signal, const std::string & probe,
                                    const std::vector<int> & layers, const std::string & module,
                                    const std::string & calibration, const std::string & position,
-                                   const std::string & fallback_module) {
+                                   const std::string & fallback_module, const std::string & weighting,
+                                   float temperature) {
     logo::RouterOptions o;
     o.k = k;
     if (signal == "norm") o.signal = logo::Signal::norm;
@@ -63,6 +64,10 @@ logo::RouterOptions router_options(int k, const std::string & signal, const std:
     if (position == "last") o.position = logo::ProbePosition::last;
     else if (position == "mean") o.position = logo::ProbePosition::mean;
     else throw std::invalid_argument("unknown probe position '" + position + "'; use 'last' or 'mean'");
+    if (weighting == "signal") o.weighting = logo::MixtureWeighting::signal;
+    else if (weighting == "softmax") o.weighting = logo::MixtureWeighting::softmax;
+    else throw std::invalid_argument("unknown weighting '" + weighting + "'; use 'signal' or 'softmax'");
+    o.temperature = temperature;
     if (layers.empty()) throw std::invalid_argument("layers is empty");
     o.layers = layers;
     o.layer = layers.back();
@@ -348,9 +353,9 @@ NB_MODULE(_core, m) {
           [](logo::Context & c, int seq, const logo::AdapterPool & pool, const std::vector<int32_t> & tokens, int k,
              const std::string & signal, const std::string & probe, const std::vector<int> & layers,
              const std::string & module, const std::string & calibration, const std::string & position,
-             const std::string & fallback_module) {
+             const std::string & fallback_module, const std::string & weighting, float temperature) {
               const logo::RouterOptions o = router_options(k, signal, probe, layers, module, calibration, position,
-                                                           fallback_module);
+                                                           fallback_module, weighting, temperature);
               logo::Routing r;
               {
                   nb::gil_scoped_release release;
@@ -373,9 +378,13 @@ NB_MODULE(_core, m) {
               d["calibration"] = logo::to_string(r.calibration);
               d["position"] = logo::to_string(r.position);
               d["module"] = r.module;
+              d["weighting"] = logo::to_string(r.weighting);
+              d["temperature"] = r.temperature;
               return d;
           },
           "session"_a, "seq"_a, "pool"_a, "tokens"_a, "k"_a = 20, "signal"_a = "norm", "probe"_a = "base",
           "layers"_a = std::vector<int>{-1}, "module"_a = "attn_q", "calibration"_a = "none", "position"_a = "last",
-          "fallback_module"_a = "");
+          "fallback_module"_a = "", "weighting"_a = "signal", "temperature"_a = 1.0f);
+    // The C++ default router's softmax temperature (RouterOptions::temperature), so Python has one source.
+    m.attr("default_mixture_temperature") = logo::RouterOptions{}.temperature;
 }

@@ -176,12 +176,15 @@ def routing_line(routing, top: int = 4) -> str:
 
 def routing_detail(routing, pool) -> str:
     """Every adapter's signal, highest first, with the chosen mixture marked."""
+    from .cli import weighting_text
+
     if routing is None:
         return "no routing yet (or no adapters)"
     chosen = routing.as_dict()
     blocks = ",".join(str(b) for b in routing.layers) if routing.layers else str(routing.layer)
     lines = [f"routing ({routing.method}, signal {routing.signal} at {routing.module} of block {blocks}, "
-             f"{routing.position} token(s), calibration {routing.calibration}; "
+             f"{routing.position} token(s), calibration {routing.calibration}"
+             + (f", weights {weighting_text(routing)}" if getattr(routing, "weighting", None) else "") + "; "
              f"probe {routing.timings.get('probe_seconds', 0) * 1e3:.0f} ms): {len(chosen)} of {len(pool)} adapters"]
     width = max(len(n) for n in pool.names)
     calibrated = routing.calibration not in (None, "none") and routing.raw_signals is not None
@@ -392,7 +395,9 @@ def run_chat(args) -> int:
     model = logo_cpp.Model(model_path, n_ctx=args.ctx, device=args.device, n_threads=args.threads)
     pool = logo_cpp.AdapterPool(model, adapter_paths) if adapter_paths and not args.no_adapters else None
     k = args.k if args.k is not None else DEFAULT_K
-    router = logo_cpp.LoGo(model, pool, k=min(k, len(pool))) if pool is not None else None
+    from .cli import mixture_weight_kwargs
+
+    router = logo_cpp.LoGo(model, pool, k=min(k, len(pool)), **mixture_weight_kwargs(args)) if pool is not None else None
     session = ChatSession(model, pool, router, system=args.system, max_tokens=args.max_tokens,
                           temperature=args.temperature, top_p=args.top_p, seed=args.seed, route_on=args.route_on)
     name = os.path.basename(str(model_path)).removesuffix(".gguf")
@@ -410,6 +415,10 @@ def add_arguments(p) -> None:
     p.add_argument("--adapters", "-a", nargs="+", default=[], help="adapter GGUF files or directories (with --model)")
     p.add_argument("--no-adapters", action="store_true", help="chat with the base model alone")
     p.add_argument("--k", type=positive_int, default=None, help=f"adapters per turn (default {DEFAULT_K})")
+    from .cli import add_mixture_weight_args
+    from .router import DEFAULT_TEMPERATURE, WEIGHTINGS
+
+    add_mixture_weight_args(p, WEIGHTINGS, DEFAULT_TEMPERATURE)
     p.add_argument("--route-on", default=DEFAULT_ROUTE_ON, choices=ROUTE_ON,
                    help=f"what the router reads each turn: the templated conversation or the last user message "
                         f"(default {DEFAULT_ROUTE_ON})")

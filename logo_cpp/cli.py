@@ -57,6 +57,17 @@ def temperature(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type for a finite number > 0 (a temperature): argparse names the flag."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", default=None,
                    help="base model GGUF file (default: the shipped SmolLM2-135M-Instruct, with the shipped adapters)")
@@ -69,7 +80,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_router_args(p: argparse.ArgumentParser) -> None:
-    from .router import CALIBRATIONS, DEFAULT_CALIBRATION, POSITIONS
+    from .router import CALIBRATIONS, DEFAULT_CALIBRATION, DEFAULT_TEMPERATURE, POSITIONS, WEIGHTINGS
 
     p.add_argument("--router", default="logo", choices=["logo", "top1", "arrow", "uniform", "random"],
                    help="how to choose adapters (default: logo)")
@@ -89,6 +100,7 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "arrow: every block)")
     p.add_argument("--module", default=None,
                    help="probe module (default: attn_v when calibrated, attn_q for calibration none and arrow)")
+    add_mixture_weight_args(p, WEIGHTINGS, DEFAULT_TEMPERATURE)
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random router (default 0)")
     _add_cache_args(p)
 
@@ -105,6 +117,23 @@ def _add_cache_args(p: argparse.ArgumentParser) -> None:
 def _cache_setting(args):
     """A router's cache_dir from --cache-dir / --no-cache (None: the environment's choice)."""
     return False if getattr(args, "no_cache", False) else getattr(args, "cache_dir", None)
+
+
+def add_mixture_weight_args(p: argparse.ArgumentParser, weightings, default_temperature: float) -> None:
+    """--mixture-weights / --mixture-temperature: LoGo's ``weights`` and ``temperature`` (route, run, eval,
+    serve, chat)."""
+    p.add_argument("--mixture-weights", default=None, choices=weightings,
+                   help="LoGo's mixture weights of the top k: signal (the paper: proportional to the raw signals) "
+                        "or softmax (softmax of the calibrated signals / T); default: softmax when calibrated, "
+                        "signal for calibration none")
+    p.add_argument("--mixture-temperature", type=positive_float, default=None, metavar="T",
+                   help=f"the softmax's temperature T (> 0; default {default_temperature:g}; smaller: more weight "
+                        "on the top adapter)")
+
+
+def mixture_weight_kwargs(args) -> dict:
+    """LoGo's ``weights`` / ``temperature`` from --mixture-weights / --mixture-temperature (None: the default)."""
+    return {"weights": args.mixture_weights, "temperature": args.mixture_temperature}
 
 
 def _load(args):
@@ -131,7 +160,8 @@ def _router(args, model, pool):
     cache_dir = _cache_setting(args)
     if args.router == "logo":
         return logo_cpp.LoGo(model, pool, k=args.k, signal=args.signal, probe=args.probe, layer=layer,
-                             module=args.module, calibration=calibration, position=args.position, cache_dir=cache_dir)
+                             module=args.module, calibration=calibration, position=args.position, cache_dir=cache_dir,
+                             **mixture_weight_kwargs(args))
     if args.router == "top1":
         return logo_cpp.TopOne(model, pool, signal=args.signal, probe=args.probe, layer=layer, module=args.module,
                                calibration=calibration, position=args.position, cache_dir=cache_dir)
@@ -152,6 +182,8 @@ def _routing_dict(routing, pool, every: bool = False) -> dict:
     if routing.calibration is not None:
         out["signal"], out["calibration"], out["layers"] = routing.signal, routing.calibration, routing.layers
         out["position"], out["module"] = routing.position, routing.module
+    if routing.weighting is not None:
+        out["weighting"], out["temperature"] = routing.weighting, routing.temperature
     if every and routing.signals is not None:
         out["signals"] = {n: (None if s != s else round(float(s), 6)) for n, s in zip(pool.names, routing.signals)}
         out["raw_signals"] = {n: (None if s != s else round(float(s), 6)) for n, s in zip(pool.names, routing.raw_signals)}
@@ -162,7 +194,8 @@ def _routing_dict(routing, pool, every: bool = False) -> dict:
 
 def _print_routing(routing, pool, every: bool = False, file=sys.stdout) -> None:
     width = max([len(n) for n in (pool.names if every else routing.names)] + [4])
-    print(f"routing ({routing.method}): {len(routing.names)} of {len(pool)} adapters", file=file)
+    print(f"routing ({routing.method}): {len(routing.names)} of {len(pool)} adapters"
+          + (f"; weights {weighting_text(routing)}" if routing.weighting is not None else ""), file=file)
     for name, weight in zip(routing.names, routing.weights):
         bar = "#" * max(1, int(round(float(weight) * 40)))
         print(f"  {name:<{width}}  {float(weight):.3f}  {bar}", file=file)
@@ -175,16 +208,25 @@ def _print_routing(routing, pool, every: bool = False, file=sys.stdout) -> None:
               file=file)
         calibrated = routing.calibration != "none"
         header = f"  {'adapter':<{width}}  {'calibrated':>10}  {'raw':>10}" if calibrated else f"  {'adapter':<{width}}  {'raw':>10}"
-        print(header, file=file)
+        print(header + f"  {'weight':>8}", file=file)
 
         def fmt(v):
             return f"{'-':>10}" if v != v else f"{float(v):>10.5g}"
 
+        weight = {i: float(w) for i, w in zip(routing.indices, routing.weights)}
         for i in routing.ranking():
+            w = f"{weight[i]:>8.3f}" if i in weight else f"{'-':>8}"
             if calibrated:
-                print(f"  {pool.names[i]:<{width}}  {fmt(routing.signals[i])}  {fmt(routing.raw_signals[i])}", file=file)
+                print(f"  {pool.names[i]:<{width}}  {fmt(routing.signals[i])}  {fmt(routing.raw_signals[i])}  {w}", file=file)
             else:
-                print(f"  {pool.names[i]:<{width}}  {fmt(routing.signals[i])}", file=file)
+                print(f"  {pool.names[i]:<{width}}  {fmt(routing.signals[i])}  {w}", file=file)
+
+
+def weighting_text(routing) -> str:
+    """How a LoGo routing's weights were made, in words: "softmax(calibrated / 0.5)" or "∝ raw signals"."""
+    if routing.weighting == "softmax":
+        return f"softmax(calibrated signals / {routing.temperature:g})"
+    return "proportional to the raw signals (the paper)"
 
 
 def cmd_run(args) -> int:

@@ -6,6 +6,7 @@ shipped ones; --model and --pool evaluate another base model or another pool mad
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import platform
@@ -42,8 +43,9 @@ def parse_ks(text: str) -> tuple[Optional[int], ...]:
 # The routers compared, one entry each; every entry is evaluated at each k of --ks. An entry names the signal
 # source it probes with (SOURCES: one probe per prompt serves every entry and k that uses the source).
 # Raw LoGo is the paper's router. Calibrated LoGo (what logo_cpp.LoGo does by default) ranks by the calibrated
-# signal and weights by the raw one; Arrow (Ostapenko et al. 2024) is a data-free routing baseline. Both come
-# with the router's calibration support (logo_cpp.router.DEFAULT_CALIBRATION, Arrow).
+# signal and weights the top k by its softmax at DEFAULT_TEMPERATURE (--mixture-weights signal: by the raw
+# signals, the paper's rule); Arrow (Ostapenko et al. 2024) is a data-free routing baseline. Both come with the
+# router's calibration support (logo_cpp.router.DEFAULT_CALIBRATION, Arrow).
 ROUTERS = [
     RouterEntry("LoGo-norm", source="logo", signal="logo-norm"),
     RouterEntry("LoGo-entropy", source="logo", signal="logo-entropy"),
@@ -52,7 +54,28 @@ SOURCES = {"logo": logo_source}
 _CALIBRATION = default_calibration()
 if _CALIBRATION not in (None, "none"):
     ROUTERS += [RouterEntry(f"LoGo-{kind} {_CALIBRATION}", source="logo", signal=f"logo-{kind}-{_CALIBRATION}",
-                            weight_signal=f"logo-{kind}-{_CALIBRATION}-raw") for kind in ("norm", "entropy")]
+                            weighting="softmax", temperature=router_module.DEFAULT_TEMPERATURE, calibrated=True)
+                for kind in ("norm", "entropy")]
+
+
+def with_mixture_weights(routers: Sequence[RouterEntry], weights: Optional[str],
+                         temperature: Optional[float]) -> list[RouterEntry]:
+    """The calibrated LoGo entries weighted as --mixture-weights / --mixture-temperature say (None: LoGo's
+    default, softmax at DEFAULT_TEMPERATURE); the paper's rows and Arrow are left as they are. ValueError as
+    LoGo's for a temperature given with weights "signal"."""
+    if weights is None and temperature is None:
+        return list(routers)
+    weights = weights or "softmax"
+    if temperature is not None and weights != "softmax":
+        raise ValueError("--mixture-temperature applies to --mixture-weights softmax only")
+    out = []
+    for r in routers:
+        if r.calibrated and weights == "signal":
+            r = dataclasses.replace(r, weighting="proportional", weight_signal=f"{r.signal}-raw")
+        elif r.calibrated:
+            r = dataclasses.replace(r, temperature=r.temperature if temperature is None else temperature)
+        out.append(r)
+    return out
 if hasattr(router_module, "Arrow"):
     ROUTERS.append(RouterEntry("Arrow", source="arrow", signal="arrow"))
     SOURCES["arrow"] = arrow_source
@@ -120,7 +143,8 @@ def run_eval(args) -> int:
     if args.batch < 1:
         raise ValueError(f"--batch must be at least 1, got {args.batch}")
     ks = parse_ks(args.ks) if args.ks else (QUICK_KS if args.quick else FULL_KS)
-    routers = pick_routers(args.routers)
+    routers = with_mixture_weights(pick_routers(args.routers), getattr(args, "mixture_weights", None),
+                                   getattr(args, "mixture_temperature", None))
     only = None
     if args.tasks is not None:
         only = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -176,6 +200,9 @@ def add_arguments(p) -> None:
     p.add_argument("--routers", default=None,
                    help=f"compare only these routers (comma-separated; default all: {','.join(r.key for r in ROUTERS)}); "
                    "the base model, the oracle, the uniform merge and random-k are always in")
+    from .cli import add_mixture_weight_args
+
+    add_mixture_weight_args(p, router_module.WEIGHTINGS, router_module.DEFAULT_TEMPERATURE)
     p.add_argument("--batch", type=int, default=16, help="sequences decoded together per graph evaluation")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-k baseline")
     p.add_argument("--threads", "-t", type=int, default=None)

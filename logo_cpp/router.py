@@ -1,4 +1,4 @@
-"""Routers: LoGo (probe signals, top-k, weights proportional to the signals) and plain baselines."""
+"""Routers: LoGo (probe signals, top-k, mixture weights from the signals) and plain baselines."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ MODULES = ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up")
 # half of the held-out prompts of both pools among 1-12 blocks, attn_q / attn_v / both (cost kept <= 8 blocks).
 DEFAULT_MODULE = "attn_v"
 DEFAULT_BLOCKS = 8
+# How the top-k get their mixture weights: "signal" (the paper: proportional to the raw signals) or "softmax"
+# (softmax of the calibrated signals at a temperature). The default temperature is the C++ RouterOptions'
+# (chosen on half A of both project pools at k = 3, docs/calibration/README.md).
+WEIGHTINGS = ("signal", "softmax")
+DEFAULT_TEMPERATURE = float(_core.default_mixture_temperature)
 
 
 def default_position(calibration: str) -> str:
@@ -37,6 +42,26 @@ def default_module(calibration: str) -> str:
     """The probed module when ``module`` is not given: the paper's attn_q for calibration "none", else
     DEFAULT_MODULE (attn_v, measured best with calibration, docs/calibration)."""
     return "attn_q" if calibration == "none" else DEFAULT_MODULE
+
+
+def default_weighting(calibration: str) -> str:
+    """The mixture weighting when ``weights`` is not given: the paper's "signal" for calibration "none" (so that
+    it is the paper exactly), else "softmax" of the calibrated signals (docs/calibration/README.md)."""
+    return "signal" if calibration == "none" else "softmax"
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_temperature(temperature) -> float:
+    """``temperature`` as a float, or ValueError naming the field: it must be a finite number > 0."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer, np.floating)):
+        raise ValueError(f"temperature must be a finite number > 0, got {type(temperature).__name__} {temperature!r}")
+    t = float(temperature)
+    # The core holds it as float32: the bounds are float32's (a tiny value would round to 0).
+    if not 0 < t <= _FLOAT32_MAX or np.float32(t) == 0:
+        raise ValueError(f"temperature must be a finite number > 0 (float32), got {temperature!r}")
+    return t
 
 
 def default_layers(calibration: str, n_layer: int) -> list[int]:
@@ -67,6 +92,8 @@ class Routing:
     layer: Optional[int] = None           # the last probed block
     layers: Optional[list[int]] = None    # every probed block
     module: Optional[str] = None
+    weighting: Optional[str] = None       # how weights were made: "signal" (raw, the paper) or "softmax"
+    temperature: Optional[float] = None   # the softmax temperature (None for "signal")
     timings: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, float]:
@@ -192,13 +219,19 @@ class _ProbeRouter(Router):
     _signals: Sequence[str] = ()
 
     def __init__(self, model: Model, pool: AdapterPool, k: int, signal: str, probe: str, layer, module: str,
-                 calibration: str, position: Optional[str], cache_dir: calibration_cache.CacheSetting = None):
+                 calibration: str, position: Optional[str], cache_dir: calibration_cache.CacheSetting = None,
+                 weights: Optional[str] = "signal", temperature: Optional[float] = None):
         super().__init__(model, pool)
         self.k = _check_k(k)
         self.signal = _choice("signal", signal, self._signals)
         self.probe = _choice("probe", probe, PROBES)
         self.calibration = _choice("calibration", calibration, CALIBRATIONS)
         self.position = default_position(calibration) if position is None else _choice("position", position, POSITIONS)
+        self.weights = default_weighting(calibration) if weights is None else _choice("weights", weights, WEIGHTINGS)
+        if temperature is not None and self.weights != "softmax":
+            raise ValueError(f"temperature applies to weights='softmax' only (weights is {self.weights!r}); "
+                             "give weights='softmax' or leave temperature as None")
+        self.temperature = DEFAULT_TEMPERATURE if temperature is None else _check_temperature(temperature)
         # The default module falls back to the paper's attn_q for a pool that adapts no attn_v at the probed
         # blocks (q-only adapters); a module the caller names never changes.
         self._fallback = "attn_q" if module is None and calibration != "none" else ""
@@ -220,7 +253,8 @@ class _ProbeRouter(Router):
                 self._disk.load()  # once per model and directory, before the core computes any statistic
             raw = _core.route(model._session, 0, self.pool._core, ids, k=self.k, signal=self.signal,
                               probe=self.probe, layers=self.layers, module=self.module, calibration=self.calibration,
-                              position=self.position, fallback_module=self._fallback)
+                              position=self.position, fallback_module=self._fallback, weighting=self.weights,
+                              temperature=self.temperature)
         if self._disk is not None:
             self._disk.save()  # only when this route computed new statistics
         names = self.pool.names
@@ -230,15 +264,16 @@ class _ProbeRouter(Router):
             norms=raw["norms"], entropies=raw["entropies"], unscored=[n for n, s in zip(names, scored) if not s],
             signal=raw["signal"], calibration=raw["calibration"], position=raw["position"], layer=raw["layer"],
             layers=list(raw["layers"]),
-            module=raw["module"],
+            module=raw["module"], weighting=raw["weighting"],
+            temperature=self.temperature if raw["weighting"] == "softmax" else None,
             timings={"probe_seconds": raw["probe_seconds"], "calibration_seconds": raw["calibration_seconds"],
                      "select_seconds": raw["select_seconds"]})
 
 
 class LoGo(_ProbeRouter):
     """LoGo: one probe pass scores every adapter from the hidden state entering block ``layer``, through each
-    adapter's LoRA on ``module``; the top ``k`` by calibrated signal get weights proportional to their raw
-    signals, s_i / sum(s).
+    adapter's LoRA on ``module``; the top ``k`` by calibrated signal form the mixture, weighted as ``weights``
+    says.
 
     ``signal``: "norm" (||o_i||, o_i = (alpha_i / r_i) B_i A_i h) or "entropy" (1 / H(softmax(o_i))), the
     paper's two. ``calibration``: how raw signals are made comparable across adapters before ranking:
@@ -259,8 +294,20 @@ class LoGo(_ProbeRouter):
     user cache dir (``~/.cache/logo-cpp`` on Linux) unless ``$LOGO_CPP_NO_CACHE`` is set, a path uses that
     directory, False keeps them in this process only (``logo_cpp.calibration_cache``).
 
+    ``weights``: the mixture weights of the k selected adapters S (float32, sum 1, ``Routing.weights``):
+    "signal" is the paper's w_i = s_i / sum_{j in S} s_j of the raw signals (docs/logo-method.md, step 6);
+    "softmax" is w_i = exp(z_i / T) / sum_{j in S} exp(z_j / T) of the calibrated signals z (``Routing.signals``,
+    what ranks them) at ``temperature`` T (> 0; smaller T moves weight to the top adapter, T -> 0 is k = 1,
+    large T equal weights). Raw signals are on each adapter's own scale, so the paper's weights let a loud
+    adapter that fits badly dominate: at k = 3 on the shipped pool they answer 0.552 of 648 held-out prompts,
+    softmax(z / T) 0.715 (k = 1: 0.711). Left as None, ``weights`` follows the calibration ("signal" for "none",
+    so that it is the paper exactly, else "softmax") and ``temperature`` is ``DEFAULT_TEMPERATURE`` (chosen
+    on half of the held-out prompts of both project pools at k = 3; docs/calibration/README.md).
+    ``Routing.weighting`` and ``Routing.temperature`` say what was used.
+
     Raises ValueError naming the argument and its choices for a bad ``k``, ``signal``, ``probe``,
-    ``calibration``, ``position``, ``layer`` or ``module``; TypeError for a ``cache_dir`` of another type.
+    ``calibration``, ``position``, ``layer``, ``module`` or ``weights``; for a ``temperature`` that is not a
+    finite number > 0, or one given with weights="signal"; TypeError for a ``cache_dir`` of another type.
     """
 
     method = "logo"
@@ -268,8 +315,10 @@ class LoGo(_ProbeRouter):
 
     def __init__(self, model: Model, pool: AdapterPool, k: int = 20, signal: str = "norm", probe: str = "base",
                  layer=None, module: Optional[str] = None, calibration: str = DEFAULT_CALIBRATION,
-                 position: Optional[str] = None, cache_dir: calibration_cache.CacheSetting = None):
-        super().__init__(model, pool, k, signal, probe, layer, module, calibration, position, cache_dir)
+                 position: Optional[str] = None, cache_dir: calibration_cache.CacheSetting = None,
+                 weights: Optional[str] = None, temperature: Optional[float] = None):
+        super().__init__(model, pool, k, signal, probe, layer, module, calibration, position, cache_dir, weights,
+                         temperature)
 
 
 class TopOne(LoGo):

@@ -92,13 +92,22 @@ def test_calibrated_signals_match_reference(setup, calibration, signal, layers, 
                                        atol=2e-3 * np.abs(calibrated[scored]).max())
         if calibration == "none":
             np.testing.assert_array_equal(r.signals, r.raw_signals)
-        # Ranked by the calibrated signal (where the reference's cut is not a near tie), weighted by the raw one.
+        # Ranked by the calibrated signal (where the reference's cut is not a near tie); weighted by the raw one
+        # (the paper's rule: calibration "none" and Arrow) or by softmax(z / T) of the calibrated one (the
+        # default for a calibrated LoGo; tests/test_mixture_weights.py checks those weights in detail).
         order = [i for i in np.argsort(-np.where(scored, calibrated, -np.inf), kind="stable") if scored[i]][:3]
         ranked = np.sort(calibrated[scored])[::-1]
         tie = 0.1 if calibration in ("zscore", "zscore_sq") else 1e-2 * np.abs(ranked).max()
         if np.all(-np.diff(ranked[:4]) > tie):
             assert r.indices == order
-        np.testing.assert_allclose(r.weights, r.raw_signals[r.indices] / r.raw_signals[r.indices].sum(), rtol=1e-5)
+        if signal == "arrow" or calibration == "none":
+            assert r.weighting == "signal"
+            np.testing.assert_allclose(r.weights, r.raw_signals[r.indices] / r.raw_signals[r.indices].sum(), rtol=1e-5)
+        else:
+            assert (r.weighting, r.temperature) == ("softmax", logo_cpp.router.DEFAULT_TEMPERATURE)
+            z = r.signals[r.indices].astype(np.float64)
+            e = np.exp((z - z.max()) / r.temperature)
+            np.testing.assert_allclose(r.weights, e / e.sum(), rtol=1e-5)
 
 
 @pytest.mark.parametrize("signal", ["norm", "entropy"])

@@ -181,31 +181,39 @@ def test_chat_routes_on_the_last_message_or_the_conversation(default):
 
 
 def test_eval_selections_are_the_routers_own(default):
-    """Every router row of logo-cpp eval picks what the library's router picks, with its weights."""
-    from logo_cpp.evaluate import ROUTERS, SOURCES
+    """Every router row of logo-cpp eval picks what the library's router picks, with its weights, also under
+    --mixture-weights signal and --mixture-temperature."""
+    from logo_cpp.evaluate import ROUTERS, SOURCES, with_mixture_weights
     from logo_cpp.evaluation.methods import default_calibration, top_k
 
     model, pool, items = default
     calibration = default_calibration()
     raw = {} if calibration is None else {"calibration": "none"}
-    routers = {"logo-norm": lambda k: logo_cpp.LoGo(model, pool, k=k, signal="norm", **raw),
-               "logo-entropy": lambda k: logo_cpp.LoGo(model, pool, k=k, signal="entropy", **raw)}
-    if calibration not in (None, "none"):
-        for kind in ("norm", "entropy"):
-            routers[f"logo-{kind}-{calibration}"] = lambda k, kind=kind: logo_cpp.LoGo(model, pool, k=k, signal=kind)
-    if hasattr(logo_cpp, "Arrow"):
-        routers["arrow"] = lambda k: logo_cpp.Arrow(model, pool, k=k)
-    assert {r.signal for r in ROUTERS} == set(routers)  # every row is checked
-    sources = [SOURCES[name](model, pool) for name in dict.fromkeys(r.source for r in ROUTERS)]
-    for item in items[:: max(1, len(items) // 4)]:
-        signals = {name: values for source in sources for name, values in source.score(item["prompt"]).items()}
-        for entry in ROUTERS:
-            for k in (1, 3):
-                routing = routers[entry.signal](k).route(item["prompt"])
-                weights = signals[entry.weight_signal] if entry.weight_signal else None
-                chosen = top_k(signals[entry.signal], k, weight_values=weights)
-                assert [pool.names[i] for i, _ in chosen] == routing.names, (entry.label, k)
-                np.testing.assert_allclose([w for _, w in chosen], routing.weights, rtol=1e-6, err_msg=entry.label)
+    for weights, temperature in ((None, None), ("signal", None), (None, 0.25)):
+        mixture = {} if weights is None and temperature is None else {"weights": weights or "softmax",
+                                                                      "temperature": temperature}
+        routers = {"logo-norm": lambda k: logo_cpp.LoGo(model, pool, k=k, signal="norm", **raw),
+                   "logo-entropy": lambda k: logo_cpp.LoGo(model, pool, k=k, signal="entropy", **raw)}
+        if calibration not in (None, "none"):
+            for kind in ("norm", "entropy"):
+                routers[f"logo-{kind}-{calibration}"] = lambda k, kind=kind: logo_cpp.LoGo(model, pool, k=k,
+                                                                                            signal=kind, **mixture)
+        if hasattr(logo_cpp, "Arrow"):
+            routers["arrow"] = lambda k: logo_cpp.Arrow(model, pool, k=k)
+        entries = with_mixture_weights(ROUTERS, weights, temperature)
+        assert {r.signal for r in entries} == set(routers)  # every row is checked
+        sources = [SOURCES[name](model, pool) for name in dict.fromkeys(r.source for r in entries)]
+        for item in items[:: max(1, len(items) // 4)]:
+            signals = {name: values for source in sources for name, values in source.score(item["prompt"]).items()}
+            for entry in entries:
+                for k in (1, 3):
+                    routing = routers[entry.signal](k).route(item["prompt"])
+                    values = signals[entry.weight_signal] if entry.weight_signal else None
+                    chosen = top_k(signals[entry.signal], k, weight_values=values, weighting=entry.weighting,
+                                   temperature=entry.temperature)
+                    assert [pool.names[i] for i, _ in chosen] == routing.names, (entry.label, k)
+                    np.testing.assert_allclose([w for _, w in chosen], routing.weights, rtol=1e-6,
+                                               err_msg=entry.label)
 
 
 def test_eval_quick_writes_the_table_json_and_plots(tmp_path):

@@ -187,6 +187,22 @@ def test_logo_calibration_per_request(served, reference):
         assert [a["weight"] for a in got["adapters"]] == pytest.approx([float(w) for w in routing.weights])
 
 
+def test_logo_mixture_weights_per_request(served, reference):
+    """`logo: {weights, temperature}` weight the top k as LoGo(weights=..., temperature=...) does; the report
+    says which weighting was used."""
+    model, pool = reference
+    prompt = "Numbers 12345"
+    for options in ({}, {"temperature": 0.25}, {"weights": "signal"}, {"weights": "softmax", "calibration": "none"}):
+        kwargs = {k: v for k, v in options.items()}
+        routing = logo_cpp.LoGo(model, pool, k=3, **kwargs).route(prompt)
+        r = client(served).completions.create(model="logo", prompt=prompt, max_tokens=1, temperature=0,
+                                              extra_body={"logo": {"k": 3, **options}})
+        got = r.model_extra["routing"]
+        assert (got["weights"], got["temperature"]) == (routing.weighting, routing.temperature)
+        assert [a["name"] for a in got["adapters"]] == routing.names
+        assert [a["weight"] for a in got["adapters"]] == pytest.approx([float(w) for w in routing.weights])
+
+
 def test_concurrent_requests_with_different_mixtures_equal_each_alone(served):
     def one(i):
         r = client(served).completions.create(model="logo", prompt=PROMPTS[i], max_tokens=16 + i, temperature=0,
@@ -362,6 +378,12 @@ BAD = [
     ({"prompt": "x", "logo": {"k": 0}}, 400, "logo.k", "greater than or equal to 1"),
     ({"prompt": "x", "logo": {"signal": "loud"}}, 400, "logo.signal", "'norm' or 'entropy'"),
     ({"prompt": "x", "logo": {"calibration": "magic"}}, 400, "logo.calibration", "unknown calibration 'magic'"),
+    ({"prompt": "x", "logo": {"weights": "raw"}}, 400, "logo.weights", "'signal' or 'softmax'"),
+    ({"prompt": "x", "logo": {"temperature": 0}}, 400, "logo.temperature", "greater than 0"),
+    ({"prompt": "x", "logo": {"temperature": "0.5"}}, 400, "logo.temperature", 'must be a number, got "0.5"'),
+    ({"prompt": "x", "logo": {"temperature": 1e39}}, 400, "logo.temperature", "finite float32"),
+    ({"prompt": "x", "logo": {"calibration": "none", "temperature": 0.5}}, 400, "logo.temperature",
+     "applies to weights 'softmax' only"),
     ({"prompt": "x", "logo": {"k": 2}, "adapters": {"sql": 1.0}}, 400, "logo", "routed requests"),
     ({"prompt": "x", "model": "base", "logo": {"k": 2}}, 400, "logo", "routed requests"),
     # Booleans are JSON booleans (pydantic's lax mode read "yes" and 1 as true)
@@ -871,3 +893,14 @@ def test_an_empty_api_key_is_refused(model_dir, tmp_path):
     out = subprocess.run(command + ["--max-body-mb", "0"], capture_output=True, text=True, timeout=TIMEOUT,
                          cwd=tmp_path)
     assert out.returncode == 2 and "--max-body-mb must be" in out.stderr, out.stderr
+@pytest.mark.parametrize("config,message", [
+    ({"mixture_weights": "raw"}, "unknown mixture_weights 'raw'; use one of signal, softmax"),
+    ({"mixture_temperature": 0.0}, "temperature must be a finite number > 0"),
+    ({"mixture_temperature": float("nan")}, "temperature must be a finite number > 0"),
+])
+def test_bad_mixture_weight_config(reference, config, message):
+    from logo_cpp.server.app import Server, ServerConfig
+
+    model, pool = reference
+    with pytest.raises(ValueError, match=message):
+        Server(model, pool, ServerConfig(**config))

@@ -31,6 +31,10 @@ const char * to_string(Calibration calibration) {
 
 const char * to_string(ProbePosition position) { return position == ProbePosition::last ? "last" : "mean"; }
 
+const char * to_string(MixtureWeighting weighting) {
+    return weighting == MixtureWeighting::signal ? "signal" : "softmax";
+}
+
 }  // namespace logo
 
 namespace logo::core {
@@ -90,6 +94,11 @@ void validate_router_options(const RouterOptions & options, const Model & model)
     if (c < 0 || c > int(Calibration::zscore_sq)) {
         throw std::invalid_argument("unknown calibration; use none, zscore, zscore_sq, spectral or frobenius");
     }
+    const int w = int(options.weighting);
+    if (w < 0 || w > int(MixtureWeighting::softmax)) throw std::invalid_argument("unknown weighting; use signal or softmax");
+    if (!std::isfinite(options.temperature) || options.temperature <= 0) {
+        throw std::invalid_argument("temperature must be a finite number > 0, got " + std::to_string(options.temperature));
+    }
     if (options.layers.empty() && options.n_blocks < 1) {
         throw std::invalid_argument("n_blocks must be >= 1, got " + std::to_string(options.n_blocks));
     }
@@ -132,6 +141,32 @@ void select_top_k(const std::vector<float> & ranking, const std::vector<float> &
         // All-zero signals (an input the adapters ignore) fall back to equal weights.
         weights.push_back(total > 0 ? float(magnitudes[size_t(i)] / total) : 1.0f / float(selected.size()));
     }
+}
+
+std::vector<float> softmax_weights(const std::vector<float> & z, const std::vector<int> & selected, float temperature) {
+    std::vector<float> weights;
+    if (selected.empty()) return weights;
+    double top = -std::numeric_limits<double>::infinity();
+    for (int i : selected) top = std::max(top, double(z[size_t(i)]));
+    std::vector<double> e;
+    double total = 0;
+    bool finite = std::isfinite(top);
+    for (int i : selected) {
+        const double x = std::exp((double(z[size_t(i)]) - top) / double(temperature));
+        finite = finite && std::isfinite(x);
+        e.push_back(x);
+        total += x;
+    }
+    if (!finite) {
+        // +inf or NaN among the scores: the adapters at the top value share the mixture equally.
+        int n_top = 0;
+        for (int i : selected) n_top += double(z[size_t(i)]) == top;
+        for (int i : selected) weights.push_back(double(z[size_t(i)]) == top && n_top > 0 ? 1.0f / float(n_top) : 0.0f);
+        if (n_top == 0) weights.assign(selected.size(), 1.0f / float(selected.size()));
+        return weights;
+    }
+    for (double x : e) weights.push_back(float(x / total));
+    return weights;
 }
 
 Routing route(Session & session, int stream, AdapterPool & pool, const std::vector<int32_t> & tokens,
@@ -293,6 +328,11 @@ Routing route(Session & session, int stream, AdapterPool & pool, const std::vect
         if (!arrow && !norm_only) r.entropies[i] = float(entropy_sum[i] / parts[i]);
     }
     select_top_k(r.signals, r.raw_signals, r.scored, options.k, r.selected, r.weights);
+    r.weighting = options.weighting;
+    if (options.weighting == MixtureWeighting::softmax) {
+        r.weights = softmax_weights(r.signals, r.selected, options.temperature);
+        r.temperature = options.temperature;
+    }
     r.signal = options.signal;
     r.calibration = options.calibration;
     r.position = options.position;

@@ -1,6 +1,6 @@
 // LoGo routing: one probe evaluation scores every adapter of the pool from the hidden state entering
 // the probed block(s); signals are calibrated per adapter (calibration.h), the top k get weights
-// proportional to their raw signals.
+// proportional to their raw signals (the paper) or softmax(z / T) of their calibrated signals.
 #pragma once
 
 #include <string>
@@ -30,5 +30,11 @@ void select_top_k(const std::vector<float> & ranking, const std::vector<float> &
 // The paper's rule: rank by the signals and weight by them.
 void select_top_k(const std::vector<float> & signals, const std::vector<bool> & scored, int k,
                   std::vector<int> & selected, std::vector<float> & weights);
+
+// w_i = exp((z_i - max z) / temperature), normalised, for the selected adapters' calibrated signals z (in
+// double; subtracting the max changes nothing mathematically and keeps exp finite). temperature must be
+// finite and > 0. A non-finite z (a degenerate calibration) gets the equal share among the selected adapters
+// at the largest value, others 0, instead of NaN weights.
+std::vector<float> softmax_weights(const std::vector<float> & z, const std::vector<int> & selected, float temperature);
 
 }  // namespace logo::core

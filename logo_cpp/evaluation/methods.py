@@ -52,7 +52,8 @@ def logo_source(model, pool, probe: str = "base", layer: int = -1, module: str =
       token: "logo-norm" s_i = ||o_i|| and "logo-entropy" s_i = 1 / (H(softmax(o_i)) + 1e-6);
     - where the router calibrates (default_calibration() is not None or "none"), the calibrated router's own
       probe per signal kind (its default probe site: blocks, module and position): "logo-<kind>-<calibration>",
-      what it ranks by, and "logo-<kind>-<calibration>-raw", the raw signals at its position, what it weights by.
+      what it ranks (and by default weights) by, and "logo-<kind>-<calibration>-raw", the raw signals at its
+      position (what weights="signal" weights by).
     All float32 as the C++ router computes them, so the selections and weights are LoGo's own, bit for bit."""
     from ..router import LoGo
 
@@ -99,8 +100,9 @@ class Method:
     the pool, equal weights), "random" (k adapters drawn per prompt, equal weights), or "top-k" (the k adapters
     with the highest ``signal``; k=None takes every scored adapter) weighted by ``weighting``:
     "proportional" w_i = s_i / sum_S s_j (LoGo, paper step 6), "uniform", or "softmax" over the selected s_i,
-    where s is ``weight_signal`` when given (a router may rank by one signal and weight by another, e.g. rank by
-    a calibrated signal and weight by the raw one), else ``signal``.
+    w_i = exp(s_i / T) / sum_S exp(s_j / T) at ``temperature`` T (LoGo's weights="softmax"), where s is
+    ``weight_signal`` when given (a router may rank by one signal and weight by another, e.g. rank by a
+    calibrated signal and weight by the raw one), else ``signal``.
     """
 
     name: str
@@ -109,6 +111,7 @@ class Method:
     k: Optional[int] = None
     weighting: str = "proportional"
     weight_signal: Optional[str] = None
+    temperature: float = 1.0
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -139,14 +142,15 @@ class Method:
             picked = sorted(int(i) for i in rng.choice(allowed, size=k, replace=False))
             return [(i, 1.0 / k) for i in picked]
         weights = signals[self.weight_signal] if self.weight_signal else None
-        return top_k(signals[self.signal], self.k, excluded, self.weighting, weights)
+        return top_k(signals[self.signal], self.k, excluded, self.weighting, weights, self.temperature)
 
 
 def top_k(signal: np.ndarray, k: Optional[int], excluded: Optional[int] = None, weighting: str = "proportional",
-          weight_values: Optional[np.ndarray] = None) -> list[tuple[int, float]]:
+          weight_values: Optional[np.ndarray] = None, temperature: float = 1.0) -> list[tuple[int, float]]:
     """The k highest scored adapters (ties keep pool order, NaN never chosen) and their weights from
-    ``weight_values`` (default: ``signal``), computed as cpp/src/router.cpp does for "proportional":
-    float32(v_i / sum_S v_j) with the sum in float64, equal weights when the sum is not positive."""
+    ``weight_values`` (default: ``signal``), computed as cpp/src/router.cpp does: "proportional"
+    float32(v_i / sum_S v_j) with the sum in float64, equal weights when the sum is not positive; "softmax"
+    float32(exp((v_i - max v) / T) / sum) in float64 (router.cpp softmax_weights)."""
     s = np.asarray(signal, dtype=np.float32)
     candidates = [i for i in range(len(s)) if np.isfinite(s[i]) and i != excluded]
     order = sorted(candidates, key=lambda i: -float(s[i]))  # sorted() is stable: ties keep pool order
@@ -159,8 +163,8 @@ def top_k(signal: np.ndarray, k: Optional[int], excluded: Optional[int] = None, 
         total = float(np.sum(values))
         weights = [float(np.float32(v / total)) for v in values] if total > 0 else [1.0 / len(chosen)] * len(chosen)
     elif weighting == "softmax":
-        e = np.exp(values - values.max())
-        weights = list(map(float, e / e.sum()))
+        e = np.exp((values - values.max()) / float(np.float32(temperature)))
+        weights = [float(np.float32(x)) for x in e / e.sum()]
     else:
         weights = [1.0 / len(chosen)] * len(chosen)
     return list(zip(chosen, weights))
@@ -176,6 +180,8 @@ class RouterEntry:
     signal: str                       # the signal name the source returns and the router ranks by
     weighting: str = "proportional"
     weight_signal: Optional[str] = None
+    temperature: float = 1.0          # softmax only
+    calibrated: bool = False          # LoGo as users get it: --mixture-weights / --mixture-temperature apply
 
     @property
     def key(self) -> str:
@@ -187,7 +193,7 @@ class RouterEntry:
         for k in ks:
             label = "all" if k is None else f"{k} (top-1)" if k == 1 else str(k)
             out.append(Method(f"{self.label} k={label}", "top-k", signal=self.signal, k=k, weighting=self.weighting,
-                              weight_signal=self.weight_signal))
+                              weight_signal=self.weight_signal, temperature=self.temperature))
         return out
 
 

@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HttpRoute
 
+from ..router import WEIGHTINGS, _check_temperature, default_weighting
 from .engine import Engine, Job, Route
 from .protocol import ApiError, ChatRequest, CompletionRequest, calibrations, parse
 from .responses import decode_json, error_response, read_body, respond
@@ -49,6 +50,8 @@ class ServerConfig:
     signal: str = "norm"
     probe: str = "base"
     calibration: Optional[str] = None  # None: LoGo's default (logo_cpp.router.DEFAULT_CALIBRATION)
+    mixture_weights: Optional[str] = None        # LoGo's ``weights``; None: its default for the calibration
+    mixture_temperature: Optional[float] = None  # LoGo's softmax ``temperature``; None: its default
     chat_route_on: str = "last-user"  # measured with the default router: docs/server/chat-routing.md
     layout: str = "auto"   # how slots hold mixtures: auto, stacked, pooled (logo/batch.h)
     model_name: str = ""   # the base model's file name, for /v1/models
@@ -100,6 +103,10 @@ class Server:
         elif isinstance(config.max_body_bytes, bool) or not isinstance(config.max_body_bytes, int) \
                 or config.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes must be an integer >= 1024, got {config.max_body_bytes!r}")
+        if config.mixture_weights is not None and config.mixture_weights not in WEIGHTINGS:
+            raise ValueError(f"unknown mixture_weights {config.mixture_weights!r}; use one of {', '.join(WEIGHTINGS)}")
+        if config.mixture_temperature is not None:
+            _check_temperature(config.mixture_temperature)  # ValueError naming temperature
         self.model = model
         self.pool = pool
         self.config = config
@@ -191,11 +198,21 @@ class Server:
             return Route(kind="base", method="logo")
         options = req.logo
         c = self.config
+        calibration = options.calibration if options and options.calibration else c.calibration
+        weights = options.weights if options and options.weights else c.mixture_weights
+        resolved = weights or default_weighting(calibration)
+        if options and options.temperature is not None and resolved != "softmax":
+            raise ApiError(400, f"logo.temperature applies to weights 'softmax' only (this request's weights are "
+                                f"{resolved!r}); send logo.weights 'softmax' or leave temperature out",
+                           param="logo.temperature")
+        temperature = options.temperature if options and options.temperature is not None else c.mixture_temperature
         return Route(kind="logo", method="logo",
                      k=options.k if options and options.k else c.k,
                      signal=options.signal if options and options.signal else c.signal,
                      probe=options.probe if options and options.probe else c.probe,
-                     calibration=options.calibration if options and options.calibration else c.calibration)
+                     calibration=calibration, weights=weights,
+                     # the server's default temperature serves its softmax routers; a "signal" router takes none
+                     temperature=temperature if resolved == "softmax" else None)
 
     def tokens(self, prompt, param: str) -> list[int]:
         model = self.model

@@ -47,6 +47,8 @@ class Route:
     signal: str = "norm"
     probe: str = "base"
     calibration: str = "none"
+    weights: Optional[str] = None        # LoGo's mixture weights; None: its default for the calibration
+    temperature: Optional[float] = None  # LoGo's softmax temperature; None: its default
 
 
 @dataclass
@@ -235,15 +237,17 @@ class Engine:
         weights = [float(w) for w in r.weights]
         report = {"method": "logo", "adapters": [{"name": n, "weight": w} for n, w in zip(r.names, weights)],
                   "k": route.k, "signal": route.signal, "probe": route.probe, "calibration": route.calibration,
+                  "weights": r.weighting, "temperature": r.temperature,
                   "probe_ms": round(1000 * r.timings.get("probe_seconds", 0.0), 3)}
         return r.names, list(zip(r.indices, weights)), report
 
     def _router(self, route: Route) -> LoGo:
-        key = (route.k, route.signal, route.probe, route.calibration)
+        key = (route.k, route.signal, route.probe, route.calibration, route.weights, route.temperature)
         router = self._routers.get(key)
         if router is None:
             # A LoGo without calibrated routing takes no calibration: its raw signal is calibration "none".
             extra = {"calibration": route.calibration} if "calibration" in _LOGO_PARAMETERS else {}
+            extra.update(weights=route.weights, temperature=route.temperature)
             router = self._routers[key] = LoGo(self.model, self.pool, k=route.k, signal=route.signal, probe=route.probe,
                                                **extra)
         return router

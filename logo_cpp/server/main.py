@@ -44,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", default=None,
                    help="LoGo: how signals are calibrated before ranking (logo_cpp.router.CALIBRATIONS; "
                         "default: the router's default; 'none' is the paper's raw signal)")
+    from ..cli import add_mixture_weight_args
+    from ..router import DEFAULT_TEMPERATURE, WEIGHTINGS
+
+    add_mixture_weight_args(p, WEIGHTINGS, DEFAULT_TEMPERATURE)
     p.add_argument("--chat-route-on", default="last-user", choices=["prompt", "last-user"],
                    help="what LoGo probes for a chat request: the last user message (default: it routes better with "
                         "the default router, docs/server/chat-routing.md) or the whole templated conversation")
@@ -116,7 +120,8 @@ def load(args) -> Loaded:
     pool = logo_cpp.AdapterPool(model, adapters) if adapters else logo_cpp.AdapterPool(model)
     config = ServerConfig(n_slots=args.parallel, n_ctx=args.ctx_size, max_queue=args.queue,
                           api_key=api_key, k=args.k, signal=args.signal, probe=args.probe,
-                          calibration=args.calibration,
+                          calibration=args.calibration, mixture_weights=args.mixture_weights,
+                          mixture_temperature=args.mixture_temperature,
                           chat_route_on=args.chat_route_on, layout=args.mixture_layout,
                           model_name=Path(model_path).name,
                           allow_origins=list(args.allow_origin),

@@ -160,11 +160,25 @@ class LogoOptions(_Body):
     signal: Optional[Literal["norm", "entropy"]] = None
     probe: Optional[Literal["base", "all"]] = None
     calibration: Optional[str] = None
+    weights: Optional[Literal["signal", "softmax"]] = None  # LoGo's mixture weights (logo_cpp.router.WEIGHTINGS)
+    temperature: Optional[float] = Field(default=None, gt=0)  # LoGo's softmax temperature, not sampling's
 
     @field_validator("k", mode="before")
     @classmethod
     def _k(cls, v):
         return _integer(v)
+
+    @field_validator("temperature", mode="before")
+    @classmethod
+    def _temperature(cls, v):
+        return _number(v)
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_float32(cls, v):
+        if v is not None and not v <= FLOAT32_MAX:
+            raise ValueError(f"must be a finite float32 > 0, got {v!r}")
+        return v
 
     @field_validator("calibration")
     @classmethod

@@ -75,6 +75,14 @@ enum class Calibration { none, zscore, spectral, frobenius, zscore_sq };
 // Where the probe vector is read at each probed block: the last prompt token (the paper), or the mean over
 // the prompt's tokens after BOS.
 enum class ProbePosition { last, mean };
+// How the top-k adapters' mixture weights are made (Routing::weights). signal: proportional to their raw
+// signals, w_i = s_i / sum_j s_j (the paper's rule, logo-method.md step 6; bit for bit as before this option
+// existed). softmax: w_i = exp(z_i / T) / sum_j exp(z_j / T) over the selected adapters' calibrated signals z_i
+// (Routing::signals, what ranks them) at temperature T = RouterOptions::temperature. Raw signals are on each
+// adapter's own scale (the reason they need calibration to rank), so weighting by them lets a loud but
+// poorly fitting adapter dominate the mixture: on the shipped pool at k = 3 the paper's weights answer 0.552
+// of 648 held-out prompts, softmax(z / T) 0.715 (docs/calibration/README.md).
+enum class MixtureWeighting { signal, softmax };
 
 // One adapter matrix's calibration statistic (zscore, zscore_sq), as a persistent cache keeps it
 // (Model::calibration_stats): the mean and population std of one raw signal over the generic prompts.
@@ -102,11 +110,15 @@ struct RouterOptions {
     std::string fallback_module = "attn_q";
     Calibration calibration = Calibration::zscore_sq;
     ProbePosition position = ProbePosition::mean;
+    // The default router's weights: softmax of the calibrated signals at a temperature chosen on half of the
+    // held-out prompts of both project pools (docs/calibration/README.md). The paper: weighting signal.
+    MixtureWeighting weighting = MixtureWeighting::softmax;
+    float temperature = 0.5f;  // softmax only; must be finite and > 0 (validated whatever the weighting)
 };
 
 struct Routing {
     std::vector<int> selected;        // pool indices, highest calibrated signal first
-    std::vector<float> weights;       // sum to 1: proportional to the selected adapters' raw signals
+    std::vector<float> weights;       // sum to 1, one per selected adapter, as `weighting` says
     std::vector<float> signals;       // one per pool adapter: what ranks them (calibrated); NaN where not scored
     std::vector<float> raw_signals;   // the chosen signal before calibration (the paper's s_i); NaN where not scored
     std::vector<float> norms;         // ||o_i|| (summed over probed blocks), NaN where not scored or for arrow
@@ -116,6 +128,8 @@ struct Routing {
     Signal signal = Signal::norm;
     Calibration calibration = Calibration::none;  // how `signals` were made from `raw_signals`
     ProbePosition position = ProbePosition::last;
+    MixtureWeighting weighting = MixtureWeighting::signal;  // how `weights` were made
+    float temperature = 0;            // the softmax temperature (0 for weighting signal)
     std::string module;               // the probed module (RouterOptions::module, or its fallback)
     int layer = -1;                   // the last probed block
     std::vector<int> layers;          // every probed block, ascending
@@ -148,6 +162,7 @@ struct AdapterData {
 const char * to_string(Signal signal);
 const char * to_string(Calibration calibration);
 const char * to_string(ProbePosition position);
+const char * to_string(MixtureWeighting weighting);
 
 // A weighted set of pool adapters: (pool index, weight).
 using Mixture = std::vector<std::pair<int, float>>;
