@@ -113,7 +113,7 @@ struct RouterOptions {
     // The default router's weights: softmax of the calibrated signals at a temperature chosen on half of the
     // held-out prompts of both project pools (docs/calibration/README.md). The paper: weighting signal.
     MixtureWeighting weighting = MixtureWeighting::softmax;
-    float temperature = 0.5f;  // softmax only; must be finite and > 0 (validated whatever the weighting)
+    float temperature = 0.25f;  // softmax only; must be finite and > 0 (validated whatever the weighting)
 };
 
 struct Routing {
