@@ -223,7 +223,8 @@ def _print_routing(routing, pool, every: bool = False, file=sys.stdout) -> None:
 
 
 def weighting_text(routing) -> str:
-    """How a LoGo routing's weights were made, in words: "softmax(calibrated / 0.5)" or "∝ raw signals"."""
+    """How a LoGo routing's weights were made, in words: "softmax(calibrated signals / 0.25)" or
+    "proportional to the raw signals (the paper)"."""
     if routing.weighting == "softmax":
         return f"softmax(calibrated signals / {routing.temperature:g})"
     return "proportional to the raw signals (the paper)"

@@ -300,7 +300,7 @@ class LoGo(_ProbeRouter):
     what ranks them) at ``temperature`` T (> 0; smaller T moves weight to the top adapter, T -> 0 is k = 1,
     large T equal weights). Raw signals are on each adapter's own scale, so the paper's weights let a loud
     adapter that fits badly dominate: at k = 3 on the shipped pool they answer 0.552 of 648 held-out prompts,
-    softmax(z / T) 0.715 (k = 1: 0.711). Left as None, ``weights`` follows the calibration ("signal" for "none",
+    softmax(z / 0.25) 0.716 (k = 1: 0.711). Left as None, ``weights`` follows the calibration ("signal" for "none",
     so that it is the paper exactly, else "softmax") and ``temperature`` is ``DEFAULT_TEMPERATURE`` (chosen
     on half of the held-out prompts of both project pools at k = 3; docs/calibration/README.md).
     ``Routing.weighting`` and ``Routing.temperature`` say what was used.
