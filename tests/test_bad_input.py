@@ -380,7 +380,9 @@ def _load_in_child(code: str, bad, good, env_extra=None, import_llama_cpp=False)
         "    print(type(e).__name__, e)\n")
     env = {k: v for k, v in os.environ.items() if k != "LOGO_GGML_LOG"}
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    # From the tests' folder: at the checkout's root its logo_cpp source tree would shadow the installed package.
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120,
+                          cwd=os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("import_llama_cpp", [False, True], ids=["default-logger", "llama_cpp-logger"])

@@ -244,7 +244,7 @@ def test_concurrent_writers_merge(model_dir, adapter_dir, tmp_path, cold):
     groups = [["math", "sql"], ["poem", "code", "chat"], ["legal", "mixed"]]
     env = {k: v for k, v in os.environ.items() if k != "LOGO_CPP_NO_CACHE"}
     procs = [subprocess.Popen([sys.executable, "-c", script, str(model_dir / "llama-f32.gguf"), str(tmp_path),
-                               *[str(adapter_dir / f"{n}.gguf") for n in g]], env=env) for g in groups]
+                               *[str(adapter_dir / f"{n}.gguf") for n in g]], env=env, cwd=tmp_path) for g in groups]
     assert all(p.wait(timeout=300) == 0 for p in procs)
     model, pool = _load(model_dir, adapter_dir)
     router = logo_cpp.LoGo(model, pool, k=3, cache_dir=tmp_path)
@@ -312,8 +312,9 @@ def test_the_number_of_files_is_bounded(model_dir, adapter_dir, tmp_path, monkey
 
 
 def _cli(*args, env=None):
+    # From the tests' folder: at the checkout's root its logo_cpp source tree would shadow the installed package.
     return subprocess.run([sys.executable, "-m", "logo_cpp.cli", *args], capture_output=True, text=True, timeout=300,
-                          env=env)
+                          env=env, cwd=os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_cli_route_cold_and_warm_and_the_cache_command(model_dir, adapter_dir, tmp_path):
