@@ -24,26 +24,24 @@ def _die(message: str) -> int:
 _INT32_MAX = 2**31 - 1
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts the core holds as int32 (threads, context, k): argparse names the flag."""
+def _int32_at_least(lowest: int, text: str, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if not 1 <= value <= _INT32_MAX:
-        raise argparse.ArgumentTypeError(f"expected an integer in [1, {_INT32_MAX}], got {text}")
+        raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
+    if not lowest <= value <= _INT32_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer in [{lowest}, {_INT32_MAX}], got {text}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts the core holds as int32 (threads, context, k): argparse names the flag."""
+    return _int32_at_least(1, text, "positive")
 
 
 def non_negative_int(text: str) -> int:
     """argparse type for int32 counts and seeds that may be 0 (max tokens, a seed)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if not 0 <= value <= _INT32_MAX:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, {_INT32_MAX}], got {text}")
-    return value
+    return _int32_at_least(0, text, "non-negative")
 
 
 def temperature(text: str) -> float:
