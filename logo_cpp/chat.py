@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
@@ -241,13 +243,35 @@ class Terminal:
             except EOFError:
                 print()
                 return None
-        line = sys.stdin.readline()
+        line = self._next_piped_line()
         if not line:
             return None
         line = line.rstrip("\r\n")
         if line.strip():
             self.say(self.bold("> ") + line)  # a transcript reads as a conversation
         return line
+
+    def _next_piped_line(self) -> str:
+        """The next line from a pipe ('' at its end), read by a helper thread: the main thread waits in short
+        slices, so a Ctrl-C is handled within 0.1 s. Blocked in read() itself, a SIGINT arriving just before the
+        call (after Python's last check for signals) would wait for the next input line, and the chat would hang."""
+        if getattr(self, "_lines", None) is None:
+            self._lines = queue.Queue()
+            stdin = sys.stdin
+
+            def pump() -> None:
+                while True:
+                    line = stdin.readline()
+                    self._lines.put(line)
+                    if not line:
+                        return
+
+            threading.Thread(target=pump, name="logo-cpp-chat-stdin", daemon=True).start()
+        while True:
+            try:
+                return self._lines.get(timeout=0.1)
+            except queue.Empty:
+                continue
 
     def loop(self) -> int:
         """Reads and answers until end of input or /quit; returns the exit code (0).
