@@ -159,7 +159,7 @@ def _router(args, model, pool):
     if args.router == "logo":
         return logo_cpp.LoGo(model, pool, k=args.k, signal=args.signal, probe=args.probe, layer=layer,
                              module=args.module, calibration=calibration, position=args.position, cache_dir=cache_dir,
-                             **mixture_weight_kwargs(args))
+                             rerank_margin=getattr(args, "rerank", None), **mixture_weight_kwargs(args))
     if args.router == "top1":
         return logo_cpp.TopOne(model, pool, signal=args.signal, probe=args.probe, layer=layer, module=args.module,
                                calibration=calibration, position=args.position, cache_dir=cache_dir)
@@ -230,9 +230,23 @@ def weighting_text(routing) -> str:
 
 def cmd_run(args) -> int:
     model, pool = _load(args)
+    if args.rerank is not None and (args.router != "logo" or args.k != 1):
+        raise ValueError("--rerank applies to --router logo with --k 1")
     router = _router(args, model, pool)
-    routing = router.route(args.prompt)
     gen = dict(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    if args.rerank is not None:
+        out = router.generate(args.prompt, **gen)  # the rerank needs the candidates' answers: no streaming
+        routing = out.routing
+        if args.json:
+            print(json.dumps({"text": out.text, "finish_reason": out.finish_reason,
+                              "routing": dict(_routing_dict(routing, pool), rerank=routing.rerank),
+                              "timings": vars(out.timings)}, indent=2))
+            return 0
+        _print_routing(routing, pool, file=sys.stderr)
+        _print_rerank(routing.rerank, file=sys.stderr)
+        print(out.text)
+        return 0
+    routing = router.route(args.prompt)
     if args.json:
         out = model.generate(args.prompt, adapters=routing.as_dict(), **gen)
         print(json.dumps({"text": out.text, "finish_reason": out.finish_reason, "routing": _routing_dict(routing, pool),
@@ -243,6 +257,18 @@ def cmd_run(args) -> int:
         print(piece, end="", flush=True)
     print()
     return 0
+
+
+def _print_rerank(info, file=sys.stdout) -> None:
+    if info is None or info["margin"] is None:
+        return
+    if not info["reranked"]:
+        print(f"rerank: top two {info['candidates'][0]} / {info['candidates'][1]} {info['margin']:.3f} apart: not "
+              "close, not reranked", file=file)
+        return
+    print(f"rerank: top two {info['candidates'][0]} / {info['candidates'][1]} {info['margin']:.3f} apart; mean "
+          f"log-probability of their answers {info['mean_logprobs'][0]:.3f} / {info['mean_logprobs'][1]:.3f}: "
+          f"{info['chosen']} answers", file=file)
 
 
 def cmd_route(args) -> int:
@@ -352,6 +378,8 @@ def cmd_bench(args, rest: Sequence[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .rerank import DEFAULT_RERANK_MARGIN
+
     parser = argparse.ArgumentParser(prog="logo-cpp", description="Many LoRA adapters per input on local hardware "
                                      "(LoGo routing and mixtures on ggml).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -363,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", "-n", type=non_negative_int, default=128, help="tokens to generate at most (default 128)")
     p.add_argument("--temperature", type=temperature, default=0.0, help="sampling temperature (default 0: greedy)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    p.add_argument("--rerank", type=positive_float, nargs="?", const=DEFAULT_RERANK_MARGIN, default=None,
+                   metavar="MARGIN",
+                   help="LoGo at k 1: when the top two adapters' calibrated signals are closer than MARGIN (default "
+                        f"{DEFAULT_RERANK_MARGIN:g}), answer with both and keep the one the model is more confident "
+                        "in (one more generation; the answer is printed whole, not streamed)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("route", help="print the routing of a prompt only")

@@ -9,6 +9,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from . import _core, calibration_cache
+from . import rerank as _rerank
 from .adapters import AdapterPool
 from .model import _INT32_MAX, Completion, Model, Prompt
 
@@ -95,6 +96,9 @@ class Routing:
     weighting: Optional[str] = None       # how weights were made: "signal" (raw, the paper) or "softmax"
     temperature: Optional[float] = None   # the softmax temperature (None for "signal")
     timings: dict = field(default_factory=dict)
+    # LoGo(rerank_margin=...) at generation: {"candidates": top two names, "margin": z_1 - z_2, "reranked": whether
+    # their answers were compared, "mean_logprobs": [two floats] or None, "chosen": name}; None otherwise
+    rerank: Optional[dict] = None
 
     def as_dict(self) -> dict[str, float]:
         return {n: float(w) for n, w in zip(self.names, self.weights)}
@@ -305,9 +309,18 @@ class LoGo(_ProbeRouter):
     on half of the held-out prompts of both project pools at k = 3; docs/calibration/README.md).
     ``Routing.weighting`` and ``Routing.temperature`` say what was used.
 
+    ``rerank_margin`` (opt-in, k = 1 only; None: off): at generation (``generate``, ``generate_batch``), when the
+    top two adapters' calibrated signals differ by less than this margin, both answer the prompt greedily and the
+    adapter whose answer the model is more confident in (mean log-probability of its tokens and of ending there)
+    serves it (``logo_cpp.rerank``; ``Routing.rerank`` says what was compared). ``route`` alone never reranks
+    (it generates nothing). ``rerank.DEFAULT_RERANK_MARGIN`` (0.5) is the measured choice: on the shipped pool
+    it raises k = 1 task accuracy from 0.711 to 0.738 of 648 held-out prompts (oracle 0.778) and costs one more
+    generation and two teacher-forced passes for each reranked prompt (about a fifth of them there).
+
     Raises ValueError naming the argument and its choices for a bad ``k``, ``signal``, ``probe``,
     ``calibration``, ``position``, ``layer``, ``module`` or ``weights``; for a ``temperature`` that is not a
-    finite number > 0, or one given with weights="signal"; TypeError for a ``cache_dir`` of another type.
+    finite number > 0, or one given with weights="signal"; for a ``rerank_margin`` that is not a finite number
+    > 0, or one given with k > 1 or calibration "none"; TypeError for a ``cache_dir`` of another type.
     """
 
     method = "logo"
@@ -316,9 +329,67 @@ class LoGo(_ProbeRouter):
     def __init__(self, model: Model, pool: AdapterPool, k: int = 20, signal: str = "norm", probe: str = "base",
                  layer=None, module: Optional[str] = None, calibration: str = DEFAULT_CALIBRATION,
                  position: Optional[str] = None, cache_dir: calibration_cache.CacheSetting = None,
-                 weights: Optional[str] = None, temperature: Optional[float] = None):
+                 weights: Optional[str] = None, temperature: Optional[float] = None,
+                 rerank_margin: Optional[float] = None):
         super().__init__(model, pool, k, signal, probe, layer, module, calibration, position, cache_dir, weights,
                          temperature)
+        self.rerank_margin = _rerank.check_margin(rerank_margin)
+        if self.rerank_margin is not None and self.k != 1:
+            raise ValueError(f"rerank_margin applies to k = 1 only (k is {self.k})")
+        if self.rerank_margin is not None and self.calibration == "none":
+            raise ValueError("rerank_margin needs calibrated signals (calibration is 'none': raw signals are on each "
+                             "adapter's own scale, so their margin means nothing)")
+
+    def generate(self, prompt: Prompt, max_tokens: int = 128, **kwargs):
+        """As Router.generate; with ``rerank_margin``, close top-two routings are reranked first (the reranked
+        greedy answer is returned as is when the call is greedy and not streamed)."""
+        if self.rerank_margin is None:
+            return super().generate(prompt, max_tokens=max_tokens, **kwargs)
+        model = self.model
+        ids = model._prompt_tokens(prompt)
+        model._sampling_kwargs(max_tokens, kwargs.get("temperature", 0.8), kwargs.get("top_k", 40),
+                               kwargs.get("top_p", 0.95), kwargs.get("min_p", 0.05), kwargs.get("seed"),
+                               kwargs.get("stop"), kwargs.get("ignore_eos", False))  # checked before any work
+        routing = self.route(ids)
+        answer = _rerank.rerank(model, self.pool, ids, routing, self.rerank_margin, max_tokens, kwargs.get("stop"),
+                                kwargs.get("ignore_eos", False))
+        if answer is not None and float(kwargs.get("temperature", 0.8)) == 0.0 and not kwargs.get("stream"):
+            answer.routing = routing
+            return answer
+        if kwargs.get("stream"):
+            return model.generate(ids, max_tokens=max_tokens, adapters=routing.as_dict(), **kwargs)
+        out = model.generate(ids, max_tokens=max_tokens, adapters=routing.as_dict(), **kwargs)
+        out.routing = routing
+        return out
+
+    def generate_batch(self, prompts: Sequence[Prompt], max_tokens: int = 128, **kwargs) -> list[Completion]:
+        """As Router.generate_batch; with ``rerank_margin`` each prompt is routed and reranked (as generate) before
+        the batch is decoded together."""
+        if self.rerank_margin is None:
+            return super().generate_batch(prompts, max_tokens=max_tokens, **kwargs)
+        if isinstance(prompts, (str, bytes)):
+            raise TypeError("prompts must be a list of prompts; for one prompt (a str or bytes) use generate()")
+        if len(prompts) == 0:
+            raise ValueError("prompts is empty")
+        model = self.model
+        ids = [model._prompt_tokens(p) for p in prompts]
+        seed, stop, ignore_eos = kwargs.pop("seed", None), kwargs.pop("stop", None), kwargs.pop("ignore_eos", False)
+        sampling = dict(temperature=kwargs.pop("temperature", 0.8), top_k=kwargs.pop("top_k", 40),
+                        top_p=kwargs.pop("top_p", 0.95), min_p=kwargs.pop("min_p", 0.05))
+        if kwargs:
+            raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
+        run = model._sampling_kwargs(max_tokens, sampling["temperature"], sampling["top_k"], sampling["top_p"],
+                                     sampling["min_p"], seed, stop, ignore_eos)
+        routings = []
+        for one in ids:
+            r = self.route(one)
+            _rerank.rerank(model, self.pool, one, r, self.rerank_margin, max_tokens, stop, ignore_eos)
+            routings.append(r)
+        run.update(pool=self.pool._core, selections=[list(zip(r.indices, map(float, r.weights))) for r in routings])
+        outs = model._run(ids, run)
+        for out, routing in zip(outs, routings):
+            out.routing = routing
+        return outs
 
 
 class TopOne(LoGo):

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import study_accuracy as S  # noqa: E402
 from correctness import max_tokens_for, scorer  # noqa: E402
-from explore import pool_adapters  # noqa: E402
-from probe_data import ProbeSet, load_pool_dir, probe_set, read_adapter, read_norm_weights, read_rms_eps  # noqa: E402
+from inpool import generic_states, load_inpool  # noqa: E402
+from probe_data import read_adapter, read_norm_weights, read_rms_eps  # noqa: E402
 
 GRID = [(0.5, 0.25), (0.5, 0.5), (1.0, 0.25), (1.0, 0.5), (1.0, 1.0), (2.0, 0.5)]
 
@@ -44,31 +44,16 @@ def main(argv=None) -> int:
     ap.add_argument("--temperature", type=float, default=0.5)
     args = ap.parse_args(argv)
     import logo_cpp
-    from logo_cpp import _core, default_model
+    from logo_cpp import default_model
 
     mp = str(default_model.base_model_path())
     nw, eps = read_norm_weights(mp), read_rms_eps(mp)
     pool_dir = Path("models/pool")
-    manifest, items = load_pool_dir(pool_dir)
-    adapters = pool_adapters(pool_dir, manifest)
-    names = [n for n, _ in adapters]
-    keep = [i for i, it in enumerate(items) if it["task"] in names]
     model = logo_cpp.Model(mp, n_ctx=512, n_threads=args.threads)
-    full = probe_set(model, [it["prompt"] for it in items], args.cache, "eval", S.LAYERS_TOK)
-    offs = full.offsets()
-    ev = ProbeSet([full.prompts[i] for i in keep], full.last[keep], full.mean[keep], full.n_tokens[keep])
-    ev.tokens = np.concatenate([full.tokens[offs[i]:offs[i + 1]] for i in keep])
-    ev.token_layers = S.LAYERS_TOK
-    gen = probe_set(model, list(_core.calibration_prompts()), args.cache, "generic", S.LAYERS_TOK)
-    kept = [items[i] for i in keep]
-    own = np.array([names.index(it["task"]) for it in kept])
-    counts: dict = {}
-    half = []
-    for it in kept:
-        counts[it["task"]] = counts.get(it["task"], 0) + 1
-        half.append(counts[it["task"]] % 2)
-    half = np.array(half)
-    pool = S.Pool([read_adapter(str(p)) for _, p in adapters], ev, gen, nw, eps, modules=("attn_v",))
+    ip = load_inpool(model, pool_dir, args.cache)
+    manifest, adapters, names, kept, own, half = ip.manifest, ip.adapters, ip.names, ip.kept, ip.own, ip.half
+    gen = generic_states(model, args.cache)
+    pool = S.Pool([read_adapter(str(p)) for _, p in adapters], ip.ev, gen, nw, eps, modules=("attn_v",))
     z = pool.scores(tuple(range(22, 30)), ("attn_v",), "mean", "sqz")
     k1 = S.gen_scores(pool_dir, kept, adapters, args.cache)
     order = np.argsort(-z, axis=1)

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import study_accuracy as S  # noqa: E402
 from correctness import max_tokens_for, scorer  # noqa: E402
-from explore import pool_adapters  # noqa: E402
-from probe_data import ProbeSet, load_pool_dir, probe_set, read_adapter, read_norm_weights, read_rms_eps  # noqa: E402
+from inpool import generic_states, load_inpool  # noqa: E402
+from probe_data import read_adapter, read_norm_weights, read_rms_eps  # noqa: E402
 
 GRID = (0.1, 0.25, 0.5, 1.0, 2.0)
 POOLS = ("models/pool", "models/pool-alt")
@@ -42,32 +42,16 @@ LAYERS = tuple(range(22, 30))
 def load_pool(model, pool_dir: Path, cache: Path, nw, eps) -> dict:
     """The default router's calibrated scores z and raw signals of every held-out in-pool prompt, its halves,
     its own adapter's and the k = 1 choice's cached task scores."""
-    from logo_cpp import _core
-
-    manifest, items = load_pool_dir(pool_dir)
-    adapters = pool_adapters(pool_dir, manifest)
-    names = [n for n, _ in adapters]
-    keep = [i for i, it in enumerate(items) if it["task"] in names]
-    full = probe_set(model, [it["prompt"] for it in items], cache, "eval", S.LAYERS_TOK)
-    offs = full.offsets()
-    ev = ProbeSet([full.prompts[i] for i in keep], full.last[keep], full.mean[keep], full.n_tokens[keep])
-    ev.tokens = np.concatenate([full.tokens[offs[i]:offs[i + 1]] for i in keep])
-    ev.token_layers = S.LAYERS_TOK
-    gen = probe_set(model, list(_core.calibration_prompts()), cache, "generic", S.LAYERS_TOK)
-    kept = [items[i] for i in keep]
-    own = np.array([names.index(it["task"]) for it in kept])
-    counts: dict = {}
-    half = []
-    for it in kept:
-        counts[it["task"]] = counts.get(it["task"], 0) + 1
-        half.append(counts[it["task"]] % 2)
-    pool = S.Pool([read_adapter(str(p)) for _, p in adapters], ev, gen, nw, eps, modules=("attn_v",))
+    ip = load_inpool(model, pool_dir, cache)
+    manifest, adapters, names, kept, own = ip.manifest, ip.adapters, ip.names, ip.kept, ip.own
+    gen = generic_states(model, cache)
+    pool = S.Pool([read_adapter(str(p)) for _, p in adapters], ip.ev, gen, nw, eps, modules=("attn_v",))
     z = pool.scores(LAYERS, ("attn_v",), "mean", "sqz")
     # The runtime's raw signal of a calibrated norm router: ||s B A x_mean|| summed over the probed blocks.
     raw = sum(np.sqrt(e) for e in S.block_energies(pool, LAYERS, "ev"))
     k1 = S.gen_scores(pool_dir, kept, adapters, cache)
     order = np.argsort(-np.where(np.isnan(z), -np.inf, z), axis=1, kind="stable")
-    return dict(manifest=manifest, adapters=adapters, names=names, kept=kept, own=own, half=np.array(half), z=z,
+    return dict(manifest=manifest, adapters=adapters, names=names, kept=kept, own=own, half=ip.half, z=z,
                 raw=raw, order=order,
                 oracle=np.array([k1[(i, int(o))] for i, o in enumerate(own)]),
                 default=np.array([k1[(i, int(order[i, 0]))] for i in range(len(own))]))

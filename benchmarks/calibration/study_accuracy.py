@@ -40,10 +40,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from explore import pool_adapters  # noqa: E402
-from probe_data import ProbeSet, load_pool_dir, probe_set, read_adapter, read_norm_weights, read_rms_eps  # noqa: E402
-
-LAYERS_TOK = tuple(range(18, 30))  # blocks whose every token's state explore.py cached
+from inpool import LAYERS_TOK, POOLS, generic_states, load_inpool  # noqa: E402
+from probe_data import ProbeSet, read_adapter, read_norm_weights, read_rms_eps  # noqa: E402
 
 
 def rank_space(pair) -> np.ndarray:
@@ -285,36 +283,20 @@ def main(argv=None) -> int:
     generic_prompts = list(_core.calibration_prompts())
     # The routed prompts all end in "\nAnswer:" (the paper's raw format); the generic prompts never do. The
     # "formatted" generic set is the same prompts in the routed prompts' format.
-    generic_sets = {"generic": generic_prompts, "generic in the prompts' format": [p + "\nAnswer:" for p in generic_prompts]}
-    gens_states = {k: probe_set(model, v, args.cache, "generic", LAYERS_TOK) for k, v in generic_sets.items()}
+    gens_states = {"generic": generic_states(model, args.cache, generic_prompts),
+                   "generic in the prompts' format": generic_states(model, args.cache,
+                                                                    [p + "\nAnswer:" for p in generic_prompts])}
     t0 = time.perf_counter()
     pools = {}
-    for pool_dir in (Path("models/pool"), Path("models/pool-alt")):
-        manifest, items = load_pool_dir(pool_dir)
-        adapters = pool_adapters(pool_dir, manifest)
-        names = [n for n, _ in adapters]
-        keep = [i for i, it in enumerate(items) if it["task"] in names]
-        full = probe_set(model, [it["prompt"] for it in items], args.cache, "eval", LAYERS_TOK)
-        offs = full.offsets()
-        ev = ProbeSet([full.prompts[i] for i in keep], full.last[keep], full.mean[keep], full.n_tokens[keep])
-        ev.tokens = np.concatenate([full.tokens[offs[i]:offs[i + 1]] for i in keep])
-        ev.token_layers = LAYERS_TOK
-        kept = [items[i] for i in keep]
-        own = np.array([names.index(it["task"]) for it in kept])
-        counts: dict = {}
-        half = []
-        for it in kept:
-            counts[it["task"]] = counts.get(it["task"], 0) + 1
-            half.append(counts[it["task"]] % 2)
-        half = np.array(half)
-        read = [read_adapter(str(p)) for _, p in adapters]
-        pool = Pool(read, ev, gens_states["generic"], nw, eps)
-        pool_fmt = Pool(read, ev, gens_states["generic in the prompts' format"], nw, eps, modules=("attn_v",))
-        pools[pool_dir.name] = dict(pool=pool, pool_fmt=pool_fmt, own=own, half=half, names=names, kept=kept,
-                                    ev_states=ev,
-                                    adapters=adapters, manifest=manifest, dir=pool_dir,
-                                    gens=gen_scores(pool_dir, kept, adapters, args.cache))
-        print(f"{pool_dir}: {len(keep)} prompts, states in {time.perf_counter() - t0:.0f} s", flush=True)
+    for pool_dir in POOLS:
+        ip = load_inpool(model, pool_dir, args.cache)
+        read = [read_adapter(str(p)) for _, p in ip.adapters]
+        pool = Pool(read, ip.ev, gens_states["generic"], nw, eps)
+        pool_fmt = Pool(read, ip.ev, gens_states["generic in the prompts' format"], nw, eps, modules=("attn_v",))
+        pools[pool_dir.name] = dict(pool=pool, pool_fmt=pool_fmt, own=ip.own, half=ip.half, names=ip.names,
+                                    kept=ip.kept, ev_states=ip.ev, adapters=ip.adapters, manifest=ip.manifest,
+                                    dir=pool_dir, gens=gen_scores(pool_dir, ip.kept, ip.adapters, args.cache))
+        print(f"{pool_dir}: {len(ip.kept)} prompts, states in {time.perf_counter() - t0:.0f} s", flush=True)
 
     def metrics(name, s):
         p = pools[name]

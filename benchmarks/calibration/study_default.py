@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from explore import pool_adapters  # noqa: E402
-from probe_data import ProbeSet, load_pool_dir, probe_set, read_adapter, read_norm_weights, read_rms_eps  # noqa: E402
+from inpool import POOLS, generic_states, load_inpool  # noqa: E402
+from probe_data import ProbeSet, read_adapter, read_norm_weights, read_rms_eps  # noqa: E402
 
 
 def token_mean_x(ps: ProbeSet, layer: int, w: np.ndarray, eps: float) -> np.ndarray:
@@ -116,34 +116,17 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / "cache")
     args = ap.parse_args(argv)
     import logo_cpp
-    from logo_cpp import _core
 
-    layers_tok = tuple(range(18, 30))
     model = logo_cpp.Model(args.model, n_ctx=2048, n_threads=1)
     nw, eps = read_norm_weights(args.model), read_rms_eps(args.model)
+    gen = generic_states(model, args.cache)
     pools = {}
-    for pool_dir in (Path("models/pool"), Path("models/pool-alt")):
-        manifest, items = load_pool_dir(pool_dir)
-        adapters = pool_adapters(pool_dir, manifest)
-        names = [n for n, _ in adapters]
-        keep = [i for i, it in enumerate(items) if it["task"] in names]
-        full = probe_set(model, [it["prompt"] for it in items], args.cache, "eval", layers_tok)
-        offs = full.offsets()
-        ev = ProbeSet([full.prompts[i] for i in keep], full.last[keep], full.mean[keep], full.n_tokens[keep])
-        ev.tokens = np.concatenate([full.tokens[offs[i]:offs[i + 1]] for i in keep])
-        ev.token_layers = layers_tok
-        gen = probe_set(model, list(_core.calibration_prompts()), args.cache, "generic", layers_tok)
-        own = np.array([names.index(items[i]["task"]) for i in keep])
+    for pool_dir in POOLS:
         # Halves: within each task, alternate prompts in file order (choose on A, report on B).
-        counts: dict = {}
-        half = []
-        for i in keep:
-            counts[items[i]["task"]] = counts.get(items[i]["task"], 0) + 1
-            half.append(counts[items[i]["task"]] % 2)  # 1: the 1st, 3rd, ... prompt of its task (half A)
-        half = np.array(half)
-        sig = Signals([read_adapter(str(p)) for _, p in adapters], ev, gen, nw, eps)
-        pools[pool_dir.name] = (sig, own, half)
-        print(pool_dir, len(keep), "prompts", flush=True)
+        ip = load_inpool(model, pool_dir, args.cache)
+        sig = Signals([read_adapter(str(p)) for _, p in ip.adapters], ip.ev, gen, nw, eps)
+        pools[pool_dir.name] = (sig, ip.own, ip.half)
+        print(pool_dir, len(ip.kept), "prompts", flush=True)
 
     results = []
     for modules in (("attn_q",), ("attn_v",), ("attn_q", "attn_v")):

@@ -1,0 +1,99 @@
+"""Confidence rerank of a k = 1 LoGo routing: when the calibrated scores of the top two adapters are close, answer
+the prompt greedily with each and keep the adapter whose answer the model is more confident in (the mean
+log-probability of the answer's tokens, and of ending there). Label-free and training-free; it costs one more
+greedy generation and two teacher-forced passes (prompt + answer) for each reranked prompt.
+
+Measured on the project's pools (docs/calibration/README.md, session 6; the rule and its margin 0.5 chosen on
+half of the held-out prompts of both pools): shipped pool k = 1 task accuracy 0.711 -> 0.738 (oracle 0.778),
+held-out half 0.679 -> 0.719; pool-alt 0.565 -> 0.571.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import numpy as np
+
+# The calibrated-score margin z_1 - z_2 under which the top two are reranked (chosen on half A of both pools
+# among 0.25, 0.5, 1, 2; about a fifth of the held-out prompts fall under it).
+DEFAULT_RERANK_MARGIN = 0.5
+
+
+def check_margin(value) -> Optional[float]:
+    """``rerank_margin`` as a float (None: no rerank), or ValueError naming the field: a finite number > 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"rerank_margin must be a finite number > 0 or None, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if not (0 < v < float("inf")):
+        raise ValueError(f"rerank_margin must be a finite number > 0 or None, got {value!r}")
+    return v
+
+
+def end_of_generation_tokens(model) -> np.ndarray:
+    """The vocabulary's end-of-generation token ids (int64), computed once per model."""
+    eog = getattr(model, "_eog_tokens", None)
+    if eog is None:
+        core = model._core
+        eog = np.array([t for t in range(core.n_vocab) if core.is_end_of_generation(t)], dtype=np.int64)
+        model._eog_tokens = eog
+    return eog
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def mean_logprob(model, pool, index: int, ids: list[int], answer: list[int], ended: bool) -> float:
+    """Mean log-probability (natural log) of ``answer``'s tokens after prompt ``ids`` with pool adapter ``index``
+    alone at weight 1, plus log P(any end-of-generation token) after the answer when ``ended`` (it stopped at
+    EOS). One teacher-forced pass: the prompt minus its last token without logits, then the rest with logits."""
+    mix = dict(pool=pool._core, selections=[[(int(index), 1.0)]])
+    with model._lock:
+        session = model._session
+        session.clear(0)
+        try:
+            if len(ids) > 1:
+                session.evaluate(0, 1, ids[:-1], all_logits=False, **mix)
+            logits = session.evaluate(0, 1, ids[-1:] + list(answer), all_logits=True, **mix)
+        finally:
+            session.clear(0)
+    lp = _log_softmax(np.asarray(logits))
+    values = [lp[t, a] for t, a in enumerate(answer)]
+    if ended:
+        values.append(np.logaddexp.reduce(lp[len(answer), end_of_generation_tokens(model)]))
+    return float(np.mean(values)) if values else 0.0
+
+
+def rerank(model, pool, ids: list[int], routing, margin: float, max_tokens: int, stop, ignore_eos: bool):
+    """Reranks a k = 1 ``routing`` of prompt ``ids`` in place when its top two calibrated signals are closer than
+    ``margin``: each answers greedily (``max_tokens``, ``stop``, ``ignore_eos`` as the caller's generation), and
+    the one with the higher mean_logprob is kept (the top one on ties). Sets ``routing.rerank`` (a dict:
+    candidates, margin, reranked, mean_logprobs, chosen) and ``routing.timings["rerank_seconds"]``. Returns the
+    chosen adapter's greedy Completion when answers were generated, else None."""
+    t0 = time.perf_counter()
+    order = [i for i in routing.ranking() if not np.isnan(routing.signals[i])][:2]
+    info = {"candidates": [pool.names[i] for i in order], "margin": None, "reranked": False,
+            "mean_logprobs": None, "chosen": routing.names[0]}
+    routing.rerank = info
+    if len(order) < 2 or max_tokens == 0:
+        return None
+    gap = float(routing.signals[order[0]] - routing.signals[order[1]])
+    info["margin"] = gap
+    if not gap < margin:
+        return None
+    kw = model._sampling_kwargs(max_tokens, 0.0, 40, 0.95, 0.05, 0, stop, ignore_eos)
+    kw.update(pool=pool._core, selections=[[(order[0], 1.0)], [(order[1], 1.0)]])
+    answers = model._run([ids, ids], kw)
+    scores = [mean_logprob(model, pool, j, ids, a.tokens, a.finish_reason == "eos") for j, a in zip(order, answers)]
+    pick = 1 if scores[1] > scores[0] else 0
+    chosen = order[pick]
+    routing.names, routing.indices = [pool.names[chosen]], [int(chosen)]
+    routing.weights = np.ones(1, dtype=np.float32)
+    info.update(reranked=True, mean_logprobs=scores, chosen=pool.names[chosen])
+    routing.timings["rerank_seconds"] = time.perf_counter() - t0
+    return answers[pick]

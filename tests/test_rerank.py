@@ -1,0 +1,148 @@
+"""LoGo(rerank_margin=...): the confidence rerank of close top-two k = 1 routings, against a numpy reference that
+recomputes it from the public API (route's signals, Model.generate and Model.logits with one adapter at weight 1);
+no rerank above the margin; bad arguments named; the run command's --rerank."""
+
+import numpy as np
+import pytest
+
+import logo_cpp
+from logo_cpp import cli
+from logo_cpp.rerank import DEFAULT_RERANK_MARGIN
+
+from conftest import THREADS
+
+NAMES = ["math", "sql", "poem", "code", "chat", "legal", "mixed"]
+PROMPTS = ["Hello world, the cat sat on the mat.", "Numbers 12345 and symbols", "the quick brown fox " * 4]
+MAX_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def setup(model_dir, adapter_dir):
+    model = logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=256, n_threads=THREADS)
+    pool = logo_cpp.AdapterPool(model, [adapter_dir / f"{n}.gguf" for n in NAMES])
+    return model, pool
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    m = x.max(axis=1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))
+
+
+def reference(model, pool, prompt: str, margin: float):
+    """(top two names, margin, mean log-probs or None, chosen name, chosen greedy text) from the public API."""
+    r = logo_cpp.LoGo(model, pool, k=1).route(prompt)
+    s = np.where(np.isnan(r.signals), -np.inf, r.signals)
+    top = [int(i) for i in np.argsort(-s, kind="stable")[:2]]
+    gap = float(r.signals[top[0]] - r.signals[top[1]])
+    names = [pool.names[i] for i in top]
+    if not gap < margin:
+        text = model.generate(prompt, max_tokens=MAX_TOKENS, temperature=0, adapters={names[0]: 1.0}).text
+        return names, gap, None, names[0], text
+    eog = [t for t in range(model._core.n_vocab) if model._core.is_end_of_generation(t)]
+    ids = model.tokenize(prompt, add_special=True, parse_special=True)
+    scores, texts = [], []
+    for name in names:
+        out = model.generate(prompt, max_tokens=MAX_TOKENS, temperature=0, adapters={name: 1.0})
+        lp = log_softmax(model.logits(ids + out.tokens, adapters={name: 1.0}))
+        values = [lp[len(ids) - 1 + t, a] for t, a in enumerate(out.tokens)]
+        if out.finish_reason == "eos":
+            values.append(np.logaddexp.reduce(lp[len(ids) - 1 + len(out.tokens), eog]))
+        scores.append(float(np.mean(values)))
+        texts.append(out.text)
+    pick = 1 if scores[1] > scores[0] else 0
+    return names, gap, scores, names[pick], texts[pick]
+
+
+@pytest.mark.parametrize("margin", [1e6, 1e-6])
+def test_generate_matches_numpy_reference(setup, margin):
+    model, pool = setup
+    router = logo_cpp.LoGo(model, pool, k=1, rerank_margin=margin)
+    for prompt in PROMPTS:
+        names, gap, scores, chosen, text = reference(model, pool, prompt, margin)
+        out = router.generate(prompt, max_tokens=MAX_TOKENS, temperature=0)
+        info = out.routing.rerank
+        assert info["candidates"] == names
+        assert info["margin"] == pytest.approx(gap, abs=1e-6)
+        assert info["reranked"] == (scores is not None)
+        if scores is None:
+            assert info["mean_logprobs"] is None
+        else:
+            np.testing.assert_allclose(info["mean_logprobs"], scores, rtol=1e-4, atol=1e-5)
+            assert "rerank_seconds" in out.routing.timings
+        if scores is None or abs(scores[1] - scores[0]) > 1e-4:
+            assert info["chosen"] == chosen and out.routing.names == [chosen]
+            assert out.text == text
+        assert out.routing.weights.tolist() == [1.0]
+        assert out.routing.indices == [pool.index(out.routing.names[0])]
+
+
+def test_the_rerank_can_change_the_adapter(setup):
+    """On these synthetic adapters some prompt keeps the second adapter (else the test above checks only one side)."""
+    model, pool = setup
+    router = logo_cpp.LoGo(model, pool, k=1, rerank_margin=1e6)
+    prompts = PROMPTS + ["a b c d e f g", "1 2 3 4 5 6 7 8", "The end.", "zzz yyy xxx"]
+    chosen = [router.generate(p, max_tokens=MAX_TOKENS, temperature=0).routing.rerank for p in prompts]
+    assert any(c["chosen"] != c["candidates"][0] for c in chosen)
+    assert any(c["chosen"] == c["candidates"][0] for c in chosen)
+
+
+def test_generate_batch_equals_generate(setup):
+    model, pool = setup
+    router = logo_cpp.LoGo(model, pool, k=1, rerank_margin=1e6)
+    batch = router.generate_batch(PROMPTS, max_tokens=MAX_TOKENS, temperature=0)
+    for prompt, out in zip(PROMPTS, batch):
+        one = router.generate(prompt, max_tokens=MAX_TOKENS, temperature=0)
+        a, b = out.routing.rerank, one.routing.rerank
+        assert out.routing.names == one.routing.names and a["candidates"] == b["candidates"]
+        np.testing.assert_allclose(a["mean_logprobs"], b["mean_logprobs"], rtol=1e-6)
+        assert out.text == one.text
+
+
+def test_sampled_generation_uses_the_reranked_adapter(setup):
+    model, pool = setup
+    router = logo_cpp.LoGo(model, pool, k=1, rerank_margin=1e6)
+    out = router.generate(PROMPTS[0], max_tokens=MAX_TOKENS, temperature=0.7, seed=3)
+    expected = model.generate(PROMPTS[0], max_tokens=MAX_TOKENS, temperature=0.7, seed=3,
+                              adapters={out.routing.rerank["chosen"]: 1.0})
+    assert out.text == expected.text
+    stream = router.generate(PROMPTS[0], max_tokens=MAX_TOKENS, temperature=0, stream=True)
+    assert "".join(stream) == router.generate(PROMPTS[0], max_tokens=MAX_TOKENS, temperature=0).text
+
+
+def test_route_alone_never_reranks(setup):
+    model, pool = setup
+    plain = logo_cpp.LoGo(model, pool, k=1).route(PROMPTS[0])
+    r = logo_cpp.LoGo(model, pool, k=1, rerank_margin=1e6).route(PROMPTS[0])
+    assert r.names == plain.names and r.rerank is None
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True, "0.5"])
+def test_bad_margin_named(setup, bad):
+    model, pool = setup
+    with pytest.raises(ValueError, match="rerank_margin"):
+        logo_cpp.LoGo(model, pool, k=1, rerank_margin=bad)
+
+
+def test_rerank_needs_k1_and_calibration(setup):
+    model, pool = setup
+    with pytest.raises(ValueError, match="k = 1"):
+        logo_cpp.LoGo(model, pool, k=2, rerank_margin=0.5)
+    with pytest.raises(ValueError, match="calibrated"):
+        logo_cpp.LoGo(model, pool, k=1, calibration="none", rerank_margin=0.5)
+
+
+def test_run_flag():
+    parser = cli.build_parser()
+    assert parser.parse_args(["run", "-p", "x", "--rerank"]).rerank == DEFAULT_RERANK_MARGIN
+    assert parser.parse_args(["run", "-p", "x", "--rerank", "0.25"]).rerank == 0.25
+    assert parser.parse_args(["run", "-p", "x"]).rerank is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "-p", "x", "--rerank", "0"])
+
+
+def test_run_rerank_needs_logo_k1(model_dir, adapter_dir, capsys):
+    args = ["run", "-m", str(model_dir / "llama-f32.gguf"), "-a", str(adapter_dir / "math.gguf"),
+            str(adapter_dir / "sql.gguf"), "-p", "hello", "--rerank", "--k", "2", "--threads", str(THREADS)]
+    assert cli.main(args) != 0
+    assert "--rerank applies to --router logo with --k 1" in capsys.readouterr().err
