@@ -7,7 +7,8 @@ completion-style prompt ("prompt", what the paper probes) is shown for reference
 
     python benchmarks/chat_routing.py [--pool-dir models/pool] [--k 1] [--per-task N] [--out docs/server]
 
-`logo-cpp serve --chat-route-on` takes the winner's name (last-user or prompt).
+`logo-cpp serve --chat-route-on` and `logo-cpp chat --route-on` take the winner's name: last-user, or conversation
+for "prompt" (the templated conversation; "prompt" is still accepted as its alias).
 """
 
 from __future__ import annotations

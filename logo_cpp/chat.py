@@ -18,14 +18,18 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 DEFAULT_MAX_TOKENS = 256
-# What the router reads on a chat turn: "conversation", the templated conversation up to the assistant's turn,
-# or "message", the last user message as raw text. Measured through the chat template on held-out items
-# (benchmarks/chat_routing.py, docs/server/chat-routing.md): one adapter answers far better than mixtures of the
-# pool on both pools; with the default (calibrated) router the last message ranks the own adapter first more often
-# (0.903 vs 0.736 on the final pool's 72 chat items, paired 13 vs 1) and answers better (0.653 vs 0.542). The
-# conversation led only on the pilot pool with the paper's raw signal. `logo-cpp serve` has the same defaults.
-ROUTE_ON = ("conversation", "message")
-DEFAULT_ROUTE_ON = "message"
+# What the router reads on a chat turn, one vocabulary for `logo-cpp chat --route-on` and `logo-cpp serve
+# --chat-route-on`: "last-user", the last user message as raw text, or "conversation", the templated conversation
+# up to the assistant's turn. Measured through the chat template on held-out items (benchmarks/chat_routing.py,
+# docs/server/chat-routing.md, where "prompt" is the conversation): one adapter answers far better than mixtures of
+# the pool on both pools; with the default (calibrated) router the last user message ranks the own adapter first
+# more often (0.903 vs 0.736 on the final pool's 72 chat items, paired 13 vs 1) and answers better (0.653 vs 0.542).
+# The conversation led only on the pilot pool with the paper's raw signal. `logo-cpp serve` has the same default.
+ROUTE_ON = ("last-user", "conversation")
+# The names each command used before they shared one vocabulary (chat: "message"; serve: "prompt"), still accepted
+# so scripts written for them keep working.
+ROUTE_ON_ALIASES = {"message": "last-user", "prompt": "conversation"}
+DEFAULT_ROUTE_ON = "last-user"
 DEFAULT_K = 1
 
 HELP = """commands:
@@ -37,6 +41,26 @@ HELP = """commands:
   /system TEXT   set the system message (and reset)
   /quit          leave (so does Ctrl-D); Ctrl-C stops an answer
   //text         send a message that starts with '/'"""
+
+
+def route_on_choice(value: str, what: str = "route_on") -> str:
+    """The ROUTE_ON name of `value`: itself, or the name an alias in ROUTE_ON_ALIASES stands for. Raises
+    ValueError naming `what` (the setting) and the choices for anything else."""
+    name = ROUTE_ON_ALIASES.get(value, value) if isinstance(value, str) else value
+    if name not in ROUTE_ON:
+        raise ValueError(f"{what} must be one of {', '.join(ROUTE_ON)} (or the older "
+                         f"{', '.join(f'{a} = {n}' for a, n in ROUTE_ON_ALIASES.items())}), got {value!r}")
+    return name
+
+
+def add_route_on_argument(p, flag: str, what: str) -> None:
+    """`flag` (chat's --route-on, serve's --chat-route-on) taking ROUTE_ON or an alias; parses to the ROUTE_ON
+    name, and refuses anything else with argparse's own 'invalid choice' listing ROUTE_ON."""
+    aliases = ", ".join(f"{a} = {n}" for a, n in ROUTE_ON_ALIASES.items())
+    p.add_argument(flag, default=DEFAULT_ROUTE_ON, choices=ROUTE_ON, type=lambda text: ROUTE_ON_ALIASES.get(text, text),
+                   help=f"what the router reads {what}: the last user message (last-user, the default: it routes "
+                        f"better with the default router, docs/server/chat-routing.md) or the whole templated "
+                        f"conversation (conversation); the older names {aliases} are still accepted")
 
 
 @dataclass
@@ -76,8 +100,7 @@ class ChatSession:
     last: Optional[Turn] = None
 
     def __post_init__(self):
-        if self.route_on not in ROUTE_ON:
-            raise ValueError(f"route_on must be one of {', '.join(ROUTE_ON)}, got {self.route_on!r}")
+        self.route_on = route_on_choice(self.route_on)
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
         # The sampling settings are checked now, not at the first reply, so a bad flag stops the chat at once.
@@ -115,7 +138,7 @@ class ChatSession:
 
     def route_input(self, messages: list) -> str:
         """What the router reads for this turn (see ROUTE_ON)."""
-        if self.route_on == "message":
+        if self.route_on == "last-user":
             return messages[-1]["content"]
         return self.model.apply_chat_template(self._conversation(messages))
 
@@ -425,7 +448,7 @@ def run_chat(args) -> int:
     session = ChatSession(model, pool, router, system=args.system, max_tokens=args.max_tokens,
                           temperature=args.temperature, top_p=args.top_p, seed=args.seed, route_on=args.route_on)
     name = os.path.basename(str(model_path)).removesuffix(".gguf")
-    routed = f"{len(pool)} adapters, LoGo k={router.k} on the {'last message' if args.route_on == 'message' else 'conversation'}" \
+    routed = f"{len(pool)} adapters, LoGo k={router.k} on the {'last message' if session.route_on == 'last-user' else 'conversation'}" \
         if pool is not None else "no adapters"
     banner = (f"logo-cpp chat · {name} · {routed} · context {args.ctx} tokens\n"
               "/help for commands, Ctrl-C stops an answer, Ctrl-D leaves")
@@ -443,9 +466,7 @@ def add_arguments(p) -> None:
     from .router import DEFAULT_TEMPERATURE, WEIGHTINGS
 
     add_mixture_weight_args(p, WEIGHTINGS, DEFAULT_TEMPERATURE)
-    p.add_argument("--route-on", default=DEFAULT_ROUTE_ON, choices=ROUTE_ON,
-                   help=f"what the router reads each turn: the templated conversation or the last user message "
-                        f"(default {DEFAULT_ROUTE_ON})")
+    add_route_on_argument(p, "--route-on", "each turn")
     p.add_argument("--system", default=None, help="a system message")
     p.add_argument("--max-tokens", "-n", type=positive_int, default=DEFAULT_MAX_TOKENS, help="longest reply (tokens)")
     # SmolLM2's model card samples its instruct models at temperature 0.2, top-p 0.9.

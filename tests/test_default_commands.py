@@ -167,12 +167,12 @@ def test_chat_routes_on_the_last_message_or_the_conversation(default):
 
     model, pool, items = default
     text = items[0]["messages"][-1]["content"]
-    for route_on in ("message", "conversation"):
+    for route_on in ("last-user", "conversation"):
         router = logo_cpp.LoGo(model, pool, k=3)
         session = ChatSession(model, pool, router, max_tokens=4, temperature=0.0, route_on=route_on)
         session.messages = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
         list(session.reply(text))
-        probe = text if route_on == "message" else model.apply_chat_template(
+        probe = text if route_on == "last-user" else model.apply_chat_template(
             [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"},
              {"role": "user", "content": text}])
         parse = route_on == "conversation"

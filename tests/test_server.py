@@ -134,7 +134,7 @@ def test_greedy_completion_equals_the_python_api(served, reference, stream, how)
 
 
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize("route_on", ["last-user", "prompt"])
+@pytest.mark.parametrize("route_on", ["last-user", "conversation"])
 def test_greedy_chat_equals_the_python_api(served, reference, model_dir, adapter_dir, stream, route_on):
     model, pool = reference
     messages = [{"role": "system", "content": "the answer"}, {"role": "user", "content": "Hello world"},
@@ -146,7 +146,7 @@ def test_greedy_chat_equals_the_python_api(served, reference, model_dir, adapter
         bg = served
         text, finish, n_tokens, got = _chat(bg, stream, model="logo", messages=messages, max_tokens=20, temperature=0)
     else:
-        with running_server(model_dir / "llama-f32.gguf", adapter_dir, n_slots=2, k=K, chat_route_on="prompt") as bg:
+        with running_server(model_dir / "llama-f32.gguf", adapter_dir, n_slots=2, k=K, chat_route_on="conversation") as bg:
             text, finish, n_tokens, got = _chat(bg, stream, model="logo", messages=messages, max_tokens=20,
                                                 temperature=0)
     assert text == expected.text and n_tokens == len(expected.tokens)

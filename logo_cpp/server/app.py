@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HttpRoute
 
+from ..chat import DEFAULT_ROUTE_ON, route_on_choice
 from ..router import WEIGHTINGS, _check_temperature, default_weighting
 from .engine import Engine, Job, Route
 from .protocol import ApiError, ChatRequest, CompletionRequest, calibrations, parse
@@ -35,7 +36,6 @@ log = logging.getLogger("logo_cpp.server")
 
 PUBLIC_PATHS = ("/health", "/v1/health")
 RESERVED_MODELS = ("logo", "base")
-CHAT_ROUTE_ON = ("last-user", "prompt")
 
 
 @dataclass
@@ -52,7 +52,7 @@ class ServerConfig:
     calibration: Optional[str] = None  # None: LoGo's default (logo_cpp.router.DEFAULT_CALIBRATION)
     mixture_weights: Optional[str] = None        # LoGo's ``weights``; None: its default for the calibration
     mixture_temperature: Optional[float] = None  # LoGo's softmax ``temperature``; None: its default
-    chat_route_on: str = "last-user"  # measured with the default router: docs/server/chat-routing.md
+    chat_route_on: str = DEFAULT_ROUTE_ON  # logo_cpp.chat.ROUTE_ON (or an alias); docs/server/chat-routing.md
     layout: str = "auto"   # how slots hold mixtures: auto, stacked, pooled (logo/batch.h)
     model_name: str = ""   # the base model's file name, for /v1/models
     allow_origins: list = field(default_factory=list)
@@ -90,8 +90,7 @@ class Server:
         if clash:
             raise ValueError(f"adapter name(s) {', '.join(map(repr, clash))} collide with the model ids 'logo' and "
                              f"'base'; rename the file(s)")
-        if config.chat_route_on not in CHAT_ROUTE_ON:
-            raise ValueError(f"chat_route_on must be one of {', '.join(CHAT_ROUTE_ON)}")
+        config.chat_route_on = route_on_choice(config.chat_route_on, "chat_route_on")  # an alias becomes its name
         choices, default = calibrations()
         if config.calibration is None:
             config.calibration = default

@@ -48,9 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..router import DEFAULT_TEMPERATURE, WEIGHTINGS
 
     add_mixture_weight_args(p, WEIGHTINGS, DEFAULT_TEMPERATURE)
-    p.add_argument("--chat-route-on", default="last-user", choices=["prompt", "last-user"],
-                   help="what LoGo probes for a chat request: the last user message (default: it routes better with "
-                        "the default router, docs/server/chat-routing.md) or the whole templated conversation")
+    from ..chat import add_route_on_argument
+
+    add_route_on_argument(p, "--chat-route-on", "for a chat request (completions probe their prompt)")
     p.add_argument("--mixture-layout", default="auto", choices=["auto", "stacked", "pooled"],
                    help="how slots hold their mixtures: the pool stacked once (pooled: small pools, many slots) or "
                         "each slot its own adapters (stacked: large pools); auto picks by the bytes a step reads")
