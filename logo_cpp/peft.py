@@ -275,13 +275,16 @@ def read_adapter(path: PathLike, name: Optional[str] = None) -> PeftAdapter:
     Face's order (see for_base). Shapes against a base are checked when the adapter enters a pool.
 
     Raises FileNotFoundError, or FormatError (a ValueError) naming the file and the setting or tensor for
-    anything that is not a plain low-rank delta on q/k/v/o/gate/up/down_proj."""
+    anything that is not a plain low-rank delta on q/k/v/o/gate/up/down_proj; the first offending tensor in block
+    order (layer, module, A before B) is the one named."""
     directory, config_path, weights = adapter_files(path)
     config = read_config(config_path)
     tensors = _read_tensors(weights)
     where = f"PEFT adapter '{weights}'"
     pairs: dict[str, dict[str, str]] = {}
-    for tensor_name in tensors:
+    # Checked in block order (layer, module, A before B), not in the order the safetensors library lists them
+    # (a hash map's: it changes between calls), so every command names the same first offending tensor.
+    for tensor_name in sorted(tensors, key=_block_order):
         m = _TENSOR.fullmatch(tensor_name)
         if m is None:
             raise FormatError(_unexpected_tensor(where, tensor_name))
@@ -315,9 +318,17 @@ def read_adapter(path: PathLike, name: Optional[str] = None) -> PeftAdapter:
             weight=f"blk.{int(m.group(2))}.{MODULES[m.group(4)][1]}.weight", key=key, a=a, b=b, rank=rank, alpha=alpha,
             scale=lora_scale(config, rank, alpha), dtype=a_type if a_type == b_type else "f32",
             a_name=sides["A"], b_name=sides["B"]))
-    block_order = [gguf for _, gguf in MODULES.values()]
-    adapter.matrices.sort(key=lambda m: (int(m.weight.split(".")[1]), block_order.index(m.weight.split(".")[2])))
-    return adapter
+    return adapter  # matrices in block order, as the pairs were made
+
+
+def _block_order(tensor_name: str) -> tuple:
+    """Sort key of a tensor name: LoRA tensors by layer, module (MODULES' order) and side; anything else after
+    them, by name."""
+    m = _TENSOR.fullmatch(tensor_name)
+    if m is None:
+        return (1, 0, 0, tensor_name)
+    module = m.group(4)
+    return (0, int(m.group(2)), list(MODULES).index(module) if module in MODULES else len(MODULES), tensor_name)
 
 
 def for_base(adapter: PeftAdapter, arch: str, n_head: int, n_head_kv: int) -> PeftAdapter:

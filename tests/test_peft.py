@@ -511,3 +511,34 @@ def test_cli_mistakes_are_one_line(model_dir, tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("logo-cpp: error:") and message in lines[0], out.stderr
     # nothing written, nothing overwritten, no temporary file left behind
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_rank_pattern_error_names_the_same_first_tensor_in_every_command(model_dir, tmp_path, capsys):
+    # Every layer's v_proj has rank 8 where rank_pattern says 4. The safetensors library lists tensors in a hash
+    # map's order, which changes from call to call: inspect and convert named different layers for one file.
+    from logo_cpp import cli, peft
+    from logo_cpp.inspect import describe_peft
+
+    bad = ref.write_peft(tmp_path / "bad", spec("llama"), targets=("q_proj", "v_proj"), r=8)
+    config, _ = ref.read_peft(bad)
+    (bad / "adapter_config.json").write_text(json.dumps({**config, "rank_pattern": {"v_proj": 4}}))
+    first = "'base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight' has rank 8"
+    base = model_dir / "llama-f32.gguf"
+    messages = []
+    for _ in range(6):
+        with pytest.raises(logo_cpp.FormatError) as info:
+            peft.read_adapter(bad)
+        messages.append(str(info.value))
+        with pytest.raises(logo_cpp.FormatError) as info:
+            logo_cpp.AdapterPool(model(model_dir, "llama"), [bad])
+        messages.append(str(info.value))
+        with pytest.raises(logo_cpp.FormatError) as info:
+            convert(bad, tmp_path / "out.gguf", base)
+        messages.append(str(info.value))
+        messages.append(describe_peft(str(bad), base=str(base))["reason"])
+    assert all(first in m for m in messages), {m for m in messages if first not in m}
+    assert cli.main(["inspect", str(bad)]) == 1
+    assert f"reason: PEFT adapter '{bad / 'adapter_model.safetensors'}': {first}" in capsys.readouterr().out
+    assert cli.main(["convert", str(bad), "--base", str(base), "-o", str(tmp_path / "out.gguf")]) == 2
+    assert first in capsys.readouterr().err and not (tmp_path / "out.gguf").exists()
+
