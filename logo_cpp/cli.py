@@ -7,9 +7,11 @@ exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -19,6 +21,23 @@ EXIT_USER_ERROR = 2
 def _die(message: str) -> int:
     print(f"logo-cpp: error: {message}", file=sys.stderr)
     return EXIT_USER_ERROR
+
+
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Warnings logo_cpp issues about the user's input (e.g. peft.AdapterWarning) print as one 'logo-cpp:
+    warning:' line on stderr, as errors do, instead of Python's 'file:line: Category: ...' form."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.startswith("logo_cpp"):
+            print(f"logo-cpp: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 _INT32_MAX = 2**31 - 1
@@ -308,7 +327,7 @@ def cmd_convert(args) -> int:
     given = Path(args.peft_dir).resolve()
     # The adapter's name is its directory's, also when the user points at the safetensors file inside it.
     out = args.out or Path((given.parent.name if given.suffix == ".safetensors" else given.name) + ".gguf")
-    result = convert(args.peft_dir, out, args.base, outtype=args.outtype, task_name=args.task_name)
+    result = convert(args.peft_dir, out, args.base, outtype=args.outtype, task_name=args.task_name, force=args.force)
     folded = (f"; {len(result.folded)} matrices carry their own PEFT scale in lora_b (alpha_pattern/use_rslora)"
               if result.folded else "")
     print(f"wrote {result.path}: {result.arch} LoRA, {result.matrices} matrices, {args.outtype}, "
@@ -419,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"],
                    help="tensor type (default f32, as llama.cpp's convert_lora_to_gguf.py)")
     p.add_argument("--task-name", default=None, help="written as adapter.lora.task_name")
+    p.add_argument("--force", action="store_true", help="replace the output file if it exists (default: refuse)")
     p.set_defaults(func=cmd_convert)
 
     from . import chat, demo, evaluate
@@ -468,9 +488,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args, rest = parser.parse_args(argv), []
     args.argv = argv  # the command line as given, for reports that record how they were made
     try:
-        if args.command == "bench":
-            return cmd_bench(args, rest)
-        return args.func(args)
+        with _warnings_as_lines():
+            if args.command == "bench":
+                return cmd_bench(args, rest)
+            return args.func(args)
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         return _die(str(exc))
     except (ValueError, KeyError, OSError) as exc:

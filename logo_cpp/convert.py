@@ -73,8 +73,9 @@ def _encode(array: np.ndarray, outtype: str):
     return quantize(array, kind), kind
 
 
-def _check_output(out: Path, peft_path: PathLike, base: PathLike) -> None:
-    """Refuses, before any work, an output that cannot be written or that would overwrite an input."""
+def _check_output(out: Path, peft_path: PathLike, base: PathLike, force: bool) -> None:
+    """Refuses, before any work, an output that cannot be written, that would overwrite an input, or that exists
+    (unless `force`)."""
     if out.is_dir():
         raise IsADirectoryError(f"output '{out}' is a directory; give a file name such as '{out / 'adapter.gguf'}'")
     parent = out.parent if str(out.parent) else Path(".")
@@ -89,17 +90,22 @@ def _check_output(out: Path, peft_path: PathLike, base: PathLike) -> None:
     for path in inputs:
         if path.exists() and path.resolve() == target:
             raise ValueError(f"output '{out}' is the input file '{path}'; write the GGUF elsewhere")
+    if out.exists() and not force:
+        raise FileExistsError(f"output '{out}' already exists; give --force (force=True) to replace it, or another "
+                              f"--out")
 
 
 def convert(peft_path: PathLike, out: PathLike, base: PathLike, outtype: str = "f32",
-            name: Optional[str] = None, task_name: Optional[str] = None) -> Converted:
+            name: Optional[str] = None, task_name: Optional[str] = None, force: bool = False) -> Converted:
     """Writes the PEFT adapter at `peft_path` (directory or safetensors file) as a GGUF LoRA for the base
     model file `base`, tensors in `outtype` (f32 as llama.cpp's converter does by default, f16, bf16, q8_0).
-    `name` is general.name (default: the directory's name); `task_name` goes to adapter.lora.task_name.
+    `name` is general.name (default: the directory's name); `task_name` goes to adapter.lora.task_name. An
+    existing `out` is replaced only with `force` (then atomically, once the new file has loaded back).
 
     The adapter is loaded into a pool over `base` first (every refusal and shape check of AdapterPool.add),
     and the written file is loaded back before returning. Raises FileNotFoundError, logo_cpp.FormatError,
-    ValueError (an unknown outtype)."""
+    ValueError (an unknown outtype), FileExistsError (`out` exists, without `force`); warns
+    (peft.AdapterWarning) as peft.read_adapter does."""
     from gguf import GGML_QUANT_VERSION, GGUFWriter
 
     import logo_cpp
@@ -107,7 +113,7 @@ def convert(peft_path: PathLike, out: PathLike, base: PathLike, outtype: str = "
     if outtype not in OUTTYPES:
         raise ValueError(f"unknown output type {outtype!r}: one of {', '.join(OUTTYPES)}")
     out = Path(out)
-    _check_output(out, peft_path, base)
+    _check_output(out, peft_path, base, force)
     model = logo_cpp.Model(base, n_ctx=8, n_threads=1)
     adapter = peft.load_for_model(peft_path, model._core, name)
     pool = logo_cpp.AdapterPool(model)

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Union
@@ -69,6 +70,11 @@ _VARIANTS = {
 # init_lora_weights values that change the base weights themselves; PEFT's save_pretrained with
 # path_initial_model_for_weight_conversion turns such an adapter into a plain one (and writes True).
 _BASE_CHANGING_INITS = ("pissa", "olora", "corda", "lora_ga")
+
+
+class AdapterWarning(UserWarning):
+    """An adapter logo-cpp loads as its format says, but which is probably not what its author meant (e.g. an
+    alpha of 0: PEFT accepts it, and the adapter then changes nothing)."""
 
 
 @dataclass
@@ -205,6 +211,26 @@ def module_rank_alpha(config: dict, key: str) -> tuple[int, float]:
     return int(ranks[rk] if rk is not None else config["r"]), float(alphas[ak] if ak is not None else config["lora_alpha"])
 
 
+def alpha_setting(config: dict, key: str) -> str:
+    """The config setting the module `key` takes its alpha from: 'lora_alpha' or "alpha_pattern['...']"."""
+    ak = _pattern_key(config.get("alpha_pattern") or {}, key)
+    return "lora_alpha" if ak is None else f"alpha_pattern[{ak!r}]"
+
+
+def _warn_zero_alpha(config_path: Path, adapter: "PeftAdapter") -> None:
+    # PEFT accepts an alpha of 0 (LoraConfig and LoraLayer.update_layer check only r > 0): the scale alpha / r is
+    # then 0 and those modules change nothing, which is loadable but almost certainly not what was meant.
+    zero: dict[str, int] = {}
+    for m in adapter.matrices:
+        if m.alpha == 0:
+            setting = alpha_setting(adapter.config, m.key)
+            zero[setting] = zero.get(setting, 0) + 1
+    for setting, n in zero.items():
+        warnings.warn(f"PEFT adapter config '{config_path}': {setting} is 0, so the scale alpha / r of {n} of its "
+                      f"{len(adapter.matrices)} LoRA matrices is 0 and they change nothing (PEFT accepts this; was the "
+                      f"adapter saved with the alpha it was trained with?)", AdapterWarning, stacklevel=3)
+
+
 def lora_scale(config: dict, rank: int, alpha: float) -> float:
     """PEFT's LoraLayer.scaling: alpha / sqrt(r) with use_rslora (rank-stabilised LoRA), else alpha / r."""
     return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
@@ -276,7 +302,8 @@ def read_adapter(path: PathLike, name: Optional[str] = None) -> PeftAdapter:
 
     Raises FileNotFoundError, or FormatError (a ValueError) naming the file and the setting or tensor for
     anything that is not a plain low-rank delta on q/k/v/o/gate/up/down_proj; the first offending tensor in block
-    order (layer, module, A before B) is the one named."""
+    order (layer, module, A before B) is the one named. Warns (AdapterWarning) naming the setting when an alpha
+    of 0 makes modules change nothing."""
     directory, config_path, weights = adapter_files(path)
     config = read_config(config_path)
     tensors = _read_tensors(weights)
@@ -318,6 +345,7 @@ def read_adapter(path: PathLike, name: Optional[str] = None) -> PeftAdapter:
             weight=f"blk.{int(m.group(2))}.{MODULES[m.group(4)][1]}.weight", key=key, a=a, b=b, rank=rank, alpha=alpha,
             scale=lora_scale(config, rank, alpha), dtype=a_type if a_type == b_type else "f32",
             a_name=sides["A"], b_name=sides["B"]))
+    _warn_zero_alpha(config_path, adapter)
     return adapter  # matrices in block order, as the pairs were made
 
 

@@ -498,12 +498,15 @@ def test_cli_convert_inspect_and_run(model_dir, tmp_path):
     (["convert", "{good}", "-o", "{good}", "--base", "{base}"], "is a directory; give a file name"),
     (["convert", "{good}", "-o", "no/such/dir/x.gguf", "--base", "{base}"], "output folder 'no/such/dir' does not exist"),
     (["convert", "{base}", "--base", "{base}"], "is a GGUF file: a PEFT adapter is a directory holding adapter_config.json"),
+    (["convert", "{good}", "-o", "{existing}", "--base", "{base}"], "already exists; give --force"),
 ])
 def test_cli_mistakes_are_one_line(model_dir, tmp_path, args, message):
     paths = {"base": model_dir / "llama-f32.gguf", "qwen2": model_dir / "qwen2-f32.gguf",
              "v99": synthetic.write_broken(tmp_path / "v99.gguf", "version_99", spec("qwen3")),
              "dora": ref.write_peft(tmp_path / "dora", spec("llama"), config={"use_dora": True}),
-             "good": ref.write_peft(tmp_path / "good", spec("qwen3"), targets=("q_proj",))}
+             "good": ref.write_peft(tmp_path / "good", spec("qwen3"), targets=("q_proj",)),
+             "existing": tmp_path / "existing.gguf"}
+    paths["existing"].write_bytes(b"kept")
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
     out = cli(*[a.format(**paths) for a in args], cwd=tmp_path)
     lines = [line for line in out.stderr.splitlines() if line.strip()]
@@ -542,3 +545,51 @@ def test_a_rank_pattern_error_names_the_same_first_tensor_in_every_command(model
     assert cli.main(["convert", str(bad), "--base", str(base), "-o", str(tmp_path / "out.gguf")]) == 2
     assert first in capsys.readouterr().err and not (tmp_path / "out.gguf").exists()
 
+
+def test_convert_refuses_to_replace_an_existing_output_unless_forced(model_dir, tmp_path, capsys):
+    from logo_cpp import cli
+
+    good = ref.write_peft(tmp_path / "good", spec("llama"), targets=("q_proj",))
+    base, out = model_dir / "llama-f32.gguf", tmp_path / "good.gguf"
+    out.write_bytes(b"someone's file")
+    with pytest.raises(FileExistsError, match=f"output '{re.escape(str(out))}' already exists; give --force"):
+        convert(good, out, base)
+    assert cli.main(["convert", str(good), "--base", str(base), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"logo-cpp: error: output '{out}' already exists; give --force (force=True) to replace it, or "
+                   f"another --out"], err
+    assert out.read_bytes() == b"someone's file" and not list(tmp_path.glob("*.tmp"))
+    assert cli.main(["convert", str(good), "--base", str(base), "-o", str(out), "--force"]) == 0
+    assert logo_cpp.AdapterPool(model(model_dir, "llama"), [out]).names == ["good"]
+    assert convert(good, out, base, force=True).path == out
+
+
+def test_an_alpha_of_zero_is_converted_as_peft_reads_it_with_a_warning(model_dir, tmp_path, capsys):
+    # PEFT accepts lora_alpha 0 (LoraConfig and LoraLayer.update_layer check only r > 0) and its modules then
+    # change nothing: logo-cpp loads and converts it the same, and says so naming the setting and the file.
+    from logo_cpp import cli, peft
+
+    base = model_dir / "llama-f32.gguf"
+    zero = ref.write_peft(tmp_path / "zero", spec("llama"), targets=("q_proj", "v_proj"), lora_alpha=0)
+    config_path = zero / "adapter_config.json"
+    with pytest.warns(peft.AdapterWarning, match=f"'{re.escape(str(config_path))}': lora_alpha is 0, so the scale "
+                                                 f"alpha / r of {2 * spec('llama').n_layer} of its"):
+        adapter = peft.read_adapter(zero)
+    assert all(m.scale == 0 for m in adapter.matrices)
+    assert cli.main(["convert", str(zero), "--base", str(base), "-o", str(tmp_path / "zero-converted.gguf")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"logo-cpp: warning: PEFT adapter config '{config_path}': lora_alpha "
+                                               f"is 0"), err
+    m = model(model_dir, "llama")
+    tokens = m.tokenize(PROMPT)
+    plain = m.logits(tokens)
+    with pytest.warns(peft.AdapterWarning):
+        pool = logo_cpp.AdapterPool(m, [zero, tmp_path / "zero-converted.gguf"])
+    for name in pool.names:  # the converted file writes alpha 1 with zeroed effect, as PEFT computes it
+        np.testing.assert_array_equal(m.logits(tokens, adapters={name: 1.0}), plain)
+
+    # alpha_pattern: the setting named is the pattern's; modules with a non-zero alpha are not counted
+    part = ref.write_peft(tmp_path / "part", spec("llama"), targets=("q_proj", "v_proj"), alpha_pattern={"v_proj": 0})
+    with pytest.warns(peft.AdapterWarning, match=r"alpha_pattern\['v_proj'\] is 0, so the scale alpha / r of "
+                                                 rf"{spec('llama').n_layer} of its {2 * spec('llama').n_layer}"):
+        peft.read_adapter(part)

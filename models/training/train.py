@@ -131,7 +131,7 @@ def train(task: str, recipe: Recipe, seed: int, out: Path, pool_name: str, threa
     gguf_path.parent.mkdir(parents=True, exist_ok=True)
     # logo-cpp's converter: the tensors llama.cpp's convert_lora_to_gguf.py writes (Q/K B rows permuted), F16
     # (exact on quantized bases in llama.cpp today), checked against the base and loaded back
-    convert(peft_dir, gguf_path, base_path, outtype="f16", task_name=task)
+    convert(peft_dir, gguf_path, base_path, outtype="f16", task_name=task, force=True)  # retraining replaces it
     record = {"task": task, "seed": seed, "recipe": recipe.as_dict(), "losses": losses,
               "seconds_load": round(t_load, 1), "seconds_train": round(t_train, 1),
               "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
