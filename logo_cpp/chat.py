@@ -246,6 +246,13 @@ class Terminal:
         self.banner = banner
         self.interactive = sys.stdin.isatty()
         self.dim, self.bold, self.cyan = _style("2"), _style("1"), _style("36")
+        # SIGINT bookkeeping of loop() (see there): a turn is armed while it may take its KeyboardInterrupt.
+        self._armed = False
+        self._pending_interrupt = False
+        # Piped lines arrive through a helper thread (see _next_piped_line), started by loop() once its SIGINT
+        # handler is in place (a line read, or a Ctrl-C, before that would meet Python's default handler); a
+        # terminal reads with input().
+        self._lines: Optional[queue.Queue] = None
         if self.interactive:
             try:
                 import readline  # noqa: F401  (line editing and history for input())
@@ -274,22 +281,26 @@ class Terminal:
             self.say(self.bold("> ") + line)  # a transcript reads as a conversation
         return line
 
+    @staticmethod
+    def _start_stdin_pump() -> queue.Queue:
+        """A queue a daemon thread fills with stdin's lines, then '' at its end."""
+        lines: queue.Queue = queue.Queue()
+        stdin = sys.stdin
+
+        def pump() -> None:
+            while True:
+                line = stdin.readline()
+                lines.put(line)
+                if not line:
+                    return
+
+        threading.Thread(target=pump, name="logo-cpp-chat-stdin", daemon=True).start()
+        return lines
+
     def _next_piped_line(self) -> str:
         """The next line from a pipe ('' at its end), read by a helper thread: the main thread waits in short
         slices, so a Ctrl-C is handled within 0.1 s. Blocked in read() itself, a SIGINT arriving just before the
         call (after Python's last check for signals) would wait for the next input line, and the chat would hang."""
-        if getattr(self, "_lines", None) is None:
-            self._lines = queue.Queue()
-            stdin = sys.stdin
-
-            def pump() -> None:
-                while True:
-                    line = stdin.readline()
-                    self._lines.put(line)
-                    if not line:
-                        return
-
-            threading.Thread(target=pump, name="logo-cpp-chat-stdin", daemon=True).start()
         while True:
             try:
                 return self._lines.get(timeout=0.1)
@@ -308,6 +319,8 @@ class Terminal:
         """
         self.say(self.banner)
         with self._sigint_armed_only():
+            if not self.interactive and self._lines is None:
+                self._lines = self._start_stdin_pump()
             while True:
                 try:
                     self._armed = True
@@ -331,9 +344,6 @@ class Terminal:
                     self.say(self.dim("(Ctrl-D or /quit leaves)"))
                 finally:
                     self._armed = False  # before the jump back (no signal check can come between)
-
-    _armed = False
-    _pending_interrupt = False
 
     def _on_sigint(self, signum, frame) -> None:
         if self._armed:

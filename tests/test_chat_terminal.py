@@ -98,3 +98,15 @@ def test_ctrl_c_at_the_prompt_drops_the_line_and_the_chat_goes_on(python_sigint,
 def test_an_answer_that_runs_to_its_end_has_a_summary_and_no_hint(python_sigint, monkeypatch, capsys):
     rc, out = run(monkeypatch, capsys, ScriptedSession(), ["tell me", "/quit"])
     assert rc == 0 and " w0 w1 w2 w3 w4" in out and "(5 tokens" in out and "leaves" not in out
+
+
+def test_piped_input_is_read_only_once_the_loop_runs(python_sigint, monkeypatch, capsys):
+    # The stdin pump is set up in __init__ (no attribute appears later) but starts in loop(), under the chat's
+    # SIGINT handler: a Terminal that has not started reads nothing.
+    stdin = io.StringIO("tell me\n/quit\n")
+    monkeypatch.setattr("sys.stdin", stdin)
+    terminal = Terminal(ScriptedSession(), "banner")
+    assert vars(terminal).keys() >= {"_lines", "_armed", "_pending_interrupt"} and terminal._lines is None
+    assert stdin.tell() == 0
+    assert terminal.loop() == 0 and " w0 w1 w2 w3 w4" in capsys.readouterr().out
+    assert stdin.tell() == len("tell me\n/quit\n")
