@@ -4,9 +4,9 @@
 
 #include <vector>
 
-#include "ggml-alloc.h"
 #include "ggml-backend.h"
 #include "hparams.h"
+#include "tensor_buffer.h"
 
 namespace logo::core {
 
@@ -18,15 +18,13 @@ struct KvCache {
     std::vector<int> length;       // tokens held per stream
 
     KvCache(const ModelHparams & hp, int n_ctx, int n_stream, ggml_backend_dev_t device);
-    ~KvCache();
     KvCache(const KvCache &) = delete;
     KvCache & operator=(const KvCache &) = delete;
 
-    size_t bytes() const;
+    size_t bytes() const { return storage_.bytes(); }
 
 private:
-    ggml_context * ctx_ = nullptr;
-    ggml_backend_buffer_t buffer_ = nullptr;
+    TensorBuffer storage_;  // every k and v tensor, zeroed
 };
 
 }  // namespace logo::core

@@ -259,7 +259,7 @@ Mixture::Mixture(const Model & model, const std::vector<Selection> & per_sequenc
     size_t n_tensors = 0;
     for (const auto & [key, group] : groups) n_tensors += 2 + group.weights.size();
     ggml_init_params params = {n_tensors * ggml_tensor_overhead(), nullptr, true};
-    ctx_ = ggml_init(params);
+    ggml_context * ctx = ggml_init(params);
 
     // Fill on the host first (the final types depend on the values' range), then allocate and upload.
     struct Staged {
@@ -305,13 +305,13 @@ Mixture::Mixture(const Model & model, const std::vector<Selection> & per_sequenc
             }
             LowRankTerm & term = terms_[w->base];
             term.a_row0 = w->row0;
-            term.b = ggml_new_tensor_3d(ctx_, fit_range(w->type_b, b), Rw, n_out, stacks);  // [rows, n_out, stacks]
+            term.b = ggml_new_tensor_3d(ctx, fit_range(w->type_b, b), Rw, n_out, stacks);  // [rows, n_out, stacks]
             staged.push_back({term.b, std::move(b)});
         }
-        group.a = ggml_new_tensor_3d(ctx_, fit_range(group.type_a, a), n_in, R, stacks);  // [n_in, rows, stacks]
+        group.a = ggml_new_tensor_3d(ctx, fit_range(group.type_a, a), n_in, R, stacks);  // [n_in, rows, stacks]
         staged.push_back({group.a, std::move(a)});
         if (group.shared) {
-            group.slot_weights = ggml_new_tensor_3d(ctx_, GGML_TYPE_F32, R, 1, n_mix_);
+            group.slot_weights = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, R, 1, n_mix_);
             staged.push_back({group.slot_weights, std::move(slots)});
         }
         for (WeightPlan * w : group.weights) {
@@ -319,22 +319,11 @@ Mixture::Mixture(const Model & model, const std::vector<Selection> & per_sequenc
             terms_[w->base].slot_weights = group.slot_weights;
         }
     }
-    buffer_ = ggml_backend_alloc_ctx_tensors_from_buft(ctx_, ggml_backend_dev_buffer_type(model.device()));
-    if (!buffer_) throw std::runtime_error("out of memory: cannot allocate an adapter mixture");
+    storage_ = TensorBuffer(ctx, model.device(), "an adapter mixture");  // every tensor is then uploaded whole
     for (const Staged & s : staged) upload(s.tensor, s.values);
 }
 
-Mixture::~Mixture() {
-    if (folded_buffer_) ggml_backend_buffer_free(folded_buffer_);
-    if (folded_ctx_) ggml_free(folded_ctx_);
-    if (buffer_) ggml_backend_buffer_free(buffer_);
-    if (ctx_) ggml_free(ctx_);
-}
-
-size_t Mixture::bytes() const {
-    return (buffer_ ? ggml_backend_buffer_get_size(buffer_) : 0) +
-           (folded_buffer_ ? ggml_backend_buffer_get_size(folded_buffer_) : 0);
-}
+size_t Mixture::bytes() const { return storage_.bytes() + folded_.bytes(); }
 
 bool Mixture::foldable(const Model & model) const {
     (void)model;
@@ -346,13 +335,12 @@ bool Mixture::foldable(const Model & model) const {
 }
 
 void Mixture::fold(Session & session) {
-    if (folded_buffer_ || !foldable(session.model())) return;
+    if (folded_.bytes() > 0 || !foldable(session.model())) return;
     ggml_init_params params = {terms_.size() * ggml_tensor_overhead(), nullptr, true};
-    folded_ctx_ = ggml_init(params);
+    ggml_context * ctx = ggml_init(params);
     std::map<const ggml_tensor *, ggml_tensor *> folded;
-    for (const auto & [base, term] : terms_) folded[base] = ggml_dup_tensor(folded_ctx_, base);
-    folded_buffer_ = ggml_backend_alloc_ctx_tensors_from_buft(folded_ctx_, ggml_backend_dev_buffer_type(session.model().device()));
-    if (!folded_buffer_) throw std::runtime_error("out of memory: cannot allocate folded weights");
+    for (const auto & [base, term] : terms_) folded[base] = ggml_dup_tensor(ctx, base);
+    folded_ = TensorBuffer(ctx, session.model().device(), "folded weights");  // each is then written whole
     // One small graph: for each weight, dst = W + B A, with B A of shape [n_in, n_out] like W, in F32.
     session.compute([&](ggml_context * ctx) {
         std::vector<ggml_tensor *> outputs;

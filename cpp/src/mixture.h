@@ -11,6 +11,7 @@
 #include "adapter.h"
 #include "graph.h"
 #include "session.h"
+#include "tensor_buffer.h"
 
 namespace logo::core {
 
@@ -24,7 +25,6 @@ class Mixture {
 public:
     // One selection for every sequence (per_sequence.size() == 1), or one per sequence.
     Mixture(const Model & model, const std::vector<Selection> & per_sequence);
-    ~Mixture();
     Mixture(const Mixture &) = delete;
     Mixture & operator=(const Mixture &) = delete;
 
@@ -43,10 +43,8 @@ public:
 private:
     LowRankTerms terms_;
     int n_mix_ = 1;
-    ggml_context * ctx_ = nullptr;
-    ggml_backend_buffer_t buffer_ = nullptr;
-    ggml_context * folded_ctx_ = nullptr;
-    ggml_backend_buffer_t folded_buffer_ = nullptr;
+    TensorBuffer storage_;  // the pairs (A, B, slot weights)
+    TensorBuffer folded_;   // the folded weights, once fold() ran
 };
 
 // The type the continuous-batching slot stacks (slot_mixtures.h, pooled_mixtures.h) are stored in: F32 over
