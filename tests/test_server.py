@@ -545,6 +545,31 @@ def test_api_key(model_dir):
         assert r.usage.completion_tokens <= 2
 
 
+def test_browser_pages_from_unlisted_origins_are_refused(model_dir):
+    """A web page's cross-origin POST (a CORS "simple request": text/plain, no preflight) must not make a server
+    without --api-key generate: browsers send Origin, so an unlisted one gets 403. Programs send no Origin: curl's
+    default form content type still works."""
+    body = json.dumps({"model": "base", "prompt": "the", "max_tokens": 2}).encode()
+    with running_server(model_dir / "llama-f32.gguf", n_slots=1) as bg:
+        code, payload, _ = request(bg, "POST", "/v1/completions", raw=body,
+                                   headers={"Content-Type": "text/plain", "Origin": "https://evil.example"})
+        _check_error(code, payload, 403, None, "origin 'https://evil.example' is refused")
+        assert "--allow-origin" in payload["error"]["message"] and payload["error"]["code"] == "origin_not_allowed"
+        code, payload, _ = request(bg, "POST", "/v1/chat/completions", raw=body, headers={"Origin": "null"})
+        assert code == 403, payload
+        assert bg.server.engine.stats["started"] == 0  # nothing ran
+        code, payload, _ = request(bg, "POST", "/v1/completions", raw=body,  # as `curl -d '{...}'` sends it
+                                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert code == 200 and payload["usage"]["completion_tokens"] <= 2, payload
+        assert request(bg, "GET", "/v1/models", headers={"Origin": "https://evil.example"})[0] == 200
+    with running_server(model_dir / "llama-f32.gguf", n_slots=1, allow_origins=["http://app.example"]) as bg:
+        code, payload, headers = request(bg, "POST", "/v1/completions", raw=body,
+                                         headers={"Origin": "http://app.example"})
+        assert code == 200 and headers.get("access-control-allow-origin") == "http://app.example", payload
+        code, payload, _ = request(bg, "POST", "/v1/completions", raw=body, headers={"Origin": "http://other.example"})
+        _check_error(code, payload, 403, None, "(allowed: http://app.example)")
+
+
 def test_a_full_queue_answers_503(model_dir):
     with running_server(model_dir / "llama-f32.gguf", n_slots=1, max_queue=1, n_ctx=1024) as bg:
         long = {"model": "base", "prompt": "the dog", "max_tokens": 1000, "ignore_eos": True}
@@ -750,6 +775,31 @@ def test_a_request_being_started_holds_its_slot(model_dir, adapter_dir):
         assert bg.server.engine.stats["cancelled"] == 1
 
 
+def test_busy_counts_requests_admitted_into_free_slots_as_running(model_dir):
+    """--parallel 4 --queue 2 and 7 requests while the first is being started: the engine starts one at a time,
+    so 5 sit in its queue, 3 of them admitted into the free slots. The 503 and /health say 4 running and 2
+    waiting, as admission counts them (they said "1 of 4 slots are running requests and 5 requests are
+    waiting (queue limit 2)")."""
+    with running_server(model_dir / "llama-f32.gguf", n_slots=4, max_queue=2, n_ctx=256) as bg:
+        engine = bg.server.engine
+        entered, release = _gate_admission(engine)
+        body = {"model": "base", "prompt": "the dog", "max_tokens": 3}
+        socks = [_send_raw(bg, body)]
+        try:
+            assert entered.wait(TIMEOUT)
+            socks += [_send_raw(bg, body) for _ in range(5)]
+            wait_until(lambda: len(engine._waiting) == 5, what="five requests behind the one being started")
+            assert health(bg) == {"status": "ok", "slots_total": 4, "slots_busy": 4, "waiting": 2, "queue_limit": 2}
+            code, payload, _ = request(bg, "POST", "/v1/completions", body=body)
+            _check_error(code, payload, 503, None,
+                         "4 of 4 slots are running requests and 2 requests are waiting (queue limit 2)")
+        finally:
+            release.set()
+            for sock in socks:
+                sock.close()
+        wait_until(lambda: health(bg)["slots_busy"] == 0 and health(bg)["waiting"] == 0, what="the slots to be free")
+
+
 def test_a_body_over_the_limit_gets_413(model_dir):
     from logo_cpp.server.app import default_max_body_bytes
 
@@ -775,6 +825,36 @@ def test_a_body_over_the_limit_gets_413(model_dir):
     with running_server(model_dir / "llama-f32.gguf", n_slots=1, max_body_bytes=3 * 2**20) as bg:
         code, payload, _ = request(bg, "POST", "/v1/completions", body={"model": "base", "prompt": "x " * 600_000})
         _check_error(code, payload, 400, "prompt", "context holds 256")  # read, tokenized, too long
+
+
+def _raw_exchange(bg, head: bytes, body: bytes, timeout: float) -> bytes:
+    """Sends ``head`` and ``body`` on a raw socket; returns all the server sends until it closes (a socket
+    timeout fails the test: no answer came)."""
+    with socket.create_connection((bg.host, bg.port), timeout=timeout) as sock:
+        sock.sendall(head + body)
+        received = b""
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return received
+            received += data
+
+
+@pytest.mark.parametrize("declared", [5_000_000, 999_999_999_999])
+def test_an_oversized_declared_length_gets_413_at_once(model_dir, declared):
+    """A Content-Length over the limit with a short body: the 413 comes at once and the connection closes
+    (the server waited for the declared body, so the client got no answer at all)."""
+    with running_server(model_dir / "llama-f32.gguf", n_slots=1) as bg:  # limit 1 MiB
+        head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: " + str(declared).encode() + b"\r\n\r\n")
+        t0 = time.monotonic()
+        reply = _raw_exchange(bg, head, b'{"model": "base", "prompt": "x"}', timeout=10)
+        assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
+        assert b"limit of 1 MiB" in reply and time.monotonic() - t0 < 5
+        # A client that waits for "100 Continue" gets the 413 without sending the body.
+        reply = _raw_exchange(bg, head[:-2] + b"Expect: 100-continue\r\n\r\n", b"", timeout=10)
+        assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
+        assert client(bg).completions.create(model="base", prompt="the", max_tokens=2).usage.completion_tokens <= 2
 
 
 def test_a_long_prompt_is_prepared_off_the_event_loop(model_dir):

@@ -365,8 +365,8 @@ def build_app(server: Server) -> Starlette:
         app.add_middleware(CORSMiddleware, allow_origins=server.config.allow_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
     if server.config.api_key:
-        return ApiKeyCheck(app, server.config.api_key)
-    return app
+        app = ApiKeyCheck(app, server.config.api_key)
+    return OriginCheck(app, server.config.allow_origins)
 
 
 def _peer(request: Request) -> str:
@@ -395,6 +395,35 @@ class ApiKeyCheck:
                 message = ("missing API key: send 'Authorization: Bearer <key>'" if not header else "invalid API key")
                 response = error_response(ApiError(401, message, code="invalid_api_key",
                                                    headers={"WWW-Authenticate": "Bearer"}))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class OriginCheck:
+    """ASGI middleware: a POST that carries an ``Origin`` header not in --allow-origin is refused with 403.
+
+    Browsers send Origin on every cross-origin POST; curl, the OpenAI SDKs and other programs send none. CORS
+    alone does not stop a web page from making this server generate: a "simple request" (a form, or fetch
+    with a text/plain body) is sent without a preflight, only its answer is hidden from the page, and the body
+    is read as JSON whatever its Content-Type. Checking Content-Type instead would break `curl -d '{...}'`
+    (curl sends application/x-www-form-urlencoded). Ollama refuses unlisted origins with 403 too."""
+
+    def __init__(self, app, allowed):
+        self.app = app
+        self.allowed = frozenset(allowed)
+        self.any = "*" in self.allowed
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("method") == "POST" and not self.any:
+            origin = dict(scope["headers"]).get(b"origin")
+            if origin is not None and origin.decode("latin-1") not in self.allowed:
+                shown = origin.decode("latin-1")
+                listed = ", ".join(sorted(self.allowed)) or "none"
+                response = error_response(ApiError(
+                    403, f"a request from the web page origin {shown!r} is refused: browser pages may use this server "
+                         f"only from the origins given with --allow-origin (allowed: {listed}); programs that send "
+                         f"no Origin header are not affected", code="origin_not_allowed"))
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

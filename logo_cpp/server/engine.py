@@ -107,10 +107,10 @@ class Engine:
             if self._stopping:
                 raise ApiError(503, "the server is shutting down", code="unavailable")
             # Free slots take jobs at once; beyond them at most max_queue wait.
-            busy = self._busy()
-            if len(self._waiting) + len(jobs) > self.max_queue + (self.n_slots - busy):
-                raise ApiError(503, f"the server is busy: {busy} of {self.n_slots} slots are running requests and "
-                                    f"{len(self._waiting)} requests are waiting (queue limit {self.max_queue}); "
+            taken, queued = self._occupancy()
+            if queued + len(jobs) > self.max_queue + (self.n_slots - taken):
+                raise ApiError(503, f"the server is busy: {taken} of {self.n_slots} slots are running requests and "
+                                    f"{queued} requests are waiting (queue limit {self.max_queue}); "
                                     f"retry later", code="server_busy", headers={"Retry-After": "1"})
             now = time.monotonic()
             for job in jobs:
@@ -135,9 +135,20 @@ class Engine:
         """Slots in use: running requests and the one being started (call with the lock held)."""
         return len(self._running) + (self._starting is not None)
 
+    def _occupancy(self) -> tuple[int, int]:
+        """(slots taken, requests waiting beyond the slots), counted as admission counts them (call with the lock
+        held). The engine starts one job at a time, so jobs admitted into free slots sit in ``_waiting`` until
+        their turn (for seconds when routing or prefill is slow): they hold their slots, not the queue. Counting
+        them as waiting said "1 of 4 slots are running requests and 5 requests are waiting (queue limit 2)"."""
+        claimed = self._busy() + len(self._waiting)
+        return min(claimed, self.n_slots), max(claimed - self.n_slots, 0)
+
     def status(self) -> dict:
+        """/health's counts: slots_busy (running, being started, or admitted into a free slot and next to
+        start) and waiting (beyond the slots, at most queue_limit), as the 503's message counts them."""
         with self._cond:
-            return {"slots_total": self.n_slots, "slots_busy": self._busy(), "waiting": len(self._waiting),
+            taken, queued = self._occupancy()
+            return {"slots_total": self.n_slots, "slots_busy": taken, "waiting": queued,
                     "queue_limit": self.max_queue}
 
     def prepare(self, route: Route, probe_tokens: list[int]) -> dict:

@@ -26,9 +26,11 @@ def error_response(exc: ApiError) -> JSONResponse:
 
 def _too_large(limit: int) -> ApiError:
     size = f"{limit / 2**20:g} MiB" if limit >= 2**20 else f"{limit} bytes"
+    # Connection: close: the rest of the body is not read (beyond what _drop_rest took), so the connection cannot
+    # carry another request.
     return ApiError(413, f"the request body is larger than this server's limit of {size} (--max-body-mb; by "
                          f"default 512 bytes per context token, at least 1 MiB: a prompt that fills the context is "
-                         f"far smaller)", code="request_too_large")
+                         f"far smaller)", code="request_too_large", headers={"Connection": "close"})
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -36,7 +38,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     else as soon as the bytes read pass it). A client that goes away meanwhile raises ClientDisconnect."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
-        await _drop_rest(request, 0)
+        # Refused by the header. A client that waits for "100 Continue" before sending gets the 413 instead; one
+        # that sends has what it sent dropped until it pauses (a declared length need not be the real one: a
+        # client that declared 1 TB and sent 10 bytes waited forever for an answer).
+        if "100-continue" not in request.headers.get("expect", "").lower():
+            await _drop_rest(request, 0)
         raise _too_large(limit)
     body = bytearray()
     async for chunk in request.stream():
@@ -48,14 +54,23 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 DROP_LIMIT = 256 * 2**20
+DROP_IDLE_SECONDS = 0.25
 
 
 async def _drop_rest(request: Request, read: int) -> None:
-    """Reads and drops the rest of a body that is too large (up to DROP_LIMIT bytes in all, which takes
-    milliseconds), so that a client still sending it gets the 413 instead of a connection reset."""
-    async for chunk in request.stream():
-        read += len(chunk)
-        if read > DROP_LIMIT:
+    """Reads and drops the rest of a body that is too large, so that a client still sending it gets the 413
+    instead of a connection reset: until the body ends, DROP_LIMIT bytes in all were read (milliseconds), or
+    nothing came for DROP_IDLE_SECONDS (a client that sends less than it declared, or stalls)."""
+    receive = request.receive
+    while read <= DROP_LIMIT:
+        try:
+            message = await asyncio.wait_for(receive(), DROP_IDLE_SECONDS)
+        except asyncio.TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return  # the client went away
+        read += len(message.get("body", b""))
+        if not message.get("more_body", False):
             return
 
 
