@@ -636,6 +636,41 @@ def test_logo_cpp_serve_command(model_dir, adapter_dir, tmp_path):
     assert "Traceback" not in err, err  # Ctrl-C is a clean stop
 
 
+def test_a_double_ctrl_c_is_quiet(model_dir, tmp_path):
+    """Two SIGINTs 50 ms apart while 3 streams run: each stream ends with the error event and [DONE], the exit
+    status is 0 and the log has no traceback (uvicorn's force exit skipped the lifespan's shutdown and its
+    cancellation was logged with a CancelledError traceback)."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "logo_cpp.cli", "serve", "--model", str(model_dir / "llama-f32.gguf"),
+                             "--adapters", "--port", str(port), "--parallel", "3", "--ctx-size", "4096",
+                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    streams = []
+    try:
+        wait_for_port(proc, port)
+        bg = type("At", (), {"host": "127.0.0.1", "port": port})
+        for _ in range(3):
+            conn, response = _stream_raw(bg, {"model": "base", "prompt": "the dog", "max_tokens": 4000,
+                                              "ignore_eos": True})
+            assert response.status == 200
+            response.fp.readline()  # the stream runs
+            streams.append((conn, response))
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        for conn, response in streams:
+            rest = response.fp.read().decode()
+            assert "shutting down" in rest and "data: [DONE]" in rest, rest[-300:]
+    finally:
+        for conn, _ in streams:
+            conn.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "CancelledError" not in err, err
+    assert f"Uvicorn running on http://127.0.0.1:{port}" in err  # said on the socket bound before loading, too
+
+
 def test_logo_cpp_serve_reports_bad_arguments(model_dir, tmp_path):
     out = subprocess.run([sys.executable, "-m", "logo_cpp.cli", "serve", "--model", str(model_dir / "missing.gguf")],
                          capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
@@ -644,6 +679,22 @@ def test_logo_cpp_serve_reports_bad_arguments(model_dir, tmp_path):
                           "--parallel", "0"], capture_output=True, text=True, timeout=TIMEOUT,
                          cwd=tmp_path)
     assert out.returncode == 2 and "--parallel must be an integer in [1, 2147483647], got 0" in out.stderr
+    for port in ("-1", "99999"):  # one message for both ends (-1 said [0, 2147483647], 99999 said 0..65535)
+        out = subprocess.run([sys.executable, "-m", "logo_cpp.cli", "serve", "--model",
+                              str(model_dir / "llama-f32.gguf"), "--port", port], capture_output=True, text=True,
+                             timeout=TIMEOUT, cwd=tmp_path)
+        assert out.returncode == 2 and f"--port must be an integer in [0, 65535], got {port}" in out.stderr, out.stderr
+    # A port in use fails before the model loads (it loaded, then uvicorn failed: "[Errno 98] ...", exit 3).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "logo_cpp.cli", "serve", "--model", str(model_dir / "llama-f32.gguf"),
+                              "--port", str(port)], capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == (f"logo-cpp: error: cannot listen on --host 127.0.0.1 --port {port}: the address is "
+                                  f"already in use (another server? pick another --port)"), out.stderr
+    assert "loaded in" not in out.stdout, out.stdout
     env = dict(os.environ)
     assert env  # the environment reaches the child unchanged
 

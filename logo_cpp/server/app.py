@@ -351,10 +351,16 @@ def build_app(server: Server) -> Starlette:
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        forced = False
         try:
             yield
+        except asyncio.CancelledError:
+            # A second Ctrl-C (uvicorn's force exit) skips the application's shutdown, and asyncio cancels this task
+            # as the process exits: starlette would log that as a failed shutdown with a CancelledError traceback.
+            # The first Ctrl-C already ended every request: end quietly, without waiting long on the engine's step.
+            forced = True
         finally:
-            server.close()
+            server.engine.close(timeout=1.0) if forced else server.close()
 
     app = Starlette(routes=routes, exception_handlers={ApiError: on_api_error, HTTPException: on_http_error,
                                                        ClientDisconnect: on_disconnect, Exception: on_internal_error},

@@ -4,6 +4,7 @@ CLI can say plainly when the `server` extra is missing."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import socket
 import threading
@@ -82,22 +83,14 @@ class Loaded:
     app: object
 
 
-def load(args) -> Loaded:
-    """Model, pool, engine and ASGI app from parsed `serve` arguments."""
-    try:
-        from .app import Server, ServerConfig, api_key_from_env, build_app
-    except ImportError as exc:
-        raise ImportError(f"{MISSING_EXTRA} ({exc})") from None
-    import logo_cpp
-
+def check_arguments(args) -> None:
+    """Raises ValueError naming the flag for a `serve` argument out of range (before anything loads)."""
     for name in ("parallel", "ctx_size", "port", "k", "threads"):
         value = getattr(args, name)
         # The core holds these as int32: a larger value would surface as "n_ctx must be ..." without the flag.
-        if value is not None and not (0 if name == "port" else 1) <= value <= 2**31 - 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be an integer in [{0 if name == 'port' else 1}, "
-                             f"2147483647], got {value}")
-    if args.port > 65535:
-        raise ValueError(f"--port must be in 0..65535, got {args.port}")
+        low, high = (0, 65535) if name == "port" else (1, 2**31 - 1)
+        if value is not None and not low <= value <= high:
+            raise ValueError(f"--{name.replace('_', '-')} must be an integer in [{low}, {high}], got {value}")
     if args.queue < 0:
         raise ValueError(f"--queue must be >= 0, got {args.queue}")
     max_body = getattr(args, "max_body_mb", None)
@@ -107,6 +100,37 @@ def load(args) -> Loaded:
         socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise ValueError(f"--host {args.host!r} is not an address or a name this machine resolves ({exc})") from None
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port for uvicorn (which listens on it), made before the model loads: a port in
+    use fails at once, in one line naming --host/--port, instead of after the model and calibration loaded
+    (seconds), and no other process can take the port meanwhile. Options as uvicorn's own bind (SO_REUSEADDR).
+    Raises ValueError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = "the address is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        raise ValueError(f"cannot listen on --host {host} --port {port}: {reason} (another server? pick another "
+                         f"--port)") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def load(args) -> Loaded:
+    """Model, pool, engine and ASGI app from parsed `serve` arguments."""
+    try:
+        from .app import Server, ServerConfig, api_key_from_env, build_app
+    except ImportError as exc:
+        raise ImportError(f"{MISSING_EXTRA} ({exc})") from None
+    import logo_cpp
+
+    check_arguments(args)
+    max_body = getattr(args, "max_body_mb", None)
     if args.api_key is not None and not args.api_key.strip():
         raise ValueError("--api-key is empty (an unset shell variable?): that would leave the server open to anyone; "
                          "give a non-empty key, or leave the option out to serve without one")
@@ -137,7 +161,13 @@ def run(args) -> int:
     except ImportError:
         raise ImportError(MISSING_EXTRA) from None
     t0 = time.perf_counter()
-    loaded = load(args)
+    check_arguments(args)
+    sock = bind(args.host, args.port)  # before the model loads: a port in use fails at once
+    try:
+        loaded = load(args)
+    except BaseException:
+        sock.close()
+        raise
     model, pool, server = loaded.model, loaded.pool, loaded.server
     log = logging.getLogger("uvicorn.error")
     print(f"logo-cpp serve: {Path(model.path).name} ({model.device}), {len(pool)} adapters, {args.parallel} slots of "
@@ -152,7 +182,7 @@ def run(args) -> int:
     config = uvicorn.Config(loaded.app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=5)
     try:
-        _uvicorn_server_class()(config, server.engine).run()
+        _uvicorn_server_class()(config, server.engine).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it delayed for the graceful shutdown (as uvicorn.run)
         pass
     return 0
@@ -169,6 +199,11 @@ def _uvicorn_server_class():
         def __init__(self, config, engine):
             super().__init__(config)
             self.engine = engine
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if sockets is not None and self.started:  # uvicorn says where it listens only on sockets it bound
+                self._log_started_message(sockets)
 
         def handle_exit(self, sig, frame) -> None:
             # A signal handler may run while the main thread holds the engine's lock: end the requests from
