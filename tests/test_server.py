@@ -758,6 +758,21 @@ def test_unknown_parameters_are_refused(served):
     assert "'top_a' is not a parameter this server knows" in body["message"]
 
 
+def test_unknown_message_fields_are_refused(served):
+    """As OpenAI's API: a message's known fields (name, tool_call_id, refusal...) pass, others are a 400 naming
+    messages[i].field (they were ignored)."""
+    c = client(served)
+    messages = [{"role": "system", "content": "be brief", "name": "setup"},
+                {"role": "user", "content": "hi", "name": "ann", "foo": None}]
+    assert c.chat.completions.create(model="base", messages=messages, max_tokens=2).usage.completion_tokens <= 2
+    messages[1]["foo"] = 1
+    with pytest.raises(openai.BadRequestError) as info:
+        c.chat.completions.create(model="base", messages=messages, max_tokens=2)
+    body = info.value.body
+    assert body["param"] == "messages.1.foo" and body["code"] == "unknown_parameter", body
+    assert body["message"].startswith("messages[1].foo: 'foo' is not a field of a chat message"), body
+
+
 # -- startup, admission, body size, shutdown ---------------------------------------------------------------------
 
 def test_routing_statistics_are_computed_at_startup(model_dir, adapter_dir):

@@ -382,10 +382,15 @@ class ContentPart(_Body):
     text: Optional[str] = None
 
 
+# The fields of a chat message in OpenAI's API (name, tool_call_id and refusal are accepted and not used: the chat
+# template renders roles and content only; tool_calls and function_call are refused when not empty). Any other field
+# is refused naming it, as OpenAI's API does ("Additional properties are not allowed ('id' was unexpected) -
+# 'messages.0'"): another server's message field (a reasoning text, a prefix flag) may change the answer there.
+MESSAGE_FIELDS = ("role", "content", "name", "tool_call_id", "refusal", "tool_calls", "function_call")
+
+
 class ChatMessage(_Body):
-    # Other fields (name, tool_call_id, refusal) are accepted and not used: the chat template renders roles and
-    # content only.
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore")  # unknown fields are refused by ChatRequest, naming the message
     role: str  # one of logo_cpp.model.CHAT_ROLES (checked below, with a message naming the accepted ones)
     content: Optional[Union[str, list[ContentPart]]] = None  # required but for assistant messages (ChatRequest)
     tool_calls: Optional[list[Any]] = None      # refused when not empty: this server has no tools
@@ -435,6 +440,21 @@ class ChatRequest(_Common):
     """POST /v1/chat/completions: the model's chat template over ``messages``."""
 
     messages: list[ChatMessage] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _message_fields(cls, data):
+        messages = data.get("messages") if isinstance(data, dict) else None
+        for i, message in enumerate(messages if isinstance(messages, list) else []):
+            if not isinstance(message, dict):
+                continue
+            for name, value in message.items():
+                if name not in MESSAGE_FIELDS and value is not None:  # null is "left out", as at the top level
+                    raise _Unknown(f"messages.{i}.{name}",
+                                   f"messages[{i}].{name}: '{name}' is not a field of a chat message this server "
+                                   f"knows ({', '.join(MESSAGE_FIELDS)}); unknown fields are refused, as OpenAI's API "
+                                   f"does, rather than ignored")
+        return data
     max_tokens: Optional[int] = Field(default=None, ge=0, le=INT32_MAX)  # None: until the end of text or context
     max_completion_tokens: Optional[int] = Field(default=None, ge=0, le=INT32_MAX)
 
