@@ -140,7 +140,7 @@ def test_inspect_says_what_is_wrong_with_a_bad_file(model_dir, tmp_path, kind, m
     (["route", "-m", "{model}", "-a", "{adapters}", "-p", "hi", "--layer", "9"], "layer 9 is out of range"),
     (["run", "-m", "{model}", "-a", "{broken}", "-p", "hi"], "contains NaN or Inf"),
     (["bench", "--types", "q3"], "--types: unknown weight type 'q3'"),
-    (["serve", "--model", "{model}", "--port", "99999"], "--port must be in 0..65535"),
+    (["serve", "--model", "{model}", "--port", "99999"], "--port must be an integer in [0, 65535], got 99999"),
     (["serve", "--model", "{model}", "--ctx-size", "10000000000"], "--ctx-size must be an integer in [1, 2147483647]"),
     (["serve", "--model", "{model}", "--threads", "0"], "--threads must be an integer in [1, 2147483647], got 0"),
     (["serve", "--model", "{model}", "--host", "999.1.1.1"], "--host '999.1.1.1' is not an address or a name"),
