@@ -466,7 +466,7 @@ def run_chat(args) -> int:
 
 
 def add_arguments(p) -> None:
-    from .cli import positive_int
+    from .cli import positive_int, thread_count
 
     p.add_argument("--model", "-m", default=None, help="base model GGUF (default: the shipped SmolLM2-135M-Instruct)")
     p.add_argument("--adapters", "-a", nargs="+", default=[], help="adapter GGUF files or directories (with --model)")
@@ -485,4 +485,4 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--ctx", type=positive_int, default=2048, help="context length (tokens)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", "-t", type=positive_int, default=None)
+    p.add_argument("--threads", "-t", type=thread_count, default=None)

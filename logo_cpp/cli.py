@@ -63,6 +63,16 @@ def non_negative_int(text: str) -> int:
     return _int32_at_least(0, text, "non-negative")
 
 
+def thread_count(text: str) -> int:
+    """argparse type for --threads: 1 to ggml's thread limit (logo_cpp's Model refuses more)."""
+    from . import _core
+
+    value = _int32_at_least(1, text, "positive")
+    if value > _core.max_threads:
+        raise argparse.ArgumentTypeError(f"expected at most {_core.max_threads} threads (ggml's limit), got {text}")
+    return value
+
+
 def temperature(text: str) -> float:
     """argparse type for a sampling temperature: a finite number >= 0 (0: greedy)."""
     try:
@@ -92,7 +102,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="adapter GGUF files, PEFT adapter directories, or directories of them (with --model; "
                         "default: the shipped pool)")
     p.add_argument("--device", default="auto", help="auto (a GPU if the linked ggml has one), cpu, or a device name")
-    p.add_argument("--threads", "-t", type=positive_int, default=None, help="CPU threads (default: one per core)")
+    p.add_argument("--threads", "-t", type=thread_count, default=None, help="CPU threads (default: one per core)")
     p.add_argument("--ctx", type=positive_int, default=2048, help="context length in tokens (default 2048)")
 
 

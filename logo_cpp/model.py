@@ -154,8 +154,10 @@ class Model:
         for arg, value, optional in (("n_ctx", n_ctx, False), ("n_threads", n_threads, True), ("n_batch", n_batch, False)):
             if optional and value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _INT32_MAX:
-                raise ValueError(f"{arg} must be an integer in [1, {_INT32_MAX}]{' or None' if optional else ''}, "
+            # Threads: ggml's thread limit (more would start that many threads per graph evaluation).
+            highest = _core.max_threads if arg == "n_threads" else _INT32_MAX
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= highest:
+                raise ValueError(f"{arg} must be an integer in [1, {highest}]{' or None' if optional else ''}, "
                                  f"got {value!r}")
         self._path = path
         # The file as loaded, so the calibration disk cache (keyed by the file's content) notices a file that

@@ -146,12 +146,19 @@ def test_invalid_sampling_arguments_reach_the_core_too(model):
     (dict(n_threads=2**40), "n_threads"),
     (dict(n_batch=True), "n_batch"),
     (dict(n_threads=0), "n_threads"),
+    (dict(n_threads=513), r"n_threads must be an integer in \[1, 512\]"),   # ggml's GGML_MAX_N_THREADS
     (dict(n_batch=0), "n_batch"),
     (dict(device="tpu7"), "device 'tpu7' is not available"),
 ])
 def test_invalid_model_arguments(model_dir, kwargs, name):
     with pytest.raises(ValueError, match=name):
         logo_cpp.Model(model_dir / "llama-f32.gguf", **kwargs)
+
+
+def test_core_refuses_more_threads_than_ggml_allows(model_dir):
+    # The C++ check itself (the Python wrapper refuses first): ggml's OpenMP path would start them all.
+    with pytest.raises(ValueError, match="n_threads must be at most 512"):
+        logo_cpp._core.Model(str(model_dir / "llama-f32.gguf"), n_threads=513)
 
 
 def test_gpu_is_offered_only_where_there_is_one(model_dir):

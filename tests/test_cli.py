@@ -142,7 +142,6 @@ def test_inspect_says_what_is_wrong_with_a_bad_file(model_dir, tmp_path, kind, m
     (["bench", "--types", "q3"], "--types: unknown weight type 'q3'"),
     (["serve", "--model", "{model}", "--port", "99999"], "--port must be an integer in [0, 65535], got 99999"),
     (["serve", "--model", "{model}", "--ctx-size", "10000000000"], "--ctx-size must be an integer in [1, 2147483647]"),
-    (["serve", "--model", "{model}", "--threads", "0"], "--threads must be an integer in [1, 2147483647], got 0"),
     (["serve", "--model", "{model}", "--host", "999.1.1.1"], "--host '999.1.1.1' is not an address or a name"),
     (["eval", "--per-task", "1", "--out", "/proc/nope/eval"], "/proc/nope"),  # refused before the run, not after
     (["eval", "--per-task", "1", "--tasks", ","], "--tasks names no task"),
@@ -165,6 +164,12 @@ def test_user_mistakes_are_one_line(files, broken_dir, tmp_path, args, message):
     (["route", "-p", "hi", "--k", "99999999999999999999"], "--k"),
     (["route", "-p", "hi", "--ctx", "99999999999"], "--ctx"),
     (["run", "-p", "hi", "--threads", "0"], "--threads/-t"),
+    # ggml's thread limit: more used to start that many threads per graph evaluation (30000 stalled the machine)
+    (["route", "-p", "hi", "--threads", "30000"], "--threads/-t"),
+    (["serve", "--threads", "0"], "--threads/-t"),
+    (["serve", "--threads", "513"], "--threads/-t"),
+    (["eval", "--threads", "513"], "--threads/-t"),
+    (["chat", "--threads", "513"], "--threads/-t"),
     (["chat", "--ctx", "0"], "--ctx"),
     (["demo", "--threads", "0"], "--threads/-t"),
     (["run", "-p", "hi", "--max-tokens", "-1"], "--max-tokens/-n"),

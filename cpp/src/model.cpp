@@ -12,6 +12,7 @@
 #include "backend.h"
 #include "calibration.h"
 #include "logo/errors.h"
+#include "logo/types.h"
 #include "gguf_file.h"
 
 namespace logo::core {
@@ -152,9 +153,15 @@ std::vector<ggml_backend_buffer_type_t> cpu_extra_bufts(ggml_backend_dev_t cpu) 
 
 }  // namespace
 
+static_assert(kMaxThreads == GGML_MAX_N_THREADS, "logo::kMaxThreads follows ggml's thread limit");
+
 Model::Model(const std::string & path, const ModelOptions & options)
     : path_(path), calibration_cache_(std::make_unique<CalibrationCache>()) {
     if (options.n_threads < 0) throw std::invalid_argument("n_threads must be >= 0 (0 means one per core)");
+    if (options.n_threads > kMaxThreads) {
+        throw std::invalid_argument("n_threads must be at most " + std::to_string(kMaxThreads) +
+                                    " (ggml's thread limit), got " + std::to_string(options.n_threads));
+    }
     GgufFile file(path);
     hparams_ = read_hparams(file);
     std::vector<TensorSpec> specs = expected_tensors(hparams_, weights_);

@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", default=None,
                    help="LoGo: how signals are calibrated before ranking (logo_cpp.router.CALIBRATIONS; "
                         "default: the router's default; 'none' is the paper's raw signal)")
-    from ..cli import add_mixture_weight_args
+    from ..cli import add_mixture_weight_args, thread_count
     from ..router import DEFAULT_TEMPERATURE, WEIGHTINGS
 
     add_mixture_weight_args(p, WEIGHTINGS, DEFAULT_TEMPERATURE)
@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mixture-layout", default="auto", choices=["auto", "stacked", "pooled"],
                    help="how slots hold their mixtures: the pool stacked once (pooled: small pools, many slots) or "
                         "each slot its own adapters (stacked: large pools); auto picks by the bytes a step reads")
-    p.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: one per core)")
+    p.add_argument("--threads", "-t", type=thread_count, default=None, help="CPU threads (default: one per core)")
     p.add_argument("--device", default="auto", help="auto (a GPU if the linked ggml has one), cpu, or a device name")
     p.add_argument("--allow-origin", action="append", default=[],
                    help="allow browser pages from this origin (CORS); repeatable; default none")

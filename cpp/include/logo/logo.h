@@ -27,7 +27,7 @@ class AdapterPool;
 
 struct ModelParams {
     std::string device = "auto";  // "auto" (a GPU when the linked ggml has one), "cpu", "gpu", or a device name
-    int n_threads = 0;            // 0: one per core
+    int n_threads = 0;            // 0: one per core; at most kMaxThreads
     bool use_mmap = true;
     // Repacked (interleaved) CPU layouts for the weight types that have them (Q4_0, Q4_K, IQ4_NL on x86),
     // as llama.cpp does by default; false is llama.cpp's --no-repack (use_extra_bufts = false).

@@ -12,6 +12,10 @@ namespace logo {
 
 using Token = int32_t;
 
+// The most CPU threads a Model computes with: ggml's GGML_MAX_N_THREADS (its thread pool's limit). ggml's
+// OpenMP path does not refuse more; it would start that many threads for every graph evaluation.
+constexpr int kMaxThreads = 512;
+
 struct ChatMessage {
     std::string role;
     std::string content;
