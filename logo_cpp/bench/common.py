@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from logo_cpp import synthetic
+from ..cli import positive_int, thread_count
 
 # About 150M parameters: 12 blocks of width 768, a 32k vocabulary, untied head.
 SPEC_150M = dict(arch="llama", n_embd=768, n_layer=12, n_head=12, n_head_kv=4, n_ff=2560, seed=7)
@@ -36,9 +37,9 @@ def add_common_args(parser, reps: int) -> None:
 
     parser.add_argument("--size", choices=["150m", "1b"], default="150m",
                         help="shape of the random-weight model (default 150m: ~139M parameters)")
-    parser.add_argument("--threads", type=int, default=_core.default_thread_count(),
+    parser.add_argument("--threads", type=thread_count, default=_core.default_thread_count(),
                         help="threads for both runtimes (default: this machine's cores)")
-    parser.add_argument("--reps", type=int, default=reps, help=f"repetitions per measurement; medians (default {reps})")
+    parser.add_argument("--reps", type=positive_int, default=reps, help=f"repetitions per measurement; medians (default {reps})")
     parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "logo-cpp-bench",
                         help="where the generated models and adapters are kept and reused")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,

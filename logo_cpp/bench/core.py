@@ -18,6 +18,7 @@ import numpy as np
 import logo_cpp
 
 from . import common
+from ..cli import positive_int
 
 
 class LogoRunner:
@@ -85,8 +86,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="logo-cpp bench core", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--types", nargs="+", default=["f16", "q8_0", "q4_0"], help="weight types to compare")
-    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens for prefill")
-    parser.add_argument("--decode", type=int, default=64, help="greedy decode steps")
+    parser.add_argument("--prompt", type=positive_int, default=128, help="prompt tokens for prefill")
+    parser.add_argument("--decode", type=positive_int, default=64, help="greedy decode steps")
     common.add_common_args(parser, reps=5)
     args = parser.parse_args(argv)
     common.check_types("--types", args.types)

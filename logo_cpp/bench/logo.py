@@ -17,6 +17,7 @@ import logo_cpp
 
 from . import common
 from logo_cpp import _core  # noqa: E402
+from ..cli import positive_int
 
 
 def timed(fn):
@@ -41,12 +42,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="logo-cpp bench logo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--type", default="f16", help="weight type of the base model")
-    parser.add_argument("--n-adapters", type=int, default=260, help="pool size N (rank-16 adapters on attn_q, attn_v)")
-    parser.add_argument("--k", type=int, default=20, help="adapters per mixture")
-    parser.add_argument("--batch", type=int, default=8, help="instances in the heterogeneous batch")
-    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens")
-    parser.add_argument("--decode", type=int, default=64, help="decode steps for the tokens/s measurements")
-    parser.add_argument("--e2e-tokens", type=int, default=256, help="new tokens per instance, end to end")
+    parser.add_argument("--n-adapters", type=positive_int, default=260, help="pool size N (rank-16 adapters on attn_q, attn_v)")
+    parser.add_argument("--k", type=positive_int, default=20, help="adapters per mixture")
+    parser.add_argument("--batch", type=positive_int, default=8, help="instances in the heterogeneous batch")
+    parser.add_argument("--prompt", type=positive_int, default=128, help="prompt tokens")
+    parser.add_argument("--decode", type=positive_int, default=64, help="decode steps for the tokens/s measurements")
+    parser.add_argument("--e2e-tokens", type=positive_int, default=256, help="new tokens per instance, end to end")
     common.add_common_args(parser, reps=3)
     args = parser.parse_args(argv)
     common.check_types("--type", [args.type])

@@ -26,6 +26,7 @@ from logo_cpp import synthetic
 
 from . import common
 from .._llama_cpp import cpu_has_amx
+from ..cli import positive_int
 
 
 def base_files(model: Path, workdir: Path, types) -> dict[str, Path]:
@@ -193,18 +194,18 @@ def main(argv=None):
                         help="use the synthetic model of --size (rows of 768: real Q4_K matrices, where SmolLM2's "
                              "576-wide rows fall back to Q5_0)")
     parser.add_argument("--types", nargs="+", default=["q4_1", "q4_k", "q8_0"], help="weight types of the base")
-    parser.add_argument("--ks", nargs="+", type=int, default=[1, 8, 20], help="adapters per mixture")
-    parser.add_argument("--rank", type=int, default=8, help="rank of each adapter")
+    parser.add_argument("--ks", nargs="+", type=positive_int, default=[1, 8, 20], help="adapters per mixture")
+    parser.add_argument("--rank", type=positive_int, default=8, help="rank of each adapter")
     parser.add_argument("--targets", nargs="+", default=["attn_q", "attn_v"], help="adapted modules")
     parser.add_argument("--layers", default="all",
                         help="adapted blocks: 'all' (default) or FIRST-LAST; the shipped pool adapts 18-29 of SmolLM2's 30")
     parser.add_argument("--adapter-type", default="f16", choices=["f32", "f16", "bf16", "q8_0"],
                         help="type the adapter files are stored in (default f16, as the shipped pool)")
-    parser.add_argument("--kernels-off", nargs="*", type=int, default=[], metavar="K",
+    parser.add_argument("--kernels-off", nargs="*", type=positive_int, default=[], metavar="K",
                         help="also measure logo-cpp at these k with its single-node decode kernels of Q8_0 pairs off "
                              "(LOGO_PAIR_MATVEC=0: ggml's matmuls, the same numbers), rows 'K (ggml matmuls)'")
-    parser.add_argument("--prompt", type=int, default=150, help="prompt tokens")
-    parser.add_argument("--decode", type=int, default=64, help="decode steps")
+    parser.add_argument("--prompt", type=positive_int, default=150, help="prompt tokens")
+    parser.add_argument("--decode", type=positive_int, default=64, help="decode steps")
     common.add_common_args(parser, reps=5)
     args = parser.parse_args(argv)
     common.check_types("--types", args.types)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import common
+from ..cli import positive_int, thread_count
 
 PROMPTS = [
     "Translate to French: the cheese is on the table.",
@@ -188,14 +189,14 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="a directory of adapter GGUF files (default: the shipped pool)")
     parser.add_argument("--adapter", default=None,
                         help="the adapter llama_cpp.server serves (a name in the pool; default: the first)")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--requests-per-client", type=int, default=2)
-    parser.add_argument("--max-tokens", type=int, default=64, help="tokens generated per request (default 64)")
-    parser.add_argument("--parallel", type=int, default=None, help="logo-cpp slots (default: the most clients)")
-    parser.add_argument("--ctx-size", type=int, default=1024, help="context per request on both servers")
-    parser.add_argument("--k", type=int, default=None, help="LoGo's k (default: the server's)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both servers")
-    parser.add_argument("--reps", type=int, default=3, help="repetitions; medians (default 3)")
+    parser.add_argument("--clients", type=positive_int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--requests-per-client", type=positive_int, default=2)
+    parser.add_argument("--max-tokens", type=positive_int, default=64, help="tokens generated per request (default 64)")
+    parser.add_argument("--parallel", type=positive_int, default=None, help="logo-cpp slots (default: the most clients)")
+    parser.add_argument("--ctx-size", type=positive_int, default=1024, help="context per request on both servers")
+    parser.add_argument("--k", type=positive_int, default=None, help="LoGo's k (default: the server's)")
+    parser.add_argument("--threads", type=thread_count, default=os.cpu_count() or 1, help="threads for both servers")
+    parser.add_argument("--reps", type=positive_int, default=3, help="repetitions; medians (default 3)")
     parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT, help="where serve.json and serve.md go")
     args = parser.parse_args(argv)
 

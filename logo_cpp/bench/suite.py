@@ -25,6 +25,7 @@ from logo_cpp import _core
 from . import common
 from .core import LogoRunner, bench_type
 from .logo import llama_decode_rate
+from ..cli import positive_int
 
 
 def _timed(fn):
@@ -269,15 +270,15 @@ def main(argv=None):
         epilog="Single sections with their own options: logo-cpp bench core --help, logo-cpp bench logo --help.")
     parser.add_argument("--types", nargs="+", default=["f16", "q8_0", "q4_0"], help="weight types for section 1")
     parser.add_argument("--mixture-type", default="f16", help="weight type for sections 2-5")
-    parser.add_argument("--ks", nargs="+", type=int, default=[1, 5, 20], help="mixture sizes for section 2")
-    parser.add_argument("--pool-sizes", nargs="+", type=int, default=[1, 10, 100, 260, 1000],
+    parser.add_argument("--ks", nargs="+", type=positive_int, default=[1, 5, 20], help="mixture sizes for section 2")
+    parser.add_argument("--pool-sizes", nargs="+", type=positive_int, default=[1, 10, 100, 260, 1000],
                         help="pool sizes N for section 3")
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8, 16], help="batch sizes for section 5")
-    parser.add_argument("--k", type=int, default=20, help="adapters per mixture in sections 3-5")
-    parser.add_argument("--n-adapters", type=int, default=260, help="pool size for sections 4-5")
-    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens")
-    parser.add_argument("--decode", type=int, default=32, help="decode steps for the tokens/s measurements")
-    parser.add_argument("--e2e-tokens", type=int, default=64, help="new tokens per instance in section 4")
+    parser.add_argument("--batches", nargs="+", type=positive_int, default=[1, 4, 8, 16], help="batch sizes for section 5")
+    parser.add_argument("--k", type=positive_int, default=20, help="adapters per mixture in sections 3-5")
+    parser.add_argument("--n-adapters", type=positive_int, default=260, help="pool size for sections 4-5")
+    parser.add_argument("--prompt", type=positive_int, default=128, help="prompt tokens")
+    parser.add_argument("--decode", type=positive_int, default=32, help="decode steps for the tokens/s measurements")
+    parser.add_argument("--e2e-tokens", type=positive_int, default=64, help="new tokens per instance in section 4")
     common.add_common_args(parser, reps=3)
     args = parser.parse_args(argv)
     common.check_types("--types", args.types)
