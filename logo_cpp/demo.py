@@ -68,7 +68,7 @@ def run_demo(threads: Optional[int] = None, device: str = "auto", pool_path: Opt
     prompts = pick_prompts(default_model.read_eval_set(pool_path, manifest), set(files), n, seed)
     load_s = time.perf_counter() - t0
 
-    print(bold("logo-cpp demo") + dim(f"  {base.stem} on {model.device} ({model.n_threads} threads) · "
+    print(bold("logo-cpp demo") + dim(f"  {base.stem} on {model.device} ({model.n_threads} thread{'s' if model.n_threads != 1 else ''}) · "
                                       f"{len(pool)} task adapters ({pool.nbytes / 2**20:.0f} MiB) · LoGo k={router.k}, "
                                       f"signal {router.signal}"
                                       + (f" ({router.calibration})" if getattr(router, "calibration", "none") != "none" else "")))
@@ -118,11 +118,11 @@ def run_demo(threads: Optional[int] = None, device: str = "auto", pool_path: Opt
 
 
 def add_arguments(p) -> None:
-    from .cli import positive_int, thread_count
+    from .cli import non_negative_int, positive_int, thread_count
 
     p.add_argument("--k", type=positive_int, default=DEFAULT_K, help=f"adapters per prompt (default {DEFAULT_K})")
     p.add_argument("--n", type=int, default=DEMO_PROMPTS, help=f"prompts, each of another task (default {DEMO_PROMPTS})")
-    p.add_argument("--seed", type=int, default=0, help="which held-out prompts to draw (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="which held-out prompts to draw (default 0)")
     p.add_argument("--pool", type=Path, default=None, help="another adapter pool directory (default: the shipped one)")
     p.add_argument("--threads", "-t", type=thread_count, default=None)
     p.add_argument("--device", default="auto")

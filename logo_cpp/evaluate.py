@@ -154,7 +154,10 @@ def run_eval(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file; the evaluation writes a directory (eval.json, eval.md, plots)")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {str(out)!r}: cannot create the directory ({exc.strerror})") from None
     if not os.access(out, os.W_OK):
         raise PermissionError(f"--out {str(out)!r} is not writable")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import os
 import queue
 import threading
@@ -435,6 +436,8 @@ class Model:
     def _sampling_kwargs(self, max_tokens, temperature, top_k, top_p, min_p, seed, stop, ignore_eos) -> dict:
         if isinstance(stop, (str, bytes)):
             stop = [stop]
+        elif stop is not None and not isinstance(stop, collections.abc.Sequence):
+            raise TypeError(f"stop must be a string (str or bytes), a list of them or None, got {type(stop).__name__}")
         stop = list(stop or [])
         if any(not isinstance(s, (str, bytes)) or not s for s in stop):
             raise ValueError("stop must be a non-empty string or a list of non-empty strings (str or bytes)")

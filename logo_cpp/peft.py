@@ -65,7 +65,7 @@ _VARIANTS = {
     "layer_replication": "layer_replication changes the base model's layer stack",
     "target_parameters": "target_parameters puts LoRA on raw parameters (e.g. MoE experts), not on linear maps",
     "trainable_token_indices": "trainable_token_indices trains rows of the token embedding",
-    "modules_to_save": "modules_to_save stores whole trained copies of modules, not low-rank deltas",
+    "modules_to_save": "modules_to_save stores whole trained copies of modules",
 }
 # init_lora_weights values that change the base weights themselves; PEFT's save_pretrained with
 # path_initial_model_for_weight_conversion turns such an adapter into a plain one (and writes True).

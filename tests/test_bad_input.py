@@ -282,6 +282,9 @@ def test_prompts_and_names_of_the_wrong_type(model):
         model.generate([1, "2"], max_tokens=1)
     with pytest.raises(TypeError, match="tokens must be a sequence"):
         model.logits(None)
+    for stop in (5, {"a"}, 1.5):   # was "'int' object is not iterable", naming nothing
+        with pytest.raises(TypeError, match="stop must be a string"):
+            model.generate("hi", max_tokens=1, stop=stop)
 
 
 def test_sampling_numbers_of_the_wrong_type_name_the_argument(model):

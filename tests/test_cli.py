@@ -143,7 +143,7 @@ def test_inspect_says_what_is_wrong_with_a_bad_file(model_dir, tmp_path, kind, m
     (["serve", "--model", "{model}", "--port", "99999"], "--port must be an integer in [0, 65535], got 99999"),
     (["serve", "--model", "{model}", "--ctx-size", "10000000000"], "--ctx-size must be an integer in [1, 2147483647]"),
     (["serve", "--model", "{model}", "--host", "999.1.1.1"], "--host '999.1.1.1' is not an address or a name"),
-    (["eval", "--per-task", "1", "--out", "/proc/nope/eval"], "/proc/nope"),  # refused before the run, not after
+    (["eval", "--per-task", "1", "--out", "/proc/nope/eval"], "--out '/proc/nope/eval': cannot create the directory"),  # refused before the run, not after
     (["eval", "--per-task", "1", "--tasks", ","], "--tasks names no task"),
     (["eval", "--per-task", "1", "--out", "{model}"], "is a file; the evaluation writes a directory"),
     (["chat", "-m", "{model}", "-a", "{adapters}", "--no-adapters"], "--no-adapters and --adapters contradict"),
@@ -175,6 +175,7 @@ def test_user_mistakes_are_one_line(files, broken_dir, tmp_path, args, message):
     (["bench", "core", "--reps", "0"], "--reps"),
     (["chat", "--ctx", "0"], "--ctx"),
     (["demo", "--threads", "0"], "--threads/-t"),
+    (["demo", "--seed", "-1"], "--seed"),   # as route's --seed
     (["run", "-p", "hi", "--max-tokens", "-1"], "--max-tokens/-n"),
     (["run", "-p", "hi", "--temperature", "nan"], "--temperature"),
     (["run", "-p", "hi", "--temperature", "-1"], "--temperature"),
