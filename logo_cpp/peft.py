@@ -340,10 +340,15 @@ def read_adapter(path: PathLike, name: Optional[str] = None) -> PeftAdapter:
         if a.shape[0] != rank:
             raise FormatError(f"{where}: '{sides['A']}' has rank {a.shape[0]} but {CONFIG_FILE} gives '{key}' r = {rank} "
                               f"(r / rank_pattern), so its scale would be wrong")
+        scale = lora_scale(config, rank, alpha)
+        # The pool holds scales as float32: an alpha like 1e40 is finite here but not there.
+        if not abs(scale) <= float(np.finfo(np.float32).max):
+            raise FormatError(f"{where}: {alpha_setting(config, key)} = {alpha!r} with r = {rank} gives '{key}' the scale "
+                              f"{scale!r}, beyond float32; expected |scale| <= {float(np.finfo(np.float32).max):.3g}")
         m = _TENSOR.fullmatch(sides["A"])
         adapter.matrices.append(PeftMatrix(
             weight=f"blk.{int(m.group(2))}.{MODULES[m.group(4)][1]}.weight", key=key, a=a, b=b, rank=rank, alpha=alpha,
-            scale=lora_scale(config, rank, alpha), dtype=a_type if a_type == b_type else "f32",
+            scale=scale, dtype=a_type if a_type == b_type else "f32",
             a_name=sides["A"], b_name=sides["B"]))
     _warn_zero_alpha(config_path, adapter)
     return adapter  # matrices in block order, as the pairs were made

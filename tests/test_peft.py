@@ -320,6 +320,10 @@ REFUSALS = [
     ("alora", dict(config={"alora_invocation_tokens": [5, 6]}), "activated LoRA"),
     ("rank_mismatch", dict(patch={"r": 4}), "has rank 8 but adapter_config.json gives .* r = 4"),
     ("bad_alpha", dict(patch={"lora_alpha": "sixteen"}), "lora_alpha is 'sixteen', expected a finite number"),
+    # finite in JSON, not as the pool's float32 scale: named, not "a non-finite scale (-inf)" from the core
+    ("huge_alpha", dict(patch={"lora_alpha": -1e40}), r"lora_alpha = -1e\+40 with r = 8 gives .* beyond float32"),
+    ("huge_alpha_pattern", dict(patch={"alpha_pattern": {"v_proj": 1e40}}),
+     r"alpha_pattern\['v_proj'\] = 1e\+40 with r = 8 gives .*v_proj' the scale .* beyond float32"),
     ("bad_pattern", dict(patch={"rank_pattern": {"q_proj(": 4}}), r"rank_pattern key 'q_proj\(' is not a regular"),
 ]
 
