@@ -166,12 +166,16 @@ class Router:
             raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
         run = model._sampling_kwargs(max_tokens, sampling["temperature"], sampling["top_k"], sampling["top_p"],
                                      sampling["min_p"], seed, stop, ignore_eos)  # checked before any routing
-        routings = [self.route(p) for p in prompts]
+        routings = self._batch_routings(prompts, ids, max_tokens, stop, ignore_eos)
         run.update(pool=self.pool._core, selections=[list(zip(r.indices, map(float, r.weights))) for r in routings])
         outs = model._run(ids, run)
         for out, routing in zip(outs, routings):
             out.routing = routing
         return outs
+
+    def _batch_routings(self, prompts, ids, max_tokens, stop, ignore_eos) -> list[Routing]:
+        """Each prompt's routing for generate_batch (LoGo's rerank needs the batch's generation settings)."""
+        return [self.route(p) for p in prompts]
 
     def _routing(self, indices: Sequence[int], weights: Sequence[float], **extra) -> Routing:
         names = self.pool.names
@@ -362,34 +366,17 @@ class LoGo(_ProbeRouter):
         out.routing = routing
         return out
 
-    def generate_batch(self, prompts: Sequence[Prompt], max_tokens: int = 128, **kwargs) -> list[Completion]:
-        """As Router.generate_batch; with ``rerank_margin`` each prompt is routed and reranked (as generate) before
-        the batch is decoded together."""
+    def _batch_routings(self, prompts, ids, max_tokens, stop, ignore_eos) -> list[Routing]:
+        """With ``rerank_margin`` each prompt is routed and reranked (as generate) before the batch is decoded
+        together, with the batch's max_tokens, stop strings and ignore_eos."""
         if self.rerank_margin is None:
-            return super().generate_batch(prompts, max_tokens=max_tokens, **kwargs)
-        if isinstance(prompts, (str, bytes)):
-            raise TypeError("prompts must be a list of prompts; for one prompt (a str or bytes) use generate()")
-        if len(prompts) == 0:
-            raise ValueError("prompts is empty")
-        model = self.model
-        ids = [model._prompt_tokens(p) for p in prompts]
-        seed, stop, ignore_eos = kwargs.pop("seed", None), kwargs.pop("stop", None), kwargs.pop("ignore_eos", False)
-        sampling = dict(temperature=kwargs.pop("temperature", 0.8), top_k=kwargs.pop("top_k", 40),
-                        top_p=kwargs.pop("top_p", 0.95), min_p=kwargs.pop("min_p", 0.05))
-        if kwargs:
-            raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
-        run = model._sampling_kwargs(max_tokens, sampling["temperature"], sampling["top_k"], sampling["top_p"],
-                                     sampling["min_p"], seed, stop, ignore_eos)
+            return super()._batch_routings(prompts, ids, max_tokens, stop, ignore_eos)
         routings = []
         for one in ids:
             r = self.route(one)
-            _rerank.rerank(model, self.pool, one, r, self.rerank_margin, max_tokens, stop, ignore_eos)
+            _rerank.rerank(self.model, self.pool, one, r, self.rerank_margin, max_tokens, stop, ignore_eos)
             routings.append(r)
-        run.update(pool=self.pool._core, selections=[list(zip(r.indices, map(float, r.weights))) for r in routings])
-        outs = model._run(ids, run)
-        for out, routing in zip(outs, routings):
-            out.routing = routing
-        return outs
+        return routings
 
 
 class TopOne(LoGo):
