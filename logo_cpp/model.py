@@ -172,6 +172,7 @@ class Model:
         self._batch_sessions: dict[int, Any] = {}
         self._lock = threading.RLock()
         self._pools: "weakref.WeakSet" = weakref.WeakSet()
+        self._eog_tokens: Optional[np.ndarray] = None  # _end_of_generation_tokens(), made on first use
 
     def _file_changed(self) -> bool:
         """Whether the model file on disk is no longer the one that was loaded (size, times or inode differ)."""
@@ -187,6 +188,15 @@ class Model:
     n_threads = property(lambda self: self._core.n_threads)
     bos = property(lambda self: self._core.bos)
     eos = property(lambda self: self._core.eos)
+
+    def _end_of_generation_tokens(self) -> np.ndarray:
+        """Every end-of-generation token id of the vocabulary (int64, ascending; llama.cpp stops at any of them),
+        computed once: a pass over the vocabulary."""
+        if self._eog_tokens is None:
+            core = self._core
+            self._eog_tokens = np.array([t for t in range(core.n_vocab) if core.is_end_of_generation(t)],
+                                        dtype=np.int64)
+        return self._eog_tokens
 
     def __repr__(self) -> str:
         if self.closed:

@@ -32,16 +32,6 @@ def check_margin(value) -> Optional[float]:
     return v
 
 
-def end_of_generation_tokens(model) -> np.ndarray:
-    """The vocabulary's end-of-generation token ids (int64), computed once per model."""
-    eog = getattr(model, "_eog_tokens", None)
-    if eog is None:
-        core = model._core
-        eog = np.array([t for t in range(core.n_vocab) if core.is_end_of_generation(t)], dtype=np.int64)
-        model._eog_tokens = eog
-    return eog
-
-
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     m = x.max(axis=-1, keepdims=True)
@@ -65,7 +55,7 @@ def mean_logprob(model, pool, index: int, ids: list[int], answer: list[int], end
     lp = _log_softmax(np.asarray(logits))
     values = [lp[t, a] for t, a in enumerate(answer)]
     if ended:
-        values.append(np.logaddexp.reduce(lp[len(answer), end_of_generation_tokens(model)]))
+        values.append(np.logaddexp.reduce(lp[len(answer), model._end_of_generation_tokens()]))
     return float(np.mean(values)) if values else 0.0
 
 

@@ -141,11 +141,13 @@ class Router:
     def generate(self, prompt: Prompt, max_tokens: int = 128, **kwargs):
         """Routes ``prompt``, then generates with the chosen mixture; the Completion carries ``.routing``.
         Keyword arguments are Model.generate's (temperature, top_k, ..., stream)."""
-        routing = self.route(prompt)
-        if kwargs.get("stream"):
-            return self.model.generate(prompt, max_tokens=max_tokens, adapters=routing.as_dict(), **kwargs)
+        return self._generate_routed(prompt, self.route(prompt), max_tokens, kwargs)
+
+    def _generate_routed(self, prompt: Prompt, routing: Routing, max_tokens: int, kwargs: dict):
+        """Model.generate with ``routing``'s mixture; a Completion (not a stream) carries ``.routing``."""
         out = self.model.generate(prompt, max_tokens=max_tokens, adapters=routing.as_dict(), **kwargs)
-        out.routing = routing
+        if not kwargs.get("stream"):
+            out.routing = routing
         return out
 
     def generate_batch(self, prompts: Sequence[Prompt], max_tokens: int = 128, **kwargs) -> list[Completion]:
@@ -360,11 +362,7 @@ class LoGo(_ProbeRouter):
         if answer is not None and float(kwargs.get("temperature", 0.8)) == 0.0 and not kwargs.get("stream"):
             answer.routing = routing
             return answer
-        if kwargs.get("stream"):
-            return model.generate(ids, max_tokens=max_tokens, adapters=routing.as_dict(), **kwargs)
-        out = model.generate(ids, max_tokens=max_tokens, adapters=routing.as_dict(), **kwargs)
-        out.routing = routing
-        return out
+        return self._generate_routed(ids, routing, max_tokens, kwargs)
 
     def _batch_routings(self, prompts, ids, max_tokens, stop, ignore_eos) -> list[Routing]:
         """With ``rerank_margin`` each prompt is routed and reranked (as generate) before the batch is decoded

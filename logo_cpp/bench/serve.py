@@ -225,7 +225,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     probe_model = logo_cpp.Model(model_path, n_ctx=64, n_threads=1)
     # Every end-of-generation token (llama.cpp stops at any of them), banned for llama_cpp.server by a logit bias.
-    eog = [t for t in range(probe_model.n_vocab) if probe_model._core.is_end_of_generation(t)]
+    eog = probe_model._end_of_generation_tokens().tolist()
     del probe_model
     logs = args.out / "serve-logs"
     logo_port, llama_port = _free_port(), _free_port()
