@@ -15,6 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ._limits import INT32_MAX
+
 EXIT_USER_ERROR = 2
 
 
@@ -40,7 +42,6 @@ def _warnings_as_lines():
         yield
 
 
-_INT32_MAX = 2**31 - 1
 
 
 def _int32_at_least(lowest: int, text: str, what: str) -> int:
@@ -48,8 +49,8 @@ def _int32_at_least(lowest: int, text: str, what: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
-    if not lowest <= value <= _INT32_MAX:
-        raise argparse.ArgumentTypeError(f"expected an integer in [{lowest}, {_INT32_MAX}], got {text}")
+    if not lowest <= value <= INT32_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer in [{lowest}, {INT32_MAX}], got {text}")
     return value
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _core
 from ._closing import CoreHandle
+from ._limits import INT32_MAX
 from ._text import as_bytes
 
 # Text (str, or bytes passed to the tokenizer unchanged) or token ids.
@@ -73,7 +74,6 @@ def _random_seed() -> int:
     return int.from_bytes(os.urandom(8), "little") >> 1
 
 
-_INT32_MAX = 2**31 - 1
 
 # The message roles of OpenAI's Chat Completions API today. "developer" is OpenAI's newer name for system
 # instructions: chat templates (SmolLM2's, chatml, llama-3's) know "system", so it is passed on as "system".
@@ -156,7 +156,7 @@ class Model:
             if optional and value is None:
                 continue
             # Threads: ggml's thread limit (more would start that many threads per graph evaluation).
-            highest = _core.max_threads if arg == "n_threads" else _INT32_MAX
+            highest = _core.max_threads if arg == "n_threads" else INT32_MAX
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= highest:
                 raise ValueError(f"{arg} must be an integer in [1, {highest}]{' or None' if optional else ''}, "
                                  f"got {value!r}")
@@ -454,10 +454,10 @@ class Model:
         stop = [as_bytes(s, "stop") for s in stop]
         # The C++ options hold max_tokens and top_k as int32 and the seed as uint64 (logo/types.h): larger
         # values are refused here rather than as a binding's type error. bool is an int in Python, not a count.
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 0 <= max_tokens <= _INT32_MAX:
-            raise ValueError(f"max_tokens must be an integer in [0, {_INT32_MAX}], got {max_tokens!r}")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= _INT32_MAX:
-            raise ValueError(f"top_k must be an integer in [0, {_INT32_MAX}] (0 disables it), got {top_k!r}")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 0 <= max_tokens <= INT32_MAX:
+            raise ValueError(f"max_tokens must be an integer in [0, {INT32_MAX}], got {max_tokens!r}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= INT32_MAX:
+            raise ValueError(f"top_k must be an integer in [0, {INT32_MAX}] (0 disables it), got {top_k!r}")
         for name, value in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p)):
             if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
                 raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r:.40}")

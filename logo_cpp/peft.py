@@ -33,6 +33,7 @@ from typing import Optional, Union
 import numpy as np
 
 from ._core import FormatError
+from ._limits import FLOAT32_MAX
 
 PathLike = Union[str, os.PathLike]
 
@@ -70,7 +71,6 @@ _VARIANTS = {
 # init_lora_weights values that change the base weights themselves; PEFT's save_pretrained with
 # path_initial_model_for_weight_conversion turns such an adapter into a plain one (and writes True).
 _BASE_CHANGING_INITS = ("pissa", "olora", "corda", "lora_ga")
-_FLOAT32_MAX = float(np.finfo(np.float32).max)  # the pool's scales are float32
 
 
 class AdapterWarning(UserWarning):
@@ -342,10 +342,10 @@ def read_adapter(path: PathLike, name: Optional[str] = None) -> PeftAdapter:
             raise FormatError(f"{where}: '{sides['A']}' has rank {a.shape[0]} but {CONFIG_FILE} gives '{key}' r = {rank} "
                               f"(r / rank_pattern), so its scale would be wrong")
         scale = lora_scale(config, rank, alpha)
-        # The pool holds scales as float32: an alpha like 1e40 is finite here but not there.
-        if not abs(scale) <= _FLOAT32_MAX:
+        # The pool holds scales as float32 (_limits): an alpha like 1e40 is finite here but not there.
+        if not abs(scale) <= FLOAT32_MAX:
             raise FormatError(f"{where}: {alpha_setting(config, key)} = {alpha!r} with r = {rank} gives '{key}' the scale "
-                              f"{scale!r}, beyond float32; expected |scale| <= {_FLOAT32_MAX:.3g}")
+                              f"{scale!r}, beyond float32; expected |scale| <= {FLOAT32_MAX:.3g}")
         m = _TENSOR.fullmatch(sides["A"])
         adapter.matrices.append(PeftMatrix(
             weight=f"blk.{int(m.group(2))}.{MODULES[m.group(4)][1]}.weight", key=key, a=a, b=b, rank=rank, alpha=alpha,

@@ -11,7 +11,8 @@ import numpy as np
 from . import _core, calibration_cache
 from . import rerank as _rerank
 from .adapters import AdapterPool
-from .model import _INT32_MAX, Completion, Model, Prompt
+from ._limits import FLOAT32_MAX, INT32_MAX
+from .model import Completion, Model, Prompt
 
 SIGNALS = ("norm", "entropy")
 PROBES = ("base", "all")
@@ -51,16 +52,13 @@ def default_weighting(calibration: str) -> str:
     return "signal" if calibration == "none" else "softmax"
 
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
 def _check_temperature(temperature) -> float:
     """``temperature`` as a float, or ValueError naming the field: it must be a finite number > 0."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer, np.floating)):
         raise ValueError(f"temperature must be a finite number > 0, got {type(temperature).__name__} {temperature!r}")
     t = float(temperature)
     # The core holds it as float32: the bounds are float32's (a tiny value would round to 0).
-    if not 0 < t <= _FLOAT32_MAX or np.float32(t) == 0:
+    if not 0 < t <= FLOAT32_MAX or np.float32(t) == 0:
         raise ValueError(f"temperature must be a finite number > 0 (float32), got {temperature!r}")
     return t
 
@@ -207,13 +205,13 @@ def _layers(model: Model, layer) -> list[int]:
     return [int(one) for one in layers]
 
 
-# The core holds k as int32 (model._INT32_MAX); a k above the pool size is capped there, so this bound only
+# The core holds k as int32 (_limits.INT32_MAX); a k above the pool size is capped there, so this bound only
 # keeps the binding quiet.
 
 
 def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= _INT32_MAX:
-        raise ValueError(f"k must be an integer in [1, {_INT32_MAX}] (a k above the pool size is capped), got {k!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= INT32_MAX:
+        raise ValueError(f"k must be an integer in [1, {INT32_MAX}] (a k above the pool size is capped), got {k!r}")
     return int(k)
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .._limits import INT32_MAX
+
 MISSING_EXTRA = ('logo-cpp serve needs the server extra (Starlette, uvicorn, pydantic): '
                  'pip install "logo-cpp[server]"')
 
@@ -88,7 +90,7 @@ def check_arguments(args) -> None:
     for name in ("parallel", "ctx_size", "port", "k", "threads"):
         value = getattr(args, name)
         # The core holds these as int32: a larger value would surface as "n_ctx must be ..." without the flag.
-        low, high = (0, 65535) if name == "port" else (1, 2**31 - 1)
+        low, high = (0, 65535) if name == "port" else (1, INT32_MAX)
         if value is not None and not low <= value <= high:
             raise ValueError(f"--{name.replace('_', '-')} must be an integer in [{low}, {high}], got {value}")
     if args.queue < 0:
@@ -215,7 +217,6 @@ def _uvicorn_server_class():
             self._captured_signals.clear()
 
     return ShuttingDown
-
 
 
 class BackgroundServer:

@@ -26,10 +26,11 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+# Mixture weights, scales and LoGo's temperature reach the C++ core as float32, counts (tokens, top_k, k) as int32.
+from .._limits import FLOAT32_MAX, INT32_MAX
+
 MAX_STOP = 16      # OpenAI allows 4; llama-server any number: a bound keeps the stop search cheap
 MAX_CHOICES = 16   # n (and prompts x n) per request; each choice takes a slot
-FLOAT32_MAX = 3.4028234663852886e38  # mixture weights reach the C++ core as float32: larger ones become inf
-INT32_MAX = 2**31 - 1  # token counts, top_k and k reach the C++ core as int32
 # The calibrations whose per-adapter statistics the server computes at startup (logo_cpp.router).
 STATISTICAL_CALIBRATIONS = ("zscore", "zscore_sq")
 
@@ -113,6 +114,13 @@ def _integer(value: Any) -> Any:
     return value
 
 
+def _float32(value: float, what: str) -> float:
+    """``value`` when the core's float32 holds it, else ValueError "must be <what>" (a larger one would be inf)."""
+    if not abs(value) <= FLOAT32_MAX:
+        raise ValueError(f"must be {what}, got {value!r}")
+    return value
+
+
 def _boolean(value: Any) -> bool:
     """A JSON boolean: "yes", 1 or "true" are refused (pydantic's lax mode reads them as true)."""
     if not isinstance(value, bool):
@@ -176,9 +184,7 @@ class LogoOptions(_Body):
     @field_validator("temperature")
     @classmethod
     def _temperature_float32(cls, v):
-        if v is not None and not v <= FLOAT32_MAX:
-            raise ValueError(f"must be a finite float32 > 0, got {v!r}")
-        return v
+        return None if v is None else _float32(v, "a finite float32 > 0")
 
     @field_validator("calibration")
     @classmethod
@@ -209,9 +215,7 @@ class LoraEntry(_Body):
     @field_validator("scale")
     @classmethod
     def _scale(cls, v: float) -> float:
-        if not abs(v) <= FLOAT32_MAX:
-            raise ValueError(f"must be a finite float32, got {v!r}")
-        return v
+        return _float32(v, "a finite float32")
 
 
 class StreamOptions(_Body):
@@ -440,6 +444,8 @@ class ChatRequest(_Common):
     """POST /v1/chat/completions: the model's chat template over ``messages``."""
 
     messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: Optional[int] = Field(default=None, ge=0, le=INT32_MAX)  # None: until the end of text or context
+    max_completion_tokens: Optional[int] = Field(default=None, ge=0, le=INT32_MAX)
 
     @model_validator(mode="before")
     @classmethod
@@ -455,8 +461,6 @@ class ChatRequest(_Common):
                                    f"knows ({', '.join(MESSAGE_FIELDS)}); unknown fields are refused, as OpenAI's API "
                                    f"does, rather than ignored")
         return data
-    max_tokens: Optional[int] = Field(default=None, ge=0, le=INT32_MAX)  # None: until the end of text or context
-    max_completion_tokens: Optional[int] = Field(default=None, ge=0, le=INT32_MAX)
 
     @model_validator(mode="after")
     def _chat_only(self):
