@@ -108,7 +108,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_router_args(p: argparse.ArgumentParser) -> None:
-    from .router import CALIBRATIONS, DEFAULT_CALIBRATION, DEFAULT_TEMPERATURE, POSITIONS, WEIGHTINGS
+    from .router import CALIBRATIONS, DEFAULT_CALIBRATION, POSITIONS
 
     p.add_argument("--router", default="logo", choices=["logo", "top1", "arrow", "uniform", "random"],
                    help="how to choose adapters (default: logo)")
@@ -128,7 +128,7 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                         "arrow: every block)")
     p.add_argument("--module", default=None,
                    help="probe module (default: attn_v when calibrated, attn_q for calibration none and arrow)")
-    add_mixture_weight_args(p, WEIGHTINGS, DEFAULT_TEMPERATURE)
+    add_mixture_weight_args(p)
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random router (default 0)")
     _add_cache_args(p)
 
@@ -147,15 +147,17 @@ def _cache_setting(args):
     return False if getattr(args, "no_cache", False) else getattr(args, "cache_dir", None)
 
 
-def add_mixture_weight_args(p: argparse.ArgumentParser, weightings, default_temperature: float) -> None:
+def add_mixture_weight_args(p: argparse.ArgumentParser) -> None:
     """--mixture-weights / --mixture-temperature: LoGo's ``weights`` and ``temperature`` (route, run, eval,
-    serve, chat)."""
-    p.add_argument("--mixture-weights", default=None, choices=weightings,
+    serve, chat), with router.WEIGHTINGS and router.DEFAULT_TEMPERATURE."""
+    from .router import DEFAULT_TEMPERATURE, WEIGHTINGS
+
+    p.add_argument("--mixture-weights", default=None, choices=WEIGHTINGS,
                    help="LoGo's mixture weights of the top k: signal (the paper: proportional to the raw signals) "
                         "or softmax (softmax of the calibrated signals / T); default: softmax when calibrated, "
                         "signal for calibration none")
     p.add_argument("--mixture-temperature", type=positive_float, default=None, metavar="T",
-                   help=f"the softmax's temperature T (> 0; default {default_temperature:g}; smaller: more weight "
+                   help=f"the softmax's temperature T (> 0; default {DEFAULT_TEMPERATURE:g}; smaller: more weight "
                         "on the top adapter)")
 
 

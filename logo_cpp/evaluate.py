@@ -205,7 +205,7 @@ def add_arguments(p) -> None:
                    "the base model, the oracle, the uniform merge and random-k are always in")
     from .cli import add_mixture_weight_args, thread_count
 
-    add_mixture_weight_args(p, router_module.WEIGHTINGS, router_module.DEFAULT_TEMPERATURE)
+    add_mixture_weight_args(p)
     p.add_argument("--batch", type=int, default=16, help="sequences decoded together per graph evaluation")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-k baseline")
     p.add_argument("--threads", "-t", type=thread_count, default=None)

@@ -20,6 +20,9 @@ MISSING_EXTRA = ('logo-cpp serve needs the server extra (Starlette, uvicorn, pyd
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..chat import add_route_on_argument
+    from ..cli import add_mixture_weight_args, thread_count
+
     p.add_argument("--model", "-m", default=None,
                    help="base model GGUF file (default: the shipped default model, SmolLM2-135M-Instruct)")
     p.add_argument("--adapters", "-a", nargs="*", default=None,
@@ -47,12 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", default=None,
                    help="LoGo: how signals are calibrated before ranking (logo_cpp.router.CALIBRATIONS; "
                         "default: the router's default; 'none' is the paper's raw signal)")
-    from ..cli import add_mixture_weight_args, thread_count
-    from ..router import DEFAULT_TEMPERATURE, WEIGHTINGS
-
-    add_mixture_weight_args(p, WEIGHTINGS, DEFAULT_TEMPERATURE)
-    from ..chat import add_route_on_argument
-
+    add_mixture_weight_args(p)
     add_route_on_argument(p, "--chat-route-on", "for a chat request (completions probe their prompt)")
     p.add_argument("--mixture-layout", default="auto", choices=["auto", "stacked", "pooled"],
                    help="how slots hold their mixtures: the pool stacked once (pooled: small pools, many slots) or "
