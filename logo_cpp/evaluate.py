@@ -56,6 +56,9 @@ if _CALIBRATION not in (None, "none"):
     ROUTERS += [RouterEntry(f"LoGo-{kind} {_CALIBRATION}", source="logo", signal=f"logo-{kind}-{_CALIBRATION}",
                             weighting="softmax", temperature=router_module.DEFAULT_TEMPERATURE, calibrated=True)
                 for kind in ("norm", "entropy")]
+if hasattr(router_module, "Arrow"):
+    ROUTERS.append(RouterEntry("Arrow", source="arrow", signal="arrow"))
+    SOURCES["arrow"] = arrow_source
 
 
 def with_mixture_weights(routers: Sequence[RouterEntry], weights: Optional[str],
@@ -76,9 +79,6 @@ def with_mixture_weights(routers: Sequence[RouterEntry], weights: Optional[str],
             r = dataclasses.replace(r, temperature=r.temperature if temperature is None else temperature)
         out.append(r)
     return out
-if hasattr(router_module, "Arrow"):
-    ROUTERS.append(RouterEntry("Arrow", source="arrow", signal="arrow"))
-    SOURCES["arrow"] = arrow_source
 
 
 def pick_routers(text: Optional[str]) -> list[RouterEntry]:
