@@ -72,7 +72,7 @@ def main() -> None:
     args = SimpleNamespace(model=None, adapters=None, parallel=max(a.clients), ctx_size=1024, port=0, k=1,
                            queue=max(a.clients), threads=a.threads, device="auto", signal="norm", probe="base",
                            calibration=None, chat_route_on="last-user", mixture_layout="auto", api_key=None,
-                           allow_origin=[])
+                           allow_origin=[], mixture_weights=None, mixture_temperature=None, batch_size=512)
     loaded = serve_main.load(args)
     server = serve_main.start_in_thread(loaded.app, loaded.server)
     body = lambda p: {"model": "logo", "prompt": p, "max_tokens": 64, "temperature": 0.8, "top_p": 0.95,  # noqa: E731

@@ -77,5 +77,10 @@ void bind_batch(nb::module_ & m) {
                  return out;
              },
              "One decode step for every running request; returns one event per request.")
-        .def("cancel", &logo::ContinuousBatch::cancel, "id"_a, "Ends a running request and frees its slot.");
+        .def("cancel", &logo::ContinuousBatch::cancel, "id"_a, "Ends a running request and frees its slot.")
+        .def("abort", &logo::ContinuousBatch::abort, "id"_a,
+             "Thread-safe: marks a request being started or running to end (another thread may be inside start() or "
+             "step()). A prefill stops before its next n_batch chunk and start() returns a finished event with "
+             "finish_reason 'cancelled'; a running request ends with that event when the next step() begins. "
+             "False when no such request is being started or running.");
 }

@@ -1,6 +1,9 @@
 """Continuous batching in the C++ core (_core.ContinuousBatch, logo/batch.h): requests that join and leave
 between decode steps produce exactly what they produce alone, and bad requests leave the others intact."""
 
+import threading
+import time
+
 import pytest
 
 import logo_cpp
@@ -196,3 +199,76 @@ def test_automatic_layout_and_adapters_added_after_the_batch(model_dir, adapter_
     for rid, mixture in ((0, {"math": 1.0}), (1, {"poem": 0.5, "sql": 0.5})):
         expected = model.generate(ids, max_tokens=12, temperature=0.0, ignore_eos=True, adapters=mixture)
         assert done[rid] == expected.tokens
+
+
+def test_abort_stops_a_prefill_between_chunks_and_the_others_go_on(model_dir, adapter_dir):
+    """ContinuousBatch.abort from another thread (a server's HTTP side) while start() prefills a long prompt in
+    chunks of n_batch tokens: the prefill stops after the chunk in progress, its slot is free, and the request
+    that was running beside it generates exactly what the Python API generates for it alone."""
+    model = logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=1024, n_threads=THREADS)
+    pool = logo_cpp.AdapterPool(model, adapter_dir)
+    batch = _core.ContinuousBatch(model._core, n_ctx=1024, n_slots=2, n_batch=2, pool=pool._core)
+    short = model.tokenize("the cat sat on the mat")
+    long = [(7 * i) % 200 + 5 for i in range(900)]
+    greedy = dict(temperature=0.0, ignore_eos=True)
+    mixture = [(pool.index("sql"), 0.5), (pool.index("poem"), 0.5)]
+    assert not batch.abort(1)  # nothing runs: nothing is marked, nothing remembered
+
+    batch.start(1, short, max_tokens=20, pool=pool._core, selection=mixture, **greedy)
+    tokens = {1: []}
+    done = {}
+
+    def step():
+        for rid, _, finished, completion in batch.step():
+            if finished:
+                done[rid] = completion
+    for _ in range(4):
+        step()
+    # The long prompt's whole prefill (max_tokens 1: it ends at once, its slot free again).
+    full = batch.start(2, long, max_tokens=1, **greedy)
+    assert full[2] and full[3]["finish_reason"] == "length" and batch.active() == [1]
+    full_seconds = full[3]["timings"]["prefill_seconds"]
+
+    # Again, aborted from another thread a tenth of the way in.
+    aborted_at = []
+
+    def abort_soon():
+        time.sleep(full_seconds / 10)
+        while not batch.abort(3):  # True once request 3 is being started
+            time.sleep(0.001)
+        aborted_at.append(time.perf_counter())
+
+    thread = threading.Thread(target=abort_soon)
+    thread.start()
+    rid, text, finished, completion = batch.start(3, long, max_tokens=8, **greedy)
+    returned = time.perf_counter()
+    thread.join()
+    assert rid == 3 and finished and text == b""
+    assert completion["finish_reason"] == "cancelled" and completion["tokens"] == []
+    assert batch.active() == [1] and batch.n_active == 1
+    # It stopped well before the prefill would have ended (one chunk of 2 tokens is 1/450 of it).
+    assert completion["timings"]["prefill_seconds"] < full_seconds / 2, (completion["timings"], full_seconds)
+    assert returned - aborted_at[0] < full_seconds / 4
+    assert not batch.abort(3)  # it ended: nothing to mark
+
+    # The freed slot takes a new request; both go on as if nothing happened.
+    batch.start(4, short, max_tokens=6, **greedy)
+    while batch.n_active:
+        step()
+    alone = model.generate(short, max_tokens=20, adapters={"sql": 0.5, "poem": 0.5}, **greedy)
+    assert done[1]["tokens"] == alone.tokens and done[1]["finish_reason"] == "length"
+    assert done[4]["tokens"] == model.generate(short, max_tokens=6, **greedy).tokens
+
+    # A running request marked by abort ends when the next step begins: a "cancelled" event, no new token.
+    batch.start(5, short, max_tokens=20, **greedy)
+    batch.start(6, short, max_tokens=20, pool=pool._core, selection=mixture, **greedy)
+    step()
+    assert batch.abort(5)
+    events = batch.step()
+    cancelled = [e for e in events if e[0] == 5]
+    assert len(cancelled) == 1 and cancelled[0][2] and cancelled[0][3]["finish_reason"] == "cancelled"
+    assert cancelled[0][1] == b"" and len(cancelled[0][3]["tokens"]) == 2  # the first token and one step's
+    assert batch.active() == [6] and not batch.abort(5) and not batch.cancel(5)
+    while batch.n_active:
+        step()
+    assert done[6]["tokens"] == alone.tokens

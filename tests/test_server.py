@@ -679,6 +679,9 @@ def test_logo_cpp_serve_reports_bad_arguments(model_dir, tmp_path):
                           "--parallel", "0"], capture_output=True, text=True, timeout=TIMEOUT,
                          cwd=tmp_path)
     assert out.returncode == 2 and "--parallel must be an integer in [1, 2147483647], got 0" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "logo_cpp.cli", "serve", "--model", str(model_dir / "llama-f32.gguf"),
+                          "--batch-size", "0"], capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert out.returncode == 2 and "--batch-size must be an integer in [1, 2147483647], got 0" in out.stderr
     for port in ("-1", "99999"):  # one message for both ends (-1 said [0, 2147483647], 99999 said 0..65535)
         out = subprocess.run([sys.executable, "-m", "logo_cpp.cli", "serve", "--model",
                               str(model_dir / "llama-f32.gguf"), "--port", port], capture_output=True, text=True,
@@ -1050,3 +1053,43 @@ def test_bad_mixture_weight_config(reference, config, message):
     model, pool = reference
     with pytest.raises(ValueError, match=message):
         Server(model, pool, ServerConfig(**config))
+
+
+def test_a_client_gone_during_a_long_prefill_frees_its_slot_within_a_chunk(model_dir, adapter_dir):
+    """A streamed request with a long prompt whose client goes away while it is being prefilled (chunks of
+    --batch-size 1 token here) leaves after the chunk in progress (ContinuousBatch.abort), not when the prefill
+    ends; the request decoding beside it and the next one in the freed slot answer as the Python API alone."""
+    model = logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=1024, n_threads=THREADS)  # the oracle
+    pool = logo_cpp.AdapterPool(model, adapter_dir)  # noqa: F841 - generate(adapters=) reads it
+    long = [(7 * i) % 200 + 5 for i in range(1000)]
+    with running_server(model_dir / "llama-f32.gguf", adapter_dir, n_slots=2, max_queue=4, n_ctx=1024,
+                        n_batch=1) as bg:
+        engine = bg.server.engine
+        t0 = time.perf_counter()
+        code, payload, _ = request(bg, "POST", "/v1/completions", {"model": "base", "prompt": long, "max_tokens": 1})
+        full_seconds = time.perf_counter() - t0  # the whole prefill (and one token)
+        assert code == 200, payload
+
+        mixture = {"sql": 0.5, "poem": 0.5}
+        beside = dict(model="logo", prompt=PROMPTS[1], max_tokens=400, temperature=0,
+                      extra_body={"adapters": mixture, "ignore_eos": True})
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            running = ex.submit(client(bg).completions.create, **beside)
+            wait_until(lambda: engine._running or running.done(), what="the request beside to run")
+            sock = _send_raw(bg, {"model": "base", "prompt": long, "max_tokens": 8, "stream": True})
+            wait_until(lambda: engine._starting is not None and len(engine._starting.prompt) == len(long),
+                       what="the long prompt's prefill to begin")
+            time.sleep(full_seconds / 10)
+            gone = time.perf_counter()
+            sock.close()
+            wait_until(lambda: engine.stats["cancelled"] == 1, what="the abandoned request to leave")
+            freed = time.perf_counter() - gone
+            assert engine.stats["prefills_aborted"] == 1  # it left during its prefill, not after it
+            assert freed < full_seconds / 3, (freed, full_seconds)
+            result = running.result(TIMEOUT)
+        assert health(bg)["slots_busy"] == 0
+        after = client(bg).completions.create(model="poem", prompt=PROMPTS[2], max_tokens=12, temperature=0)
+    alone = model.generate(PROMPTS[1], max_tokens=400, temperature=0.0, ignore_eos=True, adapters=mixture)
+    assert result.choices[0].text == alone.text and result.usage.completion_tokens == 400
+    assert after.choices[0].text == model.generate(PROMPTS[2], max_tokens=12, temperature=0.0,
+                                                   adapters={"poem": 1.0}).text

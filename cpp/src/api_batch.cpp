@@ -60,4 +60,8 @@ bool ContinuousBatch::cancel(int64_t id) {
     return decoder_->cancel(id);
 }
 
+// No Entered guard: abort is meant to be called while another thread is inside start() or step(); the
+// decoder keeps what it touches under its own mutex.
+bool ContinuousBatch::abort(int64_t id) { return decoder_->abort(id); }
+
 }  // namespace logo

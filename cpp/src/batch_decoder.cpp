@@ -35,6 +35,34 @@ RequestEvent BatchDecoder::finished_event(Request & request, std::string text) {
     return event;
 }
 
+RequestEvent BatchDecoder::cancelled_event(Request & request) {
+    request.state.completion.finish_reason = "cancelled";
+    return finished_event(request, "");
+}
+
+bool BatchDecoder::abort(int64_t id) {
+    std::lock_guard<std::mutex> lock(abort_mutex_);
+    if (!live_.count(id)) return false;
+    aborted_.insert(id);
+    return true;
+}
+
+bool BatchDecoder::aborted(int64_t id) const {
+    std::lock_guard<std::mutex> lock(abort_mutex_);
+    return aborted_.count(id) != 0;
+}
+
+void BatchDecoder::enter(int64_t id) {
+    std::lock_guard<std::mutex> lock(abort_mutex_);
+    live_.insert(id);
+}
+
+void BatchDecoder::forget(int64_t id) {
+    std::lock_guard<std::mutex> lock(abort_mutex_);
+    live_.erase(id);
+    aborted_.erase(id);
+}
+
 RequestEvent BatchDecoder::start(int64_t id, const std::vector<int32_t> & prompt, const GenerateOptions & options,
                                  const Selection & selection) {
     options.validate();
@@ -58,19 +86,43 @@ RequestEvent BatchDecoder::start(int64_t id, const std::vector<int32_t> & prompt
         return finished_event(request, "");
     }
 
+    // From here abort() may mark the request; it leaves live_ with its slot (release()) or at the end of start().
+    enter(id);
+    struct Leave {
+        BatchDecoder & self;
+        int64_t id;
+        bool running = false;
+        ~Leave() {
+            if (!running) self.forget(id);
+        }
+    } leave{*this, id};
+
     const int slot = n_active();
     session_.clear(slot);
     const auto t0 = Clock::now();
     std::vector<float> logits;
+    // Asked between the prompt's n_batch chunks: a client that went away during a long prefill frees its
+    // slot after the chunk in progress, not after the whole prompt.
+    const InterruptCheck interrupted = [this, id] { return aborted(id); };
     try {
         mixtures_->set(slot, selection);
-        logits = session_.evaluate(slot, 1, prompt, false, mixtures_->terms(slot + 1));
+        logits = session_.evaluate(slot, 1, prompt, false, mixtures_->terms(slot + 1), interrupted);
+    } catch (const Interrupted &) {
+        mixtures_->clear(slot);
+        session_.clear(slot);
+        c.timings.prefill_seconds = seconds_between(t0, Clock::now());
+        return cancelled_event(request);
     } catch (...) {
         mixtures_->clear(slot);
         session_.clear(slot);
         throw;
     }
     c.timings.prefill_seconds = seconds_between(t0, Clock::now());
+    if (aborted(id)) {  // marked during the last chunk: no token for a client that is gone
+        mixtures_->clear(slot);
+        session_.clear(slot);
+        return cancelled_event(request);
+    }
 
     const int32_t n_vocab = int32_t(session_.model().hparams().n_vocab);
     RequestEvent event;
@@ -83,11 +135,19 @@ RequestEvent BatchDecoder::start(int64_t id, const std::vector<int32_t> & prompt
         return finished_event(request, std::move(event.text));
     }
     running_.push_back(std::move(request));
+    leave.running = true;
     return event;
 }
 
 std::vector<RequestEvent> BatchDecoder::step() {
     std::vector<RequestEvent> events;
+    // Requests abort() marked since the last step end before it evaluates; highest slot first, as below.
+    for (int i = n_active() - 1; i >= 0; --i) {
+        if (aborted(running_[size_t(i)].id)) {
+            events.push_back(cancelled_event(running_[size_t(i)]));
+            release(i);
+        }
+    }
     const int n = n_active();
     if (n == 0) return events;
     std::vector<int32_t> tokens;
@@ -128,6 +188,7 @@ bool BatchDecoder::cancel(int64_t id) {
 }
 
 void BatchDecoder::release(int slot) {
+    forget(running_[size_t(slot)].id);
     const int last = n_active() - 1;
     if (slot != last) {
         session_.copy_stream(last, slot);

@@ -9,7 +9,9 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "sequence.h"
@@ -40,6 +42,12 @@ public:
     std::vector<RequestEvent> step();
     // Ends a request at once and frees its slot; false when no such request runs.
     bool cancel(int64_t id);
+    // The one call safe from any thread while start() or step() runs on another: marks request `id` (being
+    // started, or running) to end. A prefill stops before its next n_batch chunk (start() then returns a
+    // finished event, finish_reason "cancelled", its slot free); a running request ends when the next step()
+    // begins (a finished "cancelled" event, no token). False when `id` is neither starting nor running: nothing
+    // is remembered for it.
+    bool abort(int64_t id);
 
 private:
     using Clock = std::chrono::steady_clock;
@@ -52,9 +60,18 @@ private:
     std::unique_ptr<SlotMixtures> mixtures_;
     std::vector<Request> running_;  // running_[i] generates in stream i
 
+    // What abort() reads and writes, under abort_mutex_ (the only state shared between threads): the ids of the
+    // request being started and of the running ones, and those of them marked to end.
+    mutable std::mutex abort_mutex_;
+    std::unordered_set<int64_t> live_, aborted_;
+
     // Frees slot i, moving the last running request into it.
     void release(int slot);
     RequestEvent finished_event(Request & request, std::string text);
+    RequestEvent cancelled_event(Request & request);
+    bool aborted(int64_t id) const;
+    void enter(int64_t id);   // a request becomes live (abort() may mark it)
+    void forget(int64_t id);  // it ended: its mark goes with it
 };
 
 }  // namespace logo::core

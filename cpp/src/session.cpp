@@ -119,13 +119,15 @@ void Session::check_tokens(int first_stream, int n_stream, const std::vector<int
 }
 
 std::vector<float> Session::evaluate(int first_stream, int n_stream, const std::vector<int32_t> & tokens,
-                                     bool all_outputs, const LowRankTerms * adapters) {
+                                     bool all_outputs, const LowRankTerms * adapters,
+                                     const InterruptCheck & interrupted) {
     check_tokens(first_stream, n_stream, tokens);
     const int n_per_stream = int(tokens.size() / size_t(n_stream));
     const int n_layer = int(model_->hparams().n_layer);
     if (n_stream == 1) {
         std::vector<float> out;
         for (int start = 0; start < n_per_stream; start += n_batch_) {
+            if (interrupted && interrupted()) throw Interrupted();
             const int n = std::min(n_batch_, n_per_stream - start);
             const bool last = start + n == n_per_stream;
             if (!all_outputs && !last) {

@@ -2,6 +2,7 @@
 // and its compute buffers. One Session is used by one thread at a time.
 #pragma once
 
+#include <exception>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -28,6 +29,16 @@ enum class ProbeAt { last_token, token_mean };
 // n_ctx positions per sequence, n_seq sequences decoded together, n_batch tokens per evaluation.
 using SessionOptions = ContextParams;
 
+// Asked before each n_batch chunk of a long single-stream evaluation; true stops it (Session::evaluate throws
+// Interrupted). Called on the evaluating thread: it reads a flag that another thread may set.
+using InterruptCheck = std::function<bool()>;
+
+// Thrown by Session::evaluate when its InterruptCheck said stop. The stream's cache then holds the chunks
+// evaluated so far: the caller clears or truncates it.
+struct Interrupted : std::exception {
+    const char * what() const noexcept override { return "evaluation interrupted between two chunks"; }
+};
+
 class Session {
 public:
     Session(std::shared_ptr<const Model> model, const SessionOptions & options);
@@ -49,9 +60,11 @@ public:
     // Appends n_per_stream tokens to each of n_stream consecutive streams starting at first_stream
     // (tokens laid out stream-major) and evaluates them in one graph. Returns logits, row-major
     // [n_outputs][n_vocab]: every token's when all_outputs, else each stream's last token's.
-    // Long inputs are split into evaluations of at most n_batch tokens per stream.
+    // Long inputs are split into evaluations of at most n_batch tokens per stream; with one stream,
+    // `interrupted` (when set) is asked before each of them, and a true answer throws Interrupted.
     std::vector<float> evaluate(int first_stream, int n_stream, const std::vector<int32_t> & tokens,
-                                bool all_outputs, const LowRankTerms * adapters = nullptr);
+                                bool all_outputs, const LowRankTerms * adapters = nullptr,
+                                const InterruptCheck & interrupted = {});
 
     // Runs the blocks before `layer` over one stream's tokens (appended to its cache) and returns the
     // residual stream entering `layer` at the last token: the LoGo probe vector, [n_embd].

@@ -54,6 +54,8 @@ class ServerConfig:
     mixture_temperature: Optional[float] = None  # LoGo's softmax ``temperature``; None: its default
     chat_route_on: str = DEFAULT_ROUTE_ON  # logo_cpp.chat.ROUTE_ON (or an alias); docs/server/chat-routing.md
     layout: str = "auto"   # how slots hold mixtures: auto, stacked, pooled (logo/batch.h)
+    # Prompt tokens per prefill evaluation: a request abandoned during its prefill leaves after the chunk in progress.
+    n_batch: int = 512
     model_name: str = ""   # the base model's file name, for /v1/models
     allow_origins: list = field(default_factory=list)
     max_body_bytes: Optional[int] = None  # None: default_max_body_bytes(n_ctx)
@@ -111,7 +113,7 @@ class Server:
         self.config = config
         self.created = int(time.time())
         self.engine = Engine(model, pool, n_slots=config.n_slots, n_ctx=config.n_ctx, max_queue=config.max_queue,
-                             layout=config.layout)
+                             n_batch=config.n_batch, layout=config.layout)
         self.warm_up_seconds: Optional[float] = None
         self.warm_up_routes: list[Route] = []
         if config.warm_up:

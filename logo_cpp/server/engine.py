@@ -3,7 +3,9 @@ request together, each with its own adapter mixture.
 
 Between two decode steps the loop drops cancelled requests (their clients went away), then admits waiting
 requests into free slots: it routes each one (a LoGo probe, or the fixed mixture it asked for), prefills it and
-samples its first token. Each step is then one graph evaluation for all running requests. Requests beyond the
+samples its first token. A request cancelled while it is being started stops there: after its routing, or during
+its prefill, which the C++ batch checks between chunks of ``n_batch`` prompt tokens (``ContinuousBatch.abort``,
+called from the asyncio side), so a client gone during a long prefill frees its slot within one chunk's time. Each step is then one graph evaluation for all running requests. Requests beyond the
 slots wait in a bounded queue; a full queue refuses new ones (the HTTP layer answers 503).
 
 Results travel to the asyncio side as (job, kind, payload) on each job's queue, handed over with one
@@ -120,7 +122,8 @@ class Engine:
             self._cond.notify()
 
     def cancel(self, job: Job) -> None:
-        """Drops a job wherever it is (waiting or running); harmless after it finished."""
+        """Drops a job wherever it is (waiting, being started or running); harmless after it finished. A job being
+        prefilled stops before the prefill's next chunk (the C++ batch's thread-safe abort), not at its end."""
         with self._cond:
             try:
                 self._waiting.remove(job)
@@ -130,6 +133,10 @@ class Engine:
             if job.id in self._running or job is self._starting:
                 self._cancelled.add(job.id)
                 self._cond.notify()
+                batch = self.batch
+                if job is self._starting and batch is not None:
+                    # False when the engine thread is still routing it: _start then sees the job in _cancelled.
+                    batch.abort(job.id)
 
     def _busy(self) -> int:
         """Slots in use: running requests and the one being started (call with the lock held)."""
@@ -220,14 +227,23 @@ class Engine:
 
     def _start(self, job: Job) -> None:
         names, selection, routing = self._mixture(job)
+        with self._cond:
+            if job.id in self._cancelled:  # its client went away while it was routed: no prefill
+                self.stats["cancelled"] += 1
+                return
         job.routing = routing
         job.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         s = job.sampling
+        # The C++ start runs the prefill with the GIL released; cancel() may abort it from the asyncio thread.
         event = self.batch.start(job.id, job.prompt, max_tokens=s["max_tokens"], temperature=s["temperature"],
                                  top_k=s["top_k"], top_p=s["top_p"], min_p=s["min_p"], seed=s["seed"],
                                  stop=s["stop"], ignore_eos=s["ignore_eos"],
                                  pool=self.pool._core if selection else None, selection=selection)
         self.stats["started"] += 1
+        if event[2] and event[3]["finish_reason"] == "cancelled":  # aborted during its prefill: its client is gone
+            self.stats["cancelled"] += 1
+            self.stats["prefills_aborted"] += 1
+            return
         events: list = [("routing", routing)]
         with self._cond:  # from starting to running in one step: the admission count never sees it twice
             self._starting = None

@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="slots: requests decoded together (default 8)")
     p.add_argument("--ctx-size", "-c", type=int, default=2048,
                    help="context of each slot in tokens: prompt plus generated text (default 2048)")
+    p.add_argument("--batch-size", "-b", type=int, default=512,
+                   help="prompt tokens per prefill evaluation (default 512); a request whose client goes away during "
+                        "its prefill frees its slot once the chunk in progress ends")
     p.add_argument("--queue", type=int, default=64,
                    help="requests that may wait for a slot; more are refused with 503 (default 64)")
     p.add_argument("--api-key", default=None,
@@ -85,7 +88,7 @@ class Loaded:
 
 def check_arguments(args) -> None:
     """Raises ValueError naming the flag for a `serve` argument out of range (before anything loads)."""
-    for name in ("parallel", "ctx_size", "port", "k", "threads"):
+    for name in ("parallel", "ctx_size", "batch_size", "port", "k", "threads"):
         value = getattr(args, name)
         # The core holds these as int32: a larger value would surface as "n_ctx must be ..." without the flag.
         low, high = (0, 65535) if name == "port" else (1, INT32_MAX)
@@ -146,7 +149,7 @@ def load(args) -> Loaded:
                           api_key=api_key, k=args.k, signal=args.signal, probe=args.probe,
                           calibration=args.calibration, mixture_weights=args.mixture_weights,
                           mixture_temperature=args.mixture_temperature,
-                          chat_route_on=args.chat_route_on, layout=args.mixture_layout,
+                          chat_route_on=args.chat_route_on, layout=args.mixture_layout, n_batch=args.batch_size,
                           model_name=Path(model_path).name,
                           allow_origins=list(args.allow_origin),
                           max_body_bytes=None if max_body is None else int(max_body * 2**20))

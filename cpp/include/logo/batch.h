@@ -6,7 +6,8 @@
 //   while (batch.n_active() > 0) for (auto & e : batch.step()) ...;   // e.text, e.finished, e.completion
 //
 // A request's output does not depend on what runs beside it: greedy decoding gives the same tokens alone
-// or in a full batch. A ContinuousBatch belongs to one thread at a time (ConcurrentUse otherwise).
+// or in a full batch. A ContinuousBatch belongs to one thread at a time (ConcurrentUse otherwise), except for
+// abort(), which any thread may call while another runs start() or step().
 #pragma once
 
 #include <cstdint>
@@ -55,6 +56,13 @@ public:
     std::vector<RequestEvent> step();
     // Ends a running request at once (its client went away) and frees its slot; false if none runs.
     bool cancel(int64_t id);
+    // Thread-safe: marks request `id` to end, from any thread, while start() or step() may run on another (a
+    // server's HTTP thread when a client goes away). A request being started stops its prefill before the next
+    // n_batch chunk of its prompt, so a long prompt frees its slot within one chunk's time: start() returns a
+    // finished event with completion.finish_reason "cancelled" and no text. A running request ends when the next
+    // step() begins, with the same event and no new token. Other requests are untouched. Returns false (and
+    // remembers nothing) when `id` is neither being started nor running.
+    bool abort(int64_t id);
 
 private:
     std::shared_ptr<core::Model> model_;

@@ -58,7 +58,7 @@ struct Timings {
 struct Completion {
     std::string text;
     std::vector<Token> tokens;
-    std::string finish_reason;  // "stop" (a stop string or the callback), "eos", or "length"
+    std::string finish_reason;  // "stop" (a stop string or the callback), "eos", "length", or "cancelled" (ContinuousBatch::abort)
     Timings timings;
 };
 
