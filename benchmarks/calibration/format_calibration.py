@@ -30,9 +30,6 @@ prompts, own-first, and out of pool next to the base model.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -42,9 +39,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import study_accuracy as S  # noqa: E402
-from correctness import scorer  # noqa: E402
-from inpool import LAYERS_TOK, POOLS, load_inpool, outpool_states  # noqa: E402
-from probe_data import ProbeSet, probe_set, read_adapter, read_norm_weights, read_rms_eps  # noqa: E402
+from inpool import (LAYERS_TOK, POOLS, answer_choices, choice_scores, chosen_on_half_a,  # noqa: E402
+                    load_pool_study, open_model, print_choice_scores, reference_scores, study_arguments,
+                    write_report)
+from probe_data import ProbeSet, probe_set  # noqa: E402
 
 V8 = tuple(range(22, 30))
 VARIANTS = {
@@ -80,33 +78,22 @@ def concat(sets: list[ProbeSet]) -> ProbeSet:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / "cache")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    import logo_cpp
-    from logo_cpp import _core, default_model
-    from measure import Generations
+    args = study_arguments(__doc__, argv)
+    from logo_cpp import _core
 
-    mp = str(default_model.base_model_path())
-    nw, eps = read_norm_weights(mp), read_rms_eps(mp)
-    model = logo_cpp.Model(mp, n_ctx=512, n_threads=args.threads)
+    model, nw, eps = open_model(args.threads)
     generic = list(_core.calibration_prompts())
     t0 = time.perf_counter()
     states = {f: probe_set(model, [render(model, f, p) for p in generic], args.cache, "generic", LAYERS_TOK)
               for f in ("plain", "answer", "a", "qa", "chat")}
     print(f"generic prompts in 5 formats: states ready ({time.perf_counter() - t0:.0f} s); tokens per prompt "
           + ", ".join(f"{f} {s.n_tokens.mean():.1f}" for f, s in states.items()), flush=True)
-    sha = lambda b: hashlib.sha256(b).hexdigest()[:16]  # noqa: E731
     report: dict = {"variants": {k: list(v) for k, v in VARIANTS.items()},
                     "rule": "best mean task accuracy on half A of both pools (equal weight); ties: first listed",
                     "pools": {}, "results": {}}
-    pools = {}
     for pool_dir in POOLS:
-        p = load_inpool(model, pool_dir, args.cache)
-        read = [read_adapter(str(f)) for _, f in p.adapters]
-        oop, oev = outpool_states(model, pool_dir, args.cache)
+        study = load_pool_study(model, pool_dir, args.cache)
+        p, read, oev = study.p, study.read, study.oev
         chosen, chosen_out = {}, {}
         for label, fmts in VARIANTS.items():
             gen = concat([states[f] for f in fmts])
@@ -115,45 +102,20 @@ def main(argv=None) -> int:
             chosen[label] = np.argmax(np.where(np.isnan(z), -np.inf, z), 1)
             chosen_out[label] = np.argmax(np.where(np.isnan(zo), -np.inf, zo), 1)
         # Generate every choice measure.py's cache lacks (in pool and out of pool; base out of pool).
-        items = p.items
-        files = [f for _, f in p.adapters]
-        core_pool = logo_cpp.AdapterPool(model, files, names=p.names)
-        gens = Generations(model, core_pool, files, args.cache / f"generations-{sha(str(pool_dir.resolve()).encode())}.json",
-                           scorer(None), p.manifest)
-        gens.items = items
-        need = {(p.keep[i], int(c)) for ch in chosen.values() for i, c in enumerate(ch)}
-        need |= {(p.keep[i], int(o)) for i, o in enumerate(p.own)}
-        need |= {(oop[i], int(c)) for ch in chosen_out.values() for i, c in enumerate(ch)} | {(i, -1) for i in oop}
         t0 = time.perf_counter()
-        gens.need(need)
-        core_pool.close()
+        gens = answer_choices(model, study, args.cache, chosen.values(), chosen_out.values())
         print(f"{pool_dir}: choices answered ({time.perf_counter() - t0:.0f} s)", flush=True)
-        oracle = np.array([gens.get(p.keep[i], int(o)) for i, o in enumerate(p.own)])
-        base_out = np.array([gens.get(i, -1) for i in oop])
-        report["pools"][pool_dir.name] = {"oracle": {"A": float(oracle[p.A].mean()), "B": float(oracle[p.B].mean()),
-                                                     "all": float(oracle.mean())}, "base_out_of_pool": float(base_out.mean())}
-        pools[pool_dir.name] = p
+        report["pools"][pool_dir.name] = reference_scores(gens, study)
         for label in VARIANTS:
-            acc = np.array([gens.get(p.keep[i], int(c)) for i, c in enumerate(chosen[label])])
-            hit = chosen[label] == p.own
             by_pair: dict = {}
-            for i in np.flatnonzero(~hit):
+            for i in np.flatnonzero(chosen[label] != p.own):
                 k = f"{p.names[p.own[i]]} -> {p.names[chosen[label][i]]}"
                 by_pair[k] = by_pair.get(k, 0) + 1
             report["results"].setdefault(label, {})[pool_dir.name] = {
-                "acc_A": float(acc[p.A].mean()), "acc_B": float(acc[p.B].mean()), "acc_all": float(acc.mean()),
-                "own_A": float(hit[p.A].mean()), "own_B": float(hit[p.B].mean()), "own_all": float(hit.mean()),
-                "out_of_pool": float(np.mean([gens.get(i, int(c)) for i, c in zip(oop, chosen_out[label])])),
+                **choice_scores(gens, study, chosen[label], chosen_out[label]),
                 "misroutes": dict(sorted(by_pair.items(), key=lambda kv: -kv[1])[:6])}
 
-    print("\nhalf A only (the rule):")
-    mean_a = {}
-    for label in VARIANTS:
-        r = report["results"][label]
-        mean_a[label] = (r["pool"]["acc_A"] + r["pool-alt"]["acc_A"]) / 2
-        print(f"  {label:<22} accuracy half A: pool {r['pool']['acc_A']:.3f}  pool-alt {r['pool-alt']['acc_A']:.3f}  "
-              f"mean {mean_a[label]:.3f}")
-    best = max(VARIANTS, key=lambda k: (round(mean_a[k], 9), -list(VARIANTS).index(k)))
+    best = chosen_on_half_a(report["results"], list(VARIANTS), 22)
     report["chosen"] = best
     print(f"\nchosen on half A: {best}")
     print("\nevery variant: accuracy A / B / all, own-first A / B / all, out of pool (base "
@@ -161,14 +123,8 @@ def main(argv=None) -> int:
           f"oracle pool {report['pools']['pool']['oracle']['A']:.3f} / {report['pools']['pool']['oracle']['B']:.3f} / "
           f"{report['pools']['pool']['oracle']['all']:.3f}, pool-alt {report['pools']['pool-alt']['oracle']['A']:.3f} / "
           f"{report['pools']['pool-alt']['oracle']['B']:.3f} / {report['pools']['pool-alt']['oracle']['all']:.3f}")
-    for label in VARIANTS:
-        for name in ("pool", "pool-alt"):
-            c = report["results"][label][name]
-            print(f"  {label:<22} {name:<8} acc {c['acc_A']:.3f} / {c['acc_B']:.3f} / {c['acc_all']:.3f}  own "
-                  f"{c['own_A']:.3f} / {c['own_B']:.3f} / {c['own_all']:.3f}  out {c['out_of_pool']:.3f}  "
-                  f"misroutes {c['misroutes']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    print_choice_scores(report["results"], list(VARIANTS), 22)
+    write_report(args.out, report)
     return 0
 
 

@@ -23,9 +23,6 @@ generating (greedy, as measure.py) every choice it lacks, in pool and out of poo
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,9 +32,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import study_accuracy as S  # noqa: E402
-from correctness import scorer  # noqa: E402
-from inpool import POOLS, generic_states, load_inpool, outpool_states  # noqa: E402
-from probe_data import ProbeSet, read_adapter, read_norm_weights, read_rms_eps  # noqa: E402
+from inpool import (POOLS, answer_choices, choice_scores, chosen_on_half_a, generic_states,  # noqa: E402
+                    load_pool_study, open_model, print_choice_scores, reference_scores, study_arguments,
+                    write_report)
+from probe_data import ProbeSet  # noqa: E402
 
 V8 = tuple(range(22, 30))
 CANDIDATES = ("default", "median", "trim75", "trim50")
@@ -74,27 +72,15 @@ def aggregate(z: np.ndarray, offs: np.ndarray, how: str) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / "cache")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    import logo_cpp
-    from logo_cpp import default_model
-    from measure import Generations
-
-    mp = str(default_model.base_model_path())
-    nw, eps = read_norm_weights(mp), read_rms_eps(mp)
-    model = logo_cpp.Model(mp, n_ctx=512, n_threads=args.threads)
+    args = study_arguments(__doc__, argv)
+    model, nw, eps = open_model(args.threads)
     gen = generic_states(model, args.cache)
-    sha = lambda b: hashlib.sha256(b).hexdigest()[:16]  # noqa: E731
     report: dict = {"candidates": CANDIDATES, "pools": {}, "results": {c: {} for c in CANDIDATES},
                     "rule": "best mean task accuracy on half A of both pools; ties: default, then listed order"}
     for pool_dir in POOLS:
         t0 = time.perf_counter()
-        p = load_inpool(model, pool_dir, args.cache)
-        read = [read_adapter(str(f)) for _, f in p.adapters]
-        oop, oev = outpool_states(model, pool_dir, args.cache)
+        study = load_pool_study(model, pool_dir, args.cache)
+        p, read, oev = study.p, study.read, study.oev
         chosen = {}
         for label, ps in (("in", p.ev), ("out", oev)):
             zd = S.Pool(read, ps, gen, nw, eps, modules=("attn_v",)).scores(V8, ("attn_v",), "mean", "sqz")
@@ -104,48 +90,19 @@ def main(argv=None) -> int:
                 s = zd if c == "default" else aggregate(zt, offs, c)
                 chosen[(label, c)] = np.argmax(np.where(np.isnan(s), -np.inf, s), 1)
         print(f"{pool_dir}: scores in {time.perf_counter() - t0:.0f} s", flush=True)
-        files = [f for _, f in p.adapters]
-        core_pool = logo_cpp.AdapterPool(model, files, names=p.names)
-        gens = Generations(model, core_pool, files, args.cache / f"generations-{sha(str(pool_dir.resolve()).encode())}.json",
-                           scorer(None), p.manifest)
-        gens.items = p.items
-        need = {(p.keep[i], int(c)) for c in CANDIDATES for i, c in enumerate(chosen[("in", c)])}
-        need |= {(p.keep[i], int(o)) for i, o in enumerate(p.own)}
-        need |= {(oop[i], int(c)) for c in CANDIDATES for i, c in enumerate(chosen[("out", c)])} | {(i, -1) for i in oop}
-        gens.need(need)
-        core_pool.close()
-        oracle = np.array([gens.get(p.keep[i], int(o)) for i, o in enumerate(p.own)])
-        report["pools"][pool_dir.name] = {
-            "oracle": {"A": float(oracle[p.A].mean()), "B": float(oracle[p.B].mean()), "all": float(oracle.mean())},
-            "base_out_of_pool": float(np.mean([gens.get(i, -1) for i in oop]))}
+        gens = answer_choices(model, study, args.cache, [chosen[("in", c)] for c in CANDIDATES],
+                              [chosen[("out", c)] for c in CANDIDATES])
+        report["pools"][pool_dir.name] = reference_scores(gens, study)
         for c in CANDIDATES:
-            ch = chosen[("in", c)]
-            acc = np.array([gens.get(p.keep[i], int(j)) for i, j in enumerate(ch)])
-            hit = ch == p.own
-            report["results"][c][pool_dir.name] = {
-                "acc_A": float(acc[p.A].mean()), "acc_B": float(acc[p.B].mean()), "acc_all": float(acc.mean()),
-                "own_A": float(hit[p.A].mean()), "own_B": float(hit[p.B].mean()), "own_all": float(hit.mean()),
-                "out_of_pool": float(np.mean([gens.get(i, int(j)) for i, j in zip(oop, chosen[("out", c)])]))}
-    print("\nhalf A only (the rule):")
-    mean_a = {}
-    for c in CANDIDATES:
-        r = report["results"][c]
-        mean_a[c] = (r["pool"]["acc_A"] + r["pool-alt"]["acc_A"]) / 2
-        print(f"  {c:<8} accuracy half A: pool {r['pool']['acc_A']:.3f}  pool-alt {r['pool-alt']['acc_A']:.3f}  "
-              f"mean {mean_a[c]:.3f}")
-    best = max(CANDIDATES, key=lambda c: (round(mean_a[c], 9), -CANDIDATES.index(c)))
+            report["results"][c][pool_dir.name] = choice_scores(gens, study, chosen[("in", c)], chosen[("out", c)])
+    best = chosen_on_half_a(report["results"], list(CANDIDATES), 8)
     report["chosen"] = best
     print(f"\nchosen on half A: {best}\n\nevery candidate: accuracy A / B / all, own-first A / B / all, out of pool")
-    for c in CANDIDATES:
-        for name in ("pool", "pool-alt"):
-            r = report["results"][c][name]
-            print(f"  {c:<8} {name:<8} acc {r['acc_A']:.3f} / {r['acc_B']:.3f} / {r['acc_all']:.3f}  own {r['own_A']:.3f} / "
-                  f"{r['own_B']:.3f} / {r['own_all']:.3f}  out {r['out_of_pool']:.3f}")
+    print_choice_scores(report["results"], list(CANDIDATES), 8)
     for name, r in report["pools"].items():
         print(f"  {name}: oracle {r['oracle']['A']:.3f} / {r['oracle']['B']:.3f} / {r['oracle']['all']:.3f}, base out of "
               f"pool {r['base_out_of_pool']:.3f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    write_report(args.out, report)
     return 0
 
 
