@@ -466,13 +466,14 @@ def run_chat(args) -> int:
 
 
 def add_arguments(p) -> None:
-    from .cli import add_mixture_weight_args, positive_int, thread_count
+    from .cli import add_cache_args, add_mixture_weight_args, positive_int, thread_count
 
     p.add_argument("--model", "-m", default=None, help="base model GGUF (default: the shipped SmolLM2-135M-Instruct)")
     p.add_argument("--adapters", "-a", nargs="+", default=[], help="adapter GGUF files or directories (with --model)")
     p.add_argument("--no-adapters", action="store_true", help="chat with the base model alone")
     p.add_argument("--k", type=positive_int, default=None, help=f"adapters per turn (default {DEFAULT_K})")
     add_mixture_weight_args(p)
+    add_cache_args(p)
     add_route_on_argument(p, "--route-on", "each turn")
     p.add_argument("--system", default=None, help="a system message")
     p.add_argument("--max-tokens", "-n", type=positive_int, default=DEFAULT_MAX_TOKENS, help="longest reply (tokens)")

@@ -18,6 +18,10 @@ from typing import Optional, Sequence
 from ._limits import INT32_MAX
 
 EXIT_USER_ERROR = 2
+# A Ctrl-C anywhere (importing, parsing, running) ends with this line and status (128 + SIGINT, as a shell
+# reports it); _logo_cpp_cli, the console entry point, says the same while logo_cpp itself is imported.
+INTERRUPTED = "logo-cpp: interrupted"
+EXIT_INTERRUPTED = 130
 
 
 def _die(message: str) -> int:
@@ -130,10 +134,12 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                    help="probe module (default: attn_v when calibrated, attn_q for calibration none and arrow)")
     add_mixture_weight_args(p)
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random router (default 0)")
-    _add_cache_args(p)
+    add_cache_args(p)
 
 
-def _add_cache_args(p: argparse.ArgumentParser) -> None:
+def add_cache_args(p: argparse.ArgumentParser) -> None:
+    """--cache-dir / --no-cache, for every command that builds a calibrated router (route, run, chat, serve, eval,
+    demo, bench logo/all/serve) and for `cache`; cache_environment(args) applies them."""
     where = p.add_mutually_exclusive_group()
     where.add_argument("--cache-dir", type=Path, default=None,
                        help="where calibration statistics persist between runs (default: $LOGO_CPP_CACHE_DIR, "
@@ -142,9 +148,32 @@ def _add_cache_args(p: argparse.ArgumentParser) -> None:
                        help="compute calibration statistics in this process only (as LOGO_CPP_NO_CACHE=1)")
 
 
-def _cache_setting(args):
-    """A router's cache_dir from --cache-dir / --no-cache (None: the environment's choice)."""
-    return False if getattr(args, "no_cache", False) else getattr(args, "cache_dir", None)
+@contextlib.contextmanager
+def cache_environment(args):
+    """While a command runs, its --no-cache / --cache-dir are this process's LOGO_CPP_NO_CACHE / LOGO_CPP_CACHE_DIR,
+    which calibration_cache.cache_dir reads whenever a router is built without a cache_dir: so every router the
+    command builds, wherever it is built (chat's, the server's engine, eval's signal sources, a benchmark's, the
+    `logo-cpp serve` that `bench serve` starts), follows the flags, and the flags mean what the variables mean.
+    Without either flag the environment is left as it is; afterwards it is restored (main() may run in a process
+    that goes on)."""
+    from .calibration_cache import ENV_DIR, ENV_OFF
+
+    if getattr(args, "no_cache", False):
+        changes = {ENV_OFF: "1"}
+    elif getattr(args, "cache_dir", None) is not None:
+        changes = {ENV_OFF: "0", ENV_DIR: os.fspath(args.cache_dir)}  # the flag wins over LOGO_CPP_NO_CACHE
+    else:
+        changes = {}
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def add_mixture_weight_args(p: argparse.ArgumentParser) -> None:
@@ -187,18 +216,17 @@ def _router(args, model, pool):
 
     layer = None if args.layer is None else args.layer[0] if len(args.layer) == 1 else args.layer
     calibration = args.calibration or DEFAULT_CALIBRATION
-    cache_dir = _cache_setting(args)
+    # --cache-dir / --no-cache reach the routers through cache_environment (main applies it to every command).
     if args.router == "logo":
         return logo_cpp.LoGo(model, pool, k=args.k, signal=args.signal, probe=args.probe, layer=layer,
-                             module=args.module, calibration=calibration, position=args.position, cache_dir=cache_dir,
+                             module=args.module, calibration=calibration, position=args.position,
                              rerank_margin=getattr(args, "rerank", None), **mixture_weight_kwargs(args))
     if args.router == "top1":
         return logo_cpp.TopOne(model, pool, signal=args.signal, probe=args.probe, layer=layer, module=args.module,
-                               calibration=calibration, position=args.position, cache_dir=cache_dir)
+                               calibration=calibration, position=args.position)
     if args.router == "arrow":
         return logo_cpp.Arrow(model, pool, k=args.k, layer=args.layer, module=args.module or "attn_q",
-                              calibration=args.calibration or "none", probe=args.probe, position=args.position or "last",
-                              cache_dir=cache_dir)
+                              calibration=args.calibration or "none", probe=args.probe, position=args.position or "last")
     if args.router == "uniform":
         return logo_cpp.Uniform(model, pool)
     return logo_cpp.RandomK(model, pool, k=args.k, seed=args.seed)
@@ -405,7 +433,13 @@ def cmd_bench(args, rest: Sequence[str]) -> int:
     from .bench import core, logo, quant, serve, suite
 
     mains = {"all": suite.main, "core": core.main, "logo": logo.main, "quant": quant.main, "serve": serve.main}
-    mains[args.what](list(rest))
+    # The benchmark parses its own options; those that build calibrated routers (all, logo, serve) take
+    # --cache-dir / --no-cache too, applied here as every command's.
+    cache = argparse.ArgumentParser(add_help=False)
+    add_cache_args(cache)
+    cache_args = cache.parse_known_args(list(rest))[0] if args.what in ("all", "logo", "serve") else None
+    with cache_environment(cache_args):
+        mains[args.what](list(rest))
     return 0
 
 
@@ -476,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("cache", help="where calibration statistics persist between runs, how large; --clear")
-    _add_cache_args(p)
+    add_cache_args(p)
     p.add_argument("--clear", action="store_true", help="delete every cached statistic (they are recomputed)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cache)
@@ -490,6 +524,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # a Ctrl-C anywhere, a command's imports and argument parsing included
+        print(INTERRUPTED, file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if argv[:1] == ["bench"]:
@@ -504,7 +546,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with _warnings_as_lines():
             if args.command == "bench":
                 return cmd_bench(args, rest)
-            return args.func(args)
+            with cache_environment(args):
+                return args.func(args)
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         return _die(str(exc))
     except (ValueError, KeyError, OSError) as exc:
@@ -516,8 +559,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if str(exc).startswith("out of memory"):
             return _die(str(exc))
         raise
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":

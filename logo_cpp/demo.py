@@ -118,7 +118,7 @@ def run_demo(threads: Optional[int] = None, device: str = "auto", pool_path: Opt
 
 
 def add_arguments(p) -> None:
-    from .cli import non_negative_int, positive_int, thread_count
+    from .cli import add_cache_args, non_negative_int, positive_int, thread_count
 
     p.add_argument("--k", type=positive_int, default=DEFAULT_K, help=f"adapters per prompt (default {DEFAULT_K})")
     p.add_argument("--n", type=int, default=DEMO_PROMPTS, help=f"prompts, each of another task (default {DEMO_PROMPTS})")
@@ -126,3 +126,4 @@ def add_arguments(p) -> None:
     p.add_argument("--pool", type=Path, default=None, help="another adapter pool directory (default: the shipped one)")
     p.add_argument("--threads", "-t", type=thread_count, default=None)
     p.add_argument("--device", default="auto")
+    add_cache_args(p)

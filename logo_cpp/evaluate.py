@@ -203,9 +203,10 @@ def add_arguments(p) -> None:
     p.add_argument("--routers", default=None,
                    help=f"compare only these routers (comma-separated; default all: {','.join(r.key for r in ROUTERS)}); "
                    "the base model, the oracle, the uniform merge and random-k are always in")
-    from .cli import add_mixture_weight_args, thread_count
+    from .cli import add_cache_args, add_mixture_weight_args, thread_count
 
     add_mixture_weight_args(p)
+    add_cache_args(p)
     p.add_argument("--batch", type=int, default=16, help="sequences decoded together per graph evaluation")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-k baseline")
     p.add_argument("--threads", "-t", type=thread_count, default=None)

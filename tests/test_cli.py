@@ -204,3 +204,102 @@ def test_a_kv_cache_larger_than_memory_is_an_error_not_a_traceback(files, tmp_pa
     assert out.returncode == 2 and "Traceback" not in out.stderr
     last = out.stderr.splitlines()[-1]
     assert last.startswith("logo-cpp: error:") and "KV cache" in last and "n_ctx=1000000000" in last, out.stderr
+
+
+# -- Ctrl-C: one line, never a traceback -------------------------------------------------------------------------
+
+INTERRUPT_DURING = """
+import importlib.abc, sys
+class Interrupt(importlib.abc.MetaPathFinder):
+    # A Ctrl-C that lands while {module} is being imported.
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["logo-cpp", "--help"]
+from _logo_cpp_cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("module", ["logo_cpp._core", "logo_cpp.model", "logo_cpp.chat"])
+def test_ctrl_c_while_logo_cpp_imports_is_one_line(tmp_path, module):
+    """The console entry point (_logo_cpp_cli:main) imports logo_cpp inside main(): a Ctrl-C while the package
+    loads (its native runtime, numpy) or while the CLI imports a command's module is one line and exit status
+    130, as a Ctrl-C while a command runs; with logo_cpp.cli:main as the entry point it was Python's traceback."""
+    out = subprocess.run([sys.executable, "-c", INTERRUPT_DURING.format(module=module)], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    assert (out.returncode, out.stderr, out.stdout) == (130, "logo-cpp: interrupted\n", ""), out.stderr
+
+
+def test_the_console_script_is_the_interruptible_entry_point():
+    from importlib.metadata import entry_points
+
+    import _logo_cpp_cli
+    from logo_cpp import cli as cli_module
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "logo-cpp"]
+    assert script.value == "_logo_cpp_cli:main"
+    assert (_logo_cpp_cli.INTERRUPTED, _logo_cpp_cli.EXIT_INTERRUPTED) == (cli_module.INTERRUPTED,
+                                                                           cli_module.EXIT_INTERRUPTED)
+
+
+# -- --cache-dir / --no-cache: every command that builds a calibrated router --------------------------------------
+
+ROUTING_COMMANDS = [["route", "-p", "x"], ["run", "-p", "x"], ["chat"], ["serve"], ["eval"], ["demo"]]
+
+
+@pytest.mark.parametrize("command", ROUTING_COMMANDS, ids=lambda c: c[0])
+def test_every_routing_command_takes_the_cache_flags(command, tmp_path):
+    from logo_cpp import cli as cli_module
+
+    parser = cli_module.build_parser()
+    assert parser.parse_args([*command, "--no-cache"]).no_cache
+    assert parser.parse_args([*command, "--cache-dir", str(tmp_path)]).cache_dir == tmp_path
+    with pytest.raises(SystemExit):  # one or the other
+        parser.parse_args([*command, "--no-cache", "--cache-dir", str(tmp_path)])
+
+
+def test_bench_takes_the_cache_flags_where_it_routes(tmp_path):
+    for what in ("all", "logo", "serve"):
+        out = cli("bench", what, "--help", cwd=tmp_path)
+        assert out.returncode == 0 and "--no-cache" in out.stdout and "--cache-dir" in out.stdout, out.stderr
+    out = cli("bench", "core", "--no-cache", cwd=tmp_path)  # the base model alone: no router, no flag
+    assert out.returncode == 2 and "unrecognized arguments: --no-cache" in out.stderr, out.stderr
+
+
+def test_cache_environment_applies_the_flags_while_a_command_runs(tmp_path, monkeypatch):
+    import argparse
+
+    from logo_cpp import calibration_cache
+    from logo_cpp.cli import cache_environment
+
+    monkeypatch.setenv("LOGO_CPP_NO_CACHE", "1")
+    monkeypatch.delenv("LOGO_CPP_CACHE_DIR", raising=False)
+    with cache_environment(argparse.Namespace(no_cache=False, cache_dir=tmp_path)):
+        assert calibration_cache.cache_dir() == tmp_path  # the flag wins over the variable
+    assert calibration_cache.cache_dir() is None and "LOGO_CPP_CACHE_DIR" not in __import__("os").environ
+    monkeypatch.setenv("LOGO_CPP_NO_CACHE", "0")
+    with cache_environment(argparse.Namespace(no_cache=True, cache_dir=None)):
+        assert calibration_cache.cache_dir() is None
+    with cache_environment(argparse.Namespace()):  # a command without the flags leaves the environment alone
+        assert calibration_cache.cache_dir() is not None
+
+
+def test_chat_writes_its_calibration_statistics_where_cache_dir_says(files, tmp_path):
+    """The tests' environment turns the disk cache off (LOGO_CPP_NO_CACHE=1): --cache-dir turns it on there, and
+    --no-cache keeps a LOGO_CPP_CACHE_DIR unused."""
+    import os
+
+    model, adapters = files
+    chat = [sys.executable, "-m", "logo_cpp.cli", "chat", "-m", str(model), "-a", str(adapters), "--threads", "1",
+            "--max-tokens", "2"]
+    on = subprocess.run([*chat, "--cache-dir", str(tmp_path / "on")], input="Hello\n/quit\n", capture_output=True,
+                        text=True, timeout=300, cwd=tmp_path)
+    assert on.returncode == 0, on.stderr
+    assert list((tmp_path / "on" / "calibration").glob("*.json")), os.listdir(tmp_path / "on")
+    env = {**os.environ, "LOGO_CPP_NO_CACHE": "0", "LOGO_CPP_CACHE_DIR": str(tmp_path / "env")}
+    off = subprocess.run([*chat, "--no-cache"], input="Hello\n/quit\n", capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path, env=env)
+    assert off.returncode == 0, off.stderr
+    assert not (tmp_path / "env").exists()

@@ -123,3 +123,42 @@ def test_logo_cpp_serve_without_arguments_serves_the_default(tmp_path):
         out, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, err
     assert "SmolLM2-135M-Instruct.Q4_1.gguf" in out
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_serve_stopped_during_its_startup_calibration_exits_at_once(tmp_path, sig):
+    """Ctrl-C (or SIGTERM) while `logo-cpp serve` computes its routing statistics at startup (the default pool,
+    no disk cache: seconds of C++): one line and exit status 128 + the signal, at once. Ctrl-C used to wait for
+    the calibration to end (Python runs signal handlers only when the main thread is back in Python), and
+    SIGTERM ended the process with no word."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from server_util import TIMEOUT
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "logo_cpp.cli", "serve", "--port", str(port), "--parallel", "1",
+                             "--ctx-size", "256", "--threads", "1", "--no-cache"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            # A suite started in the background hands its children SIGINT ignored; a server started
+                            # in a terminal has the default disposition.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        line = proc.stdout.readline()
+        assert "preparing the routing statistics" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        time.sleep(0.5)  # inside the calibration (seconds at 1 thread)
+        sent = time.monotonic()
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=TIMEOUT)
+        elapsed = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + getattr(signal, sig), (proc.returncode, err)
+    assert err.strip().splitlines()[-1] == f"logo-cpp serve: stopped by {sig} while starting", err
+    assert "Traceback" not in err and "routing statistics ready" not in out, (out, err)
+    assert elapsed < 3, elapsed  # the calibration alone takes longer (measured below: test_... prints it)

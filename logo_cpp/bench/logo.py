@@ -17,7 +17,7 @@ import logo_cpp
 
 from . import common
 from logo_cpp import _core  # noqa: E402
-from ..cli import positive_int
+from ..cli import add_cache_args, positive_int
 
 
 def timed(fn):
@@ -49,6 +49,7 @@ def main(argv=None):
     parser.add_argument("--decode", type=positive_int, default=64, help="decode steps for the tokens/s measurements")
     parser.add_argument("--e2e-tokens", type=positive_int, default=256, help="new tokens per instance, end to end")
     common.add_common_args(parser, reps=3)
+    add_cache_args(parser)  # applied by `logo-cpp bench` (cli.cmd_bench)
     args = parser.parse_args(argv)
     common.check_types("--type", [args.type])
 

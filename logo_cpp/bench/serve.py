@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import common
-from ..cli import positive_int, thread_count
+from ..cli import add_cache_args, positive_int, thread_count
 
 PROMPTS = [
     "Translate to French: the cheese is on the table.",
@@ -198,6 +198,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--threads", type=thread_count, default=os.cpu_count() or 1, help="threads for both servers")
     parser.add_argument("--reps", type=positive_int, default=3, help="repetitions; medians (default 3)")
     parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT, help="where serve.json and serve.md go")
+    add_cache_args(parser)  # applied by `logo-cpp bench` (cli.cmd_bench); the server started here inherits them
     args = parser.parse_args(argv)
 
     model_path = args.model

@@ -25,7 +25,7 @@ from logo_cpp import _core
 from . import common
 from .core import LogoRunner, bench_type
 from .logo import llama_decode_rate
-from ..cli import positive_int
+from ..cli import add_cache_args, positive_int
 
 
 def _timed(fn):
@@ -280,6 +280,7 @@ def main(argv=None):
     parser.add_argument("--decode", type=positive_int, default=32, help="decode steps for the tokens/s measurements")
     parser.add_argument("--e2e-tokens", type=positive_int, default=64, help="new tokens per instance in section 4")
     common.add_common_args(parser, reps=3)
+    add_cache_args(parser)  # applied by `logo-cpp bench` (cli.cmd_bench)
     args = parser.parse_args(argv)
     common.check_types("--types", args.types)
     common.check_types("--mixture-type", [args.mixture_type])

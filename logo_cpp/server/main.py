@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
+import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ MISSING_EXTRA = ('logo-cpp serve needs the server extra (Starlette, uvicorn, pyd
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..chat import add_route_on_argument
-    from ..cli import add_mixture_weight_args, thread_count
+    from ..cli import add_cache_args, add_mixture_weight_args, thread_count
 
     p.add_argument("--model", "-m", default=None,
                    help="base model GGUF file (default: the shipped default model, SmolLM2-135M-Instruct)")
@@ -54,6 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="LoGo: how signals are calibrated before ranking (logo_cpp.router.CALIBRATIONS; "
                         "default: the router's default; 'none' is the paper's raw signal)")
     add_mixture_weight_args(p)
+    add_cache_args(p)
     add_route_on_argument(p, "--chat-route-on", "for a chat request (completions probe their prompt)")
     p.add_argument("--mixture-layout", default="auto", choices=["auto", "stacked", "pooled"],
                    help="how slots hold their mixtures: the pool stacked once (pooled: small pools, many slots) or "
@@ -124,8 +128,9 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def load(args) -> Loaded:
-    """Model, pool, engine and ASGI app from parsed `serve` arguments."""
+def load(args, say=None) -> Loaded:
+    """Model, pool, engine and ASGI app from parsed `serve` arguments. ``say``: called with one line before the
+    startup calibration (the server's routing statistics), which may take seconds."""
     try:
         from .app import Server, ServerConfig, api_key_from_env, build_app
     except ImportError as exc:
@@ -153,8 +158,59 @@ def load(args) -> Loaded:
                           model_name=Path(model_path).name,
                           allow_origins=list(args.allow_origin),
                           max_body_bytes=None if max_body is None else int(max_body * 2**20))
+    if say is not None and len(pool):
+        say(f"logo-cpp serve: {Path(model_path).name} and {len(pool)} adapters loaded; preparing the routing statistics "
+            f"(seconds on a first start; Ctrl-C stops)")
     server = Server(model, pool, config)
     return Loaded(model, pool, server, build_app(server))
+
+
+def load_interruptibly(args, say=None) -> Loaded:
+    """load(args, say) on a worker thread while this thread waits, so that Ctrl-C (SIGINT) or SIGTERM during the
+    startup stops `logo-cpp serve` at once. Loading the model and computing the routing statistics are long calls
+    into C++ (the statistics: ~12 s on 2 cores with a cold calibration cache), and Python runs a signal handler
+    only when the thread the signal interrupted is back in Python: on the main thread, Ctrl-C waited for the
+    calibration to end. On SIGINT or SIGTERM this prints one line and ends the process at once with 128 + the
+    signal's number: os._exit, because the worker is still inside C++ with the model, and the interpreter's
+    teardown under it could crash. A signal whose handler is not Python's default (ignored, or set by the
+    program) keeps it. Off the main thread (no signal reaches it) this is load(args, say)."""
+    if threading.current_thread() is not threading.main_thread():
+        return load(args, say)
+    result: dict = {}
+
+    def work() -> None:
+        try:
+            result["loaded"] = load(args, say)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread as is
+            result["error"] = exc
+
+    received: list = []
+
+    def stop(signum, frame) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    previous = {s: signal.getsignal(s) for s in defaults}
+    worker = threading.Thread(target=work, name="logo-cpp-load", daemon=True)
+    try:
+        for s, default in defaults.items():
+            if previous[s] is default:
+                signal.signal(s, stop)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.1)  # a signal interrupts the wait
+    except KeyboardInterrupt:
+        signum = received[0] if received else signal.SIGINT
+        print(f"logo-cpp serve: stopped by {signal.Signals(signum).name} while starting", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(128 + signum)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if "error" in result:
+        raise result["error"]
+    return result["loaded"]
 
 
 def run(args) -> int:
@@ -167,7 +223,7 @@ def run(args) -> int:
     check_arguments(args)
     sock = bind(args.host, args.port)  # before the model loads: a port in use fails at once
     try:
-        loaded = load(args)
+        loaded = load_interruptibly(args, say=lambda line: print(line, flush=True))
     except BaseException:
         sock.close()
         raise
