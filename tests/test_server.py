@@ -833,7 +833,7 @@ def test_a_request_being_started_holds_its_slot(model_dir, adapter_dir):
         assert code == 200 and payload["usage"]["completion_tokens"] <= 3
         wait_until(lambda: health(bg)["slots_busy"] == 0, what="the slot to be free")
 
-        # A client that goes away while its request is being started frees the slot once it has started.
+        # A client that goes away while its request is being routed frees the slot once the routing ends, unprefilled.
         entered, release = _gate_admission(bg.server.engine)
         sock = _send_raw(bg, {"model": "logo", "prompt": "the dog", "max_tokens": 900, "ignore_eos": True})
         assert entered.wait(TIMEOUT)
@@ -842,6 +842,7 @@ def test_a_request_being_started_holds_its_slot(model_dir, adapter_dir):
         release.set()
         wait_until(lambda: health(bg)["slots_busy"] == 0, what="the abandoned request's slot to be freed")
         assert bg.server.engine.stats["cancelled"] == 1
+        assert bg.server.engine.stats["started"] == 1  # routed, then dropped before its prefill: only the first ran
 
 
 def test_busy_counts_requests_admitted_into_free_slots_as_running(model_dir):
