@@ -49,7 +49,7 @@ def generate_all(model, pool, jobs, max_tokens, n_slots=16):
                                 selection=selection)
             if event[2]:
                 out[i] = event[3]["text"]
-        for rid, _, finished, completion in batch.step():
+        for rid, _, finished, completion, _ in batch.step():
             if finished:
                 out[rid] = completion["text"]
     return [out[i].decode("utf-8", errors="replace") for i in range(len(jobs))]

@@ -1,5 +1,5 @@
 // _core.ContinuousBatch: logo::ContinuousBatch (logo/batch.h) for the server's engine loop. Events are
-// (id, text bytes, finished, completion dict or None) tuples; the GIL is released while C++ evaluates.
+// (id, text bytes, finished, completion dict or None, logprobs list) tuples; the GIL is released while C++ evaluates.
 #include <nanobind/stl/pair.h>
 
 #include "convert.h"
@@ -8,9 +8,10 @@ using namespace nb::literals;
 
 namespace {
 
+// (id, text bytes, finished, completion dict or None, [logprob tuples of the tokens accepted in this call]).
 nb::tuple event_to_tuple(const logo::RequestEvent & e) {
     nb::object completion = e.finished ? nb::object(completion_to_dict(e.completion)) : nb::none();
-    return nb::make_tuple(e.id, as_bytes(e.text), e.finished, completion);
+    return nb::make_tuple(e.id, as_bytes(e.text), e.finished, completion, logprobs_to_list(e.logprobs));
 }
 
 }  // namespace
@@ -48,12 +49,14 @@ void bind_batch(nb::module_ & m) {
              [](logo::ContinuousBatch & b, int64_t id, const std::vector<int32_t> & prompt, int max_tokens,
                 float temperature, int top_k, float top_p, float min_p, uint64_t seed,
                 const std::vector<std::string> & stop, bool ignore_eos, const logo::AdapterPool * pool,
-                const logo::Mixture & selection) {
+                const logo::Mixture & selection, bool logprobs, int top_logprobs) {
                  logo::GenerateOptions o;
                  o.max_tokens = max_tokens;
                  o.sampling = {temperature, top_k, top_p, min_p, seed};
                  o.stop = stop;
                  o.ignore_eos = ignore_eos;
+                 o.logprobs = logprobs;
+                 o.top_logprobs = top_logprobs;
                  logo::RequestEvent e;
                  {
                      nb::gil_scoped_release release;
@@ -63,7 +66,7 @@ void bind_batch(nb::module_ & m) {
              },
              "id"_a, "prompt"_a, "max_tokens"_a = 128, "temperature"_a = 0.8f, "top_k"_a = 40, "top_p"_a = 0.95f,
              "min_p"_a = 0.05f, "seed"_a = 0, "stop"_a = std::vector<std::string>{}, "ignore_eos"_a = false,
-             "pool"_a = nb::none(), "selection"_a = logo::Mixture{},
+             "pool"_a = nb::none(), "selection"_a = logo::Mixture{}, "logprobs"_a = false, "top_logprobs"_a = 0,
              "Prefills a request in a free slot and samples its first token; returns its first event.")
         .def("step",
              [](logo::ContinuousBatch & b) {

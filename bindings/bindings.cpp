@@ -320,12 +320,14 @@ NB_MODULE(_core, m) {
              [](logo::Context & c, const std::vector<std::vector<int32_t>> & prompts, int max_tokens, float temperature,
                 int top_k, float top_p, float min_p, uint64_t seed, const std::vector<nb::bytes> & stop,
                 bool ignore_eos, nb::object on_text, const logo::AdapterPool * pool,
-                const std::vector<logo::Mixture> & selections) {
+                const std::vector<logo::Mixture> & selections, bool logprobs, int top_logprobs) {
                  logo::GenerateOptions o;
                  o.max_tokens = max_tokens;
                  o.sampling = {temperature, top_k, top_p, min_p, seed};
                  o.stop = from_bytes(stop);
                  o.ignore_eos = ignore_eos;
+                 o.logprobs = logprobs;
+                 o.top_logprobs = top_logprobs;
                  logo::TextCallback callback;
                  if (!on_text.is_none()) {
                      callback = [on_text](int seq, const std::string & piece) {
@@ -345,7 +347,8 @@ NB_MODULE(_core, m) {
              },
              "prompts"_a, "max_tokens"_a = 128, "temperature"_a = 0.8f, "top_k"_a = 40, "top_p"_a = 0.95f,
              "min_p"_a = 0.05f, "seed"_a = 0, "stop"_a = std::vector<nb::bytes>{}, "ignore_eos"_a = false,
-             "on_text"_a = nb::none(), "pool"_a = nb::none(), "selections"_a = std::vector<logo::Mixture>{});
+             "on_text"_a = nb::none(), "pool"_a = nb::none(), "selections"_a = std::vector<logo::Mixture>{},
+             "logprobs"_a = false, "top_logprobs"_a = 0);
 
     bind_batch(m);
 
@@ -386,6 +389,7 @@ NB_MODULE(_core, m) {
           "layers"_a = std::vector<int>{-1}, "module"_a = "attn_q", "calibration"_a = "none", "position"_a = "last",
           "fallback_module"_a = "", "weighting"_a = "signal", "temperature"_a = 1.0f);
     // The C++ default router's softmax temperature (RouterOptions::temperature), so Python has one source.
+    m.attr("max_top_logprobs") = logo::kMaxTopLogprobs;
     m.attr("default_mixture_temperature") = logo::RouterOptions{}.temperature;
     m.attr("max_threads") = logo::kMaxThreads;
 }

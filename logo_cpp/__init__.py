@@ -16,7 +16,7 @@ _preload(_build_config.LINKED_AGAINST)
 from ._core import ConcurrentUseError, ContextOverflowError, FormatError, available_devices  # noqa: E402
 from ._core import calibration_prompts  # noqa: E402
 from ._closing import ClosedError  # noqa: E402
-from .model import Completion, Model, Timings  # noqa: E402
+from .model import Completion, Model, Timings, TokenLogprob  # noqa: E402
 from .adapters import AdapterPool  # noqa: E402
 from .router import ROUTERS, Arrow, Fixed, LoGo, RandomK, Router, Routing, TopOne, Uniform  # noqa: E402
 
@@ -40,6 +40,7 @@ __all__ = [
     "FormatError",
     "Model",
     "Timings",
+    "TokenLogprob",
     "available_devices",
     "calibration_prompts",
 ]

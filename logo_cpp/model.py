@@ -31,6 +31,23 @@ class Timings:
     decode_tokens_per_second: float
 
 
+# OpenAI's bound on top_logprobs (logo/types.h kMaxTopLogprobs).
+MAX_TOP_LOGPROBS = _core.max_top_logprobs
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token's log-probability (natural log, float32) under the model's own distribution: the
+    log-softmax of the raw logits at temperature 1, before the sampler's temperature, top-k/top-p/min-p truncation
+    and ignore_eos masking, as OpenAI's API and llama-server (n_probs) report it; so it does not depend on the
+    sampling parameters. ``top``: the ``top_logprobs`` most likely tokens at that step as (token id, log-probability),
+    most likely first (equal logits: lower id first); empty unless asked for."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
 @dataclass
 class Completion:
     text: str
@@ -38,6 +55,10 @@ class Completion:
     finish_reason: str  # "stop", "eos" or "length"
     timings: Timings
     routing: Any = None  # set by LoGo routers: which adapters served this completion
+    # With generate(..., logprobs=True): one TokenLogprob per token of ``tokens``; None when not asked for.
+    logprobs: Optional[list[TokenLogprob]] = None
+    # With logprobs=True and finish_reason "eos": the end-of-generation token that ended it (not in ``tokens``).
+    eos: Optional[TokenLogprob] = None
 
     def __str__(self) -> str:
         return self.text
@@ -61,13 +82,34 @@ class CompletionStream(Iterator[str]):
         self._pieces.close()
 
 
-def _completion(raw: Mapping[str, Any]) -> Completion:
+def token_logprob(raw: tuple) -> TokenLogprob:
+    """The binding's (token, logprob, [(token, logprob), ...]) as a TokenLogprob."""
+    token, logprob, top = raw
+    return TokenLogprob(int(token), float(logprob), [(int(t), float(v)) for t, v in top])
+
+
+def _completion(raw: Mapping[str, Any], logprobs: bool = False) -> Completion:
     return Completion(
         text=raw["text"].decode("utf-8", errors="replace"),
         tokens=list(raw["tokens"]),
         finish_reason=raw["finish_reason"],
         timings=Timings(**raw["timings"]),
+        logprobs=[token_logprob(t) for t in raw["logprobs"]] if logprobs else None,
+        eos=token_logprob(raw["eos"]) if logprobs and raw["eos"] is not None else None,
     )
+
+
+def logprob_kwargs(logprobs: Any, top_logprobs: Any) -> dict:
+    """``logprobs`` (bool) and ``top_logprobs`` (int in [0, MAX_TOP_LOGPROBS]; needs logprobs) checked, as the
+    generation keyword arguments of the binding; ValueError naming the argument otherwise."""
+    if not isinstance(logprobs, bool):
+        raise ValueError(f"logprobs must be True or False, got {type(logprobs).__name__} {logprobs!r:.40}")
+    if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, (int, np.integer)) \
+            or not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+        raise ValueError(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {top_logprobs!r:.40}")
+    if top_logprobs and not logprobs:
+        raise ValueError("top_logprobs needs logprobs=True")
+    return dict(logprobs=logprobs, top_logprobs=int(top_logprobs))
 
 
 def _random_seed() -> int:
@@ -337,6 +379,8 @@ class Model:
         *,
         ignore_eos: bool = False,
         adapters: Optional[Mapping[str, float]] = None,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
     ) -> Union[Completion, "CompletionStream"]:
         """Generates a continuation of ``prompt`` (str, bytes passed to the tokenizer unchanged, or token ids).
 
@@ -345,9 +389,13 @@ class Model:
         final, and holds the Completion once it has ended.
         ``ignore_eos=True`` never samples an end-of-generation token (their logits are masked, as llama-server's
         ``ignore_eos``), so generation runs to ``max_tokens`` with text all along.
+        ``logprobs=True`` fills ``Completion.logprobs`` (one TokenLogprob per generated token: log-softmax of the raw
+        logits at temperature 1, as OpenAI reports it) and ``Completion.eos``; ``top_logprobs`` (0 to 20) adds that
+        many most likely alternatives per token. They cost a log-softmax over the vocabulary per token.
         """
         ids = self._prompt_tokens(prompt)
         kwargs = self._sampling_kwargs(max_tokens, temperature, top_k, top_p, min_p, seed, stop, ignore_eos)
+        kwargs.update(logprob_kwargs(logprobs, top_logprobs))
         if adapters is not None:
             pool, selection = self._resolve_mixture(adapters)
             kwargs.update(pool=pool._core, selections=[selection])
@@ -358,16 +406,17 @@ class Model:
     def generate_batch(self, prompts: Sequence[Prompt], max_tokens: int = 128, temperature: float = 0.8,
                        top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, seed: Optional[int] = None,
                        stop: Union[str, bytes, Sequence[Union[str, bytes]], None] = None, *,
-                       ignore_eos: bool = False) -> list[Completion]:
+                       ignore_eos: bool = False, logprobs: bool = False, top_logprobs: int = 0) -> list[Completion]:
         """Generates for several prompts at once: one graph evaluation per step for all of them. ``prompts`` is
         a sequence of prompts (each str, bytes or token ids); TypeError for a single str or bytes, which would
-        otherwise be read as one prompt per character."""
+        otherwise be read as one prompt per character. ``logprobs``/``top_logprobs``: as generate()."""
         if isinstance(prompts, (str, bytes)):
             raise TypeError("prompts must be a list of prompts; for one prompt (a str or bytes) use generate()")
         if len(prompts) == 0:
             raise ValueError("prompts is empty")
         ids = [self._prompt_tokens(p) for p in prompts]
         kwargs = self._sampling_kwargs(max_tokens, temperature, top_k, top_p, min_p, seed, stop, ignore_eos)
+        kwargs.update(logprob_kwargs(logprobs, top_logprobs))
         return self._run(ids, kwargs)
 
     def chat(self, messages: Sequence[Mapping[str, Union[str, bytes]]], *, chat_template: Optional[str] = None,
@@ -477,7 +526,7 @@ class Model:
         with self._lock:
             session = self._session_for(len(prompts))
             raw = session.generate(prompts, on_text=on_text, **kwargs)
-        return [_completion(r) for r in raw]
+        return [_completion(r, kwargs.get("logprobs", False)) for r in raw]
 
     def _stream(self, prompts: list[list[int]], kwargs: dict) -> "CompletionStream":
         """Runs generation on a worker thread; pieces travel through a queue to the consumer."""

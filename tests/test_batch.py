@@ -52,7 +52,7 @@ def run(setup, order, n_slots=8, max_tokens=lambda i: 12 + i, **kw):
         else:
             events = []
         events += batch.step()
-        for rid, text, finished, completion in events:
+        for rid, text, finished, completion, _ in events:
             texts[rid] = texts.get(rid, b"") + text
             if finished:
                 done[rid] = completion
@@ -95,7 +95,7 @@ def test_cancel_frees_the_slot_and_the_others_go_on(setup):
     assert not first[2]
     results = {}
     while batch.n_active:
-        for rid, _, finished, completion in batch.step():
+        for rid, _, finished, completion, _ in batch.step():
             if finished:
                 results[rid] = completion["tokens"]
     assert results[1] == alone[1] and results[2] == alone[2]
@@ -127,7 +127,7 @@ def test_bad_requests_leave_the_batch_intact(setup):
     assert batch.active() == [7, 8]
     results = {}
     while batch.n_active:
-        for rid, _, finished, completion in batch.step():
+        for rid, _, finished, completion, _ in batch.step():
             if finished:
                 results[rid] = completion
     assert results[7]["tokens"] == expected
@@ -136,12 +136,12 @@ def test_bad_requests_leave_the_batch_intact(setup):
 def test_requests_end_at_eos_stop_strings_max_tokens_and_a_full_context(setup):
     model, pool, selections, ids, _ = setup
     batch = new_batch(setup, 2, n_ctx=16)
-    rid, text, finished, completion = batch.start(0, ids[0], max_tokens=0)
+    rid, text, finished, completion, _ = batch.start(0, ids[0], max_tokens=0)
     assert finished and completion["finish_reason"] == "length" and completion["tokens"] == []
     batch.start(1, ids[1], max_tokens=100, temperature=0.0, ignore_eos=True)
     results = {}
     while batch.n_active:
-        for rid, _, finished, completion in batch.step():
+        for rid, _, finished, completion, _ in batch.step():
             if finished:
                 results[rid] = completion
     # The context holds 16 positions: the prompt's, then one per generated token but the last.
@@ -193,7 +193,7 @@ def test_automatic_layout_and_adapters_added_after_the_batch(model_dir, adapter_
     batch.start(1, ids, selection=[(pool.index("poem"), 0.5), (1, 0.5)], **start)
     done = {}
     while batch.n_active:
-        for rid, _, finished, completion in batch.step():
+        for rid, _, finished, completion, _ in batch.step():
             if finished:
                 done[rid] = completion["tokens"]
     for rid, mixture in ((0, {"math": 1.0}), (1, {"poem": 0.5, "sql": 0.5})):

@@ -188,7 +188,7 @@ def test_closing_a_pool_under_a_running_batch(loaded, adapter_dir):
         pool.close()
         tokens = None
         while batch.n_active:
-            for _, _, finished, completion in batch.step():
+            for _, _, finished, completion, _ in batch.step():
                 if finished:
                     tokens = completion["tokens"]
         assert tokens == expected, layout

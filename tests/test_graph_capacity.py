@@ -91,7 +91,7 @@ def continuous(model, pool, layout, n_slots, requests):
             events.append(batch.start(i, ids, max_tokens=max_tokens, temperature=0.0, ignore_eos=True,
                                       pool=pool._core, selection=[(pool.index(a), w) for a, w in mixture.items()]))
         events += batch.step() if batch.n_active else []
-        for rid, _, finished, completion in events:
+        for rid, _, finished, completion, _ in events:
             if finished:
                 done[rid] = completion["tokens"]
     return [done[i] for i in range(len(requests))]

@@ -69,12 +69,12 @@ def test_chat_through_the_server_against_the_python_api(default_files):
     tokens, finish = {}, {}
     for i, ids in enumerate(prompts):
         selection = [(pool.index(n), w) for n, w in (mixtures[i] or {}).items()]
-        _, _, finished, completion = batch.start(i, ids, max_tokens=N_TOKENS, temperature=0.0, pool=pool._core,
+        _, _, finished, completion, _ = batch.start(i, ids, max_tokens=N_TOKENS, temperature=0.0, pool=pool._core,
                                                  selection=selection)
         if finished:
             tokens[i], finish[i] = completion["tokens"], completion["finish_reason"]
     while batch.n_active:
-        for rid, _, finished, completion in batch.step():
+        for rid, _, finished, completion, _ in batch.step():
             if finished:
                 tokens[rid], finish[rid] = completion["tokens"], completion["finish_reason"]
     assert [model.detokenize(tokens[i]) for i in range(4)] == alone

@@ -31,6 +31,7 @@ RequestEvent BatchDecoder::finished_event(Request & request, std::string text) {
     event.text = std::move(text);
     event.text += request.state.finish();
     event.finished = true;
+    event.logprobs = request.state.new_logprobs();
     event.completion = std::move(request.state.completion);
     return event;
 }
@@ -134,6 +135,7 @@ RequestEvent BatchDecoder::start(int64_t id, const std::vector<int32_t> & prompt
         session_.clear(slot);
         return finished_event(request, std::move(event.text));
     }
+    event.logprobs = request.state.new_logprobs();
     running_.push_back(std::move(request));
     leave.running = true;
     return event;
@@ -167,7 +169,11 @@ std::vector<RequestEvent> BatchDecoder::step() {
         event.id = running_[size_t(i)].id;
         float * row = logits.data() + size_t(i) * size_t(n_vocab);
         done[size_t(i)] = !s.accept(s.sample(row, n_vocab, vocab), vocab, session_.length(i), n_ctx(), event.text);
-        if (done[size_t(i)]) event = finished_event(running_[size_t(i)], std::move(event.text));
+        if (done[size_t(i)]) {
+            event = finished_event(running_[size_t(i)], std::move(event.text));
+        } else {
+            event.logprobs = s.new_logprobs();
+        }
         events.push_back(std::move(event));
     }
     // From the highest slot down, so the request moved into a freed slot is never one that just finished.

@@ -11,6 +11,11 @@ void GenerateOptions::validate() const {
     for (const auto & s : stop) {
         if (s.empty()) throw std::invalid_argument("stop strings must not be empty");
     }
+    if (top_logprobs < 0 || top_logprobs > kMaxTopLogprobs) {
+        throw std::invalid_argument("top_logprobs must be in [0, " + std::to_string(kMaxTopLogprobs) + "], got " +
+                                    std::to_string(top_logprobs));
+    }
+    if (top_logprobs > 0 && !logprobs) throw std::invalid_argument("top_logprobs needs logprobs = true");
     sampling.validate();
 }
 

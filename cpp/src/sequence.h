@@ -42,7 +42,8 @@ struct SequenceState {
 
     // Samples the next token from `logits` ([n_vocab], modified): with options.ignore_eos every
     // end-of-generation token is masked first (logit -inf), so generation never produces one, as llama-server's
-    // ignore_eos (a -inf logit bias on the end-of-generation tokens).
+    // ignore_eos (a -inf logit bias on the end-of-generation tokens). With options.logprobs it first measures
+    // the raw logits' log-softmax (TokenLogprob: before masking and sampling), filed by accept().
     int32_t sample(float * logits, int32_t n_vocab, const Vocab & vocab);
     // Takes a sampled token. Returns whether the sequence goes on; otherwise completion.finish_reason is
     // set ("eos", "stop" or "length"). `fresh` receives the text that became final. `length` is the
@@ -50,6 +51,18 @@ struct SequenceState {
     bool accept(int32_t token, const Vocab & vocab, int length, int n_ctx, std::string & fresh);
     // Ends the sequence: the unreleased rest of its text, and completion.text set.
     std::string finish();
+    // The completion.logprobs entries added since the last call (streaming events carry them).
+    std::vector<TokenLogprob> new_logprobs();
+
+private:
+    TokenLogprob pending_;      // the last sampled token's entry, until accept() files it
+    double log_norm_ = 0;       // log sum exp of the last measured logits
+    size_t reported_ = 0;       // completion.logprobs entries new_logprobs() has handed out
+    std::vector<std::pair<float, int32_t>> order_;  // scratch for the top alternatives
+    // The log-softmax normaliser of the raw logits (log_norm_) and the top alternatives (pending_.top).
+    void measure(const float * logits, int32_t n_vocab);
+    // Masks end-of-generation tokens under ignore_eos, then samples.
+    int32_t sample_masked(float * logits, int32_t n_vocab, const Vocab & vocab);
 };
 
 }  // namespace logo::core

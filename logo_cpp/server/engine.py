@@ -303,7 +303,7 @@ class Engine:
 
     @staticmethod
     def _translate(job: Job, event) -> list:
-        _, text, finished, completion = event
+        _, text, finished, completion, _ = event
         out = []
         piece = job.decoder.decode(text, final=finished)
         if piece:

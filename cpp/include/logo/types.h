@@ -39,8 +39,29 @@ struct GenerateOptions {
     // Never end at an end-of-generation token: they are masked before sampling (logit -inf), as llama-server's
     // ignore_eos, so exactly max_tokens visible tokens come (unless a stop string or the context ends it).
     bool ignore_eos = false;
+    // Report each generated token's log-probability (Completion::logprobs), and with top_logprobs > 0 that many
+    // most likely alternatives at each step. Off by default: it costs a log-softmax over the vocabulary per
+    // token (and a partial sort for top_logprobs). top_logprobs must be in [0, kMaxTopLogprobs] and needs
+    // logprobs (invalid_argument otherwise), as OpenAI's API.
+    bool logprobs = false;
+    int top_logprobs = 0;
 
     void validate() const;
+};
+
+// OpenAI's bound on top_logprobs (its API refuses more).
+constexpr int kMaxTopLogprobs = 20;
+
+// A generated token's log-probability under the model's own distribution: the log-softmax of the raw logits at
+// temperature 1 (natural log), before the sampler's temperature, top-k/top-p/min-p truncation and ignore_eos'
+// masking, as OpenAI's API and llama-server (n_probs, post_sampling_probs off) report it. So it does not depend
+// on the sampling parameters, and for greedy decoding it is the log-probability of the argmax.
+struct TokenLogprob {
+    Token token = -1;
+    float logprob = 0;
+    // The top_logprobs most likely tokens at this step (token, log-probability), most likely first (equal
+    // logits: lower id first); it may or may not hold `token`. Empty when top_logprobs is 0.
+    std::vector<std::pair<Token, float>> top;
 };
 
 struct Timings {
@@ -60,6 +81,11 @@ struct Completion {
     std::vector<Token> tokens;
     std::string finish_reason;  // "stop" (a stop string or the callback), "eos", "length", or "cancelled" (ContinuousBatch::abort)
     Timings timings;
+    // With GenerateOptions::logprobs: one entry per token of `tokens` (the token holding a stop string included).
+    std::vector<TokenLogprob> logprobs;
+    // With GenerateOptions::logprobs and finish_reason "eos": the end-of-generation token that ended it (it is
+    // not in `tokens`) and its log-probability; token -1 otherwise.
+    TokenLogprob eos;
 };
 
 // Receives each new piece of text (complete UTF-8) as it becomes final; returning false stops.
@@ -178,6 +204,9 @@ struct RequestEvent {
     std::string text;
     bool finished = false;
     Completion completion;  // complete when finished: text, tokens, finish_reason, timings
+    // With GenerateOptions::logprobs: the entries of the tokens accepted in this call (usually one), in order;
+    // `text` may lag behind them (text is released once complete UTF-8 and past any stop-string prefix).
+    std::vector<TokenLogprob> logprobs;
 };
 
 }  // namespace logo
