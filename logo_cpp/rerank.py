@@ -1,7 +1,8 @@
 """Confidence rerank of a k = 1 LoGo routing: when the calibrated scores of the top two adapters are close, answer
 the prompt greedily with each and keep the adapter whose answer the model is more confident in (the mean
-log-probability of the answer's tokens, and of ending there). Label-free and training-free; it costs one more
-greedy generation and two teacher-forced passes (prompt + answer) for each reranked prompt.
+log-probability of the answer's tokens, and of ending there, as the decoder reports them). Label-free and
+training-free; a reranked prompt's two greedy answers are decoded together (one batch of two), and when the call is
+greedy the kept one is the answer, so the cost is the second sequence of that batch.
 
 Measured on the project's pools (docs/calibration/README.md, session 6; the rule and its margin 0.5 chosen on
 half of the held-out prompts of both pools): shipped pool k = 1 task accuracy 0.711 -> 0.738 (oracle 0.778),
@@ -32,39 +33,25 @@ def check_margin(value) -> Optional[float]:
     return v
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
-
-
-def mean_logprob(model, pool, index: int, ids: list[int], answer: list[int], ended: bool) -> float:
-    """Mean log-probability (natural log) of ``answer``'s tokens after prompt ``ids`` with pool adapter ``index``
-    alone at weight 1, plus log P(any end-of-generation token) after the answer when ``ended`` (it stopped at
-    EOS). One teacher-forced pass: the prompt minus its last token without logits, then the rest with logits."""
-    mix = dict(pool=pool._core, selections=[[(int(index), 1.0)]])
-    with model._lock:
-        session = model._session
-        session.clear(0)
-        try:
-            if len(ids) > 1:
-                session.evaluate(0, 1, ids[:-1], all_logits=False, **mix)
-            logits = session.evaluate(0, 1, ids[-1:] + list(answer), all_logits=True, **mix)
-        finally:
-            session.clear(0)
-    lp = _log_softmax(np.asarray(logits))
-    values = [lp[t, a] for t, a in enumerate(answer)]
-    if ended:
-        values.append(np.logaddexp.reduce(lp[len(answer), model._end_of_generation_tokens()]))
+def mean_logprob(answer) -> float:
+    """The rerank's confidence in a greedy ``answer`` (a Completion generated with logprobs=True): the mean of its
+    tokens' log-probabilities (natural log) and, when it ended at an end-of-generation token, that token's. The
+    decoder reports them as it generates (TokenLogprob: log-softmax of the raw logits), so no second pass is
+    needed. 0.0 for an empty answer that did not end at EOS."""
+    values = [e.logprob for e in answer.logprobs]
+    if answer.eos is not None:
+        values.append(answer.eos.logprob)
     return float(np.mean(values)) if values else 0.0
 
 
-def rerank(model, pool, ids: list[int], routing, margin: float, max_tokens: int, stop, ignore_eos: bool):
+def rerank(model, pool, ids: list[int], routing, margin: float, max_tokens: int, stop, ignore_eos: bool,
+           top_logprobs: int = 0):
     """Reranks a k = 1 ``routing`` of prompt ``ids`` in place when its top two calibrated signals are closer than
-    ``margin``: each answers greedily (``max_tokens``, ``stop``, ``ignore_eos`` as the caller's generation), and
-    the one with the higher mean_logprob is kept (the top one on ties). Sets ``routing.rerank`` (a dict:
-    candidates, margin, reranked, mean_logprobs, chosen) and ``routing.timings["rerank_seconds"]``. Returns the
-    chosen adapter's greedy Completion when answers were generated, else None."""
+    ``margin``: both answer greedily in one batch of two (``max_tokens``, ``stop``, ``ignore_eos`` as the caller's
+    generation, with log-probabilities and ``top_logprobs`` alternatives), and the one with the higher
+    mean_logprob is kept (the top one on ties). Sets ``routing.rerank`` (a dict: candidates, margin, reranked,
+    mean_logprobs, chosen) and ``routing.timings["rerank_seconds"]``. Returns the chosen adapter's greedy
+    Completion (its logprobs filled) when answers were generated, else None."""
     t0 = time.perf_counter()
     order = [i for i in routing.ranking() if not np.isnan(routing.signals[i])][:2]
     info = {"candidates": [pool.names[i] for i in order], "margin": None, "reranked": False,
@@ -77,9 +64,10 @@ def rerank(model, pool, ids: list[int], routing, margin: float, max_tokens: int,
     if not gap < margin:
         return None
     kw = model._sampling_kwargs(max_tokens, 0.0, 40, 0.95, 0.05, 0, stop, ignore_eos)
-    kw.update(pool=pool._core, selections=[[(order[0], 1.0)], [(order[1], 1.0)]])
+    kw.update(pool=pool._core, selections=[[(order[0], 1.0)], [(order[1], 1.0)]], logprobs=True,
+              top_logprobs=top_logprobs)
     answers = model._run([ids, ids], kw)
-    scores = [mean_logprob(model, pool, j, ids, a.tokens, a.finish_reason == "eos") for j, a in zip(order, answers)]
+    scores = [mean_logprob(a) for a in answers]
     pick = 1 if scores[1] > scores[0] else 0
     chosen = order[pick]
     routing.names, routing.indices = [pool.names[chosen]], [int(chosen)]

@@ -12,7 +12,7 @@ from . import _core, calibration_cache
 from . import rerank as _rerank
 from .adapters import AdapterPool
 from ._limits import FLOAT32_MAX, INT32_MAX
-from .model import Completion, Model, Prompt
+from .model import Completion, Model, Prompt, logprob_kwargs
 
 SIGNALS = ("norm", "entropy")
 PROBES = ("base", "all")
@@ -162,10 +162,12 @@ class Router:
         ignore_eos = kwargs.pop("ignore_eos", False)
         sampling = dict(temperature=kwargs.pop("temperature", 0.8), top_k=kwargs.pop("top_k", 40),
                         top_p=kwargs.pop("top_p", 0.95), min_p=kwargs.pop("min_p", 0.05))
+        logprobs = logprob_kwargs(kwargs.pop("logprobs", False), kwargs.pop("top_logprobs", 0))
         if kwargs:
             raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
         run = model._sampling_kwargs(max_tokens, sampling["temperature"], sampling["top_k"], sampling["top_p"],
                                      sampling["min_p"], seed, stop, ignore_eos)  # checked before any routing
+        run.update(logprobs)
         routings = self._batch_routings(prompts, ids, max_tokens, stop, ignore_eos)
         run.update(pool=self.pool._core, selections=[list(zip(r.indices, map(float, r.weights))) for r in routings])
         outs = model._run(ids, run)
@@ -354,10 +356,13 @@ class LoGo(_ProbeRouter):
         model._sampling_kwargs(max_tokens, kwargs.get("temperature", 0.8), kwargs.get("top_k", 40),
                                kwargs.get("top_p", 0.95), kwargs.get("min_p", 0.05), kwargs.get("seed"),
                                kwargs.get("stop"), kwargs.get("ignore_eos", False))  # checked before any work
+        asked = logprob_kwargs(kwargs.get("logprobs", False), kwargs.get("top_logprobs", 0))
         routing = self.route(ids)
         answer = _rerank.rerank(model, self.pool, ids, routing, self.rerank_margin, max_tokens, kwargs.get("stop"),
-                                kwargs.get("ignore_eos", False))
+                                kwargs.get("ignore_eos", False), asked["top_logprobs"])
         if answer is not None and float(kwargs.get("temperature", 0.8)) == 0.0 and not kwargs.get("stream"):
+            if not asked["logprobs"]:  # measured for the rerank; the caller did not ask for them
+                answer.logprobs, answer.eos = None, None
             answer.routing = routing
             return answer
         return self._generate_routed(ids, routing, max_tokens, kwargs)
