@@ -1,12 +1,16 @@
 """Confidence rerank of a k = 1 LoGo routing: when the calibrated scores of the top two adapters are close, answer
 the prompt greedily with each and keep the adapter whose answer the model is more confident in (the mean
-log-probability of the answer's tokens, and of ending there, as the decoder reports them). Label-free and
-training-free; a reranked prompt's two greedy answers are decoded together (one batch of two), and when the call is
-greedy the kept one is the answer, so the cost is the second sequence of that batch.
+log-probability of the answer's tokens, and of ending there, as the decoder reports them: Completion.logprobs
+and Completion.eos, the log-softmax of the raw logits). Label-free and training-free. A reranked prompt's two
+greedy answers are generated one after the other, each alone with its adapter; when the call is greedy the kept
+one is the answer. No teacher-forced pass (session 6 needed two): a reranked prompt costs 1.69x a plain routed
+generation, 0.62x what it cost with them (benchmarks/calibration/rerank_cost.py, docs/calibration/rerank-cost.txt);
+about +13% per prompt on average with a fifth of prompts reranked.
 
-Measured on the project's pools (docs/calibration/README.md, session 6; the rule and its margin 0.5 chosen on
+Measured on the project's pools (docs/calibration/README.md, sessions 6-7; the rule and its margin 0.5 chosen on
 half of the held-out prompts of both pools): shipped pool k = 1 task accuracy 0.711 -> 0.738 (oracle 0.778),
-held-out half 0.679 -> 0.719; pool-alt 0.565 -> 0.571.
+held-out half 0.679 -> 0.719; pool-alt 0.565 -> 0.571. The runtime keeps the study's adapter for 126 of the 127
+reranked shipped-pool prompts (0.736 with its own choices; rerank_runtime_check.py).
 """
 
 from __future__ import annotations
@@ -47,8 +51,8 @@ def mean_logprob(answer) -> float:
 def rerank(model, pool, ids: list[int], routing, margin: float, max_tokens: int, stop, ignore_eos: bool,
            top_logprobs: int = 0):
     """Reranks a k = 1 ``routing`` of prompt ``ids`` in place when its top two calibrated signals are closer than
-    ``margin``: both answer greedily in one batch of two (``max_tokens``, ``stop``, ``ignore_eos`` as the caller's
-    generation, with log-probabilities and ``top_logprobs`` alternatives), and the one with the higher
+    ``margin``: each answers greedily alone (``max_tokens``, ``stop``, ``ignore_eos`` as the caller's generation,
+    with log-probabilities and ``top_logprobs`` alternatives), and the one with the higher
     mean_logprob is kept (the top one on ties). Sets ``routing.rerank`` (a dict: candidates, margin, reranked,
     mean_logprobs, chosen) and ``routing.timings["rerank_seconds"]``. Returns the chosen adapter's greedy
     Completion (its logprobs filled) when answers were generated, else None."""
@@ -64,9 +68,13 @@ def rerank(model, pool, ids: list[int], routing, margin: float, max_tokens: int,
     if not gap < margin:
         return None
     kw = model._sampling_kwargs(max_tokens, 0.0, 40, 0.95, 0.05, 0, stop, ignore_eos)
-    kw.update(pool=pool._core, selections=[[(order[0], 1.0)], [(order[1], 1.0)]], logprobs=True,
-              top_logprobs=top_logprobs)
-    answers = model._run([ids, ids], kw)
+    kw.update(pool=pool._core, logprobs=True, top_logprobs=top_logprobs)
+    # Each candidate answers alone with its adapter (not both in one batch of two): on a quantized base a batch of
+    # per-sequence mixtures computes each adapter's pair in another type than one adapter alone does, and moved a
+    # token's log-probability by up to 0.2 (docs/calibration/README.md, session 7); alone, the decoder's values are
+    # the teacher-forced ones the rule was chosen with. Each prompt is prefilled on its own either way, so this
+    # costs only the (few) decode steps of the second answer.
+    answers = [model._run([ids], dict(kw, selections=[[(j, 1.0)]]))[0] for j in order]
     scores = [mean_logprob(a) for a in answers]
     pick = 1 if scores[1] > scores[0] else 0
     chosen = order[pick]

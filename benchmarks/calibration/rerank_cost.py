@@ -1,5 +1,5 @@
 """What the confidence rerank costs per reranked prompt, before (session 6: two teacher-forced passes after the
-greedy batch of two) and after (the decoder's own log-probabilities), side by side in one run.
+greedy batch of two) and after (each answer alone, scored by the decoder's own log-probabilities), side by side.
 
     flock /work/locks/heavy.lock python benchmarks/calibration/rerank_cost.py --threads 1 --prompts 24 --rounds 3
 
@@ -9,7 +9,8 @@ task's max_tokens, the same routing):
   plain   the default router: route + greedy generation with the top adapter (LoGo(k=1).generate)
   before  route + both candidates' greedy answers (one batch of two, no log-probabilities) + a teacher-forced pass
           per answer (prompt without its last token, then last token + answer with logits; session 6's scoring)
-  after   LoGo(k=1, rerank_margin).generate: route + both answers in one batch of two with log-probabilities
+  after   LoGo(k=1, rerank_margin).generate: route + each candidate's answer alone, with the decoder's
+          log-probabilities (session 7)
 Reports medians per prompt and the ratios before/plain, after/plain, after/before (medians of per-prompt ratios),
 and whether before and after keep the same adapter. The machine is shared: read the ratios, not the times.
 """

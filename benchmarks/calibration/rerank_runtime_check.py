@@ -5,7 +5,9 @@
 For every held-out in-pool prompt of the shipped pool whose default top-two margin is below the margin (the
 prompts the study reranked), routes and generates through the runtime (k = 1, greedy, the task's max_tokens)
 and compares the kept adapter and its mean log-probabilities with the study's (docs/calibration/
-rerank-confidence.json's cache). Prints the agreement.
+rerank-confidence.json's cache). Prints the agreement, and the task score of the runtime's kept adapters against
+the study's over these prompts (the study's cached score of each (prompt, adapter) answer), so that a changed
+choice shows what it does to the accuracy over all prompts.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def main(argv=None) -> int:
     router = logo_cpp.LoGo(model, pool, k=1, rerank_margin=args.margin, cache_dir=False)
     rows = np.flatnonzero(margin < args.margin)
     same_top2 = same_choice = 0
+    runtime_score = study_score = 0.0
     diffs = []
     t0 = time.perf_counter()
     for i in rows:
@@ -62,11 +65,18 @@ def main(argv=None) -> int:
         expected = p.names[c2[i]] if study[1] > study[0] else p.names[c1[i]]
         same_top2 += info["candidates"] == [p.names[c1[i]], p.names[c2[i]]]
         same_choice += info["chosen"] == expected
+        runtime_score += data[key(i, p.names.index(info["chosen"]))]["score"]
+        study_score += data[key(i, p.names.index(expected))]["score"]
+        if info["chosen"] != expected:
+            print(f"  differs: prompt {i} ({it['task']}): study keeps {expected}, runtime {info['chosen']} "
+                  f"(mean log-probs study {study}, runtime {info['mean_logprobs']})")
         if info["mean_logprobs"] is not None and info["candidates"] == [p.names[c1[i]], p.names[c2[i]]]:
             diffs.append(np.max(np.abs(np.array(info["mean_logprobs"]) - study)))
     print(f"{args.pool_dir}: {len(rows)} prompts with margin < {args.margin} ({time.perf_counter() - t0:.0f} s): runtime top "
           f"two = study's {same_top2}, kept adapter = study's {same_choice}; mean log-probabilities differ by at most "
-          f"{max(diffs):.2e} (median {np.median(diffs):.2e})")
+          f"{max(diffs):.2e} (median {np.median(diffs):.2e}); task score of the kept adapters' answers: runtime "
+          f"{runtime_score:g}, study {study_score:g} (of {len(rows)}; over all {len(p.kept)} in-pool prompts that "
+          f"moves the accuracy by {(runtime_score - study_score) / len(p.kept):+.4f})")
     return 0
 
 
