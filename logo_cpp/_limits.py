@@ -6,3 +6,5 @@ import numpy as np
 
 INT32_MAX = 2**31 - 1
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # a larger float becomes inf as float32
+# logo/types.h kMaxTopLogprobs (OpenAI's bound on top_logprobs); tests check it against _core.max_top_logprobs.
+MAX_TOP_LOGPROBS = 20

@@ -158,6 +158,14 @@ class ChatSession:
             probe_tokens = self.model.tokenize(probe_text, add_special=True,
                                                parse_special=self.route_on == "conversation")[-self.model.n_ctx:]
             turn.routing = self.router.route(probe_tokens or tokens)
+            margin = getattr(self.router, "rerank_margin", None)
+            if margin is not None and getattr(self.router, "k", None) == 1:
+                # `chat --rerank`: a close top two both answer the whole prompt greedily and the adapter whose answer
+                # the model is more confident in is kept (logo_cpp.rerank); the reply is then generated (streamed)
+                # with it, so it starts after the choice.
+                from .rerank import rerank
+
+                rerank(self.model, self.pool, tokens, turn.routing, margin, self.max_tokens, None, False)
             mixture = turn.routing.as_dict() or None
         self.last = turn
         pieces: list[str] = []
@@ -199,6 +207,21 @@ def routing_line(routing, top: int = 4) -> str:
     return " · ".join(parts) + (f" · +{more} more" if more > 0 else "")
 
 
+def rerank_note(routing) -> str:
+    """What `--rerank` did on a turn, in one line ('' when it did not look): 'rerank: sql over math (mean
+    log-prob -0.41 vs -0.77), 812 ms' or 'rerank: top two 1.23 apart, not close'."""
+    info = getattr(routing, "rerank", None) if routing is not None else None
+    if not info or info["margin"] is None:
+        return ""
+    if not info["reranked"]:
+        return f"rerank: top two {info['margin']:.2f} apart, not close"
+    kept = info["candidates"].index(info["chosen"])
+    other = 1 - kept
+    ms = routing.timings.get("rerank_seconds", 0) * 1e3
+    return (f"rerank: {info['chosen']} over {info['candidates'][other]} (mean log-prob "
+            f"{info['mean_logprobs'][kept]:.2f} vs {info['mean_logprobs'][other]:.2f}), {ms:.0f} ms")
+
+
 def routing_detail(routing, pool) -> str:
     """Every adapter's signal, highest first, with the chosen mixture marked."""
     from .cli import weighting_text
@@ -223,6 +246,9 @@ def routing_detail(routing, pool) -> str:
         raw = f"  {fmt(routing.raw_signals[i])}" if calibrated else ""
         mark = f"  weight {chosen[name]:.3f}" if name in chosen else ""
         lines.append(f"  {name:<{width}}  {fmt(routing.signals[i])}{raw}{mark}")
+    note = rerank_note(routing)
+    if note:
+        lines.append(note)
     return "\n".join(lines)
 
 
@@ -389,8 +415,9 @@ class Terminal:
                                       f"{session.model.n_ctx}-token context)"))
                 if session.pool is not None:
                     probe_ms = turn.routing.timings.get("probe_seconds", 0) * 1e3 if turn.routing else 0
+                    note = rerank_note(turn.routing)
                     self.say(self.dim("[") + self.cyan(routing_line(turn.routing))
-                             + self.dim(f"]  probe {probe_ms:.0f} ms"))
+                             + self.dim(f"]  probe {probe_ms:.0f} ms" + (f"  {note}" if note else "")))
                 if first is not None:
                     sys.stdout.write(first)
                     sys.stdout.flush()
@@ -452,27 +479,36 @@ def run_chat(args) -> int:
     model = logo_cpp.Model(model_path, n_ctx=args.ctx, device=args.device, n_threads=args.threads)
     pool = logo_cpp.AdapterPool(model, adapter_paths) if adapter_paths and not args.no_adapters else None
     k = args.k if args.k is not None else DEFAULT_K
+    if args.rerank is not None:
+        if pool is None or not len(pool):
+            raise ValueError("--rerank needs adapters: it chooses between the two the router ranks first")
+        if args.k not in (None, 1):
+            raise ValueError(f"--rerank applies to --k 1 (got --k {args.k})")
+        k = 1
     from .cli import mixture_weight_kwargs
 
-    router = logo_cpp.LoGo(model, pool, k=min(k, len(pool)), **mixture_weight_kwargs(args)) if pool is not None else None
+    router = logo_cpp.LoGo(model, pool, k=min(k, len(pool)), rerank_margin=args.rerank,
+                           **mixture_weight_kwargs(args)) if pool is not None else None
     session = ChatSession(model, pool, router, system=args.system, max_tokens=args.max_tokens,
                           temperature=args.temperature, top_p=args.top_p, seed=args.seed, route_on=args.route_on)
     name = os.path.basename(str(model_path)).removesuffix(".gguf")
     routed = f"{len(pool)} adapters, LoGo k={router.k} on the {'last message' if session.route_on == 'last-user' else 'conversation'}" \
-        if pool is not None else "no adapters"
+        + (f", rerank under {args.rerank:g}" if args.rerank is not None else "") if pool is not None else "no adapters"
     banner = (f"logo-cpp chat · {name} · {routed} · context {args.ctx} tokens\n"
               "/help for commands, Ctrl-C stops an answer, Ctrl-D leaves")
     return Terminal(session, banner).loop()
 
 
 def add_arguments(p) -> None:
-    from .cli import add_cache_args, add_mixture_weight_args, positive_int, thread_count
+    from .cli import add_cache_args, add_mixture_weight_args, add_rerank_argument, positive_int, thread_count
 
     p.add_argument("--model", "-m", default=None, help="base model GGUF (default: the shipped SmolLM2-135M-Instruct)")
     p.add_argument("--adapters", "-a", nargs="+", default=[], help="adapter GGUF files or directories (with --model)")
     p.add_argument("--no-adapters", action="store_true", help="chat with the base model alone")
     p.add_argument("--k", type=positive_int, default=None, help=f"adapters per turn (default {DEFAULT_K})")
     add_mixture_weight_args(p)
+    add_rerank_argument(p, "sets --k 1; a reranked turn generates both candidates' answers first, then streams the "
+                           "reply with the kept adapter; the routing line shows the choice")
     add_cache_args(p)
     add_route_on_argument(p, "--route-on", "each turn")
     p.add_argument("--system", default=None, help="a system message")

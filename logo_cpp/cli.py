@@ -176,6 +176,18 @@ def cache_environment(args):
                 os.environ[name] = value
 
 
+def add_rerank_argument(p: argparse.ArgumentParser, cost: str) -> None:
+    """`--rerank [MARGIN]` (run, chat, serve): LoGo's confidence rerank at k = 1 (logo_cpp.rerank); ``cost`` says
+    what it costs where it is added."""
+    from .rerank import DEFAULT_RERANK_MARGIN
+
+    p.add_argument("--rerank", type=positive_float, nargs="?", const=DEFAULT_RERANK_MARGIN, default=None,
+                   metavar="MARGIN",
+                   help="LoGo at k 1: when the top two adapters' calibrated signals are closer than MARGIN (default "
+                        f"{DEFAULT_RERANK_MARGIN:g}), answer with both and keep the one the model is more confident "
+                        f"in ({cost})")
+
+
 def add_mixture_weight_args(p: argparse.ArgumentParser) -> None:
     """--mixture-weights / --mixture-temperature: LoGo's ``weights`` and ``temperature`` (route, run, eval,
     serve, chat), with router.WEIGHTINGS and router.DEFAULT_TEMPERATURE."""
@@ -444,8 +456,6 @@ def cmd_bench(args, rest: Sequence[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .rerank import DEFAULT_RERANK_MARGIN
-
     parser = argparse.ArgumentParser(prog="logo-cpp", description="Many LoRA adapters per input on local hardware "
                                      "(LoGo routing and mixtures on ggml).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -457,11 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", "-n", type=non_negative_int, default=128, help="tokens to generate at most (default 128)")
     p.add_argument("--temperature", type=temperature, default=0.0, help="sampling temperature (default 0: greedy)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
-    p.add_argument("--rerank", type=positive_float, nargs="?", const=DEFAULT_RERANK_MARGIN, default=None,
-                   metavar="MARGIN",
-                   help="LoGo at k 1: when the top two adapters' calibrated signals are closer than MARGIN (default "
-                        f"{DEFAULT_RERANK_MARGIN:g}), answer with both and keep the one the model is more confident "
-                        "in (one more generation; the answer is printed whole, not streamed)")
+    add_rerank_argument(p, "one more generation; the answer is printed whole, not streamed")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("route", help="print the routing of a prompt only")

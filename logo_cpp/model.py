@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _core
 from ._closing import CoreHandle
-from ._limits import INT32_MAX
+from ._limits import INT32_MAX, MAX_TOP_LOGPROBS
 from ._text import as_bytes
 
 # Text (str, or bytes passed to the tokenizer unchanged) or token ids.
@@ -31,8 +31,6 @@ class Timings:
     decode_tokens_per_second: float
 
 
-# OpenAI's bound on top_logprobs (logo/types.h kMaxTopLogprobs).
-MAX_TOP_LOGPROBS = _core.max_top_logprobs
 
 
 @dataclass

@@ -164,6 +164,7 @@ def test_bad_arguments_are_named(small, kwargs, match):
 def test_the_core_validates_too(small):
     """C++ users get invalid_argument (ValueError here) from GenerateOptions::validate, not an out-of-range read."""
     model, _ = small
+    assert logo_cpp.model.MAX_TOP_LOGPROBS == _core.max_top_logprobs == 20
     session = _core.Session(model._core, n_ctx=64, n_seq=1)
     ids = model.tokenize(PROMPTS[0])
     with pytest.raises(ValueError, match="top_logprobs must be in \\[0, 20\\], got 50"):

@@ -341,7 +341,9 @@ BAD = [
     ({"prompt": "x", "seed": -5}, 400, "seed", "greater than or equal to 0"),
     ({"prompt": "x", "stop": [""]}, 400, "stop", "must not be empty"),
     ({"prompt": "x", "n": 0}, 400, "n", "greater than or equal to 1"),
-    ({"prompt": "x", "logprobs": 3}, 400, "logprobs", "not supported"),
+    ({"prompt": "x", "logprobs": 21}, 400, "logprobs", "less than or equal to 20"),
+    ({"prompt": "x", "logprobs": True}, 400, "logprobs", "must be an integer"),
+    ({"prompt": "x", "top_logprobs": 2}, 400, "top_logprobs", "not supported"),
     ({"prompt": "x", "presence_penalty": 1.0}, 400, "presence_penalty", "not supported"),
     ({"prompt": "x", "echo": True}, 400, "echo", "not supported"),
     ({"prompt": ""}, 400, "prompt", "empty"),
@@ -451,6 +453,12 @@ BAD_CHAT = [
      "max_completion_tokens", "less than or equal to 2147483647"),
     ({"model": "logo", "messages": [{"role": "user", "content": "x"}], "prompt": "x"}, 400, "prompt",
      "POST /v1/completions"),
+    ({"model": "logo", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}, 400, "top_logprobs",
+     "needs logprobs: true"),
+    ({"model": "logo", "messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21}, 400,
+     "top_logprobs", "less than or equal to 20"),
+    ({"model": "logo", "messages": [{"role": "user", "content": "x"}], "logprobs": 1}, 400, "logprobs",
+     "must be true or false"),
 ]
 
 
@@ -709,7 +717,7 @@ CHANGES_THE_ANSWER = [
     ("repeat_penalty", 1.1), ("repetition_penalty", 1.2), ("presence_penalty", 0.5), ("frequency_penalty", -0.5),
     ("grammar", 'root ::= "a"'), ("json_schema", {"type": "object"}), ("typical_p", 0.5), ("mirostat", 2),
     ("n_probs", 3), ("dry_multiplier", 0.8), ("xtc_probability", 0.5), ("samplers", ["top_k", "temperature"]),
-    ("top_n_sigma", 1.0), ("dynatemp_range", 0.5), ("min_keep", 5), ("logit_bias", {"5": 10}), ("logprobs", 2),
+    ("top_n_sigma", 1.0), ("dynatemp_range", 0.5), ("min_keep", 5), ("logit_bias", {"5": 10}),
     ("functions", [{"name": "f", "parameters": {}}]), ("function_call", {"name": "f"}), ("tool_choice", "required"),
     ("tools", [{"type": "function", "function": {"name": "f"}}]), ("reasoning_effort", "high"),
     ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),

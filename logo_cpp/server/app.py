@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HttpRoute
 
 from ..chat import DEFAULT_ROUTE_ON, route_on_choice
+from ..rerank import check_margin
 from ..router import WEIGHTINGS, _check_temperature, default_weighting
 from .engine import Engine, Job, Route
 from .protocol import ApiError, ChatRequest, CompletionRequest, calibrations, parse
@@ -62,6 +63,9 @@ class ServerConfig:
     # Compute the router's calibration statistics when the server starts (before it takes requests), not in the
     # first routed request, where every request would wait behind them.
     warm_up: bool = True
+    # `--rerank [MARGIN]`: routed requests at k = 1 with calibrated routing rerank a close top two (logo_cpp.rerank)
+    # before they start; None: off (the default router alone).
+    rerank_margin: Optional[float] = None
 
 
 def default_max_body_bytes(n_ctx: int) -> int:
@@ -108,12 +112,16 @@ class Server:
             raise ValueError(f"unknown mixture_weights {config.mixture_weights!r}; use one of {', '.join(WEIGHTINGS)}")
         if config.mixture_temperature is not None:
             _check_temperature(config.mixture_temperature)  # ValueError naming temperature
+        config.rerank_margin = check_margin(config.rerank_margin)
+        if config.rerank_margin is not None and (config.k != 1 or config.calibration == "none"):
+            raise ValueError("--rerank applies to routing at k = 1 (--k 1) with calibrated signals (a --calibration "
+                             f"other than 'none'); this server has k = {config.k}, calibration {config.calibration!r}")
         self.model = model
         self.pool = pool
         self.config = config
         self.created = int(time.time())
         self.engine = Engine(model, pool, n_slots=config.n_slots, n_ctx=config.n_ctx, max_queue=config.max_queue,
-                             n_batch=config.n_batch, layout=config.layout)
+                             n_batch=config.n_batch, layout=config.layout, rerank_margin=config.rerank_margin)
         self.warm_up_seconds: Optional[float] = None
         self.warm_up_routes: list[Route] = []
         if config.warm_up:
@@ -242,7 +250,7 @@ class Server:
         for prompt, probe in prompts:
             limit = self.config.n_ctx if max_tokens is None else min(max_tokens, self.config.n_ctx)
             for _ in range(req.n):
-                sampling = dict(req.sampling(), max_tokens=limit, seed=seed + len(jobs))
+                sampling = dict(req.sampling(), **req.logprob_options(), max_tokens=limit, seed=seed + len(jobs))
                 jobs.append(Job(prompt=prompt, probe_tokens=probe, route=route, sampling=sampling, loop=loop,
                                 index=len(jobs), events=events))
         return jobs

@@ -9,8 +9,9 @@ called from the asyncio side), so a client gone during a long prefill frees its 
 slots wait in a bounded queue; a full queue refuses new ones (the HTTP layer answers 503).
 
 Results travel to the asyncio side as (job, kind, payload) on each job's queue, handed over with one
-``call_soon_threadsafe`` per step; kind is "routing" (dict, first), "text" (str), "done" (token counts and
-finish reason) or "error" (ApiError).
+``call_soon_threadsafe`` per step; kind is "routing" (dict, first), "logprobs" (the binding's logprob tuples of
+the tokens of that step, when the job asked for them; before the step's text), "text" (str), "done" (token counts
+and finish reason) or "error" (ApiError).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .. import _core
+from .. import rerank as _rerank
 from ..router import LoGo
 from .protocol import ApiError
 
@@ -60,7 +62,8 @@ class Job:
     prompt: list[int]
     probe_tokens: list[int]     # what the router probes (the prompt, or the last user message of a chat)
     route: Route
-    sampling: dict              # max_tokens, temperature, top_k, top_p, min_p, seed, stop, ignore_eos
+    sampling: dict              # max_tokens, temperature, top_k, top_p, min_p, seed, stop, ignore_eos, logprobs,
+                                # top_logprobs
     loop: asyncio.AbstractEventLoop
     index: int = 0              # the choice it answers in its HTTP response
     id: int = 0
@@ -79,9 +82,13 @@ class Engine:
     asyncio loop; everything that touches the model runs on the engine's own thread."""
 
     def __init__(self, model, pool, *, n_slots: int, n_ctx: int, max_queue: int, n_batch: int = 512,
-                 layout: str = "auto"):
+                 layout: str = "auto", rerank_margin: Optional[float] = None):
         self.model = model
         self.pool = pool
+        # `logo-cpp serve --rerank`: routed k = 1 requests with calibrated routing are reranked (logo_cpp.rerank)
+        # before they start. The two candidates' greedy answers are generated here, on the engine thread, with the
+        # model's own session: the running requests wait meanwhile (a reranked prompt costs about two generations).
+        self.rerank_margin = _rerank.check_margin(rerank_margin)
         self.n_slots = n_slots
         self.n_ctx = n_ctx
         self.max_queue = max_queue
@@ -238,7 +245,8 @@ class Engine:
         event = self.batch.start(job.id, job.prompt, max_tokens=s["max_tokens"], temperature=s["temperature"],
                                  top_k=s["top_k"], top_p=s["top_p"], min_p=s["min_p"], seed=s["seed"],
                                  stop=s["stop"], ignore_eos=s["ignore_eos"],
-                                 pool=self.pool._core if selection else None, selection=selection)
+                                 pool=self.pool._core if selection else None, selection=selection,
+                                 logprobs=s.get("logprobs", False), top_logprobs=s.get("top_logprobs", 0))
         self.stats["started"] += 1
         if event[2] and event[3]["finish_reason"] == "cancelled":  # aborted during its prefill: its client is gone
             self.stats["cancelled"] += 1
@@ -261,11 +269,18 @@ class Engine:
             return ([n for n, _ in route.mixture], selection,
                     {"method": route.method, "adapters": [{"name": n, "weight": float(w)} for n, w in route.mixture]})
         r = self._router(route).route(job.probe_tokens)
+        reranked = self.rerank_margin is not None and route.k == 1 and route.calibration != "none"
+        if reranked:
+            s = job.sampling
+            _rerank.rerank(self.model, self.pool, job.prompt, r, self.rerank_margin, s["max_tokens"], s["stop"],
+                           s["ignore_eos"])
         weights = [float(w) for w in r.weights]
         report = {"method": "logo", "adapters": [{"name": n, "weight": w} for n, w in zip(r.names, weights)],
                   "k": route.k, "signal": route.signal, "probe": route.probe, "calibration": route.calibration,
                   "weights": r.weighting, "temperature": r.temperature,
                   "probe_ms": round(1000 * r.timings.get("probe_seconds", 0.0), 3)}
+        if reranked:
+            report["rerank"] = dict(r.rerank, rerank_ms=round(1000 * r.timings.get("rerank_seconds", 0.0), 3))
         return r.names, list(zip(r.indices, weights)), report
 
     def _router(self, route: Route) -> LoGo:
@@ -303,8 +318,10 @@ class Engine:
 
     @staticmethod
     def _translate(job: Job, event) -> list:
-        _, text, finished, completion, _ = event
+        _, text, finished, completion, entries = event
         out = []
+        if entries:
+            out.append(("logprobs", entries))
         piece = job.decoder.decode(text, final=finished)
         if piece:
             out.append(("text", piece))

@@ -24,7 +24,7 @@ MISSING_EXTRA = ('logo-cpp serve needs the server extra (Starlette, uvicorn, pyd
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..chat import add_route_on_argument
-    from ..cli import add_cache_args, add_mixture_weight_args, thread_count
+    from ..cli import add_cache_args, add_mixture_weight_args, add_rerank_argument, thread_count
 
     p.add_argument("--model", "-m", default=None,
                    help="base model GGUF file (default: the shipped default model, SmolLM2-135M-Instruct)")
@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="LoGo: how signals are calibrated before ranking (logo_cpp.router.CALIBRATIONS; "
                         "default: the router's default; 'none' is the paper's raw signal)")
     add_mixture_weight_args(p)
+    add_rerank_argument(p, "needs --k 1; a reranked request's two candidate answers are generated before it starts, "
+                           "while the running requests wait; the routing field reports the choice")
     add_cache_args(p)
     add_route_on_argument(p, "--chat-route-on", "for a chat request (completions probe their prompt)")
     p.add_argument("--mixture-layout", default="auto", choices=["auto", "stacked", "pooled"],
@@ -157,7 +159,8 @@ def load(args, say=None) -> Loaded:
                           chat_route_on=args.chat_route_on, layout=args.mixture_layout, n_batch=args.batch_size,
                           model_name=Path(model_path).name,
                           allow_origins=list(args.allow_origin),
-                          max_body_bytes=None if max_body is None else int(max_body * 2**20))
+                          max_body_bytes=None if max_body is None else int(max_body * 2**20),
+                          rerank_margin=args.rerank)
     if say is not None and len(pool):
         say(f"logo-cpp serve: {Path(model_path).name} and {len(pool)} adapters loaded; preparing the routing statistics "
             f"(seconds on a first start; Ctrl-C stops)")

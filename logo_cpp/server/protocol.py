@@ -27,7 +27,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # Mixture weights, scales and LoGo's temperature reach the C++ core as float32, counts (tokens, top_k, k) as int32.
-from .._limits import FLOAT32_MAX, INT32_MAX
+from .._limits import FLOAT32_MAX, INT32_MAX, MAX_TOP_LOGPROBS
 
 MAX_STOP = 16      # OpenAI allows 4; llama-server any number: a bound keeps the stop search cheap
 MAX_CHOICES = 16   # n (and prompts x n) per request; each choice takes a slot
@@ -48,7 +48,7 @@ def _same(value: Any, neutral: Any) -> bool:
 # accepted only at a neutral value (the answer is then the one without it), any other value is a 400 naming it.
 # Parameters whose neutral values are all numbers are numbers (a string or NaN is refused as such).
 NOT_IMPLEMENTED: dict[str, tuple] = {
-    "logprobs": (False, 0), "top_logprobs": (0,), "n_probs": (0,),          # token probabilities
+    "top_logprobs": (0,), "n_probs": (0,),              # token probabilities (chat's top_logprobs is a field)
     "post_sampling_probs": (False,), "return_tokens": (False,),
     "presence_penalty": (0,), "frequency_penalty": (0,),                    # penalties
     "repeat_penalty": (1,), "repetition_penalty": (1,), "dry_multiplier": (0,),
@@ -259,7 +259,7 @@ class _Common(_Body):
         for name, value in data.items():
             if value is None:
                 continue
-            if name in cls.model_fields and name not in NOT_IMPLEMENTED:
+            if name in cls.model_fields:  # implemented by this request kind (chat's top_logprobs)
                 kept[name] = value
             elif name in NOT_IMPLEMENTED:
                 _check_neutral(name, value)
@@ -279,8 +279,8 @@ class _Common(_Body):
     def _flags(cls, v):
         return _boolean(v)
 
-    @field_validator("top_k", "n", "seed", "max_tokens", "max_completion_tokens", "best_of", mode="before",
-                     check_fields=False)  # the last three are fields of one request kind only
+    @field_validator("top_k", "n", "seed", "max_tokens", "max_completion_tokens", "best_of", "top_logprobs",
+                     mode="before", check_fields=False)  # the last four are fields of one request kind only
     @classmethod
     def _integers(cls, v):
         return _integer(v)
@@ -338,6 +338,14 @@ class CompletionRequest(_Common):
     echo: bool = False
     best_of: Optional[int] = None
     suffix: Optional[str] = None
+    # OpenAI's legacy completions: the log-probability of each token and of its `logprobs` most likely alternatives
+    # (OpenAI allows at most 5; this server MAX_TOP_LOGPROBS, as chat's top_logprobs). null: none.
+    logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @field_validator("logprobs", mode="before")
+    @classmethod
+    def _logprobs(cls, v):
+        return _integer(v)
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -370,6 +378,10 @@ class CompletionRequest(_Common):
         if self.suffix:
             raise _Unsupported("suffix")
         return self
+
+    def logprob_options(self) -> dict:
+        """The runtime's logprobs / top_logprobs for this request."""
+        return dict(logprobs=self.logprobs is not None, top_logprobs=self.logprobs or 0)
 
     def prompts(self) -> list[Union[str, list[int]]]:
         p = self.prompt
@@ -446,6 +458,14 @@ class ChatRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: Optional[int] = Field(default=None, ge=0, le=INT32_MAX)  # None: until the end of text or context
     max_completion_tokens: Optional[int] = Field(default=None, ge=0, le=INT32_MAX)
+    # OpenAI's chat log-probabilities: each content token's, and top_logprobs alternatives (needs logprobs: true).
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @field_validator("logprobs", mode="before")
+    @classmethod
+    def _logprobs(cls, v):
+        return _boolean(v)
 
     @model_validator(mode="before")
     @classmethod
@@ -473,6 +493,8 @@ class ChatRequest(_Common):
             for name in ("tool_calls", "function_call"):
                 if getattr(m, name):
                     raise _Unsupported(f"messages.{i}.{name}", "this server has no tools")
+        if self.top_logprobs and not self.logprobs:
+            raise _Conflict("top_logprobs", f"top_logprobs ({self.top_logprobs}) needs logprobs: true, as in OpenAI's API")
         if (self.max_tokens is not None and self.max_completion_tokens is not None
                 and self.max_tokens != self.max_completion_tokens):
             raise _Conflict("max_completion_tokens", f"max_tokens ({self.max_tokens}) and max_completion_tokens "
@@ -482,6 +504,10 @@ class ChatRequest(_Common):
 
     def token_limit(self) -> Optional[int]:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def logprob_options(self) -> dict:
+        """The runtime's logprobs / top_logprobs for this request."""
+        return dict(logprobs=self.logprobs, top_logprobs=self.top_logprobs or 0)
 
 
 class _Unsupported(ValueError):

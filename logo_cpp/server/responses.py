@@ -14,6 +14,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .engine import Job
+from .logprobs import CompletionLogprobs, chat_content, chat_logprobs
 from .protocol import ApiError
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
@@ -184,12 +185,15 @@ async def respond(engine, request: Request, jobs: list[Job], req, *, chat: bool)
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
         texts = {i: [] for i in range(len(jobs))}
+        entries: dict[int, list] = {i: [] for i in range(len(jobs))}
         done: dict[int, dict] = {}
         pending = list(early)
         while True:
             for index, kind, payload in pending:
                 if kind == "text":
                     texts[index].append(payload)
+                elif kind == "logprobs":
+                    entries[index].extend(payload)
                 elif kind == "done":
                     done[index] = payload
             pending = []
@@ -201,14 +205,19 @@ async def respond(engine, request: Request, jobs: list[Job], req, *, chat: bool)
     finally:
         exchange.close()
     choices = []
+    piece = engine.model._core.token_piece
     for i in range(len(jobs)):
         text = "".join(texts[i])
         finish = FINISH.get(done[i]["finish_reason"], done[i]["finish_reason"])
+        logprobs = None
+        if jobs[i].sampling.get("logprobs"):
+            logprobs = (chat_logprobs(chat_content(piece, entries[i])) if chat
+                        else CompletionLogprobs(piece).take(entries[i]))
         if chat:
-            choices.append({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            choices.append({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                             "finish_reason": finish})
         else:
-            choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": finish})
+            choices.append({"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish})
     return JSONResponse({
         "id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
         "model": req.model, "system_fingerprint": None, "choices": choices, "usage": _usage(jobs, done),
@@ -217,34 +226,47 @@ async def respond(engine, request: Request, jobs: list[Job], req, *, chat: bool)
 
 
 def _merge_text(events: list) -> list:
-    """Adjacent text events of one choice as one (fewer chunks when a client reads slower than tokens come)."""
+    """Adjacent text and logprobs events of one choice as one ("delta", (text, logprob entries)) event (fewer
+    chunks when a client reads slower than tokens come; a chunk carries its tokens' log-probabilities)."""
     merged: list = []
     for index, kind, payload in events:
-        if kind == "text" and merged and merged[-1][1] == "text" and merged[-1][0] == index:
-            merged[-1] = (index, kind, merged[-1][2] + payload)
-        else:
+        if kind not in ("text", "logprobs"):
             merged.append((index, kind, payload))
+            continue
+        text, entries = (payload, []) if kind == "text" else ("", list(payload))
+        if merged and merged[-1][1] == "delta" and merged[-1][0] == index:
+            before_text, before_entries = merged[-1][2]
+            merged[-1] = (index, "delta", (before_text + text, before_entries + entries))
+        else:
+            merged.append((index, "delta", (text, entries)))
     return merged
 
 
 async def _stream(exchange: Exchange, early: list, routings: dict, rid: str, created: int, model: str, chat: bool,
                   include_usage: bool) -> AsyncIterator[str]:
     """OpenAI's chunks as server-sent events, ending with `data: [DONE]`. The first chunk of each choice
-    carries its routing (and, for chat, the assistant role)."""
+    carries its routing (and, for chat, the assistant role). With logprobs a chunk carries those of the tokens
+    generated since the last one; its text may lag behind them (text is sent once it is complete UTF-8 and cannot
+    begin a stop string), so a chunk may hold log-probabilities and no text."""
     obj = "chat.completion.chunk" if chat else "text_completion"
     announced: set[int] = set()
     done: dict[int, dict] = {}
+    piece = exchange.engine.model._core.token_piece
+    legacy = {i: CompletionLogprobs(piece) for i in range(len(exchange.jobs))}
 
-    def chunk(index: int, text: Optional[str], finish: Optional[str]) -> str:
+    def chunk(index: int, text: Optional[str], finish: Optional[str], entries: Optional[list] = None) -> str:
+        logprobs = None
+        if entries:
+            logprobs = chat_logprobs(chat_content(piece, entries)) if chat else legacy[index].take(entries)
         if chat:
             delta: dict = {}
             if index not in announced:
                 delta["role"] = "assistant"
             if text is not None:
                 delta["content"] = text
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         else:
-            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
         body = {"id": rid, "object": obj, "created": created, "model": model, "system_fingerprint": None,
                 "choices": [choice]}
         if index not in announced:
@@ -261,8 +283,8 @@ async def _stream(exchange: Exchange, early: list, routings: dict, rid: str, cre
         pending = _merge_text(list(early))
         while True:
             for index, kind, payload in pending:
-                if kind == "text":
-                    yield chunk(index, payload, None)
+                if kind == "delta":
+                    yield chunk(index, payload[0], None, payload[1])
                 elif kind == "done":
                     done[index] = payload
                     yield chunk(index, None if chat else "", FINISH.get(payload["finish_reason"], "stop"))
