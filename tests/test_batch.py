@@ -219,7 +219,7 @@ def test_abort_stops_a_prefill_between_chunks_and_the_others_go_on(model_dir, ad
     done = {}
 
     def step():
-        for rid, _, finished, completion in batch.step():
+        for rid, _, finished, completion, _ in batch.step():
             if finished:
                 done[rid] = completion
     for _ in range(4):
@@ -240,7 +240,7 @@ def test_abort_stops_a_prefill_between_chunks_and_the_others_go_on(model_dir, ad
 
     thread = threading.Thread(target=abort_soon)
     thread.start()
-    rid, text, finished, completion = batch.start(3, long, max_tokens=8, **greedy)
+    rid, text, finished, completion, _ = batch.start(3, long, max_tokens=8, **greedy)
     returned = time.perf_counter()
     thread.join()
     assert rid == 3 and finished and text == b""
