@@ -41,6 +41,13 @@ std::vector<std::string> from_bytes(const std::vector<nb::bytes> & list) {
     return out;
 }
 
+// GenerateOptions::fold by name; the Python layer checks first and raises ValueError naming the choices.
+logo::FoldMode fold_mode(const std::string & name) {
+    if (name == "exact") return logo::FoldMode::exact;
+    if (name == "requantize") return logo::FoldMode::requantize;
+    throw std::invalid_argument("fold must be 'exact' or 'requantize', got '" + name + "'");
+}
+
 logo::RouterOptions router_options(int k, const std::string & signal, const std::string & probe,
                                    const std::vector<int> & layers, const std::string & module,
                                    const std::string & calibration, const std::string & position,
@@ -280,16 +287,17 @@ NB_MODULE(_core, m) {
         .def("truncate", &logo::Context::truncate, "seq"_a, "length"_a)
         .def("evaluate",
              [](logo::Context & c, int first_seq, int n_seq, const std::vector<int32_t> & tokens, bool all_logits,
-                const logo::AdapterPool * pool, const std::vector<logo::Mixture> & selections) {
+                const logo::AdapterPool * pool, const std::vector<logo::Mixture> & selections, const std::string & fold) {
+                 const logo::FoldMode mode = fold_mode(fold);
                  std::vector<float> logits;
                  {
                      nb::gil_scoped_release release;
-                     logits = c.evaluate(first_seq, n_seq, tokens, all_logits, pool, selections);
+                     logits = c.evaluate(first_seq, n_seq, tokens, all_logits, pool, selections, mode);
                  }
                  return as_matrix(std::move(logits), size_t(c.n_vocab()));
              },
              "first_seq"_a, "n_seq"_a, "tokens"_a, "all_logits"_a = false, "pool"_a = nb::none(),
-             "selections"_a = std::vector<logo::Mixture>{},
+             "selections"_a = std::vector<logo::Mixture>{}, "fold"_a = "exact",
              "Append tokens (sequence-major, equal count per sequence) and return logits.")
         .def("block_input",
              [](logo::Context & c, int seq, const std::vector<int32_t> & tokens, int layer) {
@@ -320,8 +328,10 @@ NB_MODULE(_core, m) {
              [](logo::Context & c, const std::vector<std::vector<int32_t>> & prompts, int max_tokens, float temperature,
                 int top_k, float top_p, float min_p, uint64_t seed, const std::vector<nb::bytes> & stop,
                 bool ignore_eos, nb::object on_text, const logo::AdapterPool * pool,
-                const std::vector<logo::Mixture> & selections, bool logprobs, int top_logprobs) {
+                const std::vector<logo::Mixture> & selections, bool logprobs, int top_logprobs,
+                const std::string & fold) {
                  logo::GenerateOptions o;
+                 o.fold = fold_mode(fold);
                  o.max_tokens = max_tokens;
                  o.sampling = {temperature, top_k, top_p, min_p, seed};
                  o.stop = from_bytes(stop);
@@ -348,7 +358,23 @@ NB_MODULE(_core, m) {
              "prompts"_a, "max_tokens"_a = 128, "temperature"_a = 0.8f, "top_k"_a = 40, "top_p"_a = 0.95f,
              "min_p"_a = 0.05f, "seed"_a = 0, "stop"_a = std::vector<nb::bytes>{}, "ignore_eos"_a = false,
              "on_text"_a = nb::none(), "pool"_a = nb::none(), "selections"_a = std::vector<logo::Mixture>{},
-             "logprobs"_a = false, "top_logprobs"_a = 0);
+             "logprobs"_a = false, "top_logprobs"_a = 0, "fold"_a = "exact")
+        .def("folded_weights",
+             [](logo::Context & c, const logo::AdapterPool & pool, const logo::Mixture & selection, const std::string & fold) {
+                 const logo::FoldMode mode = fold_mode(fold);
+                 std::vector<logo::FoldedWeight> weights;
+                 {
+                     nb::gil_scoped_release release;
+                     weights = c.folded_weights(pool, selection, mode);
+                 }
+                 nb::list out;
+                 for (const auto & w : weights) {
+                     out.append(nb::make_tuple(w.name, w.type, nb::bytes(reinterpret_cast<const char *>(w.data.data()), w.data.size())));
+                 }
+                 return out;
+             },
+             "pool"_a, "selection"_a, "fold"_a = "requantize",
+             "The adapted weights with the mixture folded in: a list of (GGUF name, ggml type name, plain bytes).");
 
     bind_batch(m);
 

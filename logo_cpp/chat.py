@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
+from .model import check_fold
+
 DEFAULT_MAX_TOKENS = 256
 # What the router reads on a chat turn, one vocabulary for `logo-cpp chat --route-on` and `logo-cpp serve
 # --chat-route-on`: "last-user", the last user message as raw text, or "conversation", the templated conversation
@@ -96,11 +98,13 @@ class ChatSession:
     top_p: float = 0.9
     seed: Optional[int] = None
     route_on: str = DEFAULT_ROUTE_ON
+    fold: str = "exact"                             # Model.generate's fold (FOLD_MODES); "requantize" is lossy
     messages: list = field(default_factory=list)   # user and assistant turns, oldest first
     last: Optional[Turn] = None
 
     def __post_init__(self):
         self.route_on = route_on_choice(self.route_on)
+        check_fold(self.fold)
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
         # The sampling settings are checked now, not at the first reply, so a bad flag stops the chat at once.
@@ -171,7 +175,7 @@ class ChatSession:
         pieces: list[str] = []
         t0 = time.perf_counter()
         stream = self.model.generate(tokens, max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
-                                     seed=self.seed, stream=True, adapters=mixture)
+                                     seed=self.seed, stream=True, adapters=mixture, fold=self.fold)
         try:
             for piece in stream:
                 if not pieces:
@@ -490,7 +494,8 @@ def run_chat(args) -> int:
     router = logo_cpp.LoGo(model, pool, k=min(k, len(pool)), rerank_margin=args.rerank,
                            **mixture_weight_kwargs(args)) if pool is not None else None
     session = ChatSession(model, pool, router, system=args.system, max_tokens=args.max_tokens,
-                          temperature=args.temperature, top_p=args.top_p, seed=args.seed, route_on=args.route_on)
+                          temperature=args.temperature, top_p=args.top_p, seed=args.seed, route_on=args.route_on,
+                          fold=args.fold)
     name = os.path.basename(str(model_path)).removesuffix(".gguf")
     routed = f"{len(pool)} adapters, LoGo k={router.k} on the {'last message' if session.route_on == 'last-user' else 'conversation'}" \
         + (f", rerank under {args.rerank:g}" if args.rerank is not None else "") if pool is not None else "no adapters"
@@ -500,7 +505,7 @@ def run_chat(args) -> int:
 
 
 def add_arguments(p) -> None:
-    from .cli import add_cache_args, add_mixture_weight_args, add_rerank_argument, positive_int, thread_count
+    from .cli import add_cache_args, add_fold_arg, add_mixture_weight_args, add_rerank_argument, positive_int, thread_count
 
     p.add_argument("--model", "-m", default=None, help="base model GGUF (default: the shipped SmolLM2-135M-Instruct)")
     p.add_argument("--adapters", "-a", nargs="+", default=[], help="adapter GGUF files or directories (with --model)")
@@ -510,6 +515,7 @@ def add_arguments(p) -> None:
     add_rerank_argument(p, "sets --k 1; a reranked turn generates both candidates' answers first, then streams the "
                            "reply with the kept adapter; the routing line shows the choice")
     add_cache_args(p)
+    add_fold_arg(p)
     add_route_on_argument(p, "--route-on", "each turn")
     p.add_argument("--system", default=None, help="a system message")
     p.add_argument("--max-tokens", "-n", type=positive_int, default=DEFAULT_MAX_TOKENS, help="longest reply (tokens)")

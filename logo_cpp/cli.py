@@ -202,6 +202,17 @@ def add_mixture_weight_args(p: argparse.ArgumentParser) -> None:
                         "on the top adapter)")
 
 
+def add_fold_arg(p: argparse.ArgumentParser) -> None:
+    """--fold: how the chosen mixture is computed while it generates (Model.generate's ``fold``; run, chat)."""
+    from .model import FOLD_MODES
+
+    p.add_argument("--fold", default="exact", choices=FOLD_MODES,
+                   help="exact (default): the adapters' terms as defined; requantize: fold the mixture into copies "
+                        "of the adapted weights in their own type, W' = quantize(dequantize(W) + sum w s B A), "
+                        "LOSSY on quantized models (every adapted weight moves by up to a quantization step; "
+                        "docs/mixtures-on-quantized-bases.md section 11), but decoding costs exactly the base's")
+
+
 def mixture_weight_kwargs(args) -> dict:
     """LoGo's ``weights`` / ``temperature`` from --mixture-weights / --mixture-temperature (None: the default)."""
     return {"weights": args.mixture_weights, "temperature": args.mixture_temperature}
@@ -305,7 +316,7 @@ def cmd_run(args) -> int:
     if args.rerank is not None and (args.router != "logo" or args.k != 1):
         raise ValueError("--rerank applies to --router logo with --k 1")
     router = _router(args, model, pool)
-    gen = dict(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    gen = dict(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed, fold=args.fold)
     if args.rerank is not None:
         out = router.generate(args.prompt, **gen)  # the rerank needs the candidates' answers: no streaming
         routing = out.routing
@@ -468,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=temperature, default=0.0, help="sampling temperature (default 0: greedy)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     add_rerank_argument(p, "one more generation; the answer is printed whole, not streamed")
+    add_fold_arg(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("route", help="print the routing of a prompt only")

@@ -120,6 +120,20 @@ def _random_seed() -> int:
 # "function" (OpenAI's deprecated role for a function's result) and anything else are refused: a template
 # given a role it does not know renders it as plain text or drops it, so the model would see another prompt
 # than the caller meant.
+# What a fixed mixture becomes while it generates (``fold=`` of Model.generate/logits and the routers' generate;
+# C++ logo::FoldMode, logo/types.h). "exact" (the default) computes the adapters' terms as they are defined;
+# "requantize" folds the mixture into copies of the adapted weights in their own type (LOSSY on quantized
+# weights, exact mode's fold on F32/F16/BF16): see Model.generate.
+FOLD_MODES = ("exact", "requantize")
+
+
+def check_fold(fold: Any) -> str:
+    """``fold`` if it is one of FOLD_MODES, else ValueError naming the field and the choices."""
+    if not isinstance(fold, str) or fold not in FOLD_MODES:
+        raise ValueError(f"fold must be one of {', '.join(repr(m) for m in FOLD_MODES)}, got {fold!r}")
+    return fold
+
+
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
@@ -317,14 +331,17 @@ class Model:
         return self._check_tokens(prompt)
 
     # -- evaluation --------------------------------------------------------------------------------
-    def logits(self, tokens: Sequence[int], *, adapters: Optional[Mapping[str, float]] = None) -> np.ndarray:
+    def logits(self, tokens: Sequence[int], *, adapters: Optional[Mapping[str, float]] = None,
+               fold: str = "exact") -> np.ndarray:
         """Logits at every position, float32 of shape (n_tokens, n_vocab), from an empty context;
-        with ``adapters`` ({"name": weight}) the fixed mixture acts in every adapted linear map."""
+        with ``adapters`` ({"name": weight}) the fixed mixture acts in every adapted linear map, computed as
+        ``fold`` says (FOLD_MODES; "requantize" is lossy on quantized weights: see generate())."""
+        check_fold(fold)
         ids = self._check_tokens(tokens)
         mixture = {}
         if adapters is not None:
             pool, selection = self._resolve_mixture(adapters)
-            mixture = dict(pool=pool._core, selections=[selection])
+            mixture = dict(pool=pool._core, selections=[selection], fold=fold)
         with self._lock:
             self._session.clear(0)
             out = self._session.evaluate(0, 1, ids, all_logits=True, **mixture)
@@ -379,6 +396,7 @@ class Model:
         adapters: Optional[Mapping[str, float]] = None,
         logprobs: bool = False,
         top_logprobs: int = 0,
+        fold: str = "exact",
     ) -> Union[Completion, "CompletionStream"]:
         """Generates a continuation of ``prompt`` (str, bytes passed to the tokenizer unchanged, or token ids).
 
@@ -390,13 +408,33 @@ class Model:
         ``logprobs=True`` fills ``Completion.logprobs`` (one TokenLogprob per generated token: log-softmax of the raw
         logits at temperature 1, as OpenAI reports it) and ``Completion.eos``; ``top_logprobs`` (0 to 20) adds that
         many most likely alternatives per token. They cost a log-softmax over the vocabulary per token.
+
+        ``adapters`` ({"name": weight}) generates with that fixed mixture, sum_i w_i (alpha_i / r_i) B_i A_i added
+        to every adapted weight W. ``fold`` says how it is computed:
+
+        - ``"exact"`` (default): the adapters' terms as defined (a low-rank pair beside W on quantized bases,
+          README "How a mixture is applied"; over F32/F16/BF16 weights a generation of >= 16 tokens folds the
+          mixture into copies of the weights, rounded once to their type).
+        - ``"requantize"``: **lossy on quantized bases**. The mixture is folded into copies of the adapted
+          weights in their own type, ``W' = quantize_T(dequantize(W) + sum_i w_i s_i B_i A_i)`` (T: W's ggml
+          type, quantized by ggml's quantizer for T; the delta in float32 from the adapters as stored), the way
+          llama.cpp's export-lora merges a LoRA into a quantized model. Decoding then costs exactly what the
+          base costs for any number of adapters, but every adapted weight moves by up to one quantization step
+          of its block, an error of the size of the base's own quantization (measured on SmolLM2 in
+          docs/mixtures-on-quantized-bases.md section 11). Over F32/F16/BF16 weights it is the exact fold, at
+          any length. Types: every ggml type the device can both dequantize and quantize (on the CPU all but
+          IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S: ValueError naming the tensor). The fold reads
+          each adapted weight once per call (milliseconds to a second on small models).
+
+        ValueError for a ``fold`` outside FOLD_MODES (naming the choices).
         """
+        check_fold(fold)
         ids = self._prompt_tokens(prompt)
         kwargs = self._sampling_kwargs(max_tokens, temperature, top_k, top_p, min_p, seed, stop, ignore_eos)
         kwargs.update(logprob_kwargs(logprobs, top_logprobs))
         if adapters is not None:
             pool, selection = self._resolve_mixture(adapters)
-            kwargs.update(pool=pool._core, selections=[selection])
+            kwargs.update(pool=pool._core, selections=[selection], fold=fold)
         if stream:
             return self._stream([ids], kwargs)
         return self._run([ids], kwargs)[0]
@@ -416,6 +454,18 @@ class Model:
         kwargs = self._sampling_kwargs(max_tokens, temperature, top_k, top_p, min_p, seed, stop, ignore_eos)
         kwargs.update(logprob_kwargs(logprobs, top_logprobs))
         return self._run(ids, kwargs)
+
+    def folded_weights(self, adapters: Mapping[str, float], fold: str = "requantize") -> dict[str, tuple[str, bytes]]:
+        """The adapted weights with the fixed mixture ``adapters`` ({"name": weight}) folded in, as
+        generate(..., fold=fold) computes with them: {GGUF tensor name: (ggml type name, data)}, the data in
+        ggml's plain layout for that type (what a GGUF file stores; never a CPU-repacked layout), e.g. to write a
+        merged model. ``fold="exact"`` folds only F32/F16/BF16 weights (ValueError for a mixture over quantized
+        weights); "requantize" any type the device can dequantize and quantize (see generate())."""
+        check_fold(fold)
+        pool, selection = self._resolve_mixture(adapters)
+        with self._lock:
+            out = self._session.folded_weights(pool._core, selection, fold)
+        return {name: (type_name, data) for name, type_name, data in out}
 
     def chat(self, messages: Sequence[Mapping[str, Union[str, bytes]]], *, chat_template: Optional[str] = None,
              **generate_kwargs) -> Union[Completion, Iterator[str]]:

@@ -24,6 +24,12 @@ namespace {
 // Below this many new tokens, folding a mixture into the weights costs more than it saves.
 constexpr int kFoldMinTokens = 16;
 
+void check_fold(FoldMode fold) {
+    if (fold != FoldMode::exact && fold != FoldMode::requantize) {
+        throw std::invalid_argument("fold must be exact or requantize, got " + std::to_string(int(fold)));
+    }
+}
+
 }  // namespace
 
 // -- Model ---------------------------------------------------------------------------------------
@@ -234,14 +240,33 @@ struct Context::Guard {
 namespace {
 
 std::unique_ptr<core::Mixture> make_mixture(const core::Model & model, const core::AdapterPool & pool,
-                                            const std::vector<Mixture> & mixtures, int n_seq) {
+                                            const std::vector<Mixture> & mixtures, int n_seq, bool exact_pair = false) {
     if (mixtures.size() != 1 && int(mixtures.size()) != n_seq) {
         throw std::invalid_argument("give one adapter mixture for all sequences or one per sequence of the context (" +
                                     std::to_string(n_seq) + "), not " + std::to_string(mixtures.size()));
     }
     std::vector<core::Selection> per_sequence;
     for (const Mixture & mixture : mixtures) per_sequence.push_back(to_selection(pool, mixture));
-    return std::make_unique<core::Mixture>(model, per_sequence);
+    return std::make_unique<core::Mixture>(model, per_sequence, exact_pair);
+}
+
+// The mixture of a generation or evaluation with `fold`, folded where it asks: requantize folds one mixture
+// on any base (checked before any ggml call); exact folds a long single generation over float weights.
+std::unique_ptr<core::Mixture> folded_mixture(core::Session & session, const core::Model & model,
+                                              const core::AdapterPool & pool, const std::vector<Mixture> & mixtures,
+                                              FoldMode fold, bool long_single) {
+    if (fold == FoldMode::requantize && mixtures.size() != 1) {
+        throw std::invalid_argument("fold = requantize folds one mixture into the weights, shared by every sequence; got " +
+                                    std::to_string(mixtures.size()) + " mixtures (use fold = exact for them)");
+    }
+    auto mixture = make_mixture(model, pool, mixtures, session.n_stream(), fold == FoldMode::requantize);
+    if (fold == FoldMode::requantize) {
+        mixture->fold(session, core::FoldKind::requantize);
+    } else if (long_single && mixture->foldable(model)) {
+        // One long generation: fold the mixture into the weights so decoding costs what the base model costs.
+        mixture->fold(session);
+    }
+    return mixture;
 }
 
 }  // namespace
@@ -274,11 +299,12 @@ void Context::truncate(int seq, int length) {
 }
 
 std::vector<float> Context::evaluate(int first_seq, int n_seq, const std::vector<Token> & tokens, bool all_logits,
-                                     const AdapterPool * pool, const std::vector<Mixture> & mixtures) {
+                                     const AdapterPool * pool, const std::vector<Mixture> & mixtures, FoldMode fold) {
     Entered entered(guard_->mutex, "Context");
+    check_fold(fold);
     if (!pool || mixtures.empty()) return session_->evaluate(first_seq, n_seq, tokens, all_logits, nullptr);
     std::shared_lock<std::shared_mutex> lock(pool->impl_->mutex);
-    auto mixture = make_mixture(*model_, pool->impl_->pool, mixtures, session_->n_stream());
+    auto mixture = folded_mixture(*session_, *model_, pool->impl_->pool, mixtures, fold, false);
     return session_->evaluate(first_seq, n_seq, tokens, all_logits, &mixture->terms());
 }
 
@@ -305,12 +331,23 @@ std::vector<Completion> Context::generate(const std::vector<std::vector<Token>> 
     }
     if (!pool || mixtures.empty()) return core::generate(*session_, prompts, per_prompt, nullptr, on_text);
     std::shared_lock<std::shared_mutex> lock(pool->impl_->mutex);
-    auto mixture = make_mixture(*model_, pool->impl_->pool, mixtures, session_->n_stream());
-    // One long generation: fold the mixture into the weights so decoding costs what the base model costs.
-    if (prompts.size() == 1 && options.max_tokens >= kFoldMinTokens && mixture->foldable(*model_)) {
-        mixture->fold(*session_);
-    }
+    auto mixture = folded_mixture(*session_, *model_, pool->impl_->pool, mixtures, options.fold,
+                                  prompts.size() == 1 && options.max_tokens >= kFoldMinTokens);
     return core::generate(*session_, prompts, per_prompt, &mixture->terms(), on_text);
+}
+
+std::vector<FoldedWeight> Context::folded_weights(const AdapterPool & pool, const Mixture & mixture, FoldMode fold) {
+    Entered entered(guard_->mutex, "Context");
+    check_fold(fold);
+    std::shared_lock<std::shared_mutex> lock(pool.impl_->mutex);
+    auto folded = make_mixture(*model_, pool.impl_->pool, {mixture}, session_->n_stream(), fold == FoldMode::requantize);
+    if (fold == FoldMode::exact && !folded->terms().empty() && !folded->foldable(*model_)) {
+        throw std::invalid_argument("fold = exact folds only into F32, F16 or BF16 weights; this mixture adapts quantized "
+                                    "weights (fold = requantize folds them, lossily)");
+    }
+    std::vector<FoldedWeight> out;
+    folded->fold(*session_, fold == FoldMode::requantize ? core::FoldKind::requantize : core::FoldKind::float_only, &out);
+    return out;
 }
 
 Routing Context::route(int seq, const AdapterPool & pool, const std::vector<Token> & tokens, const RouterOptions & options) {

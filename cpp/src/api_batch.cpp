@@ -40,6 +40,10 @@ std::vector<int64_t> ContinuousBatch::active() const { return decoder_->active_i
 RequestEvent ContinuousBatch::start(int64_t id, const std::vector<Token> & prompt, const GenerateOptions & options,
                                     const AdapterPool * pool, const Mixture & mixture) {
     Entered entered(guard_->mutex, "ContinuousBatch");
+    if (options.fold != FoldMode::exact) {
+        throw std::invalid_argument("fold = requantize is not available in a ContinuousBatch: its slots share the base "
+                                    "weights (use fold = exact)");
+    }
     if (mixture.empty()) return decoder_->start(id, prompt, options, {});
     if (!pool) throw std::invalid_argument("a mixture needs the AdapterPool its indices refer to");
     if (&pool->impl_->pool.model() != model_.get()) {

@@ -17,7 +17,12 @@ void GenerateOptions::validate() const {
     }
     if (top_logprobs > 0 && !logprobs) throw std::invalid_argument("top_logprobs needs logprobs = true");
     sampling.validate();
+    if (fold != FoldMode::exact && fold != FoldMode::requantize) {
+        throw std::invalid_argument("fold must be exact or requantize, got " + std::to_string(int(fold)));
+    }
 }
+
+const char * to_string(FoldMode fold) { return fold == FoldMode::requantize ? "requantize" : "exact"; }
 
 }  // namespace logo
 

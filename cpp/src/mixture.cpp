@@ -7,6 +7,8 @@
 #include <map>
 #include <stdexcept>
 
+#include "backend.h"
+
 namespace logo::core {
 
 ggml_type mixture_type_for(const Model & model) {
@@ -179,7 +181,7 @@ void place(const LoraMatrix & m, float factor, int64_t a_row, float * a, int64_t
 
 }  // namespace
 
-Mixture::Mixture(const Model & model, const std::vector<Selection> & per_sequence)
+Mixture::Mixture(const Model & model, const std::vector<Selection> & per_sequence, bool exact_pair)
     : n_mix_(int(per_sequence.size())) {
     if (per_sequence.empty()) throw std::invalid_argument("a mixture needs at least one selection");
     const ggml_type base_type = model.weights().layers.at(0).wq->type;
@@ -245,7 +247,7 @@ Mixture::Mixture(const Model & model, const std::vector<Selection> & per_sequenc
                 types_b.push_back(adapter->find(w->base)->b->type);
             }
         }
-        PairLayout layout = pair_layout(base_type, types_a, types_b, n_mix_ > 1 && !group.shared, tiny);
+        PairLayout layout = pair_layout(exact_pair ? GGML_TYPE_F32 : base_type, types_a, types_b, n_mix_ > 1 && !group.shared, tiny);
         if (layout.a == GGML_TYPE_Q8_0 && ws.front()->base->ne[0] % 32 != 0) layout = {GGML_TYPE_F16, GGML_TYPE_F16, 1};
         group.type_a = layout.a;
         for (WeightPlan * w : ws) {
@@ -323,7 +325,11 @@ Mixture::Mixture(const Model & model, const std::vector<Selection> & per_sequenc
     for (const Staged & s : staged) upload(s.tensor, s.values);
 }
 
-size_t Mixture::bytes() const { return storage_.bytes() + folded_.bytes(); }
+size_t Mixture::bytes() const {
+    size_t n = storage_.bytes();
+    for (const TensorBuffer & f : folded_) n += f.bytes();
+    return n;
+}
 
 bool Mixture::foldable(const Model & model) const {
     (void)model;
@@ -334,17 +340,96 @@ bool Mixture::foldable(const Model & model) const {
     return true;
 }
 
-void Mixture::fold(Session & session) {
-    if (folded_.bytes() > 0 || !foldable(session.model())) return;
-    ggml_init_params params = {terms_.size() * ggml_tensor_overhead(), nullptr, true};
+namespace {
+
+// Whether `device` computes ggml_cpy between F32 and `type` both ways for rows of `n_in` elements (the
+// dequantize and requantize of a fold). ggml's CPU does for every type with a quantizer (from_float).
+bool device_converts(ggml_backend_dev_t device, ggml_type type, int64_t n_in) {
+    ggml_init_params params = {6 * ggml_tensor_overhead(), nullptr, true};
     ggml_context * ctx = ggml_init(params);
-    std::map<const ggml_tensor *, ggml_tensor *> folded;
-    for (const auto & [base, term] : terms_) folded[base] = ggml_dup_tensor(ctx, base);
-    folded_ = TensorBuffer(ctx, session.model().device(), "folded weights");  // each is then written whole
-    // One small graph: for each weight, dst = W + B A, with B A of shape [n_in, n_out] like W, in F32.
+    ggml_tensor * f32 = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n_in, 4);
+    ggml_tensor * q = ggml_new_tensor_2d(ctx, type, n_in, 4);
+    const bool ok = ggml_backend_dev_supports_op(device, ggml_cpy(ctx, f32, q)) &&
+                    ggml_backend_dev_supports_op(device, ggml_cpy(ctx, q, ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n_in, 4)));
+    ggml_free(ctx);
+    return ok;
+}
+
+}  // namespace
+
+void Mixture::check_requantizable(const Model & model) const {
+    if (n_mix_ != 1) {
+        throw std::invalid_argument("fold = requantize folds one mixture into the weights, shared by every sequence; got " +
+                                    std::to_string(n_mix_) + " different mixtures (use fold = exact for them)");
+    }
+    for (const auto & [base, term] : terms_) {
+        if (base->type == GGML_TYPE_F32) continue;
+        if (!device_converts(model.device(), base->type, base->ne[0])) {
+            throw std::invalid_argument(std::string("fold = requantize cannot fold into tensor '") + ggml_get_name(base) +
+                                        "' of type " + ggml_type_name(base->type) + ": " +
+                                        ggml_backend_dev_name(model.device()) +
+                                        " cannot both dequantize and quantize that type (ggml has no quantizer for "
+                                        "it there); use fold = exact");
+        }
+    }
+}
+
+void Mixture::fold(Session & session, FoldKind kind, std::vector<FoldedWeight> * keep) {
+    if (!folded_.empty()) return;
+    const Model & model = session.model();
+    if (kind == FoldKind::float_only ? !foldable(model) : n_mix_ != 1 || terms_.empty()) return;
+    if (kind == FoldKind::requantize) check_requantizable(model);
+
+    // Where each folded weight goes: the buffer type of the weight it copies (a repacked CPU layout keeps its
+    // kernels), else the device's. A repacked weight is read from the file, and its copy is computed into a
+    // plain staging tensor first, then written through the repacked buffer's set_tensor, which repacks it.
+    std::vector<const ggml_tensor *> bases;
+    for (const auto & [base, term] : terms_) bases.push_back(base);
+    std::sort(bases.begin(), bases.end(), [](const ggml_tensor * x, const ggml_tensor * y) {
+        return std::strcmp(ggml_get_name(x), ggml_get_name(y)) < 0;
+    });
+    std::map<ggml_backend_buffer_type_t, std::vector<const ggml_tensor *>> by_buft;
+    for (const ggml_tensor * base : bases) by_buft[model.repacked_type(base)].push_back(base);
+
+    std::map<const ggml_tensor *, ggml_tensor *> folded, source, staged;
+    for (auto & [buft, group] : by_buft) {
+        ggml_init_params params = {group.size() * ggml_tensor_overhead(), nullptr, true};
+        ggml_context * ctx = ggml_init(params);
+        for (const ggml_tensor * base : group) {
+            folded[base] = ggml_dup_tensor(ctx, base);
+            ggml_set_name(folded[base], ggml_get_name(base));
+        }
+        if (buft) {
+            folded_.emplace_back(ctx, buft, "folded weights");  // each is then written whole
+        } else {
+            folded_.emplace_back(ctx, model.device(), "folded weights");
+        }
+    }
+    TensorBuffer plain;  // plain copies of repacked weights and their staging outputs (host memory)
+    if (by_buft.size() > 1 || by_buft.begin()->first) {
+        size_t n = 0;
+        for (auto & [buft, group] : by_buft) n += buft ? 2 * group.size() : 0;
+        ggml_init_params params = {n * ggml_tensor_overhead(), nullptr, true};
+        ggml_context * ctx = ggml_init(params);
+        for (auto & [buft, group] : by_buft) {
+            if (!buft) continue;
+            for (const ggml_tensor * base : group) {
+                source[base] = ggml_dup_tensor(ctx, base);
+                staged[base] = ggml_dup_tensor(ctx, base);
+            }
+        }
+        plain = TensorBuffer(ctx, cpu_device(), "plain copies of repacked weights to fold");
+        for (auto & [base, t] : source) {
+            const std::vector<uint8_t> bytes = model.plain_bytes(base);
+            ggml_backend_tensor_set(t, bytes.data(), 0, bytes.size());
+        }
+    }
+
+    // One small graph: for each weight, dst = T(T^-1(W) + B A), with B A of shape [n_in, n_out] like W, in F32.
     session.compute([&](ggml_context * ctx) {
         std::vector<ggml_tensor *> outputs;
-        for (const auto & [base, term] : terms_) {
+        for (const ggml_tensor * base : bases) {
+            const LowRankTerm & term = terms_.at(base);
             graph_reserve(ctx, 16);
             const int64_t rank = term.b->ne[0];
             ggml_tensor * a = ggml_view_2d(ctx, term.a, term.a->ne[0], rank, term.a->nb[1], term.a->nb[1] * size_t(term.a_row0));  // [n_in, R]
@@ -353,12 +438,25 @@ void Mixture::fold(Session & session) {
             if (b->type != GGML_TYPE_F32) b = ggml_cast(ctx, b, GGML_TYPE_F32);
             ggml_tensor * a_t = ggml_cont(ctx, ggml_transpose(ctx, a));                     // [R, n_in]
             ggml_tensor * delta = ggml_mul_mat(ctx, a_t, b);                                // [n_in, n_out]
-            ggml_tensor * sum = ggml_add(ctx, delta, ggml_cast(ctx, const_cast<ggml_tensor *>(base), GGML_TYPE_F32));
-            outputs.push_back(ggml_cpy(ctx, sum, folded[base]));
+            ggml_tensor * w = source.count(base) ? source[base] : const_cast<ggml_tensor *>(base);
+            if (w->type != GGML_TYPE_F32) w = ggml_cast(ctx, w, GGML_TYPE_F32);             // dequantized
+            ggml_tensor * sum = ggml_add(ctx, delta, w);
+            outputs.push_back(ggml_cpy(ctx, sum, staged.count(base) ? staged[base] : folded[base]));  // requantized
         }
         return outputs;
     });
-    for (auto & [base, term] : terms_) term.folded = folded[base];
+    for (const ggml_tensor * base : bases) {
+        const bool repacked = staged.count(base) > 0;
+        if (repacked || keep) {
+            std::vector<uint8_t> bytes(ggml_nbytes(base));
+            ggml_backend_tensor_get(repacked ? staged[base] : folded[base], bytes.data(), 0, bytes.size());
+            if (repacked) ggml_backend_tensor_set(folded[base], bytes.data(), 0, bytes.size());
+            if (keep) keep->push_back({ggml_get_name(base), ggml_type_name(base->type), std::move(bytes)});
+        }
+    }
+    // The pairs are no longer read: the linear maps of the adapted weights use the folded copies.
+    for (auto & [base, term] : terms_) term = LowRankTerm{nullptr, 0, nullptr, folded[base], nullptr, false};
+    storage_ = TensorBuffer();
 }
 
 }  // namespace logo::core

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "adapter.h"
+#include "logo/types.h"
 #include "graph.h"
 #include "session.h"
 #include "tensor_buffer.h"
@@ -21,10 +22,16 @@ struct WeightedAdapter {
 };
 using Selection = std::vector<WeightedAdapter>;
 
+// How a fold builds the folded weights (logo::FoldMode): in the weights' own float type only, or in any
+// type the device can dequantize and quantize (lossy on quantized weights).
+enum class FoldKind { float_only, requantize };
+
 class Mixture {
 public:
     // One selection for every sequence (per_sequence.size() == 1), or one per sequence.
-    Mixture(const Model & model, const std::vector<Selection> & per_sequence);
+    // exact_pair: the pair in F32 whatever the base (for a requantizing fold: the delta from the adapters'
+    // values as stored, not from the Q8_0 pair a quantized base otherwise computes with).
+    Mixture(const Model & model, const std::vector<Selection> & per_sequence, bool exact_pair = false);
     Mixture(const Mixture &) = delete;
     Mixture & operator=(const Mixture &) = delete;
 
@@ -33,10 +40,17 @@ public:
     // Whether fold() can serve this mixture: one selection, and every adapted weight stored as
     // F32, F16 or BF16 (a quantized weight would need requantizing).
     bool foldable(const Model & model) const;
-    // Adds the mixture into copies of the adapted weights (W' = W + sum_i w_i s_i B_i A_i), computed on
-    // the model's device; generation then costs exactly what the base model costs. Worth it when a
-    // single instance generates many tokens: the fold reads each adapted weight once.
-    void fold(Session & session);
+    // Throws std::invalid_argument unless fold(session, FoldKind::requantize) can serve this mixture: one
+    // selection for every sequence, and each adapted weight of a type the model's device can both
+    // dequantize and quantize (ggml's CPU cannot quantize IQ1_S/IQ1_M/IQ2_*/IQ3_*: they need an imatrix).
+    void check_requantizable(const Model & model) const;
+    // Adds the mixture into copies of the adapted weights, W' = T(T^-1(W) + sum_i w_i s_i B_i A_i) with T the
+    // weight's type (the identity for F32; rounding for F16/BF16; ggml's quantizer for quantized types:
+    // lossy), computed on the model's device in one graph (F32 in between); generation then costs exactly
+    // what the base model costs. A weight in the CPU's repacked layout is read from the model file and its
+    // copy written into the same repacked buffer type, so it runs the same kernels. The pairs are freed.
+    // `keep`: also returns each folded weight's plain bytes (Context::folded_weights).
+    void fold(Session & session, FoldKind kind = FoldKind::float_only, std::vector<FoldedWeight> * keep = nullptr);
     int n_sequences() const { return n_mix_; }
     size_t bytes() const;
 
@@ -44,7 +58,7 @@ private:
     LowRankTerms terms_;
     int n_mix_ = 1;
     TensorBuffer storage_;  // the pairs (A, B, slot weights)
-    TensorBuffer folded_;   // the folded weights, once fold() ran
+    std::vector<TensorBuffer> folded_;  // the folded weights, once fold() ran (one buffer per buffer type)
 };
 
 // The type the continuous-batching slot stacks (slot_mixtures.h, pooled_mixtures.h) are stored in: F32 over

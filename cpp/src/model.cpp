@@ -312,6 +312,32 @@ Model::Model(const std::string & path, const ModelOptions & options)
     }
 }
 
+ggml_backend_buffer_type_t Model::repacked_type(const ggml_tensor * w) const {
+    if (!w->buffer) return nullptr;
+    const ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(w->buffer);
+    for (ggml_backend_buffer_type_t extra : cpu_extra_bufts(cpu_device())) {
+        if (extra == buft) return buft;
+    }
+    return nullptr;
+}
+
+std::vector<uint8_t> Model::plain_bytes(const ggml_tensor * w) const {
+    const std::string name = ggml_get_name(w);
+    const GgufFile file(path_);
+    const ggml_tensor * stored = file.find_tensor(name);
+    if (!stored || stored->type != w->type || ggml_nbytes(stored) != ggml_nbytes(w)) {
+        throw FormatError("'" + path_ + "': tensor '" + name + "' changed since the model was loaded");
+    }
+    std::vector<uint8_t> data(ggml_nbytes(w));
+    FILE * fp = std::fopen(path_.c_str(), "rb");
+    if (!fp) throw FileError("cannot open '" + path_ + "' for reading");
+    const bool ok = std::fseek(fp, long(file.tensor_file_offset(name)), SEEK_SET) == 0 &&
+                    std::fread(data.data(), 1, data.size(), fp) == data.size();
+    std::fclose(fp);
+    if (!ok) throw FormatError("'" + path_ + "': could not read the data of tensor '" + name + "'");
+    return data;
+}
+
 void Model::release() {
     for (auto b : buffers_) ggml_backend_buffer_free(b);
     buffers_.clear();

@@ -43,6 +43,13 @@ public:
     // A weight by its GGUF name (e.g. "blk.3.attn_q.weight"), for adapters; nullptr when absent.
     ggml_tensor * find_weight(const std::string & name) const;
 
+    // The CPU's repacked buffer type holding weight `w` (interleaved layouts, ModelOptions::repack), or
+    // nullptr when `w` is stored in ggml's plain layout. A repacked weight's bytes are not its type's plain
+    // blocks: only matmuls may read it, and a copy must be written through ggml_backend_tensor_set.
+    ggml_backend_buffer_type_t repacked_type(const ggml_tensor * w) const;
+    // Weight `w`'s data in ggml's plain layout, as the model file stores it (read from the file).
+    std::vector<uint8_t> plain_bytes(const ggml_tensor * w) const;
+
     // What calibrated routing learns about this model once (the generic prompts' hidden states) and about
     // each adapter matrix (its statistics): filled on first use, behind its own lock; the weights stay read-only.
     CalibrationCache & calibration_cache() const { return *calibration_cache_; }

@@ -9,8 +9,11 @@
 
 namespace logo::core {
 
-TensorBuffer::TensorBuffer(ggml_context * ctx, ggml_backend_dev_t device, const char * what) : ctx_(ctx) {
-    buffer_ = ggml_backend_alloc_ctx_tensors_from_buft(ctx_, ggml_backend_dev_buffer_type(device));
+TensorBuffer::TensorBuffer(ggml_context * ctx, ggml_backend_dev_t device, const char * what)
+    : TensorBuffer(ctx, ggml_backend_dev_buffer_type(device), what) {}
+
+TensorBuffer::TensorBuffer(ggml_context * ctx, ggml_backend_buffer_type_t buft, const char * what) : ctx_(ctx) {
+    buffer_ = ggml_backend_alloc_ctx_tensors_from_buft(ctx_, buft);
     if (!buffer_) {
         release();
         throw std::runtime_error(std::string("out of memory: cannot allocate ") + what);

@@ -17,6 +17,8 @@ public:
     // Allocates every tensor of `ctx` on `device`, zeroed, and takes `ctx` over. Out of memory: frees `ctx`
     // and throws std::runtime_error naming `what` (e.g. "the slots' adapter mixtures").
     TensorBuffer(ggml_context * ctx, ggml_backend_dev_t device, const char * what);
+    // The same in a given buffer type (e.g. the CPU's repacked layout a weight it copies lives in).
+    TensorBuffer(ggml_context * ctx, ggml_backend_buffer_type_t buft, const char * what);
     ~TensorBuffer();
     TensorBuffer(TensorBuffer && other) noexcept;
     TensorBuffer & operator=(TensorBuffer && other) noexcept;

@@ -149,8 +149,11 @@ public:
     // Appends tokens to sequences [first_seq, first_seq + n_seq) (sequence-major, the same count for
     // each) and returns logits, row-major [n_outputs][n_vocab]: every token's, or each sequence's last.
     // With a pool, `mixtures` holds one mixture for all sequences or one per sequence of the context.
+    // fold = requantize computes with the mixture folded into requantized weights (see FoldMode: lossy on
+    // quantized bases; one mixture only), e.g. to measure that error against fold = exact.
     std::vector<float> evaluate(int first_seq, int n_seq, const std::vector<Token> & tokens, bool all_logits = false,
-                                const AdapterPool * pool = nullptr, const std::vector<Mixture> & mixtures = {});
+                                const AdapterPool * pool = nullptr, const std::vector<Mixture> & mixtures = {},
+                                FoldMode fold = FoldMode::exact);
 
     // The residual stream entering block `layer` at the last token (the LoGo probe vector), [n_embd].
     std::vector<float> block_input(int seq, const std::vector<Token> & tokens, int layer);
@@ -160,10 +163,17 @@ public:
 
     // Generates for each prompt in its own sequence (0..n-1), decoding them together; sequence i's
     // sampler is seeded with options.sampling.seed + i. A single prompt generating at least 16 tokens
-    // over F32/F16/BF16 weights gets its mixture folded into the weights (decodes at base speed).
+    // over F32/F16/BF16 weights gets its mixture folded into the weights (decodes at base speed);
+    // options.fold = requantize folds one mixture on any base (see FoldMode).
     std::vector<Completion> generate(const std::vector<std::vector<Token>> & prompts, const GenerateOptions & options,
                                      const AdapterPool * pool = nullptr, const std::vector<Mixture> & mixtures = {},
                                      const TextCallback & on_text = {});
+
+    // The adapted weights as `fold` would fold `mixture` into them (FoldMode; exact folds only F32/F16/BF16
+    // weights and throws std::invalid_argument on others), in the model's order of adapted weights. What a
+    // merged-model exporter needs, and what tests compare with an independent reference.
+    std::vector<FoldedWeight> folded_weights(const AdapterPool & pool, const Mixture & mixture,
+                                             FoldMode fold = FoldMode::requantize);
 
     // LoGo: one probe evaluation on sequence `seq` (cleared first) scores every pool adapter.
     Routing route(int seq, const AdapterPool & pool, const std::vector<Token> & tokens, const RouterOptions & options = {});

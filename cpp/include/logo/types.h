@@ -32,6 +32,23 @@ struct SamplingParams {
     void validate() const;  // throws std::invalid_argument naming the argument
 };
 
+// What a mixture becomes while one mixture generates (GenerateOptions::fold, Context::evaluate's `fold`).
+// exact (the default): the adapters' terms as defined, sum_i w_i s_i B_i A_i x beside W x: a low-rank pair
+//   on quantized bases (README "How a mixture is applied"); over F32/F16/BF16 weights a single prompt
+//   generating >= 16 tokens gets the mixture folded into copies of the adapted weights, rounded once to
+//   their own float type.
+// requantize: LOSSY on quantized bases. The mixture is folded into copies of the adapted weights in their
+//   own type, W' = quantize_T(dequantize(W) + sum_i w_i s_i B_i A_i), with T the weight's type and ggml's
+//   quantizer for T (the way llama.cpp's export-lora merges a LoRA into a quantized model); the delta is
+//   computed in F32 from the adapters as stored. Generation then costs exactly what the base costs, for any
+//   k, but every adapted weight moves by up to a quantization step of its block (the size of the base's own
+//   quantization error, independent of the adapters' effect). Over F32/F16/BF16 weights it is the exact
+//   mode's fold, for every length. Needs one mixture for all sequences, and a device that can both
+//   dequantize and quantize the weight's type (ggml's CPU: every type but IQ1_S/IQ1_M/IQ2_XXS/IQ2_XS/IQ2_S/
+//   IQ3_XXS/IQ3_S, which need an importance matrix); otherwise std::invalid_argument naming the tensor and
+//   type. Measured error and speed: docs/mixtures-on-quantized-bases.md section 11.
+enum class FoldMode { exact, requantize };
+
 struct GenerateOptions {
     int max_tokens = 128;
     SamplingParams sampling;
@@ -45,6 +62,7 @@ struct GenerateOptions {
     // logprobs (invalid_argument otherwise), as OpenAI's API.
     bool logprobs = false;
     int top_logprobs = 0;
+    FoldMode fold = FoldMode::exact;  // see FoldMode (ContinuousBatch takes exact only)
 
     void validate() const;
 };
@@ -62,6 +80,14 @@ struct TokenLogprob {
     // The top_logprobs most likely tokens at this step (token, log-probability), most likely first (equal
     // logits: lower id first); it may or may not hold `token`. Empty when top_logprobs is 0.
     std::vector<std::pair<Token, float>> top;
+};
+
+// One adapted weight as a fold made it (Context::folded_weights): its GGUF name, ggml type name and data in
+// ggml's plain layout for that type (as a GGUF file stores it, never a CPU-repacked layout).
+struct FoldedWeight {
+    std::string name;
+    std::string type;
+    std::vector<uint8_t> data;
 };
 
 struct Timings {
@@ -193,6 +219,7 @@ const char * to_string(Signal signal);
 const char * to_string(Calibration calibration);
 const char * to_string(ProbePosition position);
 const char * to_string(MixtureWeighting weighting);
+const char * to_string(FoldMode fold);  // "exact", "requantize"
 
 // A weighted set of pool adapters: (pool index, weight).
 using Mixture = std::vector<std::pair<int, float>>;

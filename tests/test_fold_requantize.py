@@ -1,0 +1,286 @@
+"""fold="requantize": a fixed mixture folded into requantized copies of the adapted weights (logo::FoldMode).
+
+W' = quantize_T(dequantize(W) + sum_i w_i s_i B_i A_i), T the weight's ggml type. Oracles:
+- the folded weights against an independent numpy reference built from the same GGUF files with the `gguf`
+  package: bit for bit on Q4_0, Q4_1 and Q8_0, whose quantizers gguf-py implements as ggml's reference does.
+  To make the reference exact, the adapters hold dyadic values (small integers / 16): every product and sum of
+  the delta is exact in float32 whatever the summation order, so ggml and numpy add the same delta to the same
+  dequantized W. Two documented exceptions: ggml's x86 Q8_0 quantizer (the CPU's from_float, used by ggml_cpy)
+  multiplies by 127 / amax where the reference multiplies by 1 / (amax / 127) and rounds half to even where
+  the reference rounds half away from zero, so a value within float32 rounding of a half step may land one
+  level apart (the block scales agree bit for bit); gguf-py cannot quantize Q4_K, so there the folded weights
+  must lie within one 4-bit step of their 32-element sub-block's range of the exact sum (the quantizer's own
+  bound: half a step, plus its 6-bit scale and min rounding);
+- the logits of a model computing with the fold against llama.cpp (flash attention) running the base GGUF file
+  whose adapted tensors were overwritten with the folded bytes: bit for bit (same weights, same kernels), on
+  Q4_1, Q4_K and Q8_0 bases; and with the CPU's repacked layouts, against our own base path on that file;
+- over F16 weights the fold is what the exact mode already does for long generations: greedy tokens equal;
+  over F32 weights the fold only reorders float32 sums: logits agree to float32 rounding.
+How far the fold moves a model from the exact mixture is measured (docs/mixtures-on-quantized-bases.md section
+11), not asserted beyond the check that the adapters' effect survives on Q8_0.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter, quants
+
+import logo_cpp
+from logo_cpp import synthetic
+
+from conftest import REPACK, SPECS, THREADS, LlamaCpp
+
+PROMPT = "Hello world, the cat sat on the mat and the dog jumps over the lazy fox"
+SPEC = synthetic.ModelSpec(**SPECS["llama256"])  # 256-wide rows: real K-quant blocks
+
+
+def dyadic_adapter(path, seed: int, targets=("attn_q", "attn_v"), rank: int = 8):
+    """An adapter whose A and B hold integers in [-8, 8] / 16 (exact in F32 and F16), alpha = 2 * rank."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, array in synthetic.adapter_tensors(SPEC, targets, rank, seed).items():
+        tensors[name] = (rng.integers(-8, 9, size=array.shape) / 16.0).astype(np.float32)
+    return synthetic.write_adapter(path, SPEC, targets=targets, rank=rank, alpha=2.0 * rank, dtype="f16",
+                                   seed=seed, tensors=tensors)
+
+
+@pytest.fixture(scope="module")
+def files(model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fold_requantize")
+    bases = {"f32": model_dir / "llama256-f32.gguf", "q4_k": model_dir / "llama256-q4_k.gguf",
+             "q4_0": model_dir / "llama256-q4_0.gguf"}
+    for t in ("q4_1", "q8_0", "f16"):
+        bases[t] = synthetic.quantize(bases["f32"], root / f"llama256-{t}.gguf", t)
+    adapters = {
+        "d0": dyadic_adapter(root / "d0.gguf", 70),
+        "d1": dyadic_adapter(root / "d1.gguf", 71, targets=("attn_q", "attn_k", "ffn_up", "ffn_down"), rank=4),
+    }
+    for i in range(3):
+        adapters[f"r{i}"] = synthetic.write_adapter(root / f"r{i}.gguf", SPEC, rank=8, alpha=16.0, dtype="f16",
+                                                    seed=80 + i)
+    return root, bases, adapters
+
+
+def load(path, adapters: dict, repack: bool = REPACK):
+    model = logo_cpp.Model(str(path), n_ctx=256, n_threads=THREADS, repack=repack)
+    pool = logo_cpp.AdapterPool(model, [str(p) for p in adapters.values()])
+    return model, pool
+
+
+def gguf_tensors(path) -> dict:
+    return {t.name: t for t in GGUFReader(str(path)).tensors}
+
+
+def reference_delta(adapter_paths: dict, mixture: dict[str, float], name: str, shape) -> np.ndarray:
+    """sum_i w_i (alpha_i / r_i) B_i A_i for weight `name`, numpy float64 of shape (n_out, n_in)."""
+    delta = np.zeros(shape)
+    for adapter, weight in mixture.items():
+        reader = GGUFReader(str(adapter_paths[adapter]))
+        tensors = {t.name: t for t in reader.tensors}
+        if name + ".lora_a" not in tensors:
+            continue
+        a, b = (quants.dequantize(tensors[name + s].data, tensors[name + s].tensor_type).astype(np.float64)
+                for s in (".lora_a", ".lora_b"))
+        alpha = float(reader.fields["adapter.lora.alpha"].parts[-1][0])
+        delta += weight * (alpha / a.shape[0]) * (b @ a)
+    return delta
+
+
+def as_blocks(data: bytes, stored) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8).reshape(stored.data.shape)
+
+
+MIXTURE = {"d0": 0.5, "d1": 1.0}
+
+
+@pytest.mark.parametrize("base", ["q4_0", "q4_1", "q8_0", "q4_k"])
+def test_folded_weights_match_gguf_reference(files, base):
+    _, bases, adapters = files
+    model, _pool = load(bases[base], adapters)
+    folded = model.folded_weights(MIXTURE)
+    stored = gguf_tensors(bases[base])
+    expected_names = {f"blk.{i}.{m}.weight" for i in range(SPEC.n_layer)
+                      for m in ("attn_q", "attn_v", "attn_k", "ffn_up", "ffn_down")}
+    assert set(folded) == expected_names
+    checked_types = set()
+    for name, (type_name, data) in folded.items():
+        t = stored[name]
+        assert type_name.lower() == t.tensor_type.name.lower() and len(data) == t.data.nbytes, name
+        w = quants.dequantize(t.data, t.tensor_type)
+        delta = reference_delta(adapters, MIXTURE, name, w.shape)
+        assert np.abs(delta).max() > 0.5, name  # the delta dwarfs a quantization step: a lost delta fails
+        exact = w + delta.astype(np.float32)  # float32, as ggml adds (the delta is exact)
+        got = quants.dequantize(as_blocks(data, t), t.tensor_type)
+        checked_types.add(t.tensor_type)
+        if t.tensor_type in (GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1):
+            assert data == quants.quantize(exact, t.tensor_type).tobytes(), name
+        elif t.tensor_type == GGMLQuantizationType.Q8_0:
+            ref = quants.quantize(exact, t.tensor_type).reshape(-1, 34)
+            ours = as_blocks(data, t).reshape(-1, 34)
+            assert np.array_equal(ours[:, :2], ref[:, :2]), name  # block scales bit for bit
+            q_ours, q_ref = ours[:, 2:].view(np.int8).astype(int), ref[:, 2:].view(np.int8).astype(int)
+            amax = np.abs(exact.reshape(-1, 32)).max(axis=1, keepdims=True)  # the quantizers scale by it unrounded
+            scaled = exact.reshape(-1, 32) * (127.0 / np.where(amax == 0, 1, amax))
+            near_tie = np.abs(np.abs(scaled - np.trunc(scaled)) - 0.5) < 1e-4
+            differ = q_ours != q_ref
+            assert np.all(np.abs(q_ours - q_ref) <= 1) and np.all(near_tie[differ]), name
+        elif t.tensor_type in (GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q6_K, GGMLQuantizationType.Q5_0):
+            sub = exact.reshape(-1, 32)
+            step = (sub.max(axis=1) - np.minimum(sub.min(axis=1), 0)) / 15.0
+            assert np.all(np.abs(got - exact).reshape(-1, 32) <= step[:, None] + 1e-6), name
+        else:
+            pytest.fail(f"{name}: unexpected type {t.tensor_type.name}")
+    if base == "q4_k":
+        assert GGMLQuantizationType.Q4_K in checked_types
+
+
+def merged_file(base_path, folded: dict, out):
+    """The base GGUF with each folded tensor's bytes written over the original's (same type and size)."""
+    shutil.copyfile(base_path, out)
+    stored = gguf_tensors(base_path)
+    with open(out, "r+b") as f:
+        for name, (_type, data) in folded.items():
+            assert len(data) == stored[name].n_bytes
+            f.seek(stored[name].data_offset)
+            f.write(data)
+    return out
+
+
+@pytest.mark.parametrize("base", ["q4_1", "q4_k", "q8_0"])
+def test_fold_logits_equal_llama_cpp_on_the_merged_file(files, tmp_path, base):
+    _, bases, adapters = files
+    mixture = {"r0": 0.5, "r1": 0.3, "r2": 0.2}
+    model, _pool = load(bases[base], adapters)
+    ids = model.tokenize(PROMPT)
+    merged = merged_file(bases[base], model.folded_weights(mixture), tmp_path / "merged.gguf")
+    ours = model.logits(ids, adapters=mixture, fold="requantize")
+    oracle = LlamaCpp(merged).logits(ids)
+    np.testing.assert_array_equal(ours, oracle)
+    exact = model.logits(ids, adapters=mixture)
+    assert np.abs(ours - exact).max() > 0  # the fold is a different computation
+    # Generation folds too: greedy tokens are llama.cpp's on the merged file.
+    out = model.generate(PROMPT, max_tokens=6, temperature=0, ignore_eos=True, adapters=mixture, fold="requantize")
+    assert out.tokens == LlamaCpp(merged).greedy(ids, 6)
+
+
+@pytest.mark.parametrize("base", ["q4_0", "q4_k"])
+def test_fold_into_repacked_weights(files, tmp_path, base):
+    """Weights in the CPU's repacked layout (repack=True: Q4_0 and Q4_K get CPU_REPACK here) are read from the
+    file, and their folded copies live in the same repacked buffer type: the same logits as our own base path
+    running the merged file with the same layout."""
+    _, bases, adapters = files
+    mixture = {"r0": 0.6, "d0": 0.4}
+    model, _pool = load(bases[base], adapters, repack=True)
+    ids = model.tokenize(PROMPT)
+    plain_model, _plain_pool = load(bases[base], adapters, repack=False)
+    folded = plain_model.folded_weights(mixture)
+    assert model.folded_weights(mixture) == folded  # the repacked source gives the same plain bytes
+    merged = merged_file(bases[base], folded, tmp_path / "merged.gguf")
+    on_merged = logo_cpp.Model(str(merged), n_ctx=256, n_threads=THREADS, repack=True)
+    np.testing.assert_array_equal(model.logits(ids, adapters=mixture, fold="requantize"), on_merged.logits(ids))
+
+
+def test_fold_over_float_weights_is_the_exact_fold(files):
+    _, bases, adapters = files
+    mixture = {"r0": 0.7, "r1": 0.3}
+    # F16: exact mode folds a generation of >= 16 tokens; requantize folds the same way at any length.
+    model, _pool = load(bases["f16"], adapters)
+    exact = model.generate(PROMPT, max_tokens=20, temperature=0, ignore_eos=True, adapters=mixture)
+    folded = model.generate(PROMPT, max_tokens=20, temperature=0, ignore_eos=True, adapters=mixture, fold="requantize")
+    assert folded.tokens == exact.tokens
+    short = model.generate(PROMPT, max_tokens=3, temperature=0, ignore_eos=True, adapters=mixture, fold="requantize")
+    assert short.tokens == exact.tokens[:3]
+    # F32: W + B A folded in float32 vs W x + B (A x): the same sums in another order.
+    model, _pool = load(bases["f32"], adapters)
+    ids = model.tokenize(PROMPT)
+    exact_logits = model.logits(ids, adapters=mixture)
+    effect = np.abs(exact_logits - model.logits(ids)).max()
+    diff = np.abs(model.logits(ids, adapters=mixture, fold="requantize") - exact_logits).max()
+    assert effect > 0.1 and diff <= 1e-4 * max(1.0, np.abs(exact_logits).max())
+
+
+def test_fold_keeps_the_mixture_effect_on_q8_0(files):
+    """On Q8_0 (a step of 1/127 of a block's largest value) most of the mixture's effect survives the fold: the
+    folded logits are far closer to the exact mixture's than the base's are. (Q4_1/Q4_K keep far less of a
+    small adapter's effect: measured in docs/mixtures-on-quantized-bases.md section 11.)"""
+    _, bases, adapters = files
+    mixture = {"r0": 0.5, "r1": 0.3, "r2": 0.2}
+    model, _pool = load(bases["q8_0"], adapters)
+    ids = model.tokenize(PROMPT)
+    exact = model.logits(ids, adapters=mixture)
+    base = model.logits(ids)
+    folded = model.logits(ids, adapters=mixture, fold="requantize")
+    assert np.abs(folded - exact).mean() < 0.25 * np.abs(base - exact).mean()
+
+
+def test_bad_fold_values_and_refusals(files, tmp_path):
+    _, bases, adapters = files
+    model, pool = load(bases["q4_1"], adapters)
+    for bad in ("lossy", "", None, 1, "EXACT"):
+        with pytest.raises(ValueError, match="fold must be one of 'exact', 'requantize'"):
+            model.generate(PROMPT, max_tokens=2, adapters={"r0": 1.0}, fold=bad)
+        with pytest.raises(ValueError, match="fold must be one of"):
+            model.logits([1, 2], adapters={"r0": 1.0}, fold=bad)
+    router = logo_cpp.Fixed(model, pool, {"r0": 1.0})
+    with pytest.raises(ValueError, match="generate_batch decodes each prompt with its own mixture"):
+        router.generate_batch([PROMPT, PROMPT], max_tokens=2, fold="requantize")
+    out = router.generate(PROMPT, max_tokens=4, temperature=0, fold="requantize")  # the routers pass it on
+    assert out.tokens == model.generate(PROMPT, max_tokens=4, temperature=0, adapters={"r0": 1.0},
+                                        fold="requantize").tokens
+    with pytest.raises(ValueError, match="fold = exact folds only into F32, F16 or BF16 weights"):
+        model.folded_weights({"r0": 1.0}, fold="exact")
+
+
+def test_type_without_a_quantizer_is_refused(tmp_path):
+    """IQ2_XXS: ggml's CPU dequantizes it but has no quantizer without an importance matrix."""
+    path = tmp_path / "iq2.gguf"
+    writer = GGUFWriter(str(path), SPEC.arch)
+    synthetic._write_header(writer, SPEC)
+    for name, array in synthetic.model_tensors(SPEC).items():
+        if name == "blk.0.attn_q.weight":
+            n_out, n_in = array.shape
+            blocks = np.random.default_rng(0).integers(0, 256, size=(n_out, n_in // 256, 66), dtype=np.uint8)
+            blocks[:, :, :2] = np.frombuffer(np.float16(0.01).tobytes(), dtype=np.uint8)  # sane block scales
+            writer.add_tensor(name, blocks.reshape(n_out, -1), raw_dtype=GGMLQuantizationType.IQ2_XXS)
+        else:
+            synthetic._add(writer, name, array)
+    synthetic._finish(writer)
+    adapter = synthetic.write_adapter(tmp_path / "a.gguf", SPEC, rank=8, alpha=16.0, seed=3)
+    model, _pool = load(path, {"a": adapter})
+    with pytest.raises(ValueError, match="'blk.0.attn_q.weight' of type iq2_xxs.*use fold = exact"):
+        model.generate(PROMPT, max_tokens=2, adapters={"a": 1.0}, fold="requantize")
+    assert model.generate(PROMPT, max_tokens=2, adapters={"a": 1.0}).finish_reason  # exact still works
+
+
+def test_cli_run_fold_flag(files, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    _, bases, adapters = files
+    args = [sys.executable, "-m", "logo_cpp.cli", "run", "-m", str(bases["q4_1"]), "-a", str(adapters["r0"]),
+            str(adapters["r1"]), "-p", PROMPT, "-n", "6", "--k", "2", "--threads", str(THREADS), "--json"]
+    out = subprocess.run(args + ["--fold", "requantize"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    mixture = {s["name"]: s["weight"] for s in data["routing"]["selected"]}
+    model, _pool = load(bases["q4_1"], {k: adapters[k] for k in ("r0", "r1")})
+    expected = model.generate(PROMPT, max_tokens=6, temperature=0, adapters=mixture, fold="requantize")
+    assert data["text"] == expected.text
+    bad = subprocess.run(args + ["--fold", "lossy"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert bad.returncode == 2 and "--fold: invalid choice: 'lossy'" in bad.stderr
+
+
+def test_chat_session_checks_fold(files):
+    from logo_cpp.chat import ChatSession
+
+    _, bases, adapters = files
+    model, pool = load(bases["q4_1"], {"r0": adapters["r0"]})
+    with pytest.raises(ValueError, match="fold must be one of 'exact', 'requantize', got 'lossy'"):
+        ChatSession(model, pool, None, fold="lossy")
+    session = ChatSession(model, pool, logo_cpp.Fixed(model, pool, {"r0": 1.0}), temperature=0.0, max_tokens=4,
+                          fold="requantize")
+    assert "".join(session.reply("Hi")) is not None
