@@ -10,7 +10,7 @@ first, so ratios come from neighbouring measurements on a shared machine; the re
 spread of the per-repetition ratios.
 
     logo-cpp bench quant [--model PATH | --synthetic] [--types q4_1 q4_k q8_0] [--ks 1 8 20] [--reps 5]
-                         [--kernels-off 8 20]
+                         [--kernels-off 8 20] [--fold 1 8 20]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -90,35 +91,51 @@ def ensure_adapters(base: Path, workdir: Path, n: int, rank: int, targets, dtype
     return paths
 
 
+def timed_rates(session, ids: list[int], gen: dict, mixture: dict) -> tuple[float, float, float]:
+    """common.logo_rates plus the call's setup time in seconds: its wall time minus the prefill and decode it
+    reports (building the mixture's pair, and with fold="requantize" the fold, which precede the prefill)."""
+    t0 = time.perf_counter()
+    t = session.generate([ids], **gen, **mixture)[0]["timings"]
+    wall = time.perf_counter() - t0
+    return t["prefill_tokens_per_second"], t["decode_tokens_per_second"], wall - t["prefill_seconds"] - t["decode_seconds"]
+
+
 def bench_type(path: Path, adapters: list[Path], ks, threads: int, reps: int, n_prompt: int, n_decode: int,
-               repack: bool, kernels_off=()) -> dict:
-    """Rows keyed "0" (the base), "k", and "k-ggml" for every k in kernels_off: logo-cpp alone with its
+               repack: bool, kernels_off=(), folds=()) -> dict:
+    """Rows keyed "0" (the base), "k", "k-ggml" for every k in kernels_off: logo-cpp alone with its
     single-node decode kernels of Q8_0 pairs turned off (LOGO_PAIR_MATVEC=0: ggml's matmuls, the same numbers),
-    measured in the same repetitions, so that the kernels' effect is a side-by-side ratio too."""
+    and "k-fold" for every k in folds: logo-cpp alone with fold="requantize" (the mixture folded into requantized
+    copies of the adapted weights: lossy), measured in the same repetitions, so that their effect is a
+    side-by-side ratio too. Every logo-cpp row also records its setup time (timed_rates)."""
     ours = logo_cpp.Model(path, n_ctx=1024, n_threads=threads, repack=repack)
     pool = logo_cpp.AdapterPool(ours, adapters[: max(ks)])
     theirs = common.LlamaCppRunner(path, threads)
     ids = common.prompt_tokens(ours, n_prompt)
     session = ours._session
     gen = dict(max_tokens=n_decode + 1, temperature=0.0, ignore_eos=True, seed=0)
-    keys = ("logo_prefill", "logo_decode", "llama_prefill", "llama_decode")
-    configs = [("0", 0, True)] + [(str(k), k, True) for k in ks] + [(f"{k}-ggml", k, False) for k in kernels_off]
+    keys = ("logo_prefill", "logo_decode", "logo_setup", "llama_prefill", "llama_decode")
+    configs = ([("0", 0, "exact")] + [(str(k), k, "exact") for k in ks] + [(f"{k}-ggml", k, "ggml") for k in kernels_off]
+               + [(f"{k}-fold", k, "fold") for k in folds])
     samples = {name: {key: [] for key in keys} for name, _, _ in configs}
     for rep in range(reps + 1):  # the first repetition warms caches and is dropped
-        for name, k, kernels in configs:
+        for name, k, variant in configs:
             mixture, llama_mixture = common.equal_mixture(pool, adapters, k)
-            runtimes = ("logo", "llama") if kernels else ("logo",)
+            if variant == "fold" and mixture:
+                mixture = dict(mixture, fold="requantize")
+            runtimes = ("logo", "llama") if variant == "exact" else ("logo",)
             for runtime in (runtimes if rep % 2 == 0 else runtimes[::-1]):
                 if runtime == "logo":
                     before = os.environ.get("LOGO_PAIR_MATVEC")
-                    os.environ["LOGO_PAIR_MATVEC"] = "1" if kernels else "0"
+                    os.environ["LOGO_PAIR_MATVEC"] = "0" if variant == "ggml" else "1"
                     try:
-                        prefill, decode = common.logo_rates(session, ids, gen, mixture)
+                        prefill, decode, setup = timed_rates(session, ids, gen, mixture)
                     finally:
                         if before is None:
                             os.environ.pop("LOGO_PAIR_MATVEC")
                         else:
                             os.environ["LOGO_PAIR_MATVEC"] = before
+                    if rep:
+                        samples[name]["logo_setup"].append(setup)
                 else:
                     prefill, decode = common.llama_rates(theirs, ids, n_decode, llama_mixture)
                 if rep:
@@ -137,7 +154,8 @@ def bench_type(path: Path, adapters: list[Path], ks, threads: int, reps: int, n_
                 ratios = [m / b for m, b in zip(s[f"{runtime}_{phase}"], samples["0"][f"{runtime}_{phase}"])]
                 row[f"{runtime}_{phase}_vs_base"] = common.median(ratios)
                 row[f"{runtime}_{phase}_vs_base_range"] = [min(ratios), max(ratios)]
-        row["decode_logo_over_llama"] = row["logo_decode"] / row["llama_decode"] if row["llama_decode"] else None
+        row["decode_logo_over_llama"] = (row["logo_decode"] / row["llama_decode"]
+                                         if row["llama_decode"] and row["logo_decode"] else None)
         row["samples"] = s
         rows[name] = row
     return {"file": path.name, "tensor_types": tensor_types(path), "rows": rows}
@@ -155,11 +173,16 @@ def report(res: dict) -> str:
     if any(k.endswith("-ggml") for r in res["types"].values() for k in r["rows"]):
         lines += ["Rows 'k (ggml matmuls)': logo-cpp alone, with its single-node decode kernels of Q8_0 pairs turned off "
                   "(LOGO_PAIR_MATVEC=0: ggml's matmuls and adds, the same numbers), in the same repetitions.", ""]
+    if any(k.endswith("-fold") for r in res["types"].values() for k in r["rows"]):
+        lines += ["Rows 'k (requantized fold)': logo-cpp alone with fold=\"requantize\": the mixture folded into "
+                  "requantized copies of the adapted weights (W' = quantize(dequantize(W) + sum w s B A); LOSSY), in the "
+                  "same repetitions. 'setup ms': each call's wall time minus its prefill and decode (building the "
+                  "mixture, and the fold), median.", ""]
     for t, r in res["types"].items():
         lines += [f"## {t} ({r['file']}: {r['tensor_types']})", "",
                   "| k | prefill logo-cpp | prefill llama.cpp | decode logo-cpp | decode llama.cpp | logo-cpp prefill vs base "
-                  "| logo-cpp decode vs base | llama.cpp decode vs base | decode logo-cpp / llama.cpp |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| logo-cpp decode vs base | llama.cpp decode vs base | decode logo-cpp / llama.cpp | setup ms |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for k, row in r["rows"].items():
             def rel(key):
                 if key not in row:
@@ -170,10 +193,11 @@ def report(res: dict) -> str:
             def num(key, digits):
                 return "-" if row.get(key) is None else f"{row[key]:.{digits}f}"
 
-            name = "base" if k == "0" else k.replace("-ggml", " (ggml matmuls)")
+            name = "base" if k == "0" else k.replace("-ggml", " (ggml matmuls)").replace("-fold", " (requantized fold)")
+            setup = "-" if row.get("logo_setup") is None else f"{1000 * row['logo_setup']:.1f}"
             lines.append(f"| {name} | {num('logo_prefill', 1)} | {num('llama_prefill', 1)} | {num('logo_decode', 1)} | "
                          f"{num('llama_decode', 1)} | {rel('logo_prefill_vs_base')} | {rel('logo_decode_vs_base')} | "
-                         f"{rel('llama_decode_vs_base')} | {num('decode_logo_over_llama', 2)} |")
+                         f"{rel('llama_decode_vs_base')} | {num('decode_logo_over_llama', 2)} | {setup} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -204,6 +228,9 @@ def main(argv=None):
     parser.add_argument("--kernels-off", nargs="*", type=positive_int, default=[], metavar="K",
                         help="also measure logo-cpp at these k with its single-node decode kernels of Q8_0 pairs off "
                              "(LOGO_PAIR_MATVEC=0: ggml's matmuls, the same numbers), rows 'K (ggml matmuls)'")
+    parser.add_argument("--fold", nargs="*", type=positive_int, default=[], metavar="K",
+                        help="also measure logo-cpp at these k with fold='requantize' (the mixture folded into "
+                             "requantized copies of the adapted weights: lossy), rows 'K (requantized fold)'")
     parser.add_argument("--prompt", type=positive_int, default=150, help="prompt tokens")
     parser.add_argument("--decode", type=positive_int, default=64, help="decode steps")
     common.add_common_args(parser, reps=5)
@@ -214,6 +241,8 @@ def main(argv=None):
         parser.error("--ks: every k must be >= 1")
     if any(k not in args.ks for k in args.kernels_off):
         parser.error("--kernels-off: every k must also be in --ks")
+    if any(k not in args.ks for k in args.fold):
+        parser.error("--fold: every k must also be in --ks")
 
     model = args.model
     if args.synthetic:
@@ -242,7 +271,7 @@ def main(argv=None):
     for t in args.types:
         print(f"[{t}] {files[t].name} ({tensor_types(files[t])}) ...", flush=True)
         res["types"][t] = bench_type(files[t], adapters, args.ks, args.threads, args.reps, args.prompt, args.decode, repack,
-                                     args.kernels_off)
+                                     args.kernels_off, args.fold)
         for k, row in res["types"][t]["rows"].items():
             llama = row.get("llama_decode_vs_base")
             print(f"  k={k}: decode vs base {row['logo_decode_vs_base']:.3f} "
