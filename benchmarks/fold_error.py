@@ -5,11 +5,11 @@ tasks, the first --per-task items of each):
 
 1. Logits (--logits): with teacher forcing over prompt + " " + answer, how far are the folded model's logits
    from the exact mixture's (max |diff|, mean KL(exact || fold) in nats, top-1 agreement over all positions),
-   next to how far the base model's are (the adapters' own effect, the scale to read the error against)? Per
+   (both folds: nearest and stochastic rounding) next to how far the base model's are (the adapters' own effect, the scale to read the error against)? Per
    base type (the shipped Q4_1, and the Q4_K / Q8_0 files `logo-cpp bench quant` requantized from it), for the
    prompt's own adapter at weight 1 (k = 1) and the default router's top 3 with its weights (k = 3).
 2. Accuracy (--accuracy): task accuracy of the default router at k = 1 and k = 3, greedy, exact vs fold, on the
-   shipped Q4_1, scored by logo_cpp.tasks.score (as `logo-cpp eval`).
+   shipped Q4_1 (both folds), scored by logo_cpp.tasks.score (as `logo-cpp eval`).
 
     python benchmarks/fold_error.py --logits --accuracy --per-task 4 --threads 1 --out docs/bench/fold-error.json
 """
@@ -26,6 +26,9 @@ import numpy as np
 
 import logo_cpp
 from logo_cpp import default_model, tasks
+
+
+FOLDS = ("requantize", "requantize-stochastic")
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -76,7 +79,7 @@ def logits_study(per_task: int, threads: int) -> dict:
         model = logo_cpp.Model(str(path), n_ctx=512, n_threads=threads, repack=False)
         pool = logo_cpp.AdapterPool(model, str(default_model.pool_dir() / "adapters"))
         router = logo_cpp.LoGo(model, pool, k=3)
-        rows = {"1": {"fold": [], "base": []}, "3": {"fold": [], "base": []}}
+        rows = {k: {"requantize": [], "requantize-stochastic": [], "base": []} for k in ("1", "3")}
         t0 = time.perf_counter()
         for item in chosen:
             ids = model.tokenize(item["prompt"] + " " + item["answer"])
@@ -84,8 +87,8 @@ def logits_study(per_task: int, threads: int) -> dict:
             routing = router.route(item["prompt"])
             for k, mixture in (("1", {item["task"]: 1.0}), ("3", routing.as_dict())):
                 exact = model.logits(ids, adapters=mixture)
-                folded = model.logits(ids, adapters=mixture, fold="requantize")
-                rows[k]["fold"].append(compare(exact, folded))
+                for fold in FOLDS:
+                    rows[k][fold].append(compare(exact, model.logits(ids, adapters=mixture, fold=fold)))
                 rows[k]["base"].append(compare(exact, base_logits))
         out[base] = {"file": path.name, "seconds": time.perf_counter() - t0,
                      **{k: {what: merge(v) for what, v in r.items()} for k, r in rows.items()}}
@@ -102,8 +105,8 @@ def accuracy_study(per_task: int, threads: int) -> dict:
     out = {}
     for k in (1, 3):
         router = logo_cpp.LoGo(model, pool, k=k)
-        scores = {"exact": [], "requantize": []}
-        same = 0
+        scores = {"exact": [], **{fold: [] for fold in FOLDS}}
+        same = {fold: 0 for fold in FOLDS}
         t0 = time.perf_counter()
         for item in chosen:
             mixture = router.route(item["prompt"]).as_dict()
@@ -113,12 +116,14 @@ def accuracy_study(per_task: int, threads: int) -> dict:
                                       temperature=0.0, adapters=mixture, fold=fold)
                 texts[fold] = done.text
                 scores[fold].append(tasks.score(item["task"], done.text, item["answer"]))
-            same += texts["exact"] == texts["requantize"]
-        out[str(k)] = {"exact": float(np.mean(scores["exact"])), "requantize": float(np.mean(scores["requantize"])),
-                       "same_text": same / len(chosen), "n": len(chosen),
-                       "paired": {"exact_only": int(sum(e > f for e, f in zip(scores["exact"], scores["requantize"]))),
-                                  "fold_only": int(sum(f > e for e, f in zip(scores["exact"], scores["requantize"])))},
-                       "seconds": time.perf_counter() - t0}
+            for fold in FOLDS:
+                same[fold] += texts["exact"] == texts[fold]
+        out[str(k)] = {"n": len(chosen), "seconds": time.perf_counter() - t0,
+                       **{mode: float(np.mean(v)) for mode, v in scores.items()},
+                       "same_text": {fold: same[fold] / len(chosen) for fold in FOLDS},
+                       "paired": {fold: {"exact_only": int(sum(e > f for e, f in zip(scores["exact"], scores[fold]))),
+                                         "fold_only": int(sum(f > e for e, f in zip(scores["exact"], scores[fold])))}
+                                  for fold in FOLDS}}
         print(f"k={k}", json.dumps(out[str(k)]), flush=True)
     base = [tasks.score(i["task"], model.generate(i["prompt"], max_tokens=tasks.get_task(i["task"]).max_tokens,
                                                   temperature=0.0).text, i["answer"]) for i in chosen]

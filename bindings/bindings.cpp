@@ -45,7 +45,8 @@ std::vector<std::string> from_bytes(const std::vector<nb::bytes> & list) {
 logo::FoldMode fold_mode(const std::string & name) {
     if (name == "exact") return logo::FoldMode::exact;
     if (name == "requantize") return logo::FoldMode::requantize;
-    throw std::invalid_argument("fold must be 'exact' or 'requantize', got '" + name + "'");
+    if (name == "requantize-stochastic") return logo::FoldMode::requantize_stochastic;
+    throw std::invalid_argument("fold must be 'exact', 'requantize' or 'requantize-stochastic', got '" + name + "'");
 }
 
 logo::RouterOptions router_options(int k, const std::string & signal, const std::string & probe,

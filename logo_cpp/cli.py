@@ -210,7 +210,9 @@ def add_fold_arg(p: argparse.ArgumentParser) -> None:
                    help="exact (default): the adapters' terms as defined; requantize: fold the mixture into copies "
                         "of the adapted weights in their own type, W' = quantize(dequantize(W) + sum w s B A), "
                         "LOSSY on quantized models (every adapted weight moves by up to a quantization step; "
-                        "docs/mixtures-on-quantized-bases.md section 11), but decoding costs exactly the base's")
+                        "docs/mixtures-on-quantized-bases.md section 11), but decoding costs exactly the base's; "
+                        "requantize-stochastic: the same with unbiased (stochastic) rounding of Q4_0/Q4_1/Q5_x/Q8_0 "
+                        "weights, which keeps more of the adapters' effect")
 
 
 def mixture_weight_kwargs(args) -> dict:

@@ -149,25 +149,81 @@ def merged_file(base_path, folded: dict, out):
     return out
 
 
+# The one-scale formats stochastic rounding handles: (bytes per block, bytes of scales, levels, offset).
+STOCHASTIC_FORMATS = {GGMLQuantizationType.Q4_0: (18, 2, 16, 8), GGMLQuantizationType.Q4_1: (20, 4, 16, 0),
+                      GGMLQuantizationType.Q8_0: (34, 2, 255, 127)}
+
+
+def unpack_quants(blocks: np.ndarray, tensor_type) -> np.ndarray:
+    """The integer quants of Q4_0/Q4_1 (0..15) or Q8_0 (shifted to 0..254), one row of 32 per block."""
+    size, scales, _levels, offset = STOCHASTIC_FORMATS[tensor_type]
+    blocks = blocks.reshape(-1, size)
+    if tensor_type == GGMLQuantizationType.Q8_0:
+        return blocks[:, scales:].view(np.int8).astype(int) + offset
+    qs = blocks[:, scales:].astype(int)
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=1)
+
+
+@pytest.mark.parametrize("base", ["q4_0", "q4_1", "q8_0", "q4_k"])
+def test_stochastic_fold_against_the_reference_grid(files, base):
+    """requantize-stochastic: the block scales of ggml's reference quantizer (gguf-py's, bit for bit on these
+    dyadic inputs), each quant one of the two grid points around the exact value, unbiased over a tensor, the
+    same bytes on every call; K-quant weights keep nearest rounding (the requantize fold's bytes)."""
+    _, bases, adapters = files
+    model, _pool = load(bases[base], adapters)
+    stochastic = model.folded_weights(MIXTURE, fold="requantize-stochastic")
+    assert model.folded_weights(MIXTURE, fold="requantize-stochastic") == stochastic
+    nearest = model.folded_weights(MIXTURE, fold="requantize")
+    stored = gguf_tensors(bases[base])
+    for name, (_type, data) in stochastic.items():
+        t = stored[name]
+        if t.tensor_type not in STOCHASTIC_FORMATS:
+            if t.tensor_type != GGMLQuantizationType.Q8_0:
+                assert data == nearest[name][1], name
+            continue
+        w = quants.dequantize(t.data, t.tensor_type)
+        exact = w + reference_delta(adapters, MIXTURE, name, w.shape).astype(np.float32)
+        ref = quants.quantize(exact, t.tensor_type).reshape(-1, STOCHASTIC_FORMATS[t.tensor_type][0])
+        ours = np.frombuffer(data, dtype=np.uint8).reshape(ref.shape)
+        scales = STOCHASTIC_FORMATS[t.tensor_type][1]
+        assert np.array_equal(ours[:, :scales], ref[:, :scales]), name
+        d = ours[:, :2].copy().view(np.float16).astype(np.float64)
+        m = ours[:, 2:4].copy().view(np.float16).astype(np.float64) if scales == 4 else 0.0
+        offset = STOCHASTIC_FORMATS[t.tensor_type][3]
+        u = (exact.reshape(-1, 32).astype(np.float64) - m) / np.where(d == 0, 1, d) + offset
+        q = unpack_quants(ours, t.tensor_type)
+        live = (d != 0)[:, 0]
+        top = STOCHASTIC_FORMATS[t.tensor_type][2] - 1  # the block scale's F16 rounding can put u past the range
+        lo = np.clip(np.floor(u - 1e-4), 0, top)[live]
+        hi = np.clip(np.floor(u + 1e-4) + 1, 0, top)[live]
+        assert np.all((q[live] >= lo) & (q[live] <= hi)), name
+        err = (quants.dequantize(ours.reshape(t.data.shape), t.tensor_type) - exact).reshape(-1, 32)[live]
+        step = np.broadcast_to(d, (d.shape[0], 32))[live]
+        assert abs(err.mean()) < 0.05 * np.abs(step).mean(), name  # unbiased (Q4_0 scales are signed)
+        assert not np.array_equal(q, unpack_quants(ref, t.tensor_type)), name
+
+
+@pytest.mark.parametrize("fold", ["requantize", "requantize-stochastic"])
 @pytest.mark.parametrize("base", ["q4_1", "q4_k", "q8_0"])
-def test_fold_logits_equal_llama_cpp_on_the_merged_file(files, tmp_path, base):
+def test_fold_logits_equal_llama_cpp_on_the_merged_file(files, tmp_path, base, fold):
     _, bases, adapters = files
     mixture = {"r0": 0.5, "r1": 0.3, "r2": 0.2}
     model, _pool = load(bases[base], adapters)
     ids = model.tokenize(PROMPT)
-    merged = merged_file(bases[base], model.folded_weights(mixture), tmp_path / "merged.gguf")
-    ours = model.logits(ids, adapters=mixture, fold="requantize")
+    merged = merged_file(bases[base], model.folded_weights(mixture, fold=fold), tmp_path / "merged.gguf")
+    ours = model.logits(ids, adapters=mixture, fold=fold)
     oracle = LlamaCpp(merged).logits(ids)
     np.testing.assert_array_equal(ours, oracle)
     exact = model.logits(ids, adapters=mixture)
     assert np.abs(ours - exact).max() > 0  # the fold is a different computation
     # Generation folds too: greedy tokens are llama.cpp's on the merged file.
-    out = model.generate(PROMPT, max_tokens=6, temperature=0, ignore_eos=True, adapters=mixture, fold="requantize")
+    out = model.generate(PROMPT, max_tokens=6, temperature=0, ignore_eos=True, adapters=mixture, fold=fold)
     assert out.tokens == LlamaCpp(merged).greedy(ids, 6)
 
 
 @pytest.mark.parametrize("base", ["q4_0", "q4_k"])
-def test_fold_into_repacked_weights(files, tmp_path, base):
+@pytest.mark.parametrize("fold", ["requantize", "requantize-stochastic"])
+def test_fold_into_repacked_weights(files, tmp_path, base, fold):
     """Weights in the CPU's repacked layout (repack=True: Q4_0 and Q4_K get CPU_REPACK here) are read from the
     file, and their folded copies live in the same repacked buffer type: the same logits as our own base path
     running the merged file with the same layout."""
@@ -176,11 +232,11 @@ def test_fold_into_repacked_weights(files, tmp_path, base):
     model, _pool = load(bases[base], adapters, repack=True)
     ids = model.tokenize(PROMPT)
     plain_model, _plain_pool = load(bases[base], adapters, repack=False)
-    folded = plain_model.folded_weights(mixture)
-    assert model.folded_weights(mixture) == folded  # the repacked source gives the same plain bytes
+    folded = plain_model.folded_weights(mixture, fold=fold)
+    assert model.folded_weights(mixture, fold=fold) == folded  # the repacked source gives the same plain bytes
     merged = merged_file(bases[base], folded, tmp_path / "merged.gguf")
     on_merged = logo_cpp.Model(str(merged), n_ctx=256, n_threads=THREADS, repack=True)
-    np.testing.assert_array_equal(model.logits(ids, adapters=mixture, fold="requantize"), on_merged.logits(ids))
+    np.testing.assert_array_equal(model.logits(ids, adapters=mixture, fold=fold), on_merged.logits(ids))
 
 
 def test_fold_over_float_weights_is_the_exact_fold(files):
@@ -220,7 +276,7 @@ def test_bad_fold_values_and_refusals(files, tmp_path):
     _, bases, adapters = files
     model, pool = load(bases["q4_1"], adapters)
     for bad in ("lossy", "", None, 1, "EXACT"):
-        with pytest.raises(ValueError, match="fold must be one of 'exact', 'requantize'"):
+        with pytest.raises(ValueError, match="fold must be one of 'exact', 'requantize', 'requantize-stochastic'"):
             model.generate(PROMPT, max_tokens=2, adapters={"r0": 1.0}, fold=bad)
         with pytest.raises(ValueError, match="fold must be one of"):
             model.logits([1, 2], adapters={"r0": 1.0}, fold=bad)
@@ -279,8 +335,32 @@ def test_chat_session_checks_fold(files):
 
     _, bases, adapters = files
     model, pool = load(bases["q4_1"], {"r0": adapters["r0"]})
-    with pytest.raises(ValueError, match="fold must be one of 'exact', 'requantize', got 'lossy'"):
+    with pytest.raises(ValueError, match="fold must be one of 'exact', 'requantize', 'requantize-stochastic', got 'lossy'"):
         ChatSession(model, pool, None, fold="lossy")
     session = ChatSession(model, pool, logo_cpp.Fixed(model, pool, {"r0": 1.0}), temperature=0.0, max_tokens=4,
                           fold="requantize")
     assert "".join(session.reply("Hi")) is not None
+
+
+@pytest.mark.parametrize("base", ["q4_1", "q8_0"])
+def test_stochastic_fold_keeps_small_changes(files, base):
+    """An adapter's change is mostly below half a quantization step: nearest rounding gives most weights their
+    old value back, unbiased rounding keeps the change on average. Retained fraction <F - W, delta> / |delta|^2
+    over every adapted weight (W, F dequantized by gguf-py; delta from the adapter file by numpy)."""
+    _, bases, adapters = files
+    model, _pool = load(bases[base], adapters)
+    mixture = {"r0": 0.01}
+    stored = gguf_tensors(bases[base])
+    retained = {}
+    for fold in ("requantize", "requantize-stochastic"):
+        num = den = 0.0
+        for name, (_type, data) in model.folded_weights(mixture, fold=fold).items():
+            t = stored[name]
+            w = quants.dequantize(t.data, t.tensor_type).astype(np.float64)
+            delta = reference_delta(adapters, mixture, name, w.shape)
+            change = quants.dequantize(as_blocks(data, t), t.tensor_type) - w
+            num, den = num + float((change * delta).sum()), den + float((delta * delta).sum())
+        retained[fold] = num / den
+    assert 0.9 < retained["requantize-stochastic"] < 1.1, retained
+    if base == "q4_1":
+        assert retained["requantize"] < 0.5, retained  # measured 0.06: nearest rounding erases most of it

@@ -25,8 +25,16 @@ namespace {
 constexpr int kFoldMinTokens = 16;
 
 void check_fold(FoldMode fold) {
-    if (fold != FoldMode::exact && fold != FoldMode::requantize) {
-        throw std::invalid_argument("fold must be exact or requantize, got " + std::to_string(int(fold)));
+    GenerateOptions o;
+    o.fold = fold;
+    o.validate();
+}
+
+core::FoldKind fold_kind(FoldMode fold) {
+    switch (fold) {
+        case FoldMode::requantize: return core::FoldKind::requantize;
+        case FoldMode::requantize_stochastic: return core::FoldKind::requantize_stochastic;
+        default: return core::FoldKind::float_only;
     }
 }
 
@@ -255,13 +263,13 @@ std::unique_ptr<core::Mixture> make_mixture(const core::Model & model, const cor
 std::unique_ptr<core::Mixture> folded_mixture(core::Session & session, const core::Model & model,
                                               const core::AdapterPool & pool, const std::vector<Mixture> & mixtures,
                                               FoldMode fold, bool long_single) {
-    if (fold == FoldMode::requantize && mixtures.size() != 1) {
+    if (fold != FoldMode::exact && mixtures.size() != 1) {
         throw std::invalid_argument("fold = requantize folds one mixture into the weights, shared by every sequence; got " +
                                     std::to_string(mixtures.size()) + " mixtures (use fold = exact for them)");
     }
-    auto mixture = make_mixture(model, pool, mixtures, session.n_stream(), fold == FoldMode::requantize);
-    if (fold == FoldMode::requantize) {
-        mixture->fold(session, core::FoldKind::requantize);
+    auto mixture = make_mixture(model, pool, mixtures, session.n_stream(), fold != FoldMode::exact);
+    if (fold != FoldMode::exact) {
+        mixture->fold(session, fold_kind(fold));
     } else if (long_single && mixture->foldable(model)) {
         // One long generation: fold the mixture into the weights so decoding costs what the base model costs.
         mixture->fold(session);
@@ -340,13 +348,13 @@ std::vector<FoldedWeight> Context::folded_weights(const AdapterPool & pool, cons
     Entered entered(guard_->mutex, "Context");
     check_fold(fold);
     std::shared_lock<std::shared_mutex> lock(pool.impl_->mutex);
-    auto folded = make_mixture(*model_, pool.impl_->pool, {mixture}, session_->n_stream(), fold == FoldMode::requantize);
+    auto folded = make_mixture(*model_, pool.impl_->pool, {mixture}, session_->n_stream(), fold != FoldMode::exact);
     if (fold == FoldMode::exact && !folded->terms().empty() && !folded->foldable(*model_)) {
         throw std::invalid_argument("fold = exact folds only into F32, F16 or BF16 weights; this mixture adapts quantized "
                                     "weights (fold = requantize folds them, lossily)");
     }
     std::vector<FoldedWeight> out;
-    folded->fold(*session_, fold == FoldMode::requantize ? core::FoldKind::requantize : core::FoldKind::float_only, &out);
+    folded->fold(*session_, fold_kind(fold), &out);
     return out;
 }
 

@@ -17,12 +17,18 @@ void GenerateOptions::validate() const {
     }
     if (top_logprobs > 0 && !logprobs) throw std::invalid_argument("top_logprobs needs logprobs = true");
     sampling.validate();
-    if (fold != FoldMode::exact && fold != FoldMode::requantize) {
-        throw std::invalid_argument("fold must be exact or requantize, got " + std::to_string(int(fold)));
+    if (fold != FoldMode::exact && fold != FoldMode::requantize && fold != FoldMode::requantize_stochastic) {
+        throw std::invalid_argument("fold must be exact, requantize or requantize_stochastic, got " + std::to_string(int(fold)));
     }
 }
 
-const char * to_string(FoldMode fold) { return fold == FoldMode::requantize ? "requantize" : "exact"; }
+const char * to_string(FoldMode fold) {
+    switch (fold) {
+        case FoldMode::requantize: return "requantize";
+        case FoldMode::requantize_stochastic: return "requantize-stochastic";
+        default: return "exact";
+    }
+}
 
 }  // namespace logo
 

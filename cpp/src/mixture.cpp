@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "backend.h"
+#include "stochastic_rounding.h"
 
 namespace logo::core {
 
@@ -378,7 +379,9 @@ void Mixture::fold(Session & session, FoldKind kind, std::vector<FoldedWeight> *
     if (!folded_.empty()) return;
     const Model & model = session.model();
     if (kind == FoldKind::float_only ? !foldable(model) : n_mix_ != 1 || terms_.empty()) return;
-    if (kind == FoldKind::requantize) check_requantizable(model);
+    if (kind != FoldKind::float_only) check_requantizable(model);
+    // Stochastic rounding needs the exact sums: the graph writes them in F32, the host quantizes them.
+    const bool stochastic = kind == FoldKind::requantize_stochastic;
 
     // Where each folded weight goes: the buffer type of the weight it copies (a repacked CPU layout keeps its
     // kernels), else the device's. A repacked weight is read from the file, and its copy is computed into a
@@ -406,6 +409,14 @@ void Mixture::fold(Session & session, FoldKind kind, std::vector<FoldedWeight> *
         }
     }
     TensorBuffer plain;  // plain copies of repacked weights and their staging outputs (host memory)
+    TensorBuffer exact;  // with stochastic rounding: the F32 sums, on the device
+    std::map<const ggml_tensor *, ggml_tensor *> sums;
+    if (stochastic) {
+        ggml_init_params params = {bases.size() * ggml_tensor_overhead(), nullptr, true};
+        ggml_context * ctx = ggml_init(params);
+        for (const ggml_tensor * base : bases) sums[base] = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, base->ne[0], base->ne[1]);
+        exact = TensorBuffer(ctx, model.device(), "the exact sums of a stochastically rounded fold");
+    }
     if (by_buft.size() > 1 || by_buft.begin()->first) {
         size_t n = 0;
         for (auto & [buft, group] : by_buft) n += buft ? 2 * group.size() : 0;
@@ -441,11 +452,25 @@ void Mixture::fold(Session & session, FoldKind kind, std::vector<FoldedWeight> *
             ggml_tensor * w = source.count(base) ? source[base] : const_cast<ggml_tensor *>(base);
             if (w->type != GGML_TYPE_F32) w = ggml_cast(ctx, w, GGML_TYPE_F32);             // dequantized
             ggml_tensor * sum = ggml_add(ctx, delta, w);
-            outputs.push_back(ggml_cpy(ctx, sum, staged.count(base) ? staged[base] : folded[base]));  // requantized
+            ggml_tensor * dst = stochastic ? sums[base] : staged.count(base) ? staged[base] : folded[base];
+            outputs.push_back(ggml_cpy(ctx, sum, dst));  // requantized (or kept F32 for stochastic rounding)
         }
         return outputs;
     });
     for (const ggml_tensor * base : bases) {
+        if (!stochastic) continue;
+        // ggml's reference quantizer (as llama-quantize and export-lora) sets each block's scales; then every
+        // quant is re-rounded up or down on that grid, unbiased.
+        std::vector<float> values(size_t(ggml_nelements(base)));
+        ggml_backend_tensor_get(sums[base], values.data(), 0, values.size() * sizeof(float));
+        std::vector<uint8_t> bytes(ggml_nbytes(base));
+        ggml_quantize_chunk(base->type, values.data(), bytes.data(), 0, base->ne[1], base->ne[0], nullptr);
+        round_stochastically(base->type, values.data(), bytes.data(), int64_t(values.size()), rounding_seed(ggml_get_name(base)));
+        ggml_backend_tensor_set(folded[base], bytes.data(), 0, bytes.size());
+        if (keep) keep->push_back({ggml_get_name(base), ggml_type_name(base->type), std::move(bytes)});
+    }
+    for (const ggml_tensor * base : bases) {
+        if (stochastic) break;
         const bool repacked = staged.count(base) > 0;
         if (repacked || keep) {
             std::vector<uint8_t> bytes(ggml_nbytes(base));

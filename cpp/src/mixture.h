@@ -24,7 +24,8 @@ using Selection = std::vector<WeightedAdapter>;
 
 // How a fold builds the folded weights (logo::FoldMode): in the weights' own float type only, or in any
 // type the device can dequantize and quantize (lossy on quantized weights).
-enum class FoldKind { float_only, requantize };
+// requantize_stochastic: the same, re-rounded stochastically (stochastic_rounding.h) where the type allows.
+enum class FoldKind { float_only, requantize, requantize_stochastic };
 
 class Mixture {
 public:

@@ -47,7 +47,12 @@ struct SamplingParams {
 //   dequantize and quantize the weight's type (ggml's CPU: every type but IQ1_S/IQ1_M/IQ2_XXS/IQ2_XS/IQ2_S/
 //   IQ3_XXS/IQ3_S, which need an importance matrix); otherwise std::invalid_argument naming the tensor and
 //   type. Measured error and speed: docs/mixtures-on-quantized-bases.md section 11.
-enum class FoldMode { exact, requantize };
+// requantize_stochastic: as requantize, then every quant of a Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weight is re-rounded
+//   on its block's grid up or down at random (seeded by the weight's name: deterministic), with the
+//   probability that makes the expected dequantized value the exact sum: a change below half a step, which
+//   nearest rounding erases, survives on average over the inputs a matmul sums. Other types (K-quants, IQ*)
+//   keep nearest rounding. Lossy like requantize, with a different error (docs section 11 measures both).
+enum class FoldMode { exact, requantize, requantize_stochastic };
 
 struct GenerateOptions {
     int max_tokens = 128;
@@ -219,7 +224,7 @@ const char * to_string(Signal signal);
 const char * to_string(Calibration calibration);
 const char * to_string(ProbePosition position);
 const char * to_string(MixtureWeighting weighting);
-const char * to_string(FoldMode fold);  // "exact", "requantize"
+const char * to_string(FoldMode fold);  // "exact", "requantize", "requantize-stochastic"
 
 // A weighted set of pool adapters: (pool index, weight).
 using Mixture = std::vector<std::pair<int, float>>;
