@@ -16,6 +16,10 @@ W' = quantize_T(dequantize(W) + sum_i w_i s_i B_i A_i), T the weight's ggml type
   Q4_1, Q4_K and Q8_0 bases; and with the CPU's repacked layouts, against our own base path on that file;
 - over F16 weights the fold is what the exact mode already does for long generations: greedy tokens equal;
   over F32 weights the fold only reorders float32 sums: logits agree to float32 rounding.
+fold="requantize-stochastic" re-rounds Q4_0/Q4_1/Q8_0 quants on the reference's block grid: checked against
+the reference's scales (bit for bit), the two grid neighbours of each exact value, its unbiasedness on small
+changes (the fraction of an adapter's change it keeps, where nearest rounding keeps little), determinism, and the
+same llama.cpp-on-the-merged-file oracle.
 How far the fold moves a model from the exact mixture is measured (docs/mixtures-on-quantized-bases.md section
 11), not asserted beyond the check that the adapters' effect survives on Q8_0.
 """
