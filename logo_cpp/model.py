@@ -470,9 +470,10 @@ class Model:
         merged model. ``fold="exact"`` folds only F32/F16/BF16 weights (ValueError for a mixture over quantized
         weights); "requantize" any type the device can dequantize and quantize (see generate())."""
         check_fold(fold)
+        session = self._session  # a closed model raises ClosedError here, before its pools are looked at
         pool, selection = self._resolve_mixture(adapters)
         with self._lock:
-            out = self._session.folded_weights(pool._core, selection, fold)
+            out = session.folded_weights(pool._core, selection, fold)
         return {name: (type_name, data) for name, type_name, data in out}
 
     def chat(self, messages: Sequence[Mapping[str, Union[str, bytes]]], *, chat_template: Optional[str] = None,

@@ -34,6 +34,7 @@ def model_calls(model, pool):
         "generate": lambda: model.generate("the cat", **GREEDY),
         "generate(stream)": lambda: list(model.generate("the cat", stream=True, **GREEDY)),
         "generate(adapters)": lambda: model.generate("the cat", adapters={"math": 1.0}, **GREEDY),
+        "folded_weights": lambda: model.folded_weights({"math": 1.0}),
         "generate_batch": lambda: model.generate_batch(["the cat", "a dog"], **GREEDY),
         "chat": lambda: model.chat([{"role": "user", "content": "hi"}], chat_template="chatml", **GREEDY),
         "apply_chat_template": lambda: model.apply_chat_template([{"role": "user", "content": "hi"}],
