@@ -1035,6 +1035,31 @@ def test_shutdown_ends_a_running_stream_with_an_error_event_and_done(model_dir):
     assert elapsed < 4, elapsed  # before the graceful timeout (2 s here, 5 s for logo-cpp serve) cut it
 
 
+def test_shutdown_during_a_long_prefill_answers_503_at_once(model_dir):
+    """Ctrl-C while a request is in a long prefill (chunks of --batch-size 1 here): the prefill stops after the
+    chunk in progress and the request gets the 503 "shutting down", not a bare 500 after the graceful timeout."""
+    long = [(7 * i) % 200 + 5 for i in range(1000)]
+    with running_server(model_dir / "llama-f32.gguf", n_slots=1, n_ctx=1024, n_batch=1) as bg:
+        engine = bg.server.engine
+        t0 = time.perf_counter()
+        code, payload, _ = request(bg, "POST", "/v1/completions", {"model": "base", "prompt": long, "max_tokens": 1})
+        full_seconds = time.perf_counter() - t0
+        assert code == 200, payload
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            pending = ex.submit(request, bg, "POST", "/v1/completions",
+                                {"model": "base", "prompt": long, "max_tokens": 1})
+            wait_until(lambda: engine._starting is not None and len(engine._starting.prompt) == len(long),
+                       what="the long prompt's prefill to begin")
+            time.sleep(full_seconds / 10)
+            stopped = time.perf_counter()
+            bg._uvicorn.handle_exit(signal.SIGINT, None)
+            code, payload, _ = pending.result(TIMEOUT)
+            answered = time.perf_counter() - stopped
+    assert code == 503 and "shutting down" in payload["error"]["message"], (code, payload)
+    assert engine.stats["prefills_aborted"] == 1 and engine.stats["cancelled"] == 0
+    assert answered < max(full_seconds / 2, 1.5), (answered, full_seconds)
+
+
 def test_an_empty_api_key_is_refused(model_dir, tmp_path):
     model = logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=64, n_threads=THREADS)
     from logo_cpp.server.app import Server, ServerConfig

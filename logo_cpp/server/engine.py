@@ -180,7 +180,12 @@ class Engine:
         with self._cond:
             self._stopping = True
             waiting, self._waiting = list(self._waiting), collections.deque()
+            starting, batch = self._starting, self.batch
             self._cond.notify()
+        if starting is not None and batch is not None:
+            # A request in its prefill would hold the engine thread past uvicorn's graceful timeout (its client
+            # then got a bare 500): stop it after the chunk in progress; _start answers it with the 503.
+            batch.abort(starting.id)
         for job in waiting:
             self._send(job, [("error", ApiError(503, "the server is shutting down", code="unavailable"))])
 
@@ -248,9 +253,14 @@ class Engine:
                                  pool=self.pool._core if selection else None, selection=selection,
                                  logprobs=s.get("logprobs", False), top_logprobs=s.get("top_logprobs", 0))
         self.stats["started"] += 1
-        if event[2] and event[3]["finish_reason"] == "cancelled":  # aborted during its prefill: its client is gone
-            self.stats["cancelled"] += 1
+        if event[2] and event[3]["finish_reason"] == "cancelled":  # aborted during its prefill
             self.stats["prefills_aborted"] += 1
+            with self._cond:
+                by_client = job.id in self._cancelled or not self._stopping
+            if by_client:  # its client is gone
+                self.stats["cancelled"] += 1
+            else:  # shutdown() stopped it: its client still waits for an answer
+                self._send(job, [("error", ApiError(503, "the server is shutting down", code="unavailable"))])
             return
         events: list = [("routing", routing)]
         with self._cond:  # from starting to running in one step: the admission count never sees it twice
