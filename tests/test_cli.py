@@ -173,6 +173,8 @@ def test_user_mistakes_are_one_line(files, broken_dir, tmp_path, args, message):
     (["bench", "--threads", "999"], "--threads"),
     (["bench", "serve", "--clients", "0"], "--clients"),
     (["bench", "core", "--reps", "0"], "--reps"),
+    (["bench", "core", "--prompt", "513"], "--prompt"),   # llama.cpp's runner would abort (n_tokens > n_batch)
+    (["bench", "quant", "--prompt", "100000"], "--prompt"),
     (["chat", "--ctx", "0"], "--ctx"),
     (["demo", "--threads", "0"], "--threads/-t"),
     (["demo", "--seed", "-1"], "--seed"),   # as route's --seed

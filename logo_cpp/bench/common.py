@@ -21,6 +21,22 @@ SPEC_150M = dict(arch="llama", n_embd=768, n_layer=12, n_head=12, n_head_kv=4, n
 SPEC_1B = dict(arch="llama", n_embd=2048, n_layer=16, n_head=32, n_head_kv=8, n_ff=5632, seed=7)
 
 
+# Both runners prefill a benchmark prompt in one batch of this many tokens (llama.cpp's n_batch here): a longer
+# prompt would trip llama.cpp's assertion n_tokens <= n_batch, which aborts the process.
+PROMPT_BATCH = 512
+
+
+def prompt_length(text: str) -> int:
+    """argparse type for --prompt: a token count in [1, PROMPT_BATCH]."""
+    import argparse
+
+    value = positive_int(text)
+    if value > PROMPT_BATCH:
+        raise argparse.ArgumentTypeError(f"expected at most {PROMPT_BATCH} prompt tokens (both runners prefill the "
+                                         f"prompt in one batch of {PROMPT_BATCH}), got {value}")
+    return value
+
+
 def spec_for(size: str) -> synthetic.ModelSpec:
     base = SPEC_150M if size == "150m" else SPEC_1B
     spec = synthetic.ModelSpec(**base)
@@ -108,7 +124,7 @@ class LlamaCppRunner:
             raise RuntimeError(f"llama.cpp could not load {path}")
         cp = lc.llama_context_default_params()
         cp.n_ctx = n_ctx * n_seq
-        cp.n_batch = 512
+        cp.n_batch = PROMPT_BATCH
         cp.n_ubatch = 512
         cp.n_seq_max = n_seq
         cp.n_threads = threads

@@ -24,7 +24,7 @@ from ..cli import positive_int
 class LogoRunner:
     def __init__(self, path: Path, threads: int, n_ctx: int = 1024, n_seq: int = 1):
         self.model = logo_cpp.Model(path, n_ctx=n_ctx, n_threads=threads)
-        self.session = logo_cpp._core.Session(self.model._core, n_ctx=n_ctx, n_seq=n_seq, n_batch=512)
+        self.session = logo_cpp._core.Session(self.model._core, n_ctx=n_ctx, n_seq=n_seq, n_batch=common.PROMPT_BATCH)
 
     def prefill(self, ids, seq=0, **mixture):
         self.session.clear(seq)
@@ -86,7 +86,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="logo-cpp bench core", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--types", nargs="+", default=["f16", "q8_0", "q4_0"], help="weight types to compare")
-    parser.add_argument("--prompt", type=positive_int, default=128, help="prompt tokens for prefill")
+    parser.add_argument("--prompt", type=common.prompt_length, default=128, help="prompt tokens for prefill")
     parser.add_argument("--decode", type=positive_int, default=64, help="greedy decode steps")
     common.add_common_args(parser, reps=5)
     args = parser.parse_args(argv)

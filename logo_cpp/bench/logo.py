@@ -45,7 +45,7 @@ def main(argv=None):
     parser.add_argument("--n-adapters", type=positive_int, default=260, help="pool size N (rank-16 adapters on attn_q, attn_v)")
     parser.add_argument("--k", type=positive_int, default=20, help="adapters per mixture")
     parser.add_argument("--batch", type=positive_int, default=8, help="instances in the heterogeneous batch")
-    parser.add_argument("--prompt", type=positive_int, default=128, help="prompt tokens")
+    parser.add_argument("--prompt", type=common.prompt_length, default=128, help="prompt tokens")
     parser.add_argument("--decode", type=positive_int, default=64, help="decode steps for the tokens/s measurements")
     parser.add_argument("--e2e-tokens", type=positive_int, default=256, help="new tokens per instance, end to end")
     common.add_common_args(parser, reps=3)

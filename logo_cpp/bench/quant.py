@@ -231,7 +231,7 @@ def main(argv=None):
     parser.add_argument("--fold", nargs="*", type=positive_int, default=[], metavar="K",
                         help="also measure logo-cpp at these k with fold='requantize' (the mixture folded into "
                              "requantized copies of the adapted weights: lossy), rows 'K (requantized fold)'")
-    parser.add_argument("--prompt", type=positive_int, default=150, help="prompt tokens")
+    parser.add_argument("--prompt", type=common.prompt_length, default=150, help="prompt tokens")
     parser.add_argument("--decode", type=positive_int, default=64, help="decode steps")
     common.add_common_args(parser, reps=5)
     args = parser.parse_args(argv)

@@ -276,7 +276,7 @@ def main(argv=None):
     parser.add_argument("--batches", nargs="+", type=positive_int, default=[1, 4, 8, 16], help="batch sizes for section 5")
     parser.add_argument("--k", type=positive_int, default=20, help="adapters per mixture in sections 3-5")
     parser.add_argument("--n-adapters", type=positive_int, default=260, help="pool size for sections 4-5")
-    parser.add_argument("--prompt", type=positive_int, default=128, help="prompt tokens")
+    parser.add_argument("--prompt", type=common.prompt_length, default=128, help="prompt tokens")
     parser.add_argument("--decode", type=positive_int, default=32, help="decode steps for the tokens/s measurements")
     parser.add_argument("--e2e-tokens", type=positive_int, default=64, help="new tokens per instance in section 4")
     common.add_common_args(parser, reps=3)
