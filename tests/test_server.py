@@ -1060,6 +1060,23 @@ def test_shutdown_during_a_long_prefill_answers_503_at_once(model_dir):
     assert answered < max(full_seconds / 2, 1.5), (answered, full_seconds)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the address-space limit (RLIMIT_AS) is Linux's")
+def test_slots_that_do_not_fit_in_memory_are_one_line(model_dir, tmp_path):
+    """--parallel 2147483647 under a 4 GiB address-space limit: the slots' bookkeeping fails to allocate before
+    the KV cache's own size check can speak; serve says so in one line (was a MemoryError traceback)."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    command = [sys.executable, "-m", "logo_cpp.cli", "serve", "--model", str(model_dir / "llama-f32.gguf"),
+               "--port", "0", "--threads", "1", "--parallel", "2147483647", "--ctx-size", "64"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path, preexec_fn=limit)
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert "2147483647 slots of 64 tokens do not fit in this process's memory" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+
+
 def test_an_empty_api_key_is_refused(model_dir, tmp_path):
     model = logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=64, n_threads=THREADS)
     from logo_cpp.server.app import Server, ServerConfig
