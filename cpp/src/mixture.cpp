@@ -457,27 +457,25 @@ void Mixture::fold(Session & session, FoldKind kind, std::vector<FoldedWeight> *
         }
         return outputs;
     });
+    // Every folded weight's final bytes: re-rounded on the host (stochastic), or read back from the staging
+    // tensor (a repacked layout, written through its buffer's set_tensor) or for the caller (keep).
     for (const ggml_tensor * base : bases) {
-        if (!stochastic) continue;
-        // ggml's reference quantizer (as llama-quantize and export-lora) sets each block's scales; then every
-        // quant is re-rounded up or down on that grid, unbiased.
-        std::vector<float> values(size_t(ggml_nelements(base)));
-        ggml_backend_tensor_get(sums[base], values.data(), 0, values.size() * sizeof(float));
-        std::vector<uint8_t> bytes(ggml_nbytes(base));
-        ggml_quantize_chunk(base->type, values.data(), bytes.data(), 0, base->ne[1], base->ne[0], nullptr);
-        round_stochastically(base->type, values.data(), bytes.data(), int64_t(values.size()), rounding_seed(ggml_get_name(base)));
-        ggml_backend_tensor_set(folded[base], bytes.data(), 0, bytes.size());
-        if (keep) keep->push_back({ggml_get_name(base), ggml_type_name(base->type), std::move(bytes)});
-    }
-    for (const ggml_tensor * base : bases) {
-        if (stochastic) break;
         const bool repacked = staged.count(base) > 0;
-        if (repacked || keep) {
-            std::vector<uint8_t> bytes(ggml_nbytes(base));
+        if (!stochastic && !repacked && !keep) continue;
+        std::vector<uint8_t> bytes(ggml_nbytes(base));
+        if (stochastic) {
+            // ggml's reference quantizer (as llama-quantize and export-lora) sets each block's scales; then every
+            // quant is re-rounded up or down on that grid, unbiased.
+            std::vector<float> values(size_t(ggml_nelements(base)));
+            ggml_backend_tensor_get(sums[base], values.data(), 0, values.size() * sizeof(float));
+            ggml_quantize_chunk(base->type, values.data(), bytes.data(), 0, base->ne[1], base->ne[0], nullptr);
+            round_stochastically(base->type, values.data(), bytes.data(), int64_t(values.size()),
+                                 rounding_seed(ggml_get_name(base)));
+        } else {
             ggml_backend_tensor_get(repacked ? staged[base] : folded[base], bytes.data(), 0, bytes.size());
-            if (repacked) ggml_backend_tensor_set(folded[base], bytes.data(), 0, bytes.size());
-            if (keep) keep->push_back({ggml_get_name(base), ggml_type_name(base->type), std::move(bytes)});
         }
+        if (stochastic || repacked) ggml_backend_tensor_set(folded[base], bytes.data(), 0, bytes.size());
+        if (keep) keep->push_back({ggml_get_name(base), ggml_type_name(base->type), std::move(bytes)});
     }
     // The pairs are no longer read: the linear maps of the adapted weights use the folded copies.
     for (auto & [base, term] : terms_) term = LowRankTerm{nullptr, 0, nullptr, folded[base], nullptr, false};
