@@ -36,6 +36,11 @@ log = logging.getLogger("logo_cpp.server")
 _LOGO_PARAMETERS = inspect.signature(LoGo).parameters
 
 
+def _shutting_down() -> ApiError:
+    """The error of every request a stopping server ends or refuses (waiting, being started or running)."""
+    return ApiError(503, "the server is shutting down", code="unavailable")
+
+
 @dataclass(frozen=True)
 class Route:
     """How one request chooses its adapters.
@@ -119,7 +124,7 @@ class Engine:
         """Queues jobs (all or none); raises ApiError(503) when the queue cannot take them."""
         with self._cond:
             if self._stopping:
-                raise ApiError(503, "the server is shutting down", code="unavailable")
+                raise _shutting_down()
             # Free slots take jobs at once; beyond them at most max_queue wait.
             taken, queued = self._occupancy()
             if queued + len(jobs) > self.max_queue + (self.n_slots - taken):
@@ -192,7 +197,7 @@ class Engine:
             # then got a bare 500): stop it after the chunk in progress; _start answers it with the 503.
             batch.abort(starting.id)
         for job in waiting:
-            self._send(job, [("error", ApiError(503, "the server is shutting down", code="unavailable"))])
+            self._send(job, [("error", _shutting_down())])
 
     def close(self, timeout: float = 10.0) -> None:
         self.shutdown()
@@ -220,7 +225,7 @@ class Engine:
                 self._step()
         for job_id, job in list(self._running.items()):
             self.batch.cancel(job_id)
-            self._send(job, [("error", ApiError(503, "the server is shutting down", code="unavailable"))])
+            self._send(job, [("error", _shutting_down())])
         self._running.clear()
 
     def _admit(self) -> None:
@@ -265,7 +270,7 @@ class Engine:
             if by_client:  # its client is gone
                 self.stats["cancelled"] += 1
             else:  # shutdown() stopped it: its client still waits for an answer
-                self._send(job, [("error", ApiError(503, "the server is shutting down", code="unavailable"))])
+                self._send(job, [("error", _shutting_down())])
             return
         events: list = [("routing", routing)]
         with self._cond:  # from starting to running in one step: the admission count never sees it twice
