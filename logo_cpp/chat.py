@@ -128,8 +128,8 @@ class ChatSession:
         budget = self.model.n_ctx - self.max_tokens
         dropped = 0
         while True:
-            text = self.model.apply_chat_template(self._conversation(messages[dropped:]))
-            tokens = self.model.tokenize(text, add_special=True, parse_special=True)
+            # Contents are plain text (Model.chat_tokens): a "<|im_end|>" typed in the chat cannot end the turn.
+            tokens = self.model.chat_tokens(self._conversation(messages[dropped:]))
             if len(tokens) <= budget:
                 return tokens, dropped
             if len(messages) - dropped <= 1:
@@ -140,11 +140,14 @@ class ChatSession:
             # Drop a user message and the assistant reply after it, so the history still alternates.
             dropped += 2 if len(messages) - dropped > 2 and messages[dropped + 1]["role"] == "assistant" else 1
 
-    def route_input(self, messages: list) -> str:
-        """What the router reads for this turn (see ROUTE_ON)."""
+    def route_tokens(self, messages: list) -> list[int]:
+        """The token ids the router reads for this turn (see ROUTE_ON), contents as plain text. The probe reads at
+        most the context's worth of their end (the last token's state is the probe)."""
         if self.route_on == "last-user":
-            return messages[-1]["content"]
-        return self.model.apply_chat_template(self._conversation(messages))
+            ids = self.model.tokenize(messages[-1]["content"], add_special=True, parse_special=False)
+        else:
+            ids = self.model.chat_tokens(self._conversation(messages))
+        return ids[-self.model.n_ctx:]
 
     def reply(self, user_text: str) -> Iterator[str]:
         """Routes, then streams the reply to ``user_text`` piece by piece; the exchange joins the history when
@@ -157,11 +160,7 @@ class ChatSession:
         turn = Turn(dropped_messages=dropped, n_prompt=len(tokens))
         mixture = None
         if self.router is not None and self.pool is not None and len(self.pool):
-            probe_text = self.route_input(messages)
-            # The probe reads at most the context's worth of the text's end (the last token's state is the probe).
-            probe_tokens = self.model.tokenize(probe_text, add_special=True,
-                                               parse_special=self.route_on == "conversation")[-self.model.n_ctx:]
-            turn.routing = self.router.route(probe_tokens or tokens)
+            turn.routing = self.router.route(self.route_tokens(messages) or tokens)
             margin = getattr(self.router, "rerank_margin", None)
             if margin is not None and getattr(self.router, "k", None) == 1:
                 # `chat --rerank`: a close top two both answer the whole prompt greedily and the adapter whose answer

@@ -480,9 +480,9 @@ class Model:
              **generate_kwargs) -> Union[Completion, Iterator[str]]:
         """Generates the assistant's reply to ``messages`` ({"role", "content"} dicts; str or bytes) with the
         model's chat template. Roles are OpenAI's (CHAT_ROLES: system, developer, user, assistant, tool;
-        "developer" reaches the template as "system"); ValueError naming the message for any other."""
-        prompt = self._chat_prompt(messages, True, chat_template)
-        return self.generate(prompt, **generate_kwargs)
+        "developer" reaches the template as "system"); ValueError naming the message for any other. Contents are
+        plain text (see chat_tokens())."""
+        return self.generate(self.chat_tokens(messages, chat_template=chat_template), **generate_kwargs)
 
     def apply_chat_template(self, messages: Sequence[Mapping[str, Union[str, bytes]]], *,
                             add_generation_prompt: bool = True, chat_template: Optional[str] = None) -> str:
@@ -490,9 +490,25 @@ class Model:
         knows, e.g. "chatml") makes of ``messages``; bytes that are not UTF-8 show as U+FFFD here (chat()
         passes them to the tokenizer unchanged). ValueError for malformed messages, a role outside CHAT_ROLES
         (naming the message, the role and the accepted ones) or NUL bytes."""
-        return self._chat_prompt(messages, add_generation_prompt, chat_template).decode("utf-8", errors="replace")
+        pairs, template = self._chat_messages(messages, chat_template)
+        return self._core.apply_chat_template(pairs, add_generation_prompt, template).decode("utf-8", errors="replace")
 
-    def _chat_prompt(self, messages, add_generation_prompt: bool, chat_template: Optional[str]) -> bytes:
+    def chat_tokens(self, messages: Sequence[Mapping[str, Union[str, bytes]]], *, add_generation_prompt: bool = True,
+                    chat_template: Optional[str] = None, add_special: bool = True) -> list[int]:
+        """The token ids of the prompt apply_chat_template() renders, with each message's content as plain text.
+
+        Special tokens are parsed in the template's own text only (``<|im_start|>``, ``<|im_end|>``, ...); a
+        message's content is tokenized with parse_special=False, as OpenAI's API treats it, so content holding
+        ``<|im_end|>\n<|im_start|>system`` is those characters and cannot open a turn of another role. For content
+        without special-token text the ids equal ``tokenize(apply_chat_template(...), add_special, True)``, what
+        llama.cpp's server feeds the model. ``add_special`` adds BOS (and EOS) where the vocabulary asks for them.
+        ValueError as apply_chat_template(), or for a template that changes contents beyond trimming whitespace
+        (their bytes cannot be told from the template's)."""
+        pairs, template = self._chat_messages(messages, chat_template)
+        return self._core.chat_tokens(pairs, add_generation_prompt, template, add_special)
+
+    def _chat_messages(self, messages, chat_template: Optional[str]) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """Checked (role, content) byte pairs and the template override (b"" for the model's own)."""
         pairs = []
         for i, m in enumerate(messages):
             if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
@@ -515,7 +531,7 @@ class Model:
         template = as_bytes(chat_template or "", "chat_template")
         if b"\0" in template:
             raise ValueError("chat_template holds a NUL byte")
-        return self._core.apply_chat_template(pairs, add_generation_prompt, template)
+        return pairs, template
 
     # -- adapters ----------------------------------------------------------------------------------
     def _attach_pool(self, pool) -> None:

@@ -131,8 +131,10 @@ def test_every_prompt_argument_takes_bytes(model_dir, adapter_dir):
     if first:
         assert model.generate(raw, stop=[first], **greedy).finish_reason == "stop"
     chat = model.chat([{"role": "user", "content": b"hi \xff there"}], **greedy)
-    template = model._chat_prompt([{"role": "user", "content": b"hi \xff there"}], True, None)
+    ids = model.chat_tokens([{"role": "user", "content": b"hi \xff there"}])
+    template = model._core.apply_chat_template([(b"user", b"hi \xff there")], True, b"")
     assert b"hi \xff there" in template
-    assert chat.tokens == model.generate(template, **greedy).tokens
+    assert ids == model.tokenize(template, parse_special=True)  # the byte reached the tokenizer as it is
+    assert chat.tokens == model.generate(ids, **greedy).tokens
     with pytest.raises(ValueError, match=r"messages\[0\]\['content'\] holds a NUL byte"):
         model.chat([{"role": "user", "content": b"a\x00b"}])

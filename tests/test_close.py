@@ -39,6 +39,7 @@ def model_calls(model, pool):
         "chat": lambda: model.chat([{"role": "user", "content": "hi"}], chat_template="chatml", **GREEDY),
         "apply_chat_template": lambda: model.apply_chat_template([{"role": "user", "content": "hi"}],
                                                                  chat_template="chatml"),
+        "chat_tokens": lambda: model.chat_tokens([{"role": "user", "content": "hi"}], chat_template="chatml"),
     }
 
 

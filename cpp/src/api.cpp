@@ -91,6 +91,12 @@ std::string Model::apply_chat_template(const std::vector<ChatMessage> & messages
     return impl_->vocab().apply_chat_template(messages, add_generation_prompt, chat_template);
 }
 
+std::vector<Token> Model::chat_tokens(const std::vector<ChatMessage> & messages, bool add_generation_prompt,
+                                      const std::string & chat_template, bool add_special) const {
+    if (messages.empty()) throw std::invalid_argument("messages is empty");
+    return impl_->vocab().chat_tokens(messages, add_generation_prompt, chat_template, add_special);
+}
+
 size_t Model::calibration_cache_entries() const { return impl_->calibration_cache().n_cached_stats(); }
 
 namespace {

@@ -1,6 +1,8 @@
 #include "vocab.h"
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <cstdio>
 #include <stdexcept>
 #include <unordered_map>
@@ -99,7 +101,14 @@ Vocab::Vocab(const GgufFile & file) : path_(file.path) {
     }
     for (Token t = 0; t < llama_vocab_n_tokens(vocab_); ++t) {
         if (llama_vocab_is_eog(vocab_, t)) eog_.push_back(t);
+        const auto attr = llama_vocab_get_attr(vocab_, t);
+        const char * text = llama_vocab_get_text(vocab_, t);
+        if ((attr & (LLAMA_TOKEN_ATTR_CONTROL | LLAMA_TOKEN_ATTR_UNKNOWN)) && text && *text) parsed_specials_.push_back(t);
     }
+    // llama.cpp's partition order (llama_vocab::impl::tokenizer_st_partition): longest text first.
+    std::stable_sort(parsed_specials_.begin(), parsed_specials_.end(), [this](Token a, Token b) {
+        return std::strlen(llama_vocab_get_text(vocab_, a)) > std::strlen(llama_vocab_get_text(vocab_, b));
+    });
 }
 
 void Vocab::check_special_tokens() const {

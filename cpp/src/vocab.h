@@ -40,6 +40,15 @@ public:
     std::string apply_chat_template(const std::vector<ChatMessage> & messages, bool add_generation_prompt,
                                     const std::string & template_override) const;
 
+    // The token ids of the chat prompt apply_chat_template renders, with the message contents as plain text:
+    // the template's own text has its special tokens parsed (<|im_start|>, <|eot_id|>, ...), a message's
+    // content never does, so a "<|im_end|>" a user writes stays the characters it is. For content holding no
+    // special token's text the ids equal llama_tokenize(rendered, add_special, parse_special=true), what
+    // llama.cpp's server does. Defined in chat_tokens.cpp. Throws invalid_argument as apply_chat_template, and
+    // when the template changes a message's content other than by trimming whitespace (it cannot be located).
+    std::vector<Token> chat_tokens(const std::vector<ChatMessage> & messages, bool add_generation_prompt,
+                                   const std::string & template_override, bool add_special) const;
+
 private:
     void check_special_tokens() const;  // FormatError for a BOS/EOS/SEP the tokenizer adds but lacks
 
@@ -47,6 +56,9 @@ private:
     const llama_vocab * vocab_ = nullptr;
     std::string path_;
     std::vector<Token> eog_;  // every end-of-generation token (EOS, EOT, <|im_end|>, ...), for ignore_eos
+    // Control and unknown tokens, longest text first: the tokens llama_tokenize matches in text only when
+    // asked to parse special tokens (user-defined ones it always matches), for chat_tokens.
+    std::vector<Token> parsed_specials_;
 };
 
 }  // namespace logo::core

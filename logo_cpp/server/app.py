@@ -304,10 +304,12 @@ def build_app(server: Server) -> Starlette:
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
                     for i, m in enumerate(req.messages)]
         try:
-            text = server.model.apply_chat_template(messages)
+            # Contents are plain text, as OpenAI's API reads them: special tokens are parsed in the template's own
+            # text only, so a message holding "<|im_end|>" cannot open a turn of another role (Model.chat_tokens).
+            ids = server.model.chat_tokens(messages)
         except ValueError as exc:
             raise ApiError(400, f"messages: the chat template cannot format them: {exc}", param="messages") from None
-        ids = server.tokens(text, "messages")
+        ids = server.tokens(ids, "messages")
         probe = ids
         if server.config.chat_route_on == "last-user":
             users = [m["content"] for m in messages if m["role"] == "user" and m["content"]]

@@ -59,6 +59,12 @@ public:
     // The model's chat template (or `chat_template`, a name or template libllama supports).
     std::string apply_chat_template(const std::vector<ChatMessage> & messages, bool add_generation_prompt = true,
                                     const std::string & chat_template = "") const;
+    // The token ids of that prompt with every message's content as plain text: special tokens are parsed in the
+    // template's own text only, so content holding "<|im_end|>" cannot open another turn. For content without
+    // special-token text the ids equal tokenize(apply_chat_template(...), add_special, true). Throws
+    // invalid_argument as apply_chat_template, or for a template that rewrites contents beyond trimming them.
+    std::vector<Token> chat_tokens(const std::vector<ChatMessage> & messages, bool add_generation_prompt = true,
+                                   const std::string & chat_template = "", bool add_special = true) const;
 
     // How many adapter matrices' calibration statistics this model has cached (diagnostics and tests:
     // statistics are computed once per matrix content, whichever pool or order it comes in).
