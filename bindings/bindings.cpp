@@ -427,6 +427,7 @@ NB_MODULE(_core, m) {
           "fallback_module"_a = "", "weighting"_a = "signal", "temperature"_a = 1.0f);
     // The C++ default router's softmax temperature (RouterOptions::temperature), so Python has one source.
     m.attr("max_top_logprobs") = logo::kMaxTopLogprobs;
+    m.attr("max_mixture_weight") = logo::kMaxMixtureWeight;
     m.attr("default_mixture_temperature") = logo::RouterOptions{}.temperature;
     m.attr("max_threads") = logo::kMaxThreads;
 }

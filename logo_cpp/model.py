@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _core
 from ._closing import CoreHandle
-from ._limits import INT32_MAX, MAX_TOP_LOGPROBS
+from ._limits import INT32_MAX, MAX_TOP_LOGPROBS, MIXTURE_WEIGHT_RANGE, mixture_weight_ok
 from ._text import as_bytes
 
 # Text (str, or bytes passed to the tokenizer unchanged) or token ids.
@@ -411,7 +411,9 @@ class Model:
         many most likely alternatives per token. They cost a log-softmax over the vocabulary per token.
 
         ``adapters`` ({"name": weight}) generates with that fixed mixture, sum_i w_i (alpha_i / r_i) B_i A_i added
-        to every adapted weight W. ``fold`` says how it is computed:
+        to every adapted weight W; each w_i a finite number in [-1000, 1000] (MAX_MIXTURE_WEIGHT: beyond, the
+        float16 product of a quantized base's low-rank pair overflows into NaN logits; ValueError naming the
+        adapter). ``fold`` says how it is computed:
 
         - ``"exact"`` (default): the adapters' terms as defined (a low-rank pair beside W on quantized bases,
           README "How a mixture is applied"; over F32/F16/BF16 weights a generation of >= 16 tokens folds the
@@ -559,8 +561,8 @@ class Model:
             if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)):
                 raise ValueError(f"weight of adapter {name!r} must be a number, got {type(weight).__name__} {weight!r}")
             weight = float(weight)
-            if not np.isfinite(weight):
-                raise ValueError(f"weight of adapter {name!r} must be finite, got {weight}")
+            if not mixture_weight_ok(weight):
+                raise ValueError(f"weight of adapter {name!r} must be {MIXTURE_WEIGHT_RANGE}, got {weight}")
             selection.append((chosen_pool.index(name), weight))
         return chosen_pool, selection
 

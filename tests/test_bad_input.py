@@ -337,6 +337,24 @@ def test_a_mixture_weight_must_be_a_number(model, adapter_dir, weight):
     assert pool.names == ["math"]
 
 
+@pytest.mark.parametrize("weight", [1e5, -1000.5, 3e38, float("nan"), float("inf"), -float("inf")])
+def test_a_mixture_weight_must_be_finite_and_bounded(model, adapter_dir, weight):
+    """Huge finite weights overflow the pair's float16 product into NaN logits on quantized bases (measured in
+    logo/types.h kMaxMixtureWeight): refused in Python and in the core, naming the adapter and the bound."""
+    pool = logo_cpp.AdapterPool(model, adapter_dir / "math.gguf")
+    bound = r"must be a finite number in \[-1000, 1000\]"
+    with pytest.raises(ValueError, match="weight of adapter 'math' " + bound):
+        model.generate("Hello", max_tokens=1, adapters={"math": weight})
+    with pytest.raises(ValueError, match="weight of adapter 'math' " + bound):
+        model.logits([1, 2, 3], adapters={"math": weight})
+    # the core itself (its C++ API and ContinuousBatch take mixtures without the Python checks)
+    with pytest.raises(ValueError, match=r"the weight of adapter 'math' is .*; a mixture weight must be a finite number "
+                                         r"in \[-1000, 1000\]"):
+        model._session.generate([[1, 2, 3]], pool=pool._core, selections=[[(0, weight)]], max_tokens=1)
+    assert model.generate("Hello", max_tokens=1, adapters={"math": -1000.0}).finish_reason in ("length", "eos")
+    assert logo_cpp._limits.MAX_MIXTURE_WEIGHT == logo_cpp._core.max_mixture_weight == 1000
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(k=10**20), r"k must be an integer in \[1, 2147483647\]"),
     (dict(k=True), "k must be"),

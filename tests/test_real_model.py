@@ -235,3 +235,18 @@ def test_shipped_adapter_matches_llama_cpp(smollm, oracle, shipped, task, tmp_pa
     ids = smollm.tokenize(item["prompt"], parse_special=True)
     assert ids == oracle.llm.tokenize(item["prompt"].encode(), add_bos=True, special=True)
     check_against_llama_cpp(smollm, oracle, files, {task: 1.0}, ids, tmp_path)
+
+
+@pytest.mark.parametrize("fold", ["exact", "requantize"])
+def test_the_largest_mixture_weight_keeps_logits_finite(smollm, shipped, fold):
+    """logo/types.h kMaxMixtureWeight (1000): at the bound the Q4_1 base's low-rank pair (and the requantized fold)
+    stays within float16, so logits are finite for every shipped adapter; weights beyond it are refused, since
+    between 3e4 and 1e5 every logit turns NaN."""
+    files, pool, _ = shipped
+    ids = smollm.tokenize("The capital of France is")
+    bound = logo_cpp._limits.MAX_MIXTURE_WEIGHT
+    for task in files:
+        for weight in (bound, -bound):
+            assert np.isfinite(smollm.logits(ids, adapters={task: weight}, fold=fold)).all(), (task, weight)
+    with pytest.raises(ValueError, match=r"must be a finite number in \[-1000, 1000\]"):
+        smollm.logits(ids, adapters={next(iter(files)): 1e5}, fold=fold)

@@ -238,7 +238,12 @@ core::Selection to_selection(const core::AdapterPool & pool, const Mixture & mix
             throw std::invalid_argument("adapter index " + std::to_string(index) + " is out of range for a pool of " +
                                         std::to_string(pool.size()));
         }
-        if (!std::isfinite(weight)) throw std::invalid_argument("adapter weights must be finite");
+        if (!(std::fabs(weight) <= kMaxMixtureWeight)) {  // NaN fails it too
+            throw std::invalid_argument("the weight of adapter '" + pool.at(size_t(index)).name + "' is " +
+                                        std::to_string(weight) + "; a mixture weight must be a finite number in [-" +
+                                        std::to_string(int(kMaxMixtureWeight)) + ", " + std::to_string(int(kMaxMixtureWeight)) +
+                                        "] (logo::kMaxMixtureWeight: a larger one overflows F16 in the pair's product)");
+        }
         selection.push_back({&pool.at(size_t(index)), weight});
     }
     return selection;

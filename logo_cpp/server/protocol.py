@@ -27,7 +27,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # Mixture weights, scales and LoGo's temperature reach the C++ core as float32, counts (tokens, top_k, k) as int32.
-from .._limits import FLOAT32_MAX, INT32_MAX, MAX_TOP_LOGPROBS
+from .._limits import FLOAT32_MAX, INT32_MAX, MAX_TOP_LOGPROBS, MIXTURE_WEIGHT_RANGE, mixture_weight_ok
 
 MAX_STOP = 16      # OpenAI allows 4; llama-server any number: a bound keeps the stop search cheap
 MAX_CHOICES = 16   # n (and prompts x n) per request; each choice takes a slot
@@ -215,7 +215,9 @@ class LoraEntry(_Body):
     @field_validator("scale")
     @classmethod
     def _scale(cls, v: float) -> float:
-        return _float32(v, "a finite float32")
+        if not mixture_weight_ok(v):
+            raise ValueError(f"must be {MIXTURE_WEIGHT_RANGE}, got {_shown(v)}")
+        return v
 
 
 class StreamOptions(_Body):
@@ -313,8 +315,8 @@ class _Common(_Body):
         for name, weight in v.items():
             if isinstance(weight, bool) or not isinstance(weight, (int, float)):
                 raise ValueError(f"the weight of adapter {name!r} must be a number, got {_shown(weight)}")
-            if not abs(weight) <= FLOAT32_MAX:
-                raise ValueError(f"the weight of adapter {name!r} must be a finite float32, got {_shown(weight)}")
+            if not mixture_weight_ok(weight):
+                raise ValueError(f"the weight of adapter {name!r} must be {MIXTURE_WEIGHT_RANGE}, got {_shown(weight)}")
         return v
 
     @model_validator(mode="after")

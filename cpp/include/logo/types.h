@@ -75,6 +75,14 @@ struct GenerateOptions {
 // OpenAI's bound on top_logprobs (its API refuses more).
 constexpr int kMaxTopLogprobs = 20;
 
+// The largest |weight| of an adapter in a mixture (std::invalid_argument beyond, and for NaN/inf). On quantized
+// bases a mixture runs as a low-rank pair whose intermediate (w * alpha/r * A x) ggml converts to F16 for the B
+// product: a weight large enough takes it past F16's 65504 and every logit turns NaN. On SmolLM2 Q4_1 with its
+// shipped adapters that happens between |w| = 3e4 and 6e4 (the exact pair; 6e4-1e5 with fold = requantize).
+// 1000 leaves a 30x margin below that, and is far beyond any useful weight: LoGo's weights sum to 1, and a LoRA
+// scaled past a few already gives text no adapter was trained for.
+constexpr float kMaxMixtureWeight = 1000.0f;
+
 // A generated token's log-probability under the model's own distribution: the log-softmax of the raw logits at
 // temperature 1 (natural log), before the sampler's temperature, top-k/top-p/min-p truncation and ignore_eos'
 // masking, as OpenAI's API and llama-server (n_probs, post_sampling_probs off) report it. So it does not depend
