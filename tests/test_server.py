@@ -1076,19 +1076,29 @@ def test_shutdown_during_a_long_prefill_answers_503_at_once(model_dir):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the address-space limit (RLIMIT_AS) is Linux's")
 def test_slots_that_do_not_fit_in_memory_are_one_line(model_dir, tmp_path):
-    """--parallel 2147483647 under a 4 GiB address-space limit: the slots' bookkeeping fails to allocate before
-    the KV cache's own size check can speak; serve says so in one line (was a MemoryError traceback)."""
+    """--parallel 2147483647 under a 4 GiB address-space limit: the KV cache checks its size before anything per slot
+    is allocated (its per-stream lengths were a std::bad_alloc first, a MemoryError traceback in serve), so serve,
+    a ContinuousBatch and a Session say in one ValueError what does not fit and which arguments to lower."""
     import resource
 
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
+    expected = "a KV cache for n_ctx=64 and 2147483647 sequences needs"
     command = [sys.executable, "-m", "logo_cpp.cli", "serve", "--model", str(model_dir / "llama-f32.gguf"),
                "--port", "0", "--threads", "1", "--parallel", "2147483647", "--ctx-size", "64"]
     out = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path, preexec_fn=limit)
     assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
-    assert "2147483647 slots of 64 tokens do not fit in this process's memory" in out.stderr, out.stderr[-2000:]
+    assert expected in out.stderr and "serve's --parallel" in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
+    script = ("import sys, logo_cpp\nfrom logo_cpp import _core\n"
+              f"model = logo_cpp.Model({str(model_dir / 'llama-f32.gguf')!r}, n_ctx=64, n_threads=1)\n"
+              "for make in (lambda: _core.ContinuousBatch(model._core, n_ctx=64, n_slots=2**31 - 1),\n"
+              "             lambda: _core.Session(model._core, n_ctx=64, n_seq=2**31 - 1)):\n"
+              "    try:\n        make()\n    except ValueError as exc:\n        print('ValueError:', exc)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path,
+                         preexec_fn=limit)
+    assert out.returncode == 0 and out.stdout.count("ValueError: " + expected) == 2, (out.stdout, out.stderr[-2000:])
 
 
 def test_an_empty_api_key_is_refused(model_dir, tmp_path):

@@ -98,13 +98,9 @@ class Engine:
         self.n_ctx = n_ctx
         self.max_queue = max_queue
         # The pool decides the slot layout: stacked once for all slots (small pools) or per slot (large ones).
-        try:
-            self.batch = _core.ContinuousBatch(model._core, n_ctx=n_ctx, n_slots=n_slots, n_batch=n_batch,
-                                               pool=pool._core if pool is not None and len(pool) else None,
-                                               layout=layout)
-        except MemoryError:  # the slots' bookkeeping (before the KV cache's own size check) did not fit
-            raise ValueError(f"{n_slots} slots of {n_ctx} tokens do not fit in this process's memory; use fewer "
-                             f"slots (--parallel) or a smaller context (--ctx-size)") from None
+        # Slots that cannot fit are a ValueError from the KV cache's size check, made before anything is allocated.
+        self.batch = _core.ContinuousBatch(model._core, n_ctx=n_ctx, n_slots=n_slots, n_batch=n_batch,
+                                           pool=pool._core if pool is not None and len(pool) else None, layout=layout)
         self._routers: dict[tuple, LoGo] = {}
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
