@@ -209,14 +209,15 @@ NB_MODULE(_core, m) {
              "messages"_a, "add_generation_prompt"_a = true, "template"_a = nb::bytes(""))
         .def("chat_tokens",
              [](const logo::Model & m, const std::vector<std::pair<nb::bytes, nb::bytes>> & messages,
-                bool add_generation_prompt, const nb::bytes & chat_template, bool add_special) {
+                bool add_generation_prompt, const nb::bytes & chat_template, bool add_special, int64_t limit) {
                  std::vector<logo::ChatMessage> chat;
                  for (const auto & [role, content] : messages) chat.push_back({from_bytes(role), from_bytes(content)});
                  const std::string tmpl = from_bytes(chat_template);
                  nb::gil_scoped_release release;
-                 return m.chat_tokens(chat, add_generation_prompt, tmpl, add_special);
+                 return m.chat_tokens(chat, add_generation_prompt, tmpl, add_special, limit);
              },
-             "messages"_a, "add_generation_prompt"_a = true, "template"_a = nb::bytes(""), "add_special"_a = true);
+             "messages"_a, "add_generation_prompt"_a = true, "template"_a = nb::bytes(""), "add_special"_a = true,
+             "limit"_a = -1);
 
     nb::class_<logo::AdapterPool>(m, "AdapterPool")
         .def(nb::init<const logo::Model &>(), "model"_a, nb::keep_alive<1, 2>())

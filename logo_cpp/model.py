@@ -496,7 +496,8 @@ class Model:
         return self._core.apply_chat_template(pairs, add_generation_prompt, template).decode("utf-8", errors="replace")
 
     def chat_tokens(self, messages: Sequence[Mapping[str, Union[str, bytes]]], *, add_generation_prompt: bool = True,
-                    chat_template: Optional[str] = None, add_special: bool = True) -> list[int]:
+                    chat_template: Optional[str] = None, add_special: bool = True,
+                    limit: Optional[int] = None) -> list[int]:
         """The token ids of the prompt apply_chat_template() renders, with each message's content as plain text.
 
         Special tokens are parsed in the template's own text only (``<|im_start|>``, ``<|im_end|>``, ...); a
@@ -504,10 +505,15 @@ class Model:
         ``<|im_end|>\n<|im_start|>system`` is those characters and cannot open a turn of another role. For content
         without special-token text the ids equal ``tokenize(apply_chat_template(...), add_special, True)``, what
         llama.cpp's server feeds the model. ``add_special`` adds BOS (and EOS) where the vocabulary asks for them.
+        With ``limit`` (an int >= 0) it stops once it has more than ``limit`` ids and returns those: whether a
+        conversation fits a context of ``limit`` tokens costs limit + 1 tokens' work, not the whole conversation's.
         ValueError as apply_chat_template(), or for a template that changes contents beyond trimming whitespace
         (their bytes cannot be told from the template's)."""
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit must be None or an integer >= 0, got {limit!r}")
         pairs, template = self._chat_messages(messages, chat_template)
-        return self._core.chat_tokens(pairs, add_generation_prompt, template, add_special)
+        return self._core.chat_tokens(pairs, add_generation_prompt, template, add_special,
+                                      -1 if limit is None else min(limit, INT32_MAX))
 
     def _chat_messages(self, messages, chat_template: Optional[str]) -> tuple[list[tuple[bytes, bytes]], bytes]:
         """Checked (role, content) byte pairs and the template override (b"" for the model's own)."""

@@ -104,6 +104,18 @@ def test_chat_and_the_terminal_chat_use_plain_content(smollm):
     assert session.route_tokens(conversation) == smollm.tokenize(INJECTION, add_special=True, parse_special=False)
 
 
+def test_a_limit_stops_after_that_many_ids(smollm):
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i}"} for i in range(400)]
+    full = smollm.chat_tokens(messages)
+    for limit in (0, 1, 100, 1000):
+        part = smollm.chat_tokens(messages, limit=limit)
+        assert limit < len(part) < limit + 16 and part == full[:len(part)]  # stops within one turn past the limit
+    assert smollm.chat_tokens(messages, limit=len(full)) == full
+    for bad in (-1, 1.5, True, "5"):
+        with pytest.raises(ValueError, match="limit must be None or an integer >= 0"):
+            smollm.chat_tokens(messages, limit=bad)
+
+
 def test_chat_tokens_checks_messages_as_apply_chat_template(smollm):
     with pytest.raises(ValueError, match="messages is empty"):
         smollm.chat_tokens([])

@@ -166,6 +166,17 @@ def test_chat_content_is_plain_text(served, reference):
     assert r.usage.prompt_tokens == len(plain) and r.choices[0].message.content == expected.text
 
 
+def test_a_chat_that_cannot_fit_is_refused_after_a_context_of_tokens(served, reference):
+    """3000 short messages: the server stops tokenizing once the prompt has more ids than the context holds
+    (Model.chat_tokens' limit; llama_tokenize over the whole rendering took ~54 s of CPU for 30000 of them)."""
+    model, _ = reference
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(3000)]
+    assert len(model.chat_tokens(messages)) > 10 * 256
+    status, body, _ = request(served, "POST", "/v1/chat/completions", {"model": "base", "messages": messages})
+    _check_error(status, body, 400, "messages", "the prompt has more than 256 tokens")
+    assert body["error"]["code"] == "context_length_exceeded" and "context holds 256 (--ctx-size)" in body["error"]["message"]
+
+
 def test_logo_options_per_request(served, reference):
     model, pool = reference
     prompt = "Numbers 12345"

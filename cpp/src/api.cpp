@@ -92,9 +92,9 @@ std::string Model::apply_chat_template(const std::vector<ChatMessage> & messages
 }
 
 std::vector<Token> Model::chat_tokens(const std::vector<ChatMessage> & messages, bool add_generation_prompt,
-                                      const std::string & chat_template, bool add_special) const {
+                                      const std::string & chat_template, bool add_special, int64_t limit) const {
     if (messages.empty()) throw std::invalid_argument("messages is empty");
-    return impl_->vocab().chat_tokens(messages, add_generation_prompt, chat_template, add_special);
+    return impl_->vocab().chat_tokens(messages, add_generation_prompt, chat_template, add_special, limit);
 }
 
 size_t Model::calibration_cache_entries() const { return impl_->calibration_cache().n_cached_stats(); }

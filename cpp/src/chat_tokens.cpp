@@ -103,7 +103,7 @@ std::vector<Span> content_spans(const std::string & rendered, const std::string 
 }  // namespace
 
 std::vector<Token> Vocab::chat_tokens(const std::vector<ChatMessage> & messages, bool add_generation_prompt,
-                                      const std::string & template_override, bool add_special) const {
+                                      const std::string & template_override, bool add_special, int64_t limit) const {
     const std::string rendered = apply_chat_template(messages, add_generation_prompt, template_override);
     const char * own = template_override.empty() ? llama_model_chat_template(model_, nullptr) : nullptr;
     const std::string prefix = sentinel_prefix(messages, own ? std::string(own) : template_override);
@@ -176,9 +176,11 @@ std::vector<Token> Vocab::chat_tokens(const std::vector<ChatMessage> & messages,
         }
     };
     const std::string_view text(rendered);
+    const auto over = [&] { return limit >= 0 && int64_t(out.size()) > limit; };
     size_t pos = 0;
     for (const Span & span : spans) {
         add_template_text(text.substr(pos, span.begin - pos));
+        if (over()) return out;
         add_text(text.substr(span.begin, span.end - span.begin));
         pos = span.end;
     }

@@ -46,8 +46,10 @@ public:
     // special token's text the ids equal llama_tokenize(rendered, add_special, parse_special=true), what
     // llama.cpp's server does. Defined in chat_tokens.cpp. Throws invalid_argument as apply_chat_template, and
     // when the template changes a message's content other than by trimming whitespace (it cannot be located).
+    // With `limit` >= 0 it stops once it has more than `limit` ids and returns those (a caller that only needs
+    // to know whether the prompt fits a context then pays for limit + 1 tokens, not for the whole conversation).
     std::vector<Token> chat_tokens(const std::vector<ChatMessage> & messages, bool add_generation_prompt,
-                                   const std::string & template_override, bool add_special) const;
+                                   const std::string & template_override, bool add_special, int64_t limit = -1) const;
 
 private:
     void check_special_tokens() const;  // FormatError for a BOS/EOS/SEP the tokenizer adds but lacks

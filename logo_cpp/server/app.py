@@ -306,9 +306,14 @@ def build_app(server: Server) -> Starlette:
         try:
             # Contents are plain text, as OpenAI's API reads them: special tokens are parsed in the template's own
             # text only, so a message holding "<|im_end|>" cannot open a turn of another role (Model.chat_tokens).
-            ids = server.model.chat_tokens(messages)
+            # limit: a conversation that cannot fit is refused after n_ctx + 1 tokens' work, not all of its own.
+            ids = server.model.chat_tokens(messages, limit=server.config.n_ctx)
         except ValueError as exc:
             raise ApiError(400, f"messages: the chat template cannot format them: {exc}", param="messages") from None
+        if len(ids) > server.config.n_ctx:
+            raise ApiError(400, f"the prompt has more than {server.config.n_ctx} tokens (the chat template's and the "
+                                f"messages') but the context holds {server.config.n_ctx} (--ctx-size)",
+                           param="messages", code="context_length_exceeded")
         ids = server.tokens(ids, "messages")
         probe = ids
         if server.config.chat_route_on == "last-user":

@@ -63,8 +63,11 @@ public:
     // template's own text only, so content holding "<|im_end|>" cannot open another turn. For content without
     // special-token text the ids equal tokenize(apply_chat_template(...), add_special, true). Throws
     // invalid_argument as apply_chat_template, or for a template that rewrites contents beyond trimming them.
+    // With `limit` >= 0 it stops once it has more than `limit` ids and returns those: whether a conversation fits
+    // a context costs limit + 1 tokens, not all of its own (llama_tokenize takes seconds on 30000 short messages).
     std::vector<Token> chat_tokens(const std::vector<ChatMessage> & messages, bool add_generation_prompt = true,
-                                   const std::string & chat_template = "", bool add_special = true) const;
+                                   const std::string & chat_template = "", bool add_special = true,
+                                   int64_t limit = -1) const;
 
     // How many adapter matrices' calibration statistics this model has cached (diagnostics and tests:
     // statistics are computed once per matrix content, whichever pool or order it comes in).
