@@ -442,7 +442,9 @@ BAD_CHAT = [
     ({"model": "logo", "messages": [{"role": "User", "content": "x"}]}, 400, "messages.0.role", "'User' is not a chat role"),
     ({"model": "logo", "messages": [{"role": 3, "content": "x"}]}, 400, "messages.0.role", "3 is not a chat role"),
     ({"model": "logo", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400,
-     "messages.0.content", "only text parts"),
+     "messages.0.content", "messages.0.content: only text parts"),
+    ({"model": "base", "messages": [{"role": "user", "content": "a\u0000b"}]}, 400, "messages.0.content",
+     "messages.0.content: holds a NUL character"),
     ({"model": "logo", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, 400,
      "tools", "not supported"),
     ({"model": "sql", "messages": [{"role": "user", "content": "the " * 400}]}, 400, "messages", "context holds 256"),
@@ -576,6 +578,17 @@ def test_api_key(model_dir):
         assert code == 401
         r = client(bg, api_key="sesame").completions.create(model="base", prompt="the", max_tokens=2)
         assert r.usage.completion_tokens <= 2
+        # Whitespace around the key is not part of it (HTTP drops it around header values; RFC 6750 allows several
+        # spaces after the scheme); inside it, it is.
+        for header, status in (("Bearer sesame ", 200), ("Bearer  sesame\t", 200), ("bearer sesame", 200),
+                               ("Bearer sesame x", 401), ("Bearer ses ame", 401), ("Basic sesame", 401)):
+            code, _, _ = request(bg, "GET", "/v1/models", headers={"Authorization": header})
+            assert code == status, header
+    from logo_cpp.server.app import Server, ServerConfig
+    model = logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=64, n_threads=THREADS)
+    for key in (" sesame", "sesame\n"):
+        with pytest.raises(ValueError, match="begins or ends with whitespace, which an Authorization header cannot carry"):
+            Server(model, logo_cpp.AdapterPool(model), ServerConfig(n_slots=1, n_ctx=64, api_key=key))
 
 
 def test_browser_pages_from_unlisted_origins_are_refused(model_dir):
@@ -806,7 +819,7 @@ def test_unknown_message_fields_are_refused(served):
         c.chat.completions.create(model="base", messages=messages, max_tokens=2)
     body = info.value.body
     assert body["param"] == "messages.1.foo" and body["code"] == "unknown_parameter", body
-    assert body["message"].startswith("messages[1].foo: 'foo' is not a field of a chat message"), body
+    assert body["message"].startswith("messages.1.foo: 'foo' is not a field of a chat message"), body
 
 
 # -- startup, admission, body size, shutdown ---------------------------------------------------------------------

@@ -85,6 +85,10 @@ def _check_api_key(key) -> None:
     if not key.strip():
         raise ValueError("the API key is empty: an empty --api-key (or $LOGO_CPP_API_KEY) would leave the server open "
                          "to anyone; give a non-empty key, or leave the option out to serve without one")
+    if key != key.strip():
+        # HTTP drops the whitespace around a header's value (RFC 9110 section 5.5), so no client could send it.
+        raise ValueError("the API key (--api-key or $LOGO_CPP_API_KEY) begins or ends with whitespace, which an "
+                         "Authorization header cannot carry; remove it")
 
 
 class Server:
@@ -414,6 +418,9 @@ class ApiKeyCheck:
         if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS and scope.get("method") != "OPTIONS":
             header = dict(scope["headers"]).get(b"authorization", b"")
             scheme, _, token = header.partition(b" ")
+            # Whitespace around the key is not part of it: HTTP drops it around a header's value (RFC 9110 5.5; h11
+            # already has), and RFC 6750 allows several spaces after "Bearer". The configured key has none
+            # (_check_api_key), so "Bearer KEY " is KEY and "Bearer KEY x" is not.
             if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
                 message = ("missing API key: send 'Authorization: Bearer <key>'" if not header else "invalid API key")
                 response = error_response(ApiError(401, message, code="invalid_api_key",

@@ -134,7 +134,7 @@ def load(args, say=None) -> Loaded:
     """Model, pool, engine and ASGI app from parsed `serve` arguments. ``say``: called with one line before the
     startup calibration (the server's routing statistics), which may take seconds."""
     try:
-        from .app import Server, ServerConfig, api_key_from_env, build_app
+        from .app import Server, ServerConfig, _check_api_key, api_key_from_env, build_app
     except ImportError as exc:
         raise ImportError(f"{MISSING_EXTRA} ({exc})") from None
     import logo_cpp
@@ -145,6 +145,7 @@ def load(args, say=None) -> Loaded:
         raise ValueError("--api-key is empty (an unset shell variable?): that would leave the server open to anyone; "
                          "give a non-empty key, or leave the option out to serve without one")
     api_key = args.api_key if args.api_key is not None else api_key_from_env()
+    _check_api_key(api_key)  # before the model loads (Server checks it again)
     model_path, adapters = args.model, args.adapters
     if model_path is None:
         model_path, files = default_model_paths()

@@ -441,17 +441,24 @@ class ChatMessage(_Body):
         return v
 
     def text(self, index: int) -> str:
+        """The content as one string (text parts joined). ApiError 400 naming ``messages.<index>.content`` (the
+        server's form of a field path everywhere, as OpenAI's ``param``) for other parts or a NUL character."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
-            return self.content
-        parts = []
-        for part in self.content:
-            if part.type != "text" or part.text is None:
-                raise ApiError(400, f"messages[{index}].content: only text parts are supported, got {part.type!r}",
-                               param=f"messages.{index}.content")
-            parts.append(part.text)
-        return "".join(parts)
+            text = self.content
+        else:
+            parts = []
+            for part in self.content:
+                if part.type != "text" or part.text is None:
+                    raise ApiError(400, f"messages.{index}.content: only text parts are supported, got {part.type!r}",
+                                   param=f"messages.{index}.content")
+                parts.append(part.text)
+            text = "".join(parts)
+        if "\0" in text:  # libllama's chat templates take C strings, which end at the first NUL
+            raise ApiError(400, f"messages.{index}.content: holds a NUL character (\\u0000), which chat templates "
+                                f"cannot carry", param=f"messages.{index}.content")
+        return text
 
 
 class ChatRequest(_Common):
@@ -479,7 +486,7 @@ class ChatRequest(_Common):
             for name, value in message.items():
                 if name not in MESSAGE_FIELDS and value is not None:  # null is "left out", as at the top level
                     raise _Unknown(f"messages.{i}.{name}",
-                                   f"messages[{i}].{name}: '{name}' is not a field of a chat message this server "
+                                   f"messages.{i}.{name}: '{name}' is not a field of a chat message this server "
                                    f"knows ({', '.join(MESSAGE_FIELDS)}); unknown fields are refused, as OpenAI's API "
                                    f"does, rather than ignored")
         return data
