@@ -452,10 +452,13 @@ class Terminal:
                 self.say(self.dim("(no router to set k on: start with adapters)"))
             elif not rest.isdigit() or int(rest) < 1:
                 self.say(self.dim(f"(/k takes a positive integer, got {rest!r})"))
+            elif getattr(session.router, "rerank_margin", None) is not None and int(rest) != 1:
+                self.say(self.dim("(--rerank chooses one adapter: k stays 1; start without --rerank for a mixture)"))
             else:
-                session.router.k = min(int(rest), len(session.pool))
-                k = session.router.k
-                self.say(self.dim(f"(routing to the top {k} adapter{'s' if k != 1 else ''} from now on)"))
+                asked = int(rest)
+                session.router.k = k = min(asked, len(session.pool))
+                capped = f": the pool has {len(session.pool)}, not {asked}" if asked > k else ""
+                self.say(self.dim(f"(routing to the top {k} adapter{'s' if k != 1 else ''} from now on{capped})"))
         elif name == "/adapters":
             if session.pool is None or not len(session.pool):
                 self.say(self.dim("(no adapters: the base model answers)"))

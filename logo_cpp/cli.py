@@ -234,6 +234,15 @@ def _load(args):
     return model, pool
 
 
+def _check_router_args(args) -> None:
+    """ValueError for flags the chosen --router would ignore (before anything loads)."""
+    if args.router in ("top1", "uniform") and args.k != 1:
+        # top1 routes to one adapter and uniform to all of them: a --k they would ignore is a mistake to say.
+        chooses = "one adapter" if args.router == "top1" else "every adapter of the pool"
+        raise ValueError(f"--k {args.k} does not apply to --router {args.router}, which routes to {chooses}; "
+                         f"use --router logo --k {args.k} for the top {args.k}")
+
+
 def _router(args, model, pool):
     import logo_cpp
 
@@ -314,6 +323,7 @@ def weighting_text(routing) -> str:
 
 
 def cmd_run(args) -> int:
+    _check_router_args(args)
     model, pool = _load(args)
     if args.rerank is not None and (args.router != "logo" or args.k != 1):
         raise ValueError("--rerank applies to --router logo with --k 1")
@@ -357,6 +367,7 @@ def _print_rerank(info, file=sys.stdout) -> None:
 
 
 def cmd_route(args) -> int:
+    _check_router_args(args)
     model, pool = _load(args)
     routing = _router(args, model, pool).route(args.prompt)
     if args.json:

@@ -230,12 +230,26 @@ class _ProbeRouter(Router):
     """A router that scores every adapter in one probe pass (the C++ core's route)."""
 
     _signals: Sequence[str] = ()
+    rerank_margin: Optional[float] = None
+
+    @property
+    def k(self) -> int:
+        """Adapters per prompt. Set later (the chat's /k) it is checked as at construction: ValueError for a
+        k outside [1, 2^31 - 1], and for k != 1 on a router that reranks (rerank_margin applies to k = 1)."""
+        return self._k
+
+    @k.setter
+    def k(self, value: int) -> None:
+        value = _check_k(value)
+        if self.rerank_margin is not None and value != 1:
+            raise ValueError(f"rerank_margin applies to k = 1 only (k is {value})")
+        self._k = value
 
     def __init__(self, model: Model, pool: AdapterPool, k: int, signal: str, probe: str, layer, module: str,
                  calibration: str, position: Optional[str], cache_dir: calibration_cache.CacheSetting = None,
                  weights: Optional[str] = "signal", temperature: Optional[float] = None):
         super().__init__(model, pool)
-        self.k = _check_k(k)
+        self.k = k
         self.signal = _choice("signal", signal, self._signals)
         self.probe = _choice("probe", probe, PROBES)
         self.calibration = _choice("calibration", calibration, CALIBRATIONS)

@@ -110,3 +110,17 @@ def test_piped_input_is_read_only_once_the_loop_runs(python_sigint, monkeypatch,
     assert stdin.tell() == 0
     assert terminal.loop() == 0 and " w0 w1 w2 w3 w4" in capsys.readouterr().out
     assert stdin.tell() == len("tell me\n/quit\n")
+
+
+def test_slash_k_says_when_the_pool_caps_it_and_keeps_a_reranking_router_at_one(python_sigint, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    session = ScriptedSession()
+    session.pool = ["capital", "plural", "sentiment"]
+    session.router = SimpleNamespace(k=1, rerank_margin=None)
+    rc, out = run(monkeypatch, capsys, session, ["/k 10", "/k 2"])
+    assert rc == 0 and "(routing to the top 3 adapters from now on: the pool has 3, not 10)" in out
+    assert "(routing to the top 2 adapters from now on)" in out and session.router.k == 2
+    session.router = SimpleNamespace(k=1, rerank_margin=0.5)
+    rc, out = run(monkeypatch, capsys, session, ["/k 3", "/k 1"])
+    assert "--rerank chooses one adapter: k stays 1" in out and session.router.k == 1

@@ -200,6 +200,16 @@ def test_help_everywhere(tmp_path):
         assert out.returncode == 0 and f"usage: logo-cpp {' '.join(sub)}" in out.stdout and option in out.stdout, out.stdout
 
 
+@pytest.mark.parametrize("command", ["route", "run"])
+@pytest.mark.parametrize("router", ["top1", "uniform"])
+def test_a_k_the_router_would_ignore_is_an_error(files, tmp_path, command, router):
+    model, adapters = files
+    out = cli(command, "-m", model, "-a", adapters, "-p", "hi", "--router", router, "--k", "4", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines()[-1].startswith(f"logo-cpp: error: --k 4 does not apply to --router {router}"), out.stderr
+    assert cli("route", "-m", model, "-a", adapters, "-p", "hi", "--router", router, cwd=tmp_path).returncode == 0
+
+
 def test_a_kv_cache_larger_than_memory_is_an_error_not_a_traceback(files, tmp_path):
     model, adapters = files
     out = cli("run", "-m", model, "-a", adapters, "-p", "hi", "--ctx", "1000000000", cwd=tmp_path)

@@ -80,6 +80,23 @@ def test_server_rerank_config_is_checked(reference, config, message):
         Server(model, pool, ServerConfig(warm_up=False, **config))
 
 
+def test_a_reranking_router_keeps_k_1(reference):
+    """LoGo(k=3, rerank_margin=...) fails at construction, and so does setting k later (the chat's /k): it failed
+    nowhere, and generate() reranked a k = 3 routing's top two."""
+    model, pool = reference
+    with pytest.raises(ValueError, match=r"rerank_margin applies to k = 1 only \(k is 3\)"):
+        logo_cpp.LoGo(model, pool, k=3, rerank_margin=0.5)
+    router = logo_cpp.LoGo(model, pool, k=1, rerank_margin=0.5)
+    with pytest.raises(ValueError, match=r"rerank_margin applies to k = 1 only \(k is 3\)"):
+        router.k = 3
+    with pytest.raises(ValueError, match="k must be an integer"):
+        router.k = 0
+    assert router.k == 1
+    plain = logo_cpp.LoGo(model, pool, k=1)
+    plain.k = 3
+    assert len(plain.route(PROMPTS[0]).names) == 3
+
+
 def test_chat_rerank_reports_its_choice_and_answers_with_it(reference):
     model, pool = reference
     router = logo_cpp.LoGo(model, pool, k=1, rerank_margin=ALWAYS)
