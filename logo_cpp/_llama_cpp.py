@@ -44,3 +44,16 @@ def avoid_amx() -> None:
         module._logo_original_model_default_params = module.llama_model_default_params
         module.llama_model_default_params = model_params
         llama_cpp.llama_model_default_params = model_params
+
+
+def quiet() -> None:
+    """Keeps llama.cpp's informational log lines (model loader dumps, context setup: hundreds of lines per model)
+    off the user's terminal when llama-cpp-python's low-level API loads models here (the benchmarks' peer), as
+    ``llama_cpp.Llama(verbose=False)`` does: its logger prints errors only. logo-cpp's own loads capture theirs
+    (cpp/src/ggml_log.h); LOGO_GGML_LOG=1 keeps every line, as it does there."""
+    import os
+
+    from llama_cpp import _logger
+
+    if os.environ.get("LOGO_GGML_LOG") != "1":
+        _logger.set_verbose(False)

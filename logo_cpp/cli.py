@@ -466,7 +466,10 @@ def cmd_cache(args) -> int:
 
 
 def cmd_bench(args, rest: Sequence[str]) -> int:
+    from ._llama_cpp import quiet
     from .bench import core, logo, quant, serve, suite
+
+    quiet()  # llama.cpp's loader, quantizer and context logs (hundreds of lines per model) stay off the output
 
     mains = {"all": suite.main, "core": core.main, "logo": logo.main, "quant": quant.main, "serve": serve.main}
     # The benchmark parses its own options; those that build calibrated routers (all, logo, serve) take

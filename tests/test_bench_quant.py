@@ -14,6 +14,8 @@ def test_bench_quant_runs_and_reports(model_dir, tmp_path):
          "--threads", "1", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+    # llama.cpp's loader and context logs stay off the output (hundreds of lines per model before)
+    assert "llama_model_loader" not in out.stderr and "llama_context" not in out.stderr, out.stderr[:2000]
     data = json.loads((tmp_path / "out" / "quant-llama256-f32-blk1-1.json").read_text())
     rows = data["types"]["q8_0"]["rows"]
     assert set(rows) == {"0", "1", "2", "2-ggml", "2-fold"}

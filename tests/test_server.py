@@ -844,6 +844,19 @@ def test_routing_statistics_are_computed_at_startup(model_dir, adapter_dir):
         assert len(bg.server.model._core.calibration_stats()) == 0  # the raw signal needs no statistics
 
 
+def test_the_startup_statistics_fit_any_context(model_dir, adapter_dir):
+    """`serve --ctx-size 1`: the warm-up's probe is cut to the context (it failed with a bare 'context overflow')."""
+    from logo_cpp.server.app import Server, ServerConfig
+
+    model = logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=1, n_threads=THREADS)
+    assert len(model.tokenize("warm up", add_special=True)) > 1
+    server = Server(model, logo_cpp.AdapterPool(model, adapter_dir), ServerConfig(n_slots=1, n_ctx=1, k=K))
+    try:
+        assert server.warm_up_routes and len(model._core.calibration_stats()) > 0
+    finally:
+        server.close()
+
+
 def _gate_admission(engine):
     """Makes the engine's next admissions wait (inside routing, as a slow first route did) until released."""
     entered, release = threading.Event(), threading.Event()

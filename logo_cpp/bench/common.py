@@ -116,8 +116,9 @@ class LlamaCppRunner:
         import llama_cpp as lc
 
         self.lc = lc
-        from .._llama_cpp import model_params
+        from .._llama_cpp import model_params, quiet
 
+        quiet()  # llama.cpp's loader and context logs (~900 lines per model) stay off the benchmark's output
         mp = model_params()  # off ggml's AMX matmul where the CPU has it (see logo_cpp/_llama_cpp.py)
         self.model = lc.llama_model_load_from_file(str(path).encode(), mp)
         if not self.model:

@@ -149,7 +149,10 @@ class Server:
         if not self.adapter_names or c.calibration not in STATISTICAL_CALIBRATIONS:
             return
         t0 = time.perf_counter()
-        probe = self.model.tokenize("warm up", add_special=True, parse_special=False)
+        # Any prompt prepares the statistics (the generic prompts run in the core's own session); this one is cut
+        # to the context, so that `serve --ctx-size 1` starts instead of failing on a "context overflow" that
+        # named no flag and nothing of the startup.
+        probe = self.model.tokenize("warm up", add_special=True, parse_special=False)[: c.n_ctx]
         routes = [Route(kind="logo", method="logo", k=c.k, signal=c.signal, probe=c.probe, calibration=c.calibration)]
         routes += [Route(kind="logo", method="logo", k=c.k, signal=signal, probe=c.probe, calibration=calibration)
                    for signal in ("norm", "entropy") for calibration in STATISTICAL_CALIBRATIONS
