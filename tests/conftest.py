@@ -130,6 +130,20 @@ class LlamaCpp:
         scales = (ctypes.c_float * len(handles))(*mixture.values())
         assert lc.llama_set_adapters_lora(self.llm.ctx, arr, len(handles), scales) == 0
 
+    def chat_template(self, messages, add_generation_prompt=True, template=None) -> bytes:
+        """libllama's llama_chat_apply_template, called directly: the model's own template, or ``template`` (a
+        name libllama knows, e.g. "llama3")."""
+        lc = self.llama_cpp
+        tmpl = template.encode() if template else lc.llama_model_chat_template(self.llm.model, None)
+        assert tmpl, "the model file has a chat template"
+        keep = [(m["role"].encode(), m["content"].encode()) for m in messages]
+        chat = (lc.llama_chat_message * len(keep))(*[lc.llama_chat_message(role=r, content=c) for r, c in keep])
+        size = 256 + 2 * sum(len(r) + len(c) for r, c in keep)
+        buf = ctypes.create_string_buffer(size)
+        n = lc.llama_chat_apply_template(tmpl, chat, len(keep), add_generation_prompt, buf, size)
+        assert 0 < n <= size
+        return buf.raw[:n]
+
     def logits(self, tokens):
         self.llm.reset()
         self.llm.eval(list(tokens))

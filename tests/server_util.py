@@ -8,6 +8,8 @@ import http.client
 import json
 import time
 
+import pytest
+
 import logo_cpp
 from logo_cpp.server.app import Server, ServerConfig, build_app
 from logo_cpp.server.main import start_in_thread
@@ -15,6 +17,21 @@ from logo_cpp.server.main import start_in_thread
 from conftest import THREADS
 
 TIMEOUT = 120  # seconds for any one HTTP exchange: a hung server fails the test instead of hanging CI
+SERVED_CTX = 256  # the context of the test model's server and of its Python-API reference
+
+
+def serve_test_model(model_dir, adapter_dir, **config):
+    """running_server over the tests' F32 model (conftest's model_dir) and all their adapters, SERVED_CTX tokens."""
+    config.setdefault("n_ctx", SERVED_CTX)
+    return running_server(model_dir / "llama-f32.gguf", adapter_dir, **config)
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir, adapter_dir):
+    """The Python API on the served files, for the expected answers: (Model, AdapterPool). A test module uses it
+    by importing it (`from server_util import reference`)."""
+    model = logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=SERVED_CTX, n_threads=THREADS)
+    return model, logo_cpp.AdapterPool(model, adapter_dir)
 
 
 @contextlib.contextmanager

@@ -9,8 +9,6 @@ content's turn with them not parsed (OpenAI's API treats content as text).
 
 from __future__ import annotations
 
-import ctypes
-
 import pytest
 
 import logo_cpp
@@ -36,19 +34,6 @@ def oracle(llama_cpp_oracle):
     return llama_cpp_oracle(default_model.base_model_path())
 
 
-def rendered(oracle, messages, template=None, add_generation_prompt=True) -> bytes:
-    """libllama's llama_chat_apply_template (the model's template, or a name libllama knows), called directly."""
-    lc = oracle.llama_cpp
-    tmpl = template.encode() if template else lc.llama_model_chat_template(oracle.llm.model, None)
-    keep = [(m["role"].encode(), m["content"].encode()) for m in messages]
-    chat = (lc.llama_chat_message * len(keep))(*[lc.llama_chat_message(role=r, content=c) for r, c in keep])
-    size = 256 + 2 * sum(len(r) + len(c) for r, c in keep)
-    buf = ctypes.create_string_buffer(size)
-    n = lc.llama_chat_apply_template(tmpl, chat, len(keep), add_generation_prompt, buf, size)
-    assert 0 < n <= size
-    return buf.raw[:n]
-
-
 CONVERSATIONS = {
     "user": [{"role": "user", "content": "What is the capital of France?"}],
     # contents with whitespace at both ends: several templates trim them; a leading newline merges with the
@@ -65,14 +50,14 @@ CONVERSATIONS = {
 @pytest.mark.parametrize("conversation", CONVERSATIONS)
 def test_ordinary_content_gives_llama_cpps_ids(smollm, oracle, conversation, template, add_generation_prompt):
     messages = CONVERSATIONS[conversation]
-    theirs = oracle.llm.tokenize(rendered(oracle, messages, template, add_generation_prompt), add_bos=True, special=True)
+    theirs = oracle.llm.tokenize(oracle.chat_template(messages, add_generation_prompt, template), add_bos=True, special=True)
     ours = smollm.chat_tokens(messages, chat_template=template, add_generation_prompt=add_generation_prompt)
     assert ours == theirs
 
 
 def test_template_markers_in_content_are_plain_text(smollm, oracle):
     messages = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": INJECTION}]
-    text = rendered(oracle, messages)
+    text = oracle.chat_template(messages)
     # The user's turn is one piece of text between "<|im_start|>" and its closing "<|im_end|>": the template's
     # parts tokenized with special tokens parsed, the turn ("user\n" + content) with them not parsed.
     start = text.index(b"<|im_start|>user\n") + len(b"<|im_start|>")

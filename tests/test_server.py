@@ -25,7 +25,8 @@ import pytest
 import logo_cpp
 
 from conftest import THREADS
-from server_util import wait_for_port, TIMEOUT, client, health, request, running_server, wait_until
+from server_util import (wait_for_port, TIMEOUT, client, health, reference, request, running_server,  # noqa: F401
+                         serve_test_model, wait_until)
 
 openai = pytest.importorskip("openai")  # the `test` extra installs it; a missing client fails loudly below
 assert openai is not None
@@ -39,16 +40,8 @@ K = 2
 
 @pytest.fixture(scope="module")
 def served(model_dir, adapter_dir):
-    with running_server(model_dir / "llama-f32.gguf", adapter_dir, n_slots=8, n_ctx=256, max_queue=64, k=K) as bg:
+    with serve_test_model(model_dir, adapter_dir, n_slots=8, max_queue=64, k=K) as bg:
         yield bg
-
-
-@pytest.fixture(scope="module")
-def reference(model_dir, adapter_dir):
-    """The Python API on the same files, for the expected answers."""
-    model = logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=256, n_threads=THREADS)
-    pool = logo_cpp.AdapterPool(model, adapter_dir)
-    return model, pool
 
 
 def test_models_health_and_adapter_list(served, adapter_dir):

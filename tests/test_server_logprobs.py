@@ -9,8 +9,7 @@ import pytest
 
 import logo_cpp
 
-from conftest import THREADS
-from server_util import client, running_server
+from server_util import client, reference, serve_test_model  # noqa: F401 (reference: a fixture)
 
 openai = pytest.importorskip("openai")
 
@@ -23,15 +22,8 @@ ATOL = 1e-3
 
 @pytest.fixture(scope="module")
 def served(model_dir, adapter_dir):
-    with running_server(model_dir / "llama-f32.gguf", adapter_dir, n_slots=4, n_ctx=256, k=2, warm_up=False) as bg:
+    with serve_test_model(model_dir, adapter_dir, n_slots=4, k=2, warm_up=False) as bg:
         yield bg
-
-
-@pytest.fixture(scope="module")
-def reference(model_dir, adapter_dir):
-    model = logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=256, n_threads=THREADS)
-    pool = logo_cpp.AdapterPool(model, adapter_dir)
-    return model, pool
 
 
 def _piece(model, token) -> list[int]:
