@@ -151,6 +151,13 @@ std::vector<Token> Vocab::chat_tokens(const std::vector<ChatMessage> & messages,
         std::vector<Piece> pieces{{-1, 0, text.size()}};
         for (const Token t : parsed_specials_) {
             const std::string_view special = llama_vocab_get_text(vocab_, t);
+            // Most specials are nowhere in a short template piece (a vocabulary may have thousands: Gemma's
+            // unused tokens): look first, and rebuild the pieces only for one that is there.
+            bool present = false;
+            for (const Piece & p : pieces) {
+                present = present || (p.token < 0 && text.substr(p.begin, p.end - p.begin).find(special) != std::string_view::npos);
+            }
+            if (!present) continue;
             std::vector<Piece> next;
             for (const Piece & p : pieces) {
                 if (p.token >= 0) {
