@@ -325,6 +325,10 @@ class _Common(_Body):
             raise _Conflict("lora", "give either 'adapters' or 'lora', not both")
         if self.logo is not None and (isinstance(self.adapters, dict) or self.adapters == "none" or self.lora is not None):
             raise _Conflict("logo", "'logo' options apply to routed requests; this one has a fixed mixture")
+        if self.stream_options is not None and not self.stream:
+            # OpenAI's API refuses it too: the options only shape a stream, and a client sending them without
+            # one most likely expected a stream.
+            raise _Conflict("stream_options", "'stream_options' is only allowed when 'stream' is true")
         return self
 
     def sampling(self) -> dict:

@@ -75,12 +75,31 @@ async def _drop_rest(request: Request, read: int) -> None:
             return
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    """json's object hook: an object naming one key twice is refused. RFC 8259 leaves its meaning open (parsers
+    keep the first, the last, or fail), so a request such as {"max_tokens": 2, "max_tokens": 3} has no one answer
+    the client surely meant."""
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
 def decode_json(body: bytes) -> Any:
-    """The decoded JSON value of a body (400 for an empty or malformed one)."""
+    """The decoded JSON value of a body (400 for an empty or malformed one, or an object with a repeated key)."""
     if not body:
         raise ApiError(400, "the request body is empty: a JSON object is expected")
     try:
-        return json.loads(body)
+        return json.loads(body, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise ApiError(400, f"the request body names the key {str(exc)[:100]!r} twice in one object: give each "
+                            f"key once", param=str(exc)[:100]) from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, an int of >4300 digits, deep nesting
         raise ApiError(400, f"the request body is not valid JSON: {str(exc)[:200]}") from None
 
