@@ -46,7 +46,9 @@ logo::FoldMode fold_mode(const std::string & name) {
     if (name == "exact") return logo::FoldMode::exact;
     if (name == "requantize") return logo::FoldMode::requantize;
     if (name == "requantize-stochastic") return logo::FoldMode::requantize_stochastic;
-    throw std::invalid_argument("fold must be 'exact', 'requantize' or 'requantize-stochastic', got '" + name + "'");
+    if (name == "upcast") return logo::FoldMode::upcast;
+    throw std::invalid_argument("fold must be 'exact', 'requantize', 'requantize-stochastic' or 'upcast', got '" + name +
+                                "'");
 }
 
 logo::RouterOptions router_options(int k, const std::string & signal, const std::string & probe,

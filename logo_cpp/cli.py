@@ -212,7 +212,9 @@ def add_fold_arg(p: argparse.ArgumentParser) -> None:
                         "LOSSY on quantized models (every adapted weight moves by up to a quantization step; "
                         "docs/mixtures-on-quantized-bases.md section 11), but decoding costs exactly the base's; "
                         "requantize-stochastic: the same with unbiased (stochastic) rounding of Q4_0/Q4_1/Q5_x/Q8_0 "
-                        "weights, which keeps more of the adapters' effect")
+                        "weights, which keeps more of the adapters' effect; upcast: fold into Q8_0 copies of the "
+                        "quantized adapted weights (an error of a Q8_0 step, not the base's; decoding reads those "
+                        "weights at 8 bits, for any number of adapters; section 12)")
 
 
 def mixture_weight_kwargs(args) -> dict:

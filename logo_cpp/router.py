@@ -160,8 +160,9 @@ class Router:
         seed = kwargs.pop("seed", None)
         stop = kwargs.pop("stop", None)
         ignore_eos = kwargs.pop("ignore_eos", False)
-        if check_fold(kwargs.pop("fold", "exact")) != "exact":
-            raise ValueError("fold='requantize' folds one mixture into the weights, but generate_batch decodes each "
+        fold = check_fold(kwargs.pop("fold", "exact"))
+        if fold != "exact":
+            raise ValueError(f"fold={fold!r} folds one mixture into the weights, but generate_batch decodes each "
                              "prompt with its own mixture: use generate() per prompt, or fold='exact'")
         sampling = dict(temperature=kwargs.pop("temperature", 0.8), top_k=kwargs.pop("top_k", 40),
                         top_p=kwargs.pop("top_p", 0.95), min_p=kwargs.pop("min_p", 0.05))
@@ -377,7 +378,7 @@ class LoGo(_ProbeRouter):
         routing = self.route(ids)
         answer = _rerank.rerank(model, self.pool, ids, routing, self.rerank_margin, max_tokens, kwargs.get("stop"),
                                 kwargs.get("ignore_eos", False), asked["top_logprobs"])
-        # The candidates' answers are exact mixtures: with fold="requantize" the chosen one generates again.
+        # The candidates' answers are exact mixtures: with another fold the chosen one generates again.
         if (answer is not None and float(kwargs.get("temperature", 0.8)) == 0.0 and not kwargs.get("stream")
                 and check_fold(kwargs.get("fold", "exact")) == "exact"):
             if not asked["logprobs"]:  # measured for the rerank; the caller did not ask for them

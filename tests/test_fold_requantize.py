@@ -1,4 +1,5 @@
-"""fold="requantize": a fixed mixture folded into requantized copies of the adapted weights (logo::FoldMode).
+"""fold="requantize" / "upcast": a fixed mixture folded into requantized / Q8_0 copies of the adapted weights
+(logo::FoldMode).
 
 W' = quantize_T(dequantize(W) + sum_i w_i s_i B_i A_i), T the weight's ggml type. Oracles:
 - the folded weights against an independent numpy reference built from the same GGUF files with the `gguf`
@@ -20,8 +21,12 @@ fold="requantize-stochastic" re-rounds Q4_0/Q4_1/Q8_0 quants on the reference's 
 the reference's scales (bit for bit), the two grid neighbours of each exact value, its unbiasedness on small
 changes (the fraction of an adapter's change it keeps, where nearest rounding keeps little), determinism, and the
 same llama.cpp-on-the-merged-file oracle.
-How far the fold moves a model from the exact mixture is measured (docs/mixtures-on-quantized-bases.md section
-11), not asserted beyond the check that the adapters' effect survives on Q8_0.
+fold="upcast" writes every quantized adapted weight as Q8_0 of the same exact sum: checked against gguf-py's Q8_0
+reference (as above), against llama.cpp on the base file with those Q8_0 tensors written in (bit for bit), from
+repacked weights, over F16 weights (the exact fold), on IQ2_XXS (no quantizer of its own: upcast still folds it),
+and for what it keeps of a small change. How far the folds move a model from the exact mixture is measured
+(docs/mixtures-on-quantized-bases.md sections 11-12), not asserted beyond the checks that the adapters' effect
+survives on Q8_0 and under upcast.
 """
 
 from __future__ import annotations
@@ -310,9 +315,13 @@ def test_type_without_a_quantizer_is_refused(tmp_path):
     synthetic._finish(writer)
     adapter = synthetic.write_adapter(tmp_path / "a.gguf", SPEC, rank=8, alpha=16.0, seed=3)
     model, _pool = load(path, {"a": adapter})
-    with pytest.raises(ValueError, match="'blk.0.attn_q.weight' of type iq2_xxs.*use fold = exact"):
+    with pytest.raises(ValueError, match="'blk.0.attn_q.weight' of type iq2_xxs.*use fold = exact or upcast"):
         model.generate(PROMPT, max_tokens=2, adapters={"a": 1.0}, fold="requantize")
     assert model.generate(PROMPT, max_tokens=2, adapters={"a": 1.0}).finish_reason  # exact still works
+    # upcast needs only a dequantizer for the weight's type: the IQ2_XXS weight is folded into Q8_0.
+    folded = model.folded_weights({"a": 1.0}, fold="upcast")
+    assert folded["blk.0.attn_q.weight"][0] == "q8_0"
+    assert model.generate(PROMPT, max_tokens=2, adapters={"a": 1.0}, fold="upcast").finish_reason
 
 
 def test_cli_run_fold_flag(files, tmp_path):
@@ -339,7 +348,7 @@ def test_chat_session_checks_fold(files):
 
     _, bases, adapters = files
     model, pool = load(bases["q4_1"], {"r0": adapters["r0"]})
-    with pytest.raises(ValueError, match="fold must be one of 'exact', 'requantize', 'requantize-stochastic', got 'lossy'"):
+    with pytest.raises(ValueError, match="fold must be one of 'exact', 'requantize', 'requantize-stochastic', 'upcast', got 'lossy'"):
         ChatSession(model, pool, None, fold="lossy")
     session = ChatSession(model, pool, logo_cpp.Fixed(model, pool, {"r0": 1.0}), temperature=0.0, max_tokens=4,
                           fold="requantize")
@@ -368,3 +377,143 @@ def test_stochastic_fold_keeps_small_changes(files, base):
     assert 0.9 < retained["requantize-stochastic"] < 1.1, retained
     if base == "q4_1":
         assert retained["requantize"] < 0.5, retained  # measured 0.06: nearest rounding erases most of it
+
+
+# -- fold="upcast": the mixture folded into Q8_0 copies of quantized weights, whatever their type -----------
+
+def assert_q8_0_of(data: bytes, exact: np.ndarray, name: str) -> None:
+    """``data`` is ggml's Q8_0 quantization of float32 ``exact`` (n_out, n_in): gguf-py's reference quantizer's
+    block scales bit for bit, and its quants except within float32 rounding of a half step, where ggml's x86
+    quantizer (127 / amax, round half to even) may land one level from the reference's (see the module doc)."""
+    ref = quants.quantize(exact, GGMLQuantizationType.Q8_0).reshape(-1, 34)
+    ours = np.frombuffer(data, dtype=np.uint8).reshape(ref.shape)
+    assert np.array_equal(ours[:, :2], ref[:, :2]), name
+    q_ours, q_ref = ours[:, 2:].view(np.int8).astype(int), ref[:, 2:].view(np.int8).astype(int)
+    amax = np.abs(exact.reshape(-1, 32)).max(axis=1, keepdims=True)
+    scaled = exact.reshape(-1, 32) * (127.0 / np.where(amax == 0, 1, amax))
+    near_tie = np.abs(np.abs(scaled - np.trunc(scaled)) - 0.5) < 1e-4
+    differ = q_ours != q_ref
+    assert np.all(np.abs(q_ours - q_ref) <= 1) and np.all(near_tie[differ]), name
+
+
+def retyped_file(base_path, folded: dict, out):
+    """The base GGUF with each folded tensor replaced by its folded bytes in the folded type (a new file: the
+    types and sizes differ), every other tensor's bytes as stored; the header of SPEC (what the test bases hold)."""
+    reader = GGUFReader(str(base_path))
+    writer = GGUFWriter(str(out), SPEC.arch)
+    synthetic._write_header(writer, SPEC)
+    for t in reader.tensors:
+        if t.name in folded:
+            type_name, data = folded[t.name]
+            kind = GGMLQuantizationType[type_name.upper()]
+            n_out = int(t.shape[1])
+            writer.add_tensor(t.name, np.frombuffer(data, dtype=np.uint8).reshape(n_out, -1), raw_dtype=kind)
+        else:
+            writer.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
+    synthetic._finish(writer)
+    return out
+
+
+@pytest.mark.parametrize("base", ["q4_0", "q4_1", "q4_k", "q8_0"])
+def test_upcast_folded_weights_are_q8_0_of_the_exact_sum(files, base):
+    """Every adapted weight comes back as Q8_0 (34 bytes per 32 elements), and its bytes are Q8_0 of
+    dequantize(W) + delta (numpy/gguf-py reference, dyadic adapters: an exact delta)."""
+    _, bases, adapters = files
+    model, _pool = load(bases[base], adapters)
+    folded = model.folded_weights(MIXTURE, fold="upcast")
+    stored = gguf_tensors(bases[base])
+    assert set(folded) == set(model.folded_weights(MIXTURE, fold="requantize"))
+    for name, (type_name, data) in folded.items():
+        t = stored[name]
+        w = quants.dequantize(t.data, t.tensor_type)
+        assert type_name == "q8_0" and len(data) == w.size // 32 * 34, name
+        assert_q8_0_of(data, w + reference_delta(adapters, MIXTURE, name, w.shape).astype(np.float32), name)
+    if base == "q8_0":  # Q8_0 weights: upcast is the requantizing fold
+        assert folded == model.folded_weights(MIXTURE, fold="requantize")
+
+
+@pytest.mark.parametrize("base", ["q4_1", "q4_k", "q8_0"])
+def test_upcast_logits_equal_llama_cpp_on_the_retyped_file(files, tmp_path, base):
+    """Computing with the upcast fold is running a model whose adapted weights are those Q8_0 tensors: llama.cpp
+    (flash attention) on the base file with them written in gives our logits bit for bit, and greedy tokens."""
+    _, bases, adapters = files
+    mixture = {"r0": 0.5, "r1": 0.3, "r2": 0.2}
+    model, _pool = load(bases[base], adapters)
+    ids = model.tokenize(PROMPT)
+    retyped = retyped_file(bases[base], model.folded_weights(mixture, fold="upcast"), tmp_path / "upcast.gguf")
+    ours = model.logits(ids, adapters=mixture, fold="upcast")
+    np.testing.assert_array_equal(ours, LlamaCpp(retyped).logits(ids))
+    out = model.generate(PROMPT, max_tokens=6, temperature=0, ignore_eos=True, adapters=mixture, fold="upcast")
+    assert out.tokens == LlamaCpp(retyped).greedy(ids, 6)
+
+
+@pytest.mark.parametrize("base", ["q4_1", "q4_k"])
+def test_upcast_keeps_small_changes_and_stays_near_the_exact_mixture(files, base):
+    """A Q8_0 step is ~1/17 of a 4-bit one: of a small change (an adapter at weight 0.05), nearest rounding into
+    Q8_0 keeps most (retained fraction <F - W, delta> / |delta|^2), where requantizing into Q4_1 keeps little;
+    and the upcast model's logits stay within a tenth of the mixture's effect of the exact mixture's."""
+    _, bases, adapters = files
+    model, _pool = load(bases[base], adapters)
+    mixture = {"r0": 0.05}
+    stored = gguf_tensors(bases[base])
+    num = den = 0.0
+    for name, (_type, data) in model.folded_weights(mixture, fold="upcast").items():
+        t = stored[name]
+        w = quants.dequantize(t.data, t.tensor_type).astype(np.float64)
+        delta = reference_delta(adapters, mixture, name, w.shape)
+        change = quants.dequantize(np.frombuffer(data, dtype=np.uint8).reshape(w.shape[0], -1),
+                                   GGMLQuantizationType.Q8_0) - w
+        num, den = num + float((change * delta).sum()), den + float((delta * delta).sum())
+    assert 0.8 < num / den < 1.2, num / den
+    ids = model.tokenize(PROMPT)
+    mixture = {"r0": 0.5, "r1": 0.3, "r2": 0.2}
+    exact = model.logits(ids, adapters=mixture)
+    upcast = np.abs(model.logits(ids, adapters=mixture, fold="upcast") - exact).mean()
+    requantized = np.abs(model.logits(ids, adapters=mixture, fold="requantize") - exact).mean()
+    effect = np.abs(model.logits(ids) - exact).mean()
+    # Measured: upcast 0.045-0.055 of the effect, requantize 0.13-0.17 (q4_1, q4_k): a 4-bit copy would fail.
+    assert upcast < 0.1 * effect and upcast < 0.5 * requantized, (upcast, requantized, effect)
+
+
+@pytest.mark.parametrize("base", ["q4_0", "q4_k"])
+def test_upcast_of_repacked_weights(files, tmp_path, base):
+    """A weight in the CPU's repacked layout is read from the file; its Q8_0 copy is a plain tensor. The bytes are
+    those of an unrepacked model, and the logits our own repacked model's on the retyped file."""
+    _, bases, adapters = files
+    mixture = {"r0": 0.6, "d0": 0.4}
+    model, _pool = load(bases[base], adapters, repack=True)
+    plain_model, _plain_pool = load(bases[base], adapters, repack=False)
+    folded = plain_model.folded_weights(mixture, fold="upcast")
+    assert model.folded_weights(mixture, fold="upcast") == folded
+    retyped = retyped_file(bases[base], folded, tmp_path / "upcast.gguf")
+    on_retyped = logo_cpp.Model(str(retyped), n_ctx=256, n_threads=THREADS, repack=True)
+    ids = model.tokenize(PROMPT)
+    np.testing.assert_array_equal(model.logits(ids, adapters=mixture, fold="upcast"), on_retyped.logits(ids))
+
+
+def test_upcast_over_float_weights_is_the_exact_fold(files):
+    _, bases, adapters = files
+    mixture = {"r0": 0.7, "r1": 0.3}
+    model, _pool = load(bases["f16"], adapters)
+    assert {t for t, _ in model.folded_weights(mixture, fold="upcast").values()} == {"f16"}
+    exact = model.generate(PROMPT, max_tokens=20, temperature=0, ignore_eos=True, adapters=mixture)
+    short = model.generate(PROMPT, max_tokens=3, temperature=0, ignore_eos=True, adapters=mixture, fold="upcast")
+    assert short.tokens == exact.tokens[:3]
+
+
+def test_upcast_refusals(files):
+    """A batch of different mixtures cannot share one set of weights: ValueError naming upcast (Python and the
+    C++ session alike); the routers pass fold="upcast" through to generate."""
+    _, bases, adapters = files
+    model, pool = load(bases["q4_1"], adapters)
+    router = logo_cpp.Fixed(model, pool, {"r0": 1.0})
+    with pytest.raises(ValueError, match="fold='upcast' folds one mixture.*generate_batch decodes each prompt with its own"):
+        router.generate_batch([PROMPT, PROMPT], max_tokens=2, fold="upcast")
+    out = router.generate(PROMPT, max_tokens=4, temperature=0, fold="upcast")
+    assert out.tokens == model.generate(PROMPT, max_tokens=4, temperature=0, adapters={"r0": 1.0}, fold="upcast").tokens
+    session = logo_cpp._core.Session(model._core, n_ctx=256, n_seq=2)
+    _, sel0 = model._resolve_mixture({"r0": 1.0})
+    _, sel1 = model._resolve_mixture({"r1": 1.0})
+    ids = model.tokenize(PROMPT)
+    with pytest.raises(ValueError, match="fold = upcast folds one mixture into the weights.*got 2 mixtures"):
+        session.evaluate(0, 2, ids + ids, pool=pool._core, selections=[sel0, sel1], fold="upcast")

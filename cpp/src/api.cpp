@@ -34,6 +34,7 @@ core::FoldKind fold_kind(FoldMode fold) {
     switch (fold) {
         case FoldMode::requantize: return core::FoldKind::requantize;
         case FoldMode::requantize_stochastic: return core::FoldKind::requantize_stochastic;
+        case FoldMode::upcast: return core::FoldKind::upcast;
         default: return core::FoldKind::float_only;
     }
 }
@@ -269,14 +270,15 @@ std::unique_ptr<core::Mixture> make_mixture(const core::Model & model, const cor
     return std::make_unique<core::Mixture>(model, per_sequence, exact_pair);
 }
 
-// The mixture of a generation or evaluation with `fold`, folded where it asks: requantize folds one mixture
-// on any base (checked before any ggml call); exact folds a long single generation over float weights.
+// The mixture of a generation or evaluation with `fold`, folded where it asks: requantize and upcast fold one
+// mixture on any base (checked before any ggml call); exact folds a long single generation over float weights.
 std::unique_ptr<core::Mixture> folded_mixture(core::Session & session, const core::Model & model,
                                               const core::AdapterPool & pool, const std::vector<Mixture> & mixtures,
                                               FoldMode fold, bool long_single) {
     if (fold != FoldMode::exact && mixtures.size() != 1) {
-        throw std::invalid_argument("fold = requantize folds one mixture into the weights, shared by every sequence; got " +
-                                    std::to_string(mixtures.size()) + " mixtures (use fold = exact for them)");
+        throw std::invalid_argument(std::string("fold = ") + to_string(fold) + " folds one mixture into the weights, "
+                                    "shared by every sequence; got " + std::to_string(mixtures.size()) +
+                                    " mixtures (use fold = exact for them)");
     }
     auto mixture = make_mixture(model, pool, mixtures, session.n_stream(), fold != FoldMode::exact);
     if (fold != FoldMode::exact) {
@@ -362,7 +364,7 @@ std::vector<FoldedWeight> Context::folded_weights(const AdapterPool & pool, cons
     auto folded = make_mixture(*model_, pool.impl_->pool, {mixture}, session_->n_stream(), fold != FoldMode::exact);
     if (fold == FoldMode::exact && !folded->terms().empty() && !folded->foldable(*model_)) {
         throw std::invalid_argument("fold = exact folds only into F32, F16 or BF16 weights; this mixture adapts quantized "
-                                    "weights (fold = requantize folds them, lossily)");
+                                    "weights (fold = upcast or requantize folds them, lossily)");
     }
     std::vector<FoldedWeight> out;
     folded->fold(*session_, fold_kind(fold), &out);

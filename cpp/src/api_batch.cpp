@@ -41,8 +41,8 @@ RequestEvent ContinuousBatch::start(int64_t id, const std::vector<Token> & promp
                                     const AdapterPool * pool, const Mixture & mixture) {
     Entered entered(guard_->mutex, "ContinuousBatch");
     if (options.fold != FoldMode::exact) {
-        throw std::invalid_argument("fold = requantize is not available in a ContinuousBatch: its slots share the base "
-                                    "weights (use fold = exact)");
+        throw std::invalid_argument(std::string("fold = ") + to_string(options.fold) + " is not available in a "
+                                    "ContinuousBatch: its slots share the base weights (use fold = exact)");
     }
     if (mixture.empty()) return decoder_->start(id, prompt, options, {});
     if (!pool) throw std::invalid_argument("a mixture needs the AdapterPool its indices refer to");

@@ -17,8 +17,10 @@ void GenerateOptions::validate() const {
     }
     if (top_logprobs > 0 && !logprobs) throw std::invalid_argument("top_logprobs needs logprobs = true");
     sampling.validate();
-    if (fold != FoldMode::exact && fold != FoldMode::requantize && fold != FoldMode::requantize_stochastic) {
-        throw std::invalid_argument("fold must be exact, requantize or requantize_stochastic, got " + std::to_string(int(fold)));
+    if (fold != FoldMode::exact && fold != FoldMode::requantize && fold != FoldMode::requantize_stochastic &&
+        fold != FoldMode::upcast) {
+        throw std::invalid_argument("fold must be exact, requantize, requantize_stochastic or upcast, got " +
+                                    std::to_string(int(fold)));
     }
 }
 
@@ -26,6 +28,7 @@ const char * to_string(FoldMode fold) {
     switch (fold) {
         case FoldMode::requantize: return "requantize";
         case FoldMode::requantize_stochastic: return "requantize-stochastic";
+        case FoldMode::upcast: return "upcast";
         default: return "exact";
     }
 }

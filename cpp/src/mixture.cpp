@@ -343,34 +343,41 @@ bool Mixture::foldable(const Model & model) const {
 
 namespace {
 
-// Whether `device` computes ggml_cpy between F32 and `type` both ways for rows of `n_in` elements (the
-// dequantize and requantize of a fold). ggml's CPU does for every type with a quantizer (from_float).
-bool device_converts(ggml_backend_dev_t device, ggml_type type, int64_t n_in) {
-    ggml_init_params params = {6 * ggml_tensor_overhead(), nullptr, true};
+// Whether `device` computes ggml_cpy from `from` to `to` for [n_in, 4] tensors (the dequantize and the
+// quantize of a fold). ggml's CPU dequantizes every type and quantizes those with a quantizer (from_float).
+bool device_copies(ggml_backend_dev_t device, ggml_type from, ggml_type to, int64_t n_in) {
+    ggml_init_params params = {3 * ggml_tensor_overhead(), nullptr, true};
     ggml_context * ctx = ggml_init(params);
-    ggml_tensor * f32 = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n_in, 4);
-    ggml_tensor * q = ggml_new_tensor_2d(ctx, type, n_in, 4);
-    const bool ok = ggml_backend_dev_supports_op(device, ggml_cpy(ctx, f32, q)) &&
-                    ggml_backend_dev_supports_op(device, ggml_cpy(ctx, q, ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n_in, 4)));
+    const bool ok = ggml_backend_dev_supports_op(
+        device, ggml_cpy(ctx, ggml_new_tensor_2d(ctx, from, n_in, 4), ggml_new_tensor_2d(ctx, to, n_in, 4)));
     ggml_free(ctx);
     return ok;
 }
 
 }  // namespace
 
-void Mixture::check_requantizable(const Model & model) const {
+ggml_type fold_type(FoldKind kind, ggml_type type) {
+    if (kind != FoldKind::upcast || !ggml_is_quantized(type)) return type;
+    return GGML_TYPE_Q8_0;
+}
+
+void Mixture::check_requantizable(const Model & model, FoldKind kind) const {
+    const char * mode = kind == FoldKind::upcast ? "upcast" : "requantize";
     if (n_mix_ != 1) {
-        throw std::invalid_argument("fold = requantize folds one mixture into the weights, shared by every sequence; got " +
-                                    std::to_string(n_mix_) + " different mixtures (use fold = exact for them)");
+        throw std::invalid_argument(std::string("fold = ") + mode + " folds one mixture into the weights, shared by "
+                                    "every sequence; got " + std::to_string(n_mix_) +
+                                    " different mixtures (use fold = exact for them)");
     }
     for (const auto & [base, term] : terms_) {
         if (base->type == GGML_TYPE_F32) continue;
-        if (!device_converts(model.device(), base->type, base->ne[0])) {
-            throw std::invalid_argument(std::string("fold = requantize cannot fold into tensor '") + ggml_get_name(base) +
+        const ggml_type to = fold_type(kind, base->type);
+        if (!device_copies(model.device(), base->type, GGML_TYPE_F32, base->ne[0]) ||
+            !device_copies(model.device(), GGML_TYPE_F32, to, base->ne[0])) {
+            throw std::invalid_argument(std::string("fold = ") + mode + " cannot fold into tensor '" + ggml_get_name(base) +
                                         "' of type " + ggml_type_name(base->type) + ": " +
-                                        ggml_backend_dev_name(model.device()) +
-                                        " cannot both dequantize and quantize that type (ggml has no quantizer for "
-                                        "it there); use fold = exact");
+                                        ggml_backend_dev_name(model.device()) + " cannot both dequantize it and quantize " +
+                                        ggml_type_name(to) + (to == base->type ? " (ggml has no quantizer for it there)" : "") +
+                                        "; use fold = exact" + (kind == FoldKind::upcast ? "" : " or upcast"));
         }
     }
 }
@@ -379,7 +386,7 @@ void Mixture::fold(Session & session, FoldKind kind, std::vector<FoldedWeight> *
     if (!folded_.empty()) return;
     const Model & model = session.model();
     if (kind == FoldKind::float_only ? !foldable(model) : n_mix_ != 1 || terms_.empty()) return;
-    if (kind != FoldKind::float_only) check_requantizable(model);
+    if (kind != FoldKind::float_only) check_requantizable(model, kind);
     // Stochastic rounding needs the exact sums: the graph writes them in F32, the host quantizes them.
     const bool stochastic = kind == FoldKind::requantize_stochastic;
 
@@ -391,15 +398,19 @@ void Mixture::fold(Session & session, FoldKind kind, std::vector<FoldedWeight> *
     std::sort(bases.begin(), bases.end(), [](const ggml_tensor * x, const ggml_tensor * y) {
         return std::strcmp(ggml_get_name(x), ggml_get_name(y)) < 0;
     });
+    // A copy of another type (upcast) goes to the device's plain buffer: the repacked layouts are per type.
+    auto target = [&](const ggml_tensor * base) { return fold_type(kind, base->type); };
     std::map<ggml_backend_buffer_type_t, std::vector<const ggml_tensor *>> by_buft;
-    for (const ggml_tensor * base : bases) by_buft[model.repacked_type(base)].push_back(base);
+    for (const ggml_tensor * base : bases) {
+        by_buft[target(base) == base->type ? model.repacked_type(base) : nullptr].push_back(base);
+    }
 
     std::map<const ggml_tensor *, ggml_tensor *> folded, source, staged;
     for (auto & [buft, group] : by_buft) {
         ggml_init_params params = {group.size() * ggml_tensor_overhead(), nullptr, true};
         ggml_context * ctx = ggml_init(params);
         for (const ggml_tensor * base : group) {
-            folded[base] = ggml_dup_tensor(ctx, base);
+            folded[base] = ggml_new_tensor(ctx, target(base), ggml_n_dims(base), base->ne);
             ggml_set_name(folded[base], ggml_get_name(base));
         }
         if (buft) {
@@ -417,17 +428,18 @@ void Mixture::fold(Session & session, FoldKind kind, std::vector<FoldedWeight> *
         for (const ggml_tensor * base : bases) sums[base] = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, base->ne[0], base->ne[1]);
         exact = TensorBuffer(ctx, model.device(), "the exact sums of a stochastically rounded fold");
     }
-    if (by_buft.size() > 1 || by_buft.begin()->first) {
-        size_t n = 0;
-        for (auto & [buft, group] : by_buft) n += buft ? 2 * group.size() : 0;
-        ggml_init_params params = {n * ggml_tensor_overhead(), nullptr, true};
+    // Repacked weights: their plain bytes from the file (source), and the staging output of a copy that goes
+    // back into the repacked layout (staged).
+    std::vector<const ggml_tensor *> repacked_bases;
+    for (const ggml_tensor * base : bases) {
+        if (model.repacked_type(base)) repacked_bases.push_back(base);
+    }
+    if (!repacked_bases.empty()) {
+        ggml_init_params params = {2 * repacked_bases.size() * ggml_tensor_overhead(), nullptr, true};
         ggml_context * ctx = ggml_init(params);
-        for (auto & [buft, group] : by_buft) {
-            if (!buft) continue;
-            for (const ggml_tensor * base : group) {
-                source[base] = ggml_dup_tensor(ctx, base);
-                staged[base] = ggml_dup_tensor(ctx, base);
-            }
+        for (const ggml_tensor * base : repacked_bases) {
+            source[base] = ggml_dup_tensor(ctx, base);
+            if (target(base) == base->type) staged[base] = ggml_dup_tensor(ctx, base);
         }
         plain = TensorBuffer(ctx, cpu_device(), "plain copies of repacked weights to fold");
         for (auto & [base, t] : source) {
@@ -462,7 +474,7 @@ void Mixture::fold(Session & session, FoldKind kind, std::vector<FoldedWeight> *
     for (const ggml_tensor * base : bases) {
         const bool repacked = staged.count(base) > 0;
         if (!stochastic && !repacked && !keep) continue;
-        std::vector<uint8_t> bytes(ggml_nbytes(base));
+        std::vector<uint8_t> bytes(ggml_nbytes(folded[base]));
         if (stochastic) {
             // ggml's reference quantizer (as llama-quantize and export-lora) sets each block's scales; then every
             // quant is re-rounded up or down on that grid, unbiased.
@@ -475,7 +487,7 @@ void Mixture::fold(Session & session, FoldKind kind, std::vector<FoldedWeight> *
             ggml_backend_tensor_get(repacked ? staged[base] : folded[base], bytes.data(), 0, bytes.size());
         }
         if (stochastic || repacked) ggml_backend_tensor_set(folded[base], bytes.data(), 0, bytes.size());
-        if (keep) keep->push_back({ggml_get_name(base), ggml_type_name(base->type), std::move(bytes)});
+        if (keep) keep->push_back({ggml_get_name(base), ggml_type_name(target(base)), std::move(bytes)});
     }
     // The pairs are no longer read: the linear maps of the adapted weights use the folded copies.
     for (auto & [base, term] : terms_) term = LowRankTerm{nullptr, 0, nullptr, folded[base], nullptr, false};

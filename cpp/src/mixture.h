@@ -25,7 +25,13 @@ using Selection = std::vector<WeightedAdapter>;
 // How a fold builds the folded weights (logo::FoldMode): in the weights' own float type only, or in any
 // type the device can dequantize and quantize (lossy on quantized weights).
 // requantize_stochastic: the same, re-rounded stochastically (stochastic_rounding.h) where the type allows.
-enum class FoldKind { float_only, requantize, requantize_stochastic };
+// upcast: into Q8_0 copies of quantized weights whatever their type (fold_type()), float weights as float_only.
+enum class FoldKind { float_only, requantize, requantize_stochastic, upcast };
+
+// The type a fold of `kind` writes a weight of type `type` in: its own, except for upcast, which folds every
+// quantized type into Q8_0 (8.5 bits an element: finer than every quantized type but Q8_1/Q8_K, which ggml
+// uses for activations only) and keeps F32/F16/BF16.
+ggml_type fold_type(FoldKind kind, ggml_type type);
 
 class Mixture {
 public:
@@ -41,15 +47,18 @@ public:
     // Whether fold() can serve this mixture: one selection, and every adapted weight stored as
     // F32, F16 or BF16 (a quantized weight would need requantizing).
     bool foldable(const Model & model) const;
-    // Throws std::invalid_argument unless fold(session, FoldKind::requantize) can serve this mixture: one
-    // selection for every sequence, and each adapted weight of a type the model's device can both
-    // dequantize and quantize (ggml's CPU cannot quantize IQ1_S/IQ1_M/IQ2_*/IQ3_*: they need an imatrix).
-    void check_requantizable(const Model & model) const;
+    // Throws std::invalid_argument unless fold(session, kind) (requantize, requantize_stochastic, upcast) can
+    // serve this mixture: one selection for every sequence, and each adapted weight of a type the model's
+    // device can dequantize, and quantize into fold_type(kind, type) (ggml's CPU cannot quantize IQ1_S/IQ1_M/
+    // IQ2_*/IQ3_*: they need an imatrix; upcast folds them into Q8_0, which it can).
+    void check_requantizable(const Model & model, FoldKind kind = FoldKind::requantize) const;
     // Adds the mixture into copies of the adapted weights, W' = T(T^-1(W) + sum_i w_i s_i B_i A_i) with T the
     // weight's type (the identity for F32; rounding for F16/BF16; ggml's quantizer for quantized types:
     // lossy), computed on the model's device in one graph (F32 in between); generation then costs exactly
-    // what the base model costs. A weight in the CPU's repacked layout is read from the model file and its
-    // copy written into the same repacked buffer type, so it runs the same kernels. The pairs are freed.
+    // what the base model costs (upcast: what the base costs with those weights in Q8_0). A weight in the
+    // CPU's repacked layout is read from the model file and a copy of its own type written into the same
+    // repacked buffer type, so it runs the same kernels (an upcast copy goes to the device's plain buffer).
+    // The pairs are freed.
     // `keep`: also returns each folded weight's plain bytes (Context::folded_weights).
     void fold(Session & session, FoldKind kind = FoldKind::float_only, std::vector<FoldedWeight> * keep = nullptr);
     int n_sequences() const { return n_mix_; }

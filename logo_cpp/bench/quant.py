@@ -10,7 +10,7 @@ first, so ratios come from neighbouring measurements on a shared machine; the re
 spread of the per-repetition ratios.
 
     logo-cpp bench quant [--model PATH | --synthetic] [--types q4_1 q4_k q8_0] [--ks 1 8 20] [--reps 5]
-                         [--kernels-off 8 20] [--fold 1 8 20]
+                         [--kernels-off 8 20] [--fold 1 8 20] [--upcast 1 8 20]
 """
 
 from __future__ import annotations
@@ -101,12 +101,13 @@ def timed_rates(session, ids: list[int], gen: dict, mixture: dict) -> tuple[floa
 
 
 def bench_type(path: Path, adapters: list[Path], ks, threads: int, reps: int, n_prompt: int, n_decode: int,
-               repack: bool, kernels_off=(), folds=()) -> dict:
+               repack: bool, kernels_off=(), folds=(), upcasts=()) -> dict:
     """Rows keyed "0" (the base), "k", "k-ggml" for every k in kernels_off: logo-cpp alone with its
     single-node decode kernels of Q8_0 pairs turned off (LOGO_PAIR_MATVEC=0: ggml's matmuls, the same numbers),
     and "k-fold" for every k in folds: logo-cpp alone with fold="requantize" (the mixture folded into requantized
-    copies of the adapted weights: lossy), measured in the same repetitions, so that their effect is a
-    side-by-side ratio too. Every logo-cpp row also records its setup time (timed_rates)."""
+    copies of the adapted weights: lossy), "k-upcast" for every k in upcasts: fold="upcast" (folded into Q8_0
+    copies), measured in the same repetitions, so that their effect is a side-by-side ratio too. Every logo-cpp
+    row also records its setup time (timed_rates)."""
     ours = logo_cpp.Model(path, n_ctx=1024, n_threads=threads, repack=repack)
     pool = logo_cpp.AdapterPool(ours, adapters[: max(ks)])
     theirs = common.LlamaCppRunner(path, threads)
@@ -115,13 +116,13 @@ def bench_type(path: Path, adapters: list[Path], ks, threads: int, reps: int, n_
     gen = dict(max_tokens=n_decode + 1, temperature=0.0, ignore_eos=True, seed=0)
     keys = ("logo_prefill", "logo_decode", "logo_setup", "llama_prefill", "llama_decode")
     configs = ([("0", 0, "exact")] + [(str(k), k, "exact") for k in ks] + [(f"{k}-ggml", k, "ggml") for k in kernels_off]
-               + [(f"{k}-fold", k, "fold") for k in folds])
+               + [(f"{k}-fold", k, "fold") for k in folds] + [(f"{k}-upcast", k, "upcast") for k in upcasts])
     samples = {name: {key: [] for key in keys} for name, _, _ in configs}
     for rep in range(reps + 1):  # the first repetition warms caches and is dropped
         for name, k, variant in configs:
             mixture, llama_mixture = common.equal_mixture(pool, adapters, k)
-            if variant == "fold" and mixture:
-                mixture = dict(mixture, fold="requantize")
+            if variant in ("fold", "upcast") and mixture:
+                mixture = dict(mixture, fold="requantize" if variant == "fold" else "upcast")
             runtimes = ("logo", "llama") if variant == "exact" else ("logo",)
             for runtime in (runtimes if rep % 2 == 0 else runtimes[::-1]):
                 if runtime == "logo":
@@ -178,6 +179,10 @@ def report(res: dict) -> str:
                   "requantized copies of the adapted weights (W' = quantize(dequantize(W) + sum w s B A); LOSSY), in the "
                   "same repetitions. 'setup ms': each call's wall time minus its prefill and decode (building the "
                   "mixture, and the fold), median.", ""]
+    if any(k.endswith("-upcast") for r in res["types"].values() for k in r["rows"]):
+        lines += ["Rows 'k (upcast fold)': logo-cpp alone with fold=\"upcast\": the mixture folded into Q8_0 copies of "
+                  "the adapted weights (W' = quantize_Q8_0(dequantize(W) + sum w s B A); an error of a Q8_0 step), in "
+                  "the same repetitions; 'setup ms' as above.", ""]
     for t, r in res["types"].items():
         lines += [f"## {t} ({r['file']}: {r['tensor_types']})", "",
                   "| k | prefill logo-cpp | prefill llama.cpp | decode logo-cpp | decode llama.cpp | logo-cpp prefill vs base "
@@ -193,7 +198,8 @@ def report(res: dict) -> str:
             def num(key, digits):
                 return "-" if row.get(key) is None else f"{row[key]:.{digits}f}"
 
-            name = "base" if k == "0" else k.replace("-ggml", " (ggml matmuls)").replace("-fold", " (requantized fold)")
+            name = "base" if k == "0" else k.replace("-ggml", " (ggml matmuls)").replace("-fold", " (requantized fold)").replace(
+                "-upcast", " (upcast fold)")
             setup = "-" if row.get("logo_setup") is None else f"{1000 * row['logo_setup']:.1f}"
             lines.append(f"| {name} | {num('logo_prefill', 1)} | {num('llama_prefill', 1)} | {num('logo_decode', 1)} | "
                          f"{num('llama_decode', 1)} | {rel('logo_prefill_vs_base')} | {rel('logo_decode_vs_base')} | "
@@ -231,6 +237,9 @@ def main(argv=None):
     parser.add_argument("--fold", nargs="*", type=positive_int, default=[], metavar="K",
                         help="also measure logo-cpp at these k with fold='requantize' (the mixture folded into "
                              "requantized copies of the adapted weights: lossy), rows 'K (requantized fold)'")
+    parser.add_argument("--upcast", nargs="*", type=positive_int, default=[], metavar="K",
+                        help="also measure logo-cpp at these k with fold='upcast' (the mixture folded into Q8_0 "
+                             "copies of the adapted weights), rows 'K (upcast fold)'")
     parser.add_argument("--prompt", type=common.prompt_length, default=150, help="prompt tokens")
     parser.add_argument("--decode", type=positive_int, default=64, help="decode steps")
     common.add_common_args(parser, reps=5)
@@ -243,6 +252,8 @@ def main(argv=None):
         parser.error("--kernels-off: every k must also be in --ks")
     if any(k not in args.ks for k in args.fold):
         parser.error("--fold: every k must also be in --ks")
+    if any(k not in args.ks for k in args.upcast):
+        parser.error("--upcast: every k must also be in --ks")
 
     model = args.model
     if args.synthetic:
@@ -271,7 +282,7 @@ def main(argv=None):
     for t in args.types:
         print(f"[{t}] {files[t].name} ({tensor_types(files[t])}) ...", flush=True)
         res["types"][t] = bench_type(files[t], adapters, args.ks, args.threads, args.reps, args.prompt, args.decode, repack,
-                                     args.kernels_off, args.fold)
+                                     args.kernels_off, args.fold, args.upcast)
         for k, row in res["types"][t]["rows"].items():
             llama = row.get("llama_decode_vs_base")
             print(f"  k={k}: decode vs base {row['logo_decode_vs_base']:.3f} "

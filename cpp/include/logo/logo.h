@@ -158,8 +158,8 @@ public:
     // Appends tokens to sequences [first_seq, first_seq + n_seq) (sequence-major, the same count for
     // each) and returns logits, row-major [n_outputs][n_vocab]: every token's, or each sequence's last.
     // With a pool, `mixtures` holds one mixture for all sequences or one per sequence of the context.
-    // fold = requantize computes with the mixture folded into requantized weights (see FoldMode: lossy on
-    // quantized bases; one mixture only), e.g. to measure that error against fold = exact.
+    // fold = requantize / upcast computes with the mixture folded into requantized / Q8_0 weights (see
+    // FoldMode: lossy on quantized bases; one mixture only), e.g. to measure that error against fold = exact.
     std::vector<float> evaluate(int first_seq, int n_seq, const std::vector<Token> & tokens, bool all_logits = false,
                                 const AdapterPool * pool = nullptr, const std::vector<Mixture> & mixtures = {},
                                 FoldMode fold = FoldMode::exact);
@@ -173,7 +173,7 @@ public:
     // Generates for each prompt in its own sequence (0..n-1), decoding them together; sequence i's
     // sampler is seeded with options.sampling.seed + i. A single prompt generating at least 16 tokens
     // over F32/F16/BF16 weights gets its mixture folded into the weights (decodes at base speed);
-    // options.fold = requantize folds one mixture on any base (see FoldMode).
+    // options.fold = requantize or upcast folds one mixture on any base (see FoldMode).
     std::vector<Completion> generate(const std::vector<std::vector<Token>> & prompts, const GenerateOptions & options,
                                      const AdapterPool * pool = nullptr, const std::vector<Mixture> & mixtures = {},
                                      const TextCallback & on_text = {});

@@ -52,7 +52,15 @@ struct SamplingParams {
 //   probability that makes the expected dequantized value the exact sum: a change below half a step, which
 //   nearest rounding erases, survives on average over the inputs a matmul sums. Other types (K-quants, IQ*)
 //   keep nearest rounding. Lossy like requantize, with a different error (docs section 11 measures both).
-enum class FoldMode { exact, requantize, requantize_stochastic };
+// upcast: the mixture folded into Q8_0 copies of quantized adapted weights, whatever their type:
+//   W' = quantize_Q8_0(dequantize(W) + sum_i w_i s_i B_i A_i) (ggml's nearest Q8_0 rounding), so the copy is
+//   finer than the weight it replaces and the rounding error is a Q8_0 step (1/254 of a block's range, ~17x
+//   finer than Q4_1's), where requantize's is the base's own step. Decode then reads the adapted weights at
+//   8.5 bits instead of their own (on a Q4_1 SmolLM2 with attn_q/attn_v adapted: +6% of a step's bytes), the
+//   same for every k. F32/F16/BF16 weights: the exact mode's fold, for every length. One mixture for all
+//   sequences; a device that can dequantize the type and quantize Q8_0 (ggml's CPU: every type, IQ* included).
+//   An upcast copy of a CPU-repacked weight is a plain Q8_0 tensor. Measured: docs section 12.
+enum class FoldMode { exact, requantize, requantize_stochastic, upcast };
 
 struct GenerateOptions {
     int max_tokens = 128;
@@ -232,7 +240,7 @@ const char * to_string(Signal signal);
 const char * to_string(Calibration calibration);
 const char * to_string(ProbePosition position);
 const char * to_string(MixtureWeighting weighting);
-const char * to_string(FoldMode fold);  // "exact", "requantize", "requantize-stochastic"
+const char * to_string(FoldMode fold);  // "exact", "requantize", "requantize-stochastic", "upcast"
 
 // A weighted set of pool adapters: (pool index, weight).
 using Mixture = std::vector<std::pair<int, float>>;
