@@ -8,7 +8,8 @@ tasks, the first --per-task items of each):
    from the exact mixture's (max |diff|, mean KL(exact || fold) in nats, top-1 agreement over all positions),
    (each fold of --folds) next to how far the base model's are (the adapters' own effect, the scale to read the
    error against) and, with --llama, how far llama.cpp's are (flash attention, the adapter files at the same
-   scales: the rounding the exact path itself differs by from the adapters' own precision)? Per
+   scales: the rounding the exact path itself differs by from the adapters' own precision), and each fold's
+   from llama.cpp's ("<fold> vs llama.cpp": KL(llama.cpp || fold))? Per
    base type (the shipped Q4_1, and the Q4_K / Q8_0 files `logo-cpp bench quant` requantized from it), for the
    prompt's own adapter at weight 1 (k = 1) and the default router's top 3 with its weights (k = 3).
 2. Accuracy (--accuracy): task accuracy of the default router at k = 1 and k = 3, greedy, exact vs fold, on the
@@ -117,8 +118,8 @@ def logits_study(per_task: int, threads: int, folds, llama: bool) -> dict:
         pool = logo_cpp.AdapterPool(model, str(default_model.pool_dir() / "adapters"))
         router = logo_cpp.LoGo(model, pool, k=3)
         oracle = LlamaLogits(path, threads) if llama else None
-        rows = {k: {**{fold: [] for fold in folds}, "base": [], **({"llama.cpp": []} if llama else {})}
-                for k in ("1", "3")}
+        against_llama = ["llama.cpp", *(f"{fold} vs llama.cpp" for fold in folds)] if llama else []
+        rows = {k: {what: [] for what in (*folds, "base", *against_llama)} for k in ("1", "3")}
         t0 = time.perf_counter()
         for item in chosen:
             ids = model.tokenize(item["prompt"] + " " + item["answer"])
@@ -126,11 +127,17 @@ def logits_study(per_task: int, threads: int, folds, llama: bool) -> dict:
             routing = router.route(item["prompt"])
             for k, mixture in (("1", {item["task"]: 1.0}), ("3", routing.as_dict())):
                 exact = model.logits(ids, adapters=mixture)
+                folded = {fold: model.logits(ids, adapters=mixture, fold=fold) for fold in folds}
                 for fold in folds:
-                    rows[k][fold].append(compare(exact, model.logits(ids, adapters=mixture, fold=fold)))
+                    rows[k][fold].append(compare(exact, folded[fold]))
                 rows[k]["base"].append(compare(exact, base_logits))
                 if oracle:
-                    rows[k]["llama.cpp"].append(compare(exact, oracle.logits(ids, mixture)))
+                    # llama.cpp keeps each adapter in its file's precision: the exact path's own rounding is the
+                    # distance from it, and each fold's distance from it is read against that.
+                    theirs = oracle.logits(ids, mixture)
+                    rows[k]["llama.cpp"].append(compare(exact, theirs))
+                    for fold in folds:
+                        rows[k][f"{fold} vs llama.cpp"].append(compare(theirs, folded[fold]))
         out[base] = {"file": path.name, "seconds": time.perf_counter() - t0,
                      **{k: {what: merge(v) for what, v in r.items()} for k, r in rows.items()}}
         print(base, json.dumps({k: out[base][k] for k in ("1", "3")}), flush=True)
