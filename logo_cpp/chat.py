@@ -475,6 +475,12 @@ class Terminal:
         return None
 
 
+def default_max_tokens(n_ctx: int) -> int:
+    """The longest reply when --max-tokens is not given: DEFAULT_MAX_TOKENS, at most half of an ``n_ctx``-token
+    context (at least 1), so a small --ctx still leaves room for the conversation instead of refusing to start."""
+    return max(1, min(DEFAULT_MAX_TOKENS, n_ctx // 2))
+
+
 def run_chat(args) -> int:
     import logo_cpp
     from . import default_model
@@ -495,7 +501,13 @@ def run_chat(args) -> int:
 
     router = logo_cpp.LoGo(model, pool, k=min(k, len(pool)), rerank_margin=args.rerank,
                            **mixture_weight_kwargs(args)) if pool is not None else None
-    session = ChatSession(model, pool, router, system=args.system, max_tokens=args.max_tokens,
+    max_tokens = args.max_tokens
+    if max_tokens is None:
+        max_tokens = default_max_tokens(args.ctx)
+        if max_tokens < DEFAULT_MAX_TOKENS:
+            print(f"logo-cpp chat: replies capped at {max_tokens} tokens, half the {args.ctx}-token context (--ctx), "
+                  f"leaving the rest to the conversation; --max-tokens sets it", file=sys.stderr)
+    session = ChatSession(model, pool, router, system=args.system, max_tokens=max_tokens,
                           temperature=args.temperature, top_p=args.top_p, seed=args.seed, route_on=args.route_on,
                           fold=args.fold)
     name = os.path.basename(str(model_path)).removesuffix(".gguf")
@@ -520,7 +532,9 @@ def add_arguments(p) -> None:
     add_fold_arg(p)
     add_route_on_argument(p, "--route-on", "each turn")
     p.add_argument("--system", default=None, help="a system message")
-    p.add_argument("--max-tokens", "-n", type=positive_int, default=DEFAULT_MAX_TOKENS, help="longest reply (tokens)")
+    p.add_argument("--max-tokens", "-n", type=positive_int, default=None,
+                   help=f"longest reply in tokens (default {DEFAULT_MAX_TOKENS}, at most half of --ctx; a value given "
+                        "here must leave room for the conversation)")
     # SmolLM2's model card samples its instruct models at temperature 0.2, top-p 0.9.
     p.add_argument("--temperature", type=float, default=0.2, help="0 is greedy (default 0.2)")
     p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (default 0.9)")

@@ -324,6 +324,22 @@ def weighting_text(routing) -> str:
     return "proportional to the raw signals (the paper)"
 
 
+def context_full_note(completion, max_tokens: int, n_ctx: int) -> Optional[str]:
+    """One line for stderr when ``completion`` stopped because the context (``n_ctx`` tokens) was full, not at
+    ``max_tokens``; None otherwise. Both end as finish_reason "length" (as OpenAI reports both), but the core
+    checks max_tokens first, so a "length" with fewer tokens than max_tokens was cut by the context."""
+    if completion is None or completion.finish_reason != "length" or len(completion.tokens) >= max_tokens:
+        return None
+    return (f"logo-cpp: the answer was cut after {len(completion.tokens)} tokens: the context of {n_ctx} tokens "
+            f"(--ctx) is full (prompt {completion.timings.n_prompt} tokens); a larger --ctx leaves more room")
+
+
+def _note_context_full(completion, args) -> None:
+    note = context_full_note(completion, args.max_tokens, args.ctx)
+    if note:
+        print(note, file=sys.stderr)
+
+
 def cmd_run(args) -> int:
     _check_router_args(args)
     model, pool = _load(args)
@@ -334,6 +350,7 @@ def cmd_run(args) -> int:
     if args.rerank is not None:
         out = router.generate(args.prompt, **gen)  # the rerank needs the candidates' answers: no streaming
         routing = out.routing
+        _note_context_full(out, args)
         if args.json:
             print(json.dumps({"text": out.text, "finish_reason": out.finish_reason,
                               "routing": dict(_routing_dict(routing, pool), rerank=routing.rerank),
@@ -346,13 +363,16 @@ def cmd_run(args) -> int:
     routing = router.route(args.prompt)
     if args.json:
         out = model.generate(args.prompt, adapters=routing.as_dict(), **gen)
+        _note_context_full(out, args)
         print(json.dumps({"text": out.text, "finish_reason": out.finish_reason, "routing": _routing_dict(routing, pool),
                           "timings": vars(out.timings)}, indent=2))
         return 0
     _print_routing(routing, pool, file=sys.stderr)
-    for piece in model.generate(args.prompt, adapters=routing.as_dict(), stream=True, **gen):
+    stream = model.generate(args.prompt, adapters=routing.as_dict(), stream=True, **gen)
+    for piece in stream:
         print(piece, end="", flush=True)
     print()
+    _note_context_full(stream.completion, args)
     return 0
 
 

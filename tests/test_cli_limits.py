@@ -1,0 +1,82 @@
+"""What the command line says when a limit, not the user's request, shaped the run: an answer cut because the
+context filled (finish_reason "length" either way, as OpenAI reports both), a chat whose default reply length
+does not fit a small --ctx, and seeds over the Python API's whole range [0, 2**64)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import logo_cpp
+from logo_cpp.cli import context_full_note
+
+
+def cli(*args, cwd, stdin=None):
+    return subprocess.run([sys.executable, "-m", "logo_cpp.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, input=stdin)
+
+
+@pytest.fixture(scope="module")
+def model_file(model_dir):
+    return model_dir / "llama-f32.gguf"
+
+
+def _prompt_tokens(model_file, prompt):
+    m = logo_cpp.Model(model_file, n_ctx=64, n_threads=1)
+    try:
+        return len(m.tokenize(prompt))
+    finally:
+        m.close()
+
+
+def test_run_says_when_the_context_cut_the_answer(model_file, adapter_dir, tmp_path):
+    # Room for 3 generated tokens beside the prompt, 50 asked. --json (unchanged: the Completion's finish_reason
+    # and timings) is the oracle: "length" with fewer tokens than -n. The note must name --ctx, in both modes, and
+    # appear only when the context cut the answer.
+    prompt = "Hello world"
+    ctx = _prompt_tokens(model_file, prompt) + 3
+    run = ["run", "-m", model_file, "-a", adapter_dir / "math.gguf", "-p", prompt, "--ctx", ctx, "--threads", 1]
+    json_out = cli(*run, "-n", 50, "--json", cwd=tmp_path)
+    assert json_out.returncode == 0, json_out.stderr
+    data = json.loads(json_out.stdout)
+    n = data["timings"]["n_generated"]
+    assert data["finish_reason"] == "length" and n < 50  # the context, not -n, ended it
+    streamed = cli(*run, "-n", 50, cwd=tmp_path)
+    assert streamed.returncode == 0, streamed.stderr
+    for out in (json_out, streamed):
+        notes = [line for line in out.stderr.splitlines() if "context" in line and "--ctx" in line]
+        assert len(notes) == 1 and f"after {n} tokens" in notes[0] and f"of {ctx} tokens" in notes[0], out.stderr
+    for mode in (["--json"], []):  # -n reached first: no note
+        out = cli(*run, "-n", 1, *mode, cwd=tmp_path)
+        assert out.returncode == 0 and "--ctx" not in out.stderr, out.stderr
+
+
+def test_context_full_note_tells_the_two_lengths_apart():
+    from logo_cpp.model import Completion, Timings
+
+    def completion(n, reason):
+        fields = {name: 0 for name in Timings.__dataclass_fields__}
+        return Completion(text="", tokens=[1] * n, finish_reason=reason, timings=Timings(**dict(fields, n_prompt=7)))
+
+    assert context_full_note(completion(3, "length"), 50, 10) is not None
+    assert context_full_note(completion(50, "length"), 50, 10) is None   # max_tokens reached
+    assert context_full_note(completion(0, "length"), 0, 10) is None     # -n 0
+    assert context_full_note(completion(3, "eos"), 50, 10) is None
+    assert context_full_note(completion(3, "stop"), 50, 10) is None
+    assert context_full_note(None, 50, 10) is None                       # a stream stopped before its end
+
+
+def test_chat_caps_its_default_reply_to_a_small_context_and_refuses_a_given_one(model_file, tmp_path):
+    chat = ["chat", "-m", model_file, "--no-adapters", "--threads", 1, "--ctx", 128]
+    out = cli(*chat, cwd=tmp_path, stdin="Hello\n/quit\n")
+    assert out.returncode == 0, out.stderr
+    notes = [line for line in out.stderr.splitlines() if "capped" in line]
+    assert len(notes) == 1 and "64 tokens" in notes[0] and "--ctx" in notes[0] and "--max-tokens" in notes[0], out.stderr
+    # The turn was answered, within the cap (the synthetic model rarely ends a turn by itself).
+    summary = [line for line in out.stdout.splitlines() if "; prompt" in line]
+    assert len(summary) == 1 and ("no reply" in summary[0] or int(summary[0].split("(")[1].split()[0]) <= 64), out.stdout
+    out = cli(*chat, "--max-tokens", 256, cwd=tmp_path, stdin="Hello\n/quit\n")
+    assert out.returncode == 2 and "leaves no room" in out.stderr, out.stderr
+    out = cli("chat", "-m", model_file, "--no-adapters", "--threads", 1, cwd=tmp_path, stdin="/quit\n")
+    assert out.returncode == 0 and "capped" not in out.stderr, out.stderr  # the default context holds 256
