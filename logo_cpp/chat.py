@@ -519,7 +519,7 @@ def run_chat(args) -> int:
 
 
 def add_arguments(p) -> None:
-    from .cli import add_cache_args, add_fold_arg, add_mixture_weight_args, add_rerank_argument, positive_int, thread_count
+    from .cli import add_cache_args, add_fold_arg, add_mixture_weight_args, add_rerank_argument, positive_int, seed, thread_count
 
     p.add_argument("--model", "-m", default=None, help="base model GGUF (default: the shipped SmolLM2-135M-Instruct)")
     p.add_argument("--adapters", "-a", nargs="+", default=[], help="adapter GGUF files or directories (with --model)")
@@ -538,7 +538,7 @@ def add_arguments(p) -> None:
     # SmolLM2's model card samples its instruct models at temperature 0.2, top-p 0.9.
     p.add_argument("--temperature", type=float, default=0.2, help="0 is greedy (default 0.2)")
     p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (default 0.9)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=seed, default=None, help="sampling seed in [0, 2**64) (default: a random one)")
     p.add_argument("--ctx", type=positive_int, default=2048, help="context length (tokens)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", "-t", type=thread_count, default=None)

@@ -68,6 +68,20 @@ def non_negative_int(text: str) -> int:
     return _int32_at_least(0, text, "non-negative")
 
 
+SEED_LIMIT = 2**64  # Model.generate's seed range [0, 2**64): the core's seed is a uint64 (logo/types.h)
+
+
+def seed(text: str) -> int:
+    """argparse type for --seed: an integer in [0, 2**64), the Python API's range (argparse names the flag)."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**64 - 1 = {SEED_LIMIT - 1}], got {text}")
+    return value
+
+
 def thread_count(text: str) -> int:
     """argparse type for --threads: 1 to ggml's thread limit (logo_cpp's Model refuses more)."""
     from . import _core
@@ -133,7 +147,8 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--module", default=None,
                    help="probe module (default: attn_v when calibrated, attn_q for calibration none and arrow)")
     add_mixture_weight_args(p)
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random router (default 0)")
+    p.add_argument("--seed", type=seed, default=0,
+                   help="seed of sampling and of the random router, in [0, 2**64) (default 0)")
     add_cache_args(p)
 
 

@@ -118,11 +118,11 @@ def run_demo(threads: Optional[int] = None, device: str = "auto", pool_path: Opt
 
 
 def add_arguments(p) -> None:
-    from .cli import add_cache_args, non_negative_int, positive_int, thread_count
+    from .cli import add_cache_args, positive_int, seed, thread_count
 
     p.add_argument("--k", type=positive_int, default=DEFAULT_K, help=f"adapters per prompt (default {DEFAULT_K})")
     p.add_argument("--n", type=int, default=DEMO_PROMPTS, help=f"prompts, each of another task (default {DEMO_PROMPTS})")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="which held-out prompts to draw (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="which held-out prompts to draw, in [0, 2**64) (default 0)")
     p.add_argument("--pool", type=Path, default=None, help="another adapter pool directory (default: the shipped one)")
     p.add_argument("--threads", "-t", type=thread_count, default=None)
     p.add_argument("--device", default="auto")

@@ -203,12 +203,12 @@ def add_arguments(p) -> None:
     p.add_argument("--routers", default=None,
                    help=f"compare only these routers (comma-separated; default all: {','.join(r.key for r in ROUTERS)}); "
                    "the base model, the oracle, the uniform merge and random-k are always in")
-    from .cli import add_cache_args, add_mixture_weight_args, thread_count
+    from .cli import add_cache_args, add_mixture_weight_args, seed, thread_count
 
     add_mixture_weight_args(p)
     add_cache_args(p)
     p.add_argument("--batch", type=int, default=16, help="sequences decoded together per graph evaluation")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random-k baseline")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the random-k baseline, in [0, 2**64) (default 0)")
     p.add_argument("--threads", "-t", type=thread_count, default=None)
     p.add_argument("--quick", action="store_true",
                    help=f"a smoke test: {QUICK_PER_TASK} prompts per task, k in {QUICK_KS}")

@@ -80,3 +80,28 @@ def test_chat_caps_its_default_reply_to_a_small_context_and_refuses_a_given_one(
     assert out.returncode == 2 and "leaves no room" in out.stderr, out.stderr
     out = cli("chat", "-m", model_file, "--no-adapters", "--threads", 1, cwd=tmp_path, stdin="/quit\n")
     assert out.returncode == 0 and "capped" not in out.stderr, out.stderr  # the default context holds 256
+
+
+@pytest.mark.parametrize("command", [["run", "-p", "hi"], ["route", "-p", "hi"], ["chat"], ["demo"], ["eval"]])
+def test_every_seed_flag_takes_the_python_apis_range(command):
+    # Model.generate takes seeds in [0, 2**64) (the core's uint64); so does every --seed, and nothing beyond.
+    from logo_cpp.cli import build_parser
+
+    parser = build_parser()
+    for good in (0, 2**31, 2**63, 2**64 - 1):
+        assert parser.parse_args([*command, "--seed", str(good)]).seed == good
+    for bad in ("-1", str(2**64), "1.5"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*command, "--seed", bad])
+
+
+def test_the_largest_seed_reaches_generation_as_the_python_api_gets_it(model_file, adapter_dir, tmp_path):
+    # Oracle: Model.generate with the same seed and the adapter the CLI routed to (a one-adapter pool: weight 1).
+    seed = 2**64 - 1
+    out = cli("run", "-m", model_file, "-a", adapter_dir / "math.gguf", "-p", "Hello", "-n", 6, "--temperature", 1,
+              "--seed", seed, "--threads", 1, "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    m = logo_cpp.Model(model_file, n_threads=1)
+    pool = logo_cpp.AdapterPool(m, [adapter_dir / "math.gguf"])
+    want = m.generate("Hello", max_tokens=6, temperature=1, seed=seed, adapters={pool.names[0]: 1.0})
+    assert json.loads(out.stdout)["text"] == want.text

@@ -239,6 +239,7 @@ class _Common(_Body):
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     top_k: int = Field(default=40, ge=0, le=INT32_MAX)
     min_p: float = Field(default=0.05, ge=0.0, lt=1.0)
+    # OpenAI's seed is an int64; negatives are refused (the core's seed is a uint64: Model.generate takes [0, 2**64)).
     seed: Optional[int] = Field(default=None, ge=0, lt=2**63)
     stop: Optional[Union[str, list[str]]] = None
     stream: bool = False
