@@ -13,7 +13,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from . import _core
-from ._closing import CoreHandle
+from ._closing import ClosedError, CoreHandle
 from ._limits import INT32_MAX, MAX_TOP_LOGPROBS, MIXTURE_WEIGHT_RANGE, mixture_weight_ok
 from ._text import as_bytes
 
@@ -227,6 +227,9 @@ class Model:
         self._batch_sessions: dict[int, Any] = {}
         self._lock = threading.RLock()
         self._pools: "weakref.WeakSet" = weakref.WeakSet()
+        # The cancellation flags of open streams (generate(stream=True)): close() raises them, so a stream's
+        # generation stops at its next token instead of running to its end before the weights can be freed.
+        self._live_streams: set = set()
         self._eog_tokens: Optional[np.ndarray] = None  # _end_of_generation_tokens(), made on first use
 
     def _file_changed(self) -> bool:
@@ -267,7 +270,10 @@ class Model:
         logo_cpp.ClosedError, and so do routers over them; closing again does nothing. A call running on
         another thread finishes first (close() waits for it). What else holds the C++ model keeps the weights
         alive until it is gone itself: a server Engine's batch (logo-cpp serve), or a ``_core`` object a
-        caller took out of the private API."""
+        caller took out of the private API. An open stream (``generate(..., stream=True)``) stops generating at
+        its next token, and its next ``next()`` raises ClosedError (its ``completion`` holds what was generated)."""
+        for cancelled in list(getattr(self, "_live_streams", ())):
+            cancelled.set()
         with self._lock:
             if self.closed:
                 return
@@ -634,12 +640,15 @@ class Model:
                 pieces.put(("error", exc))
 
         def iterate() -> Iterator[str]:
+            self._live_streams.add(cancelled)
             worker = threading.Thread(target=work, name="logo-cpp-generate", daemon=True)
             worker.start()
             pending = b""
             try:
                 while True:
                     kind, value = pieces.get()
+                    if self.closed:  # close() came between two pieces: the model is gone, as for any other call
+                        raise ClosedError(self._closed_message())
                     if kind == "text":
                         pending += value
                         try:
@@ -656,6 +665,7 @@ class Model:
                             yield pending.decode("utf-8", errors="replace")
                         return
             finally:
+                self._live_streams.discard(cancelled)
                 cancelled.set()
                 worker.join()
                 while stream.completion is None and not pieces.empty():  # stopped early: what was generated

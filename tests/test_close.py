@@ -1,6 +1,7 @@
 """close() and `with` blocks of Model and AdapterPool: memory is freed when close() returns (checked by the
 model file's mapping), every use afterwards raises ClosedError, closing twice is harmless, and closing a pool
-or a model under a generation on another thread, or under a running batch, lets it finish unchanged."""
+or a model under a generation on another thread, or under a running batch, lets it finish unchanged; an open
+stream stops instead, and its next piece raises ClosedError."""
 
 import inspect
 import sys
@@ -165,16 +166,52 @@ def test_a_stopped_server_engine_holds_no_memory(model_dir, adapter_dir, tmp_pat
 
 
 def test_closing_under_a_generation_on_another_thread_lets_it_finish(loaded):
+    import threading
+    import time
+
     model, pool = loaded
-    kwargs = dict(max_tokens=24, temperature=0.0, ignore_eos=True, adapters={"math": 0.5, "sql": 0.5})
+    kwargs = dict(max_tokens=120, temperature=0.0, ignore_eos=True, adapters={"math": 0.5, "sql": 0.5})
     expected = model.generate("the cat", **kwargs).text
-    stream = model.generate("the cat", stream=True, **kwargs)
-    first = next(stream)  # the worker thread is generating now, holding the model
-    pool.close()          # waits for it
-    model.close()
-    assert first + "".join(stream) == expected
+    for _ in range(20):  # until close() lands while the other thread's generate() holds the model
+        got = []
+        worker = threading.Thread(target=lambda: got.append(model.generate("the cat", **kwargs).text))
+        worker.start()
+        while worker.is_alive() and model._lock.acquire(blocking=False):
+            model._lock.release()
+            time.sleep(0.0005)
+        if worker.is_alive():
+            pool.close()   # waits for it
+            model.close()  # so does this
+            worker.join()
+            break
+        worker.join()
+    else:
+        pytest.fail("no generate() call was caught running in 20 tries")
+    assert got == [expected]
     with pytest.raises(logo_cpp.ClosedError):
         model.generate("the cat", max_tokens=2)
+
+
+def test_closing_the_model_under_an_open_stream_stops_it_and_its_next_piece_raises(model_dir, adapter_dir):
+    # The README's promise: after close() every method raises ClosedError; an open stream is one more use. Its
+    # generation stops at its next token (close() need not wait for all of max_tokens), its next next() raises
+    # ClosedError, and its completion holds a prefix of what the uninterrupted generation makes.
+    model = logo_cpp.Model(model_dir / "llama-f32.gguf", n_ctx=1024, n_threads=THREADS)
+    pool = logo_cpp.AdapterPool(model, adapter_dir)
+    kwargs = dict(max_tokens=1000, temperature=0.0, ignore_eos=True, adapters={"math": 0.5, "sql": 0.5})
+    expected = model.generate("the cat", **kwargs).tokens
+    stream = model.generate("the cat", stream=True, **kwargs)
+    next(stream)  # the worker thread is generating now, holding the model
+    model.close()
+    with pytest.raises(logo_cpp.ClosedError, match="is closed"):
+        next(stream)
+    done = stream.completion
+    assert done is not None and done.finish_reason == "stop" and 1 <= len(done.tokens) < len(expected)
+    assert done.tokens == expected[:len(done.tokens)]
+    assert list(stream) == []  # ended
+    assert pool.closed
+    with pytest.raises(logo_cpp.ClosedError):
+        model.generate("the cat", stream=True, max_tokens=2)
 
 
 def test_closing_a_pool_under_a_running_batch(loaded, adapter_dir):
