@@ -323,7 +323,8 @@ class _ModelCache:
                         merged.pop(_entry_id(e), None)
                     # This process's statistics first, then as many of the others as fit.
                     entries = (ours + list(merged.values()))[:MAX_ENTRIES]
-                    doc = {"format": FORMAT, "key": self._key, "model": model.path, "entries": entries,
+                    # An absolute path: `logo-cpp cache` lists it from any directory.
+                    doc = {"format": FORMAT, "key": self._key, "model": os.path.abspath(model.path), "entries": entries,
                            "checksum": _checksum(self._key, entries)}
                     _write_json_atomic(self._path, doc)
                 _prune(self._path.parent, self._path)
@@ -358,20 +359,25 @@ def for_model(model, setting: CacheSetting = None) -> Optional[_ModelCache]:
 # -- inspection ----------------------------------------------------------------------------------------
 
 def describe(directory: Path) -> dict:
-    """What a cache dir holds: {"directory", "files", "entries", "bytes", "models": [{"model", "entries", "file"}]}
-    (files that are not whole statistics files count in "bytes" only)."""
-    out = {"directory": str(directory), "files": 0, "entries": 0, "bytes": 0, "models": []}
+    """What a cache dir holds: {"directory", "files", "entries", "bytes", "models": [{"model", "entries", "file"}],
+    "unreadable": [file, ...]}. "unreadable" lists the statistics files that are not whole (corrupt, truncated,
+    another format): routing ignores and rewrites them; they count in "bytes" only."""
+    out = {"directory": str(directory), "files": 0, "entries": 0, "bytes": 0, "models": [], "unreadable": []}
     for p in sorted(directory.glob("calibration/*.json")) + [directory / "digests.json"]:
         try:
             out["bytes"] += p.stat().st_size
         except OSError:
             continue
-        doc = _read_json(p) if p.parent.name == "calibration" else None
+        if p.parent.name != "calibration":
+            continue
+        doc = _read_json(p)
         if isinstance(doc, dict) and isinstance(doc.get("key"), dict) and \
                 read_entries(p, doc["key"]) is not None:
             out["files"] += 1
             out["entries"] += len(doc["entries"])
             out["models"].append({"model": str(doc.get("model")), "entries": len(doc["entries"]), "file": str(p)})
+        else:
+            out["unreadable"].append(str(p))
     return out
 
 

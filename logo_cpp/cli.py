@@ -499,6 +499,8 @@ def cmd_cache(args) -> int:
           f"clear with `logo-cpp cache --clear` (or delete the directory)")
     for one in info["models"]:
         print(f"  {one['entries']:6d}  {one['model']}")
+    for path in info["unreadable"]:
+        print(f"  unreadable (corrupt or another format; ignored, rewritten when its model routes again): {path}")
     return 0
 
 

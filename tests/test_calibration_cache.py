@@ -338,6 +338,25 @@ def test_cli_route_cold_and_warm_and_the_cache_command(model_dir, adapter_dir, t
     assert "off" in off.stdout
 
 
+def test_the_cache_command_shows_absolute_model_paths_and_unreadable_files(model_dir, adapter_dir, tmp_path):
+    # A model routed by a relative path (from its own folder) is listed by its absolute path from anywhere else;
+    # a statistics file that is not whole is listed as unreadable with its path, not silently left out.
+    cache = tmp_path / "cache"
+    routed = subprocess.run([sys.executable, "-m", "logo_cpp.cli", "route", "-m", "llama-f32.gguf", "-a",
+                             str(adapter_dir), "-p", PROMPTS[0], "--threads", "1", "--cache-dir", str(cache)],
+                            capture_output=True, text=True, timeout=300, cwd=model_dir)
+    assert routed.returncode == 0, routed.stderr
+    corrupt = cache / "calibration" / ("0" * 16 + ".json")
+    corrupt.write_text('{"format": 1, "entries": [')
+    info = json.loads(_cli("cache", "--cache-dir", str(cache), "--json").stdout)
+    assert [m["model"] for m in info["models"]] == [str((model_dir / "llama-f32.gguf").resolve())]
+    assert info["files"] == 1 and info["unreadable"] == [str(corrupt)]
+    shown = _cli("cache", "--cache-dir", str(cache))
+    assert shown.returncode == 0, shown.stderr
+    assert str((model_dir / "llama-f32.gguf").resolve()) in shown.stdout
+    assert [line for line in shown.stdout.splitlines() if "unreadable" in line and str(corrupt) in line], shown.stdout
+
+
 def test_shipped_default_one_shot_route_cold_and_warm(tmp_path):
     """The case the cache is for: `logo-cpp route` on the shipped model and pool, one process each. The warm
     process computes no statistic (its calibration time is below a hundredth of the cold one's) and prints the
