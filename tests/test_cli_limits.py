@@ -3,6 +3,7 @@ context filled (finish_reason "length" either way, as OpenAI reports both), a ch
 does not fit a small --ctx, and seeds over the Python API's whole range [0, 2**64)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -105,3 +106,28 @@ def test_the_largest_seed_reaches_generation_as_the_python_api_gets_it(model_fil
     pool = logo_cpp.AdapterPool(m, [adapter_dir / "math.gguf"])
     want = m.generate("Hello", max_tokens=6, temperature=1, seed=seed, adapters={pool.names[0]: 1.0})
     assert json.loads(out.stdout)["text"] == want.text
+
+
+def test_serve_refuses_a_rerank_at_another_k_before_loading_anything(tmp_path):
+    # The model path does not exist: a check made after loading would report that instead.
+    missing = tmp_path / "absent.gguf"
+    for flags, said in ((["--k", "3"], "got --k 3"), (["--calibration", "none"], "--calibration none")):
+        out = cli("serve", "--model", missing, "--port", 0, "--rerank", *flags, cwd=tmp_path)
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert out.returncode == 2 and len(lines) == 1, out.stderr
+        assert "--rerank applies to routing at k = 1" in lines[0] and said in lines[0], out.stderr
+    out = cli("serve", "--model", missing, "--port", 0, "--rerank", cwd=tmp_path)  # valid flags: the model's error
+    assert out.returncode == 2 and "absent.gguf" in out.stderr, out.stderr
+
+
+def test_serve_names_its_slots_when_the_context_cannot_fit(model_file, tmp_path):
+    # --ctx-size far beyond memory: the model's own one-sequence cache fails first, but the server would hold
+    # --parallel more: the error counts them all (9 = 8 slots + the model's own) and names both flags.
+    out = cli("serve", "--model", model_file, "--port", 0, "--threads", 1, "--ctx-size", 2_000_000_000,
+              "--parallel", 8, cwd=tmp_path)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "--ctx-size 2000000000 with --parallel 8" in lines[0] and "9 sequences" in lines[0], lines[0]
+    assert "1 sequences" not in lines[0]
+    total, per = re.search(r"need about (\d+) MiB.*\((\d+) MiB each\)", lines[0]).groups()
+    assert int(total) == 9 * int(per)

@@ -7,6 +7,7 @@ import argparse
 import errno
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from .._limits import INT32_MAX
+from ..rerank import check_margin
 
 MISSING_EXTRA = ('logo-cpp serve needs the server extra (Starlette, uvicorn, pydantic): '
                  'pip install "logo-cpp[server]"')
@@ -105,6 +107,12 @@ def check_arguments(args) -> None:
     max_body = getattr(args, "max_body_mb", None)
     if max_body is not None and not (max_body * 2**20 >= 1024 and max_body <= 2**20):  # also refuses NaN
         raise ValueError(f"--max-body-mb must be in [0.001, 1048576] (MiB), got {max_body}")
+    # Flag combinations the Server refuses too (logo_cpp.server.app), checked here before anything loads.
+    margin = check_margin(args.rerank)  # ValueError naming rerank_margin for a value <= 0 or not finite
+    if margin is not None and (args.k != 1 or args.calibration == "none"):
+        raise ValueError(f"--rerank applies to routing at k = 1 (--k 1) with calibrated signals (a --calibration "
+                         f"other than 'none'); got --k {args.k}"
+                         + (", --calibration none" if args.calibration == "none" else ""))
     try:  # before the model loads: a name that does not resolve would fail only at bind time, unnamed
         socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
@@ -130,6 +138,24 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+_KV_TOO_LARGE = re.compile(r"^a KV cache for n_ctx=\d+ and 1 sequences needs (\d+) MiB, more than the (\d+) MiB (.+?) has;")
+
+
+def _server_kv_error(exc: ValueError, args) -> ValueError:
+    """The model's own one-sequence KV cache (its Session) is the first the server allocates, so a --ctx-size too
+    large for even one sequence fails there, in the core's words for one sequence. The server holds --parallel
+    slots of --ctx-size tokens besides it: the error says so, with the memory all of them would need."""
+    found = _KV_TOO_LARGE.match(str(exc))
+    if found is None:
+        return exc
+    per_sequence, limit, device = int(found.group(1)), found.group(2), found.group(3)
+    n = args.parallel + 1
+    return ValueError(f"--ctx-size {args.ctx_size} with --parallel {args.parallel}: the KV caches of {n} sequences of "
+                      f"{args.ctx_size} tokens ({args.parallel} slots and the model's own) need about "
+                      f"{per_sequence * n} MiB, more than the {limit} MiB {device} has ({per_sequence} MiB each); "
+                      f"use a smaller --ctx-size or --parallel")
+
+
 def load(args, say=None) -> Loaded:
     """Model, pool, engine and ASGI app from parsed `serve` arguments. ``say``: called with one line before the
     startup calibration (the server's routing statistics), which may take seconds."""
@@ -151,7 +177,10 @@ def load(args, say=None) -> Loaded:
         model_path, files = default_model_paths()
         if adapters is None:
             adapters = files or []
-    model = logo_cpp.Model(model_path, n_ctx=args.ctx_size, device=args.device, n_threads=args.threads)
+    try:
+        model = logo_cpp.Model(model_path, n_ctx=args.ctx_size, device=args.device, n_threads=args.threads)
+    except ValueError as exc:
+        raise _server_kv_error(exc, args) from None
     pool = logo_cpp.AdapterPool(model, adapters) if adapters else logo_cpp.AdapterPool(model)
     config = ServerConfig(n_slots=args.parallel, n_ctx=args.ctx_size, max_queue=args.queue,
                           api_key=api_key, k=args.k, signal=args.signal, probe=args.probe,
