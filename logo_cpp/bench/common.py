@@ -108,6 +108,23 @@ def prompt_tokens(model, n: int) -> list[int]:
     return ids[:n]
 
 
+def repack() -> bool:
+    """Whether logo-cpp uses the CPU's repacked weight layouts (Q4_0, Q4_K, IQ4_NL on x86) in a benchmark: as
+    LlamaCppRunner's llama.cpp does, so both run the same kernels. Where the CPU has AMX llama.cpp loads without
+    them (logo_cpp._llama_cpp.model_params), so ours must too; a repacked Q4_0 against llama.cpp's plain one
+    measured layouts, not runtimes."""
+    from .._llama_cpp import cpu_has_amx
+
+    return not cpu_has_amx()
+
+
+def logo_model(path, n_ctx: int, threads: int):
+    """logo_cpp.Model for a side-by-side benchmark: the same weight layouts as llama.cpp's (repack())."""
+    import logo_cpp
+
+    return logo_cpp.Model(path, n_ctx=n_ctx, n_threads=threads, repack=repack())
+
+
 class LlamaCppRunner:
     """llama.cpp through llama-cpp-python's low-level API: flash attention on (llama.cpp's default on the
     CPU), F16 KV cache, one KV stream per sequence (kv_unified off), greedy argmax in numpy."""
@@ -240,7 +257,9 @@ def median(xs):
 def describe_machine(m: dict) -> str:
     """One line for a report: CPU, cores, threads and both runtimes' versions."""
     return (f"Machine: {m.get('cpu') or m['machine']}, {m['cores']} cores, {m['threads']} threads; "
-            f"llama-cpp-python {m['llama_cpp_python']}, logo-cpp {m['logo_cpp']}.")
+            f"llama-cpp-python {m['llama_cpp_python']}, logo-cpp {m['logo_cpp']}"
+            + ({True: "; repacked CPU weight layouts in both runtimes", False: "; no repacked CPU weight layouts in "
+                "either runtime (the CPU has AMX)"}.get(m.get("repacked_layouts"), "")) + ".")
 
 
 def machine_info(threads: int) -> dict:
@@ -259,6 +278,7 @@ def machine_info(threads: int) -> dict:
 
     info["llama_cpp_python"] = llama_cpp.__version__
     info["logo_cpp"] = logo_cpp.__version__
+    info["repacked_layouts"] = repack()  # in both runtimes, or in neither
     return info
 
 

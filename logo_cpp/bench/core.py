@@ -23,7 +23,7 @@ from ..cli import positive_int
 
 class LogoRunner:
     def __init__(self, path: Path, threads: int, n_ctx: int = 1024, n_seq: int = 1):
-        self.model = logo_cpp.Model(path, n_ctx=n_ctx, n_threads=threads)
+        self.model = common.logo_model(path, n_ctx, threads)
         self.session = logo_cpp._core.Session(self.model._core, n_ctx=n_ctx, n_seq=n_seq, n_batch=common.PROMPT_BATCH)
 
     def prefill(self, ids, seq=0, **mixture):

@@ -55,7 +55,7 @@ def main(argv=None):
 
     path = common.ensure_models(args.workdir, args.size, [args.type])[args.type]
     adapter_paths = common.ensure_adapters(args.workdir, args.size, args.n_adapters)
-    model = logo_cpp.Model(path, n_ctx=1024, n_threads=args.threads)
+    model = common.logo_model(path, 1024, args.threads)
     load_s, pool = timed(lambda: logo_cpp.AdapterPool(model, adapter_paths))
     router = logo_cpp.LoGo(model, pool, k=args.k)
     words = common.prompt_tokens(model, 4 * args.prompt)

@@ -36,7 +36,7 @@ def _timed(fn):
 
 def mixtures_section(path, adapters, threads, reps, n_prompt, n_decode, ks):
     """Prefill and decode with k adapters at scales s_i = 1/k, both runtimes."""
-    model = logo_cpp.Model(path, n_ctx=1024, n_threads=threads)
+    model = common.logo_model(path, 1024, threads)
     pool = logo_cpp.AdapterPool(model, adapters[: max(ks)])
     llama = common.LlamaCppRunner(path, threads)
     ids = common.prompt_tokens(model, n_prompt)
@@ -65,7 +65,7 @@ def mixtures_section(path, adapters, threads, reps, n_prompt, n_decode, ks):
 def pool_growth_section(path, workdir, size, threads, reps, n_prompt, sizes, k):
     """Probe + selection time and resident bytes as the pool grows."""
     adapters = common.ensure_adapters(workdir, size, max(sizes))
-    model = logo_cpp.Model(path, n_ctx=1024, n_threads=threads)
+    model = common.logo_model(path, 1024, threads)
     ids = common.prompt_tokens(model, n_prompt)
     layer = model.n_layer - 1
     rows = []
@@ -93,7 +93,7 @@ def pool_growth_section(path, workdir, size, threads, reps, n_prompt, sizes, k):
 
 
 def end_to_end_section(path, adapters, threads, reps, n_prompt, new_tokens, k):
-    model = logo_cpp.Model(path, n_ctx=1024, n_threads=threads)
+    model = common.logo_model(path, 1024, threads)
     pool = logo_cpp.AdapterPool(model, adapters)
     router = logo_cpp.LoGo(model, pool, k=k)
     ids = common.prompt_tokens(model, n_prompt)
@@ -110,7 +110,7 @@ def end_to_end_section(path, adapters, threads, reps, n_prompt, new_tokens, k):
 
 def batch_section(path, adapters, threads, reps, n_prompt, n_decode, batches, k):
     """Aggregate decode tokens/s of B instances with their own mixtures, decoded together and one by one."""
-    model = logo_cpp.Model(path, n_ctx=1024, n_threads=threads)
+    model = common.logo_model(path, 1024, threads)
     pool = logo_cpp.AdapterPool(model, adapters)
     router = logo_cpp.LoGo(model, pool, k=k)
     words = common.prompt_tokens(model, n_prompt * 4)
