@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import collections.abc
 import os
 import queue
@@ -643,26 +644,26 @@ class Model:
             self._live_streams.add(cancelled)
             worker = threading.Thread(target=work, name="logo-cpp-generate", daemon=True)
             worker.start()
-            pending = b""
+            # A piece may end inside a character: the decoder keeps those bytes for the next piece. A byte that
+            # can never start or continue one (0xFF, a stray continuation byte) becomes U+FFFD at once, as in the
+            # completion's text, rather than holding back everything after it until the end.
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             try:
                 while True:
                     kind, value = pieces.get()
                     if self.closed:  # close() came between two pieces: the model is gone, as for any other call
                         raise ClosedError(self._closed_message())
                     if kind == "text":
-                        pending += value
-                        try:
-                            text, pending = pending.decode("utf-8"), b""
-                        except UnicodeDecodeError:
-                            continue  # a piece may split a character; wait for the rest
+                        text = decoder.decode(value)
                         if text:
                             yield text
                     elif kind == "error":
                         raise value
                     else:
                         stream.completion = value[0]
-                        if pending:
-                            yield pending.decode("utf-8", errors="replace")
+                        rest = decoder.decode(b"", final=True)
+                        if rest:
+                            yield rest
                         return
             finally:
                 self._live_streams.discard(cancelled)

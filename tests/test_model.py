@@ -165,6 +165,21 @@ def test_sampling_is_seeded_and_streaming_matches(models):
     assert a.timings.n_generated == 24 and a.timings.decode_tokens_per_second > 0
 
 
+def test_a_stream_yields_text_after_an_undecodable_byte_at_once(models, monkeypatch):
+    # 0xFF can never be UTF-8: it becomes U+FFFD when it arrives (as in Completion.text), and the text after it
+    # streams on; a character split across pieces still waits for its last byte.
+    model = models("llama-f32.gguf")
+    done = model.generate(PROMPTS[0], max_tokens=2, temperature=0.0)
+
+    def run(prompts, kwargs, on_text=None):
+        for piece in (b"a\xff", b"b\xe2\x82", b"\xac", b"c\xe2"):
+            on_text(0, piece)
+        return [done]
+
+    monkeypatch.setattr(model, "_run", run)
+    assert list(model.generate(PROMPTS[0], max_tokens=2, stream=True)) == ["a\ufffd", "b", "\u20ac", "c", "\ufffd"]
+
+
 def test_a_stream_closed_early_holds_what_was_generated(models):
     model = models("llama-f32.gguf")
     full = model.generate(PROMPTS[0], max_tokens=30, temperature=0.0, ignore_eos=True)
