@@ -191,16 +191,25 @@ def cache_environment(args):
                 os.environ[name] = value
 
 
-def add_rerank_argument(p: argparse.ArgumentParser, cost: str) -> None:
+def add_rerank_argument(p: argparse.ArgumentParser, cost: str, default_on: bool = False) -> None:
     """`--rerank [MARGIN]` (run, chat, serve): LoGo's confidence rerank at k = 1 (logo_cpp.rerank); ``cost`` says
-    what it costs where it is added."""
-    from .rerank import DEFAULT_RERANK_MARGIN
+    what it costs where it is added. ``default_on`` (run): args.rerank defaults to "auto" (the rerank at k = 1 with
+    calibrated signals, LoGo's default) and `--no-rerank` turns it off; otherwise it defaults to None (off)."""
+    from .rerank import AUTO, DEFAULT_RERANK_MARGIN
 
-    p.add_argument("--rerank", type=positive_float, nargs="?", const=DEFAULT_RERANK_MARGIN, default=None,
-                   metavar="MARGIN",
+    def margin(text: str):
+        # argparse runs a string default through ``type`` too: "auto" (the default of run) passes as it is.
+        return AUTO if text == AUTO else positive_float(text)
+
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--rerank", type=margin if default_on else positive_float, nargs="?", const=DEFAULT_RERANK_MARGIN,
+                   default=AUTO if default_on else None, metavar="MARGIN",
                    help="LoGo at k 1: when the top two adapters' calibrated signals are closer than MARGIN (default "
                         f"{DEFAULT_RERANK_MARGIN:g}), answer with both and keep the one the model is more confident "
-                        f"in ({cost})")
+                        f"in ({cost})" + ("; on by default at --k 1 with calibrated signals" if default_on else ""))
+    if default_on:
+        g.add_argument("--no-rerank", dest="rerank", action="store_const", const=None, default=argparse.SUPPRESS,
+                       help="serve the probe's top adapter as it is (no confidence rerank)")
 
 
 def add_mixture_weight_args(p: argparse.ArgumentParser) -> None:
@@ -263,6 +272,7 @@ def _check_router_args(args) -> None:
 def _router(args, model, pool):
     import logo_cpp
 
+    from .rerank import AUTO
     from .router import DEFAULT_CALIBRATION
 
     layer = None if args.layer is None else args.layer[0] if len(args.layer) == 1 else args.layer
@@ -271,7 +281,7 @@ def _router(args, model, pool):
     if args.router == "logo":
         return logo_cpp.LoGo(model, pool, k=args.k, signal=args.signal, probe=args.probe, layer=layer,
                              module=args.module, calibration=calibration, position=args.position,
-                             rerank_margin=getattr(args, "rerank", None), **mixture_weight_kwargs(args))
+                             rerank_margin=getattr(args, "rerank", AUTO), **mixture_weight_kwargs(args))
     if args.router == "top1":
         return logo_cpp.TopOne(model, pool, signal=args.signal, probe=args.probe, layer=layer, module=args.module,
                                calibration=calibration, position=args.position)
@@ -356,33 +366,39 @@ def _note_context_full(completion, args) -> None:
 
 
 def cmd_run(args) -> int:
+    from . import rerank as _rerank
+
     _check_router_args(args)
     model, pool = _load(args)
-    if args.rerank is not None and (args.router != "logo" or args.k != 1):
+    if isinstance(args.rerank, float) and (args.router != "logo" or args.k != 1):
         raise ValueError("--rerank applies to --router logo with --k 1")
     router = _router(args, model, pool)
     gen = dict(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed, fold=args.fold)
-    if args.rerank is not None:
-        out = router.generate(args.prompt, **gen)  # the rerank needs the candidates' answers: no streaming
-        routing = out.routing
-        _note_context_full(out, args)
-        if args.json:
-            print(json.dumps({"text": out.text, "finish_reason": out.finish_reason,
-                              "routing": dict(_routing_dict(routing, pool), rerank=routing.rerank),
-                              "timings": vars(out.timings)}, indent=2))
-            return 0
-        _print_routing(routing, pool, file=sys.stderr)
-        _print_rerank(routing.rerank, file=sys.stderr)
-        print(out.text)
-        return 0
     routing = router.route(args.prompt)
+    margin = getattr(router, "rerank_margin", None)  # LoGo at k = 1 with calibrated signals: 0.5 unless --no-rerank
+    answer = None
+    if margin is not None:
+        # A close top two both answer greedily first (logo_cpp.rerank) and the more confident one serves. A greedy,
+        # exact call prints the kept answer as it is (not streamed); otherwise the kept adapter generates again.
+        answer = _rerank.rerank(model, pool, model._prompt_tokens(args.prompt), routing, margin, args.max_tokens,
+                                None, False)
+        if answer is not None and not (args.temperature == 0 and args.fold == "exact"):
+            answer = None
     if args.json:
-        out = model.generate(args.prompt, adapters=routing.as_dict(), **gen)
+        out = answer if answer is not None else model.generate(args.prompt, adapters=routing.as_dict(), **gen)
         _note_context_full(out, args)
-        print(json.dumps({"text": out.text, "finish_reason": out.finish_reason, "routing": _routing_dict(routing, pool),
+        info = _routing_dict(routing, pool)
+        if margin is not None:
+            info["rerank"] = routing.rerank
+        print(json.dumps({"text": out.text, "finish_reason": out.finish_reason, "routing": info,
                           "timings": vars(out.timings)}, indent=2))
         return 0
     _print_routing(routing, pool, file=sys.stderr)
+    _print_rerank(getattr(routing, "rerank", None), file=sys.stderr)
+    if answer is not None:
+        print(answer.text)
+        _note_context_full(answer, args)
+        return 0
     stream = model.generate(args.prompt, adapters=routing.as_dict(), stream=True, **gen)
     for piece in stream:
         print(piece, end="", flush=True)
@@ -404,13 +420,27 @@ def _print_rerank(info, file=sys.stdout) -> None:
 
 
 def cmd_route(args) -> int:
+    from . import rerank as _rerank
+
     _check_router_args(args)
     model, pool = _load(args)
-    routing = _router(args, model, pool).route(args.prompt)
+    router = _router(args, model, pool)
+    routing = router.route(args.prompt)
+    # route generates nothing, so it never reranks; it says what generation (run, LoGo.generate) will do.
+    later = _rerank.at_generation(routing, pool.names, getattr(router, "rerank_margin", None))
     if args.json:
-        print(json.dumps(_routing_dict(routing, pool, every=args.all), indent=2))
+        info = _routing_dict(routing, pool, every=args.all)
+        if later is not None:
+            info["rerank_at_generation"] = later
+        print(json.dumps(info, indent=2))
     else:
         _print_routing(routing, pool, every=args.all)
+        if later is not None:
+            a, b = later["candidates"]
+            what = (f"under {later['margin_limit']:g}: at generation both answer and the one the model is more "
+                    f"confident in serves" if later["would_rerank"] else
+                    f"not under {later['margin_limit']:g}: {a} serves as routed")
+            print(f"rerank (happens at generation, not here): top two {a} / {b} {later['margin']:.3f} apart, {what}")
     return 0
 
 
@@ -533,7 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", "-n", type=non_negative_int, default=128, help="tokens to generate at most (default 128)")
     p.add_argument("--temperature", type=temperature, default=0.0, help="sampling temperature (default 0: greedy)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
-    add_rerank_argument(p, "one more generation; the answer is printed whole, not streamed")
+    add_rerank_argument(p, "one more greedy generation for a close top two, whose kept answer is printed whole, "
+                           "not streamed", default_on=True)
     add_fold_arg(p)
     p.set_defaults(func=cmd_run)
 

@@ -81,8 +81,9 @@ def run_demo(threads: Optional[int] = None, device: str = "auto", pool_path: Opt
         task, prompt = item["task"], item["prompt"]
         budget = tasks.get_task(task).max_tokens
         gen = dict(max_tokens=budget, temperature=0.0)
-        routing = router.route(prompt)
-        logo = model.generate(prompt, adapters=routing.as_dict(), **gen)
+        # LoGo as shipped: at k = 1 a close top two both answer and the more confident one serves (logo_cpp.rerank).
+        logo = router.generate(prompt, **gen)
+        routing = logo.routing
         own = model.generate(prompt, adapters={task: 1.0}, **gen)
         plain = model.generate(prompt, **gen)
         probe_ms.append(routing.timings["probe_seconds"] * 1e3)
@@ -96,7 +97,10 @@ def run_demo(threads: Optional[int] = None, device: str = "auto", pool_path: Opt
         print(bold(f"[{number}] ") + _one_line(prompt) + dim(f"   (task: {task})"))
         chosen = " · ".join(f"{cyan(name) if name == task else name} {w:.2f}"
                             for name, w in sorted(zip(routing.names, routing.weights), key=lambda nw: -float(nw[1])))
-        print(f"    LoGo chose   {chosen}" + dim(f"   probe {probe_ms[-1]:.0f} ms"))
+        info = routing.rerank
+        rerank = (f" · rerank: {info['chosen']} over {info['candidates'][1 - info['candidates'].index(info['chosen'])]}"
+                  if info is not None and info["reranked"] else "")
+        print(f"    LoGo chose   {chosen}" + dim(f"   probe {probe_ms[-1]:.0f} ms{rerank}"))
         for label, key, out, note in (("LoGo", "logo", logo, f"prefill {logo.timings.prefill_seconds * 1e3:.0f} ms · "
                                        f"{_tokens(logo.timings.n_generated)} in {(logo.timings.prefill_seconds + logo.timings.decode_seconds) * 1e3:.0f} ms"),
                                       ("own adapter", "own", own, f"{task} alone"),

@@ -53,8 +53,13 @@ ROUTERS = [
 SOURCES = {"logo": logo_source}
 _CALIBRATION = default_calibration()
 if _CALIBRATION not in (None, "none"):
+    # LoGo as users get it at k = 1 (signal "norm", the default) also reranks a close top two at generation
+    # (logo_cpp.rerank): one more row, "k=1 + rerank".
+    from .rerank import DEFAULT_RERANK_MARGIN
+
     ROUTERS += [RouterEntry(f"LoGo-{kind} {_CALIBRATION}", source="logo", signal=f"logo-{kind}-{_CALIBRATION}",
-                            weighting="softmax", temperature=router_module.DEFAULT_TEMPERATURE, calibrated=True)
+                            weighting="softmax", temperature=router_module.DEFAULT_TEMPERATURE, calibrated=True,
+                            rerank_margin=DEFAULT_RERANK_MARGIN if kind == "norm" else None)
                 for kind in ("norm", "entropy")]
 if hasattr(router_module, "Arrow"):
     ROUTERS.append(RouterEntry("Arrow", source="arrow", signal="arrow"))

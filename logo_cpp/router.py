@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -236,13 +236,16 @@ class _ProbeRouter(Router):
     @property
     def k(self) -> int:
         """Adapters per prompt. Set later (the chat's /k) it is checked as at construction: ValueError for a
-        k outside [1, 2^31 - 1], and for k != 1 on a router that reranks (rerank_margin applies to k = 1)."""
+        k outside [1, 2^31 - 1], and for k != 1 on a router given a rerank_margin number (it applies to k = 1);
+        with rerank_margin="auto" (LoGo's default) the rerank follows k (on at k = 1, off otherwise)."""
         return self._k
 
     @k.setter
     def k(self, value: int) -> None:
         value = _check_k(value)
-        if self.rerank_margin is not None and value != 1:
+        if getattr(self, "_rerank_auto", False):  # rerank_margin="auto" follows k: on at k = 1, off otherwise
+            self.rerank_margin = _rerank.resolve_margin(_rerank.AUTO, value, self.calibration)
+        elif self.rerank_margin is not None and value != 1:
             raise ValueError(f"rerank_margin applies to k = 1 only (k is {value})")
         self._k = value
 
@@ -333,18 +336,21 @@ class LoGo(_ProbeRouter):
     on half of the held-out prompts of both project pools at k = 3; docs/calibration/README.md).
     ``Routing.weighting`` and ``Routing.temperature`` say what was used.
 
-    ``rerank_margin`` (opt-in, k = 1 only; None: off): at generation (``generate``, ``generate_batch``), when the
-    top two adapters' calibrated signals differ by less than this margin, both answer the prompt greedily and the
-    adapter whose answer the model is more confident in (mean log-probability of its tokens and of ending there)
-    serves it (``logo_cpp.rerank``; ``Routing.rerank`` says what was compared). ``route`` alone never reranks
-    (it generates nothing). ``rerank.DEFAULT_RERANK_MARGIN`` (0.5) is the measured choice: on the shipped pool
-    it raises k = 1 task accuracy from 0.711 to 0.738 of 648 held-out prompts (oracle 0.778) and costs one more
-    generation and two teacher-forced passes for each reranked prompt (about a fifth of them there).
+    ``rerank_margin`` (k = 1 with calibrated signals; default ``"auto"``, None: off): at generation (``generate``,
+    ``generate_batch``), when the top two adapters' calibrated signals differ by less than this margin, both answer
+    the prompt greedily and the adapter whose answer the model is more confident in (mean log-probability of its
+    tokens and of ending there) serves it (``logo_cpp.rerank``; ``Routing.rerank`` says what was compared).
+    ``"auto"`` is ``rerank.DEFAULT_RERANK_MARGIN`` (0.5) at k = 1 with calibrated signals and off otherwise (k > 1,
+    calibration "none": the paper exactly). ``route`` alone never reranks (it generates nothing). Measured
+    (docs/calibration/README.md, sessions 6-8): on the shipped pool it raises k = 1 task accuracy from 0.711 to
+    0.738 of 648 held-out prompts (oracle 0.778), and on 519 fresh prompts out of pool it stays above the base
+    model; a reranked prompt (about a fifth) costs 1.69x a plain routed generation on these short answers, and
+    both candidates' whole greedy answers come before the kept one (a long answer costs two).
 
     Raises ValueError naming the argument and its choices for a bad ``k``, ``signal``, ``probe``,
     ``calibration``, ``position``, ``layer``, ``module`` or ``weights``; for a ``temperature`` that is not a
     finite number > 0, or one given with weights="signal"; for a ``rerank_margin`` that is not a finite number
-    > 0, or one given with k > 1 or calibration "none"; TypeError for a ``cache_dir`` of another type.
+    > 0, None or "auto", or a number given with k > 1 or calibration "none"; TypeError for a ``cache_dir`` of another type.
     """
 
     method = "logo"
@@ -354,20 +360,16 @@ class LoGo(_ProbeRouter):
                  layer=None, module: Optional[str] = None, calibration: str = DEFAULT_CALIBRATION,
                  position: Optional[str] = None, cache_dir: calibration_cache.CacheSetting = None,
                  weights: Optional[str] = None, temperature: Optional[float] = None,
-                 rerank_margin: Optional[float] = None):
+                 rerank_margin: Union[float, str, None] = _rerank.AUTO):
         super().__init__(model, pool, k, signal, probe, layer, module, calibration, position, cache_dir, weights,
                          temperature)
-        self.rerank_margin = _rerank.check_margin(rerank_margin)
-        if self.rerank_margin is not None and self.k != 1:
-            raise ValueError(f"rerank_margin applies to k = 1 only (k is {self.k})")
-        if self.rerank_margin is not None and self.calibration == "none":
-            raise ValueError("rerank_margin needs calibrated signals (calibration is 'none': raw signals are on each "
-                             "adapter's own scale, so their margin means nothing)")
+        self.rerank_margin = _rerank.resolve_margin(rerank_margin, self.k, self.calibration)
+        self._rerank_auto = isinstance(rerank_margin, str)  # "auto" (resolve_margin refused any other string)
 
     def generate(self, prompt: Prompt, max_tokens: int = 128, **kwargs):
         """As Router.generate; with ``rerank_margin``, close top-two routings are reranked first (the reranked
         greedy answer is returned as is when the call is greedy and not streamed)."""
-        if self.rerank_margin is None:
+        if self.rerank_margin is None or self.k != 1:  # (k may have been changed since: chat's /k)
             return super().generate(prompt, max_tokens=max_tokens, **kwargs)
         model = self.model
         ids = model._prompt_tokens(prompt)
@@ -390,7 +392,7 @@ class LoGo(_ProbeRouter):
     def _batch_routings(self, prompts, ids, max_tokens, stop, ignore_eos) -> list[Routing]:
         """With ``rerank_margin`` each prompt is routed and reranked (as generate) before the batch is decoded
         together, with the batch's max_tokens, stop strings and ignore_eos."""
-        if self.rerank_margin is None:
+        if self.rerank_margin is None or self.k != 1:
             return super()._batch_routings(prompts, ids, max_tokens, stop, ignore_eos)
         routings = []
         for one in ids:
@@ -401,7 +403,8 @@ class LoGo(_ProbeRouter):
 
 
 class TopOne(LoGo):
-    """The single adapter with the highest (calibrated) LoGo signal, at weight 1."""
+    """The single adapter with the highest (calibrated) LoGo signal, at weight 1: the probe's choice alone (no
+    confidence rerank; ``LoGo(k=1)`` reranks a close top two at generation by default)."""
 
     method = "top1"
 
@@ -409,7 +412,7 @@ class TopOne(LoGo):
                  layer=None, module: Optional[str] = None, calibration: str = DEFAULT_CALIBRATION,
                  position: Optional[str] = None, cache_dir: calibration_cache.CacheSetting = None):
         super().__init__(model, pool, k=1, signal=signal, probe=probe, layer=layer, module=module,
-                         calibration=calibration, position=position, cache_dir=cache_dir)
+                         calibration=calibration, position=position, cache_dir=cache_dir, rerank_margin=None)
 
 
 class Arrow(_ProbeRouter):

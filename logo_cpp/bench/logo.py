@@ -57,7 +57,8 @@ def main(argv=None):
     adapter_paths = common.ensure_adapters(args.workdir, args.size, args.n_adapters)
     model = common.logo_model(path, 1024, args.threads)
     load_s, pool = timed(lambda: logo_cpp.AdapterPool(model, adapter_paths))
-    router = logo_cpp.LoGo(model, pool, k=args.k)
+    # The plain routed generation, timed against llama.cpp (no confidence rerank: rerank_cost.py measures that).
+    router = logo_cpp.LoGo(model, pool, k=args.k, rerank_margin=None)
     words = common.prompt_tokens(model, 4 * args.prompt)
     prompts = [words[i * 7: i * 7 + args.prompt] for i in range(args.batch)]
     layer = model.n_layer - 1

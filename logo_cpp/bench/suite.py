@@ -74,7 +74,7 @@ def pool_growth_section(path, workdir, size, threads, reps, n_prompt, sizes, k):
         t0 = time.perf_counter()
         pool = logo_cpp.AdapterPool(model, adapters[:n])
         t_load = time.perf_counter() - t0
-        router = logo_cpp.LoGo(model, pool, k=k)
+        router = logo_cpp.LoGo(model, pool, k=k, rerank_margin=None)  # the plain routed path (no rerank)
         router.route(ids)  # builds the probe stacks
         probe, plain = [], []
         for rep in range(reps + 1):
@@ -95,7 +95,7 @@ def pool_growth_section(path, workdir, size, threads, reps, n_prompt, sizes, k):
 def end_to_end_section(path, adapters, threads, reps, n_prompt, new_tokens, k):
     model = common.logo_model(path, 1024, threads)
     pool = logo_cpp.AdapterPool(model, adapters)
-    router = logo_cpp.LoGo(model, pool, k=k)
+    router = logo_cpp.LoGo(model, pool, k=k, rerank_margin=None)  # the plain routed path (no rerank)
     ids = common.prompt_tokens(model, n_prompt)
     gen = dict(max_tokens=new_tokens, temperature=0.0, ignore_eos=True, seed=0)
     logo_t, base_t = [], []
@@ -112,7 +112,7 @@ def batch_section(path, adapters, threads, reps, n_prompt, n_decode, batches, k)
     """Aggregate decode tokens/s of B instances with their own mixtures, decoded together and one by one."""
     model = common.logo_model(path, 1024, threads)
     pool = logo_cpp.AdapterPool(model, adapters)
-    router = logo_cpp.LoGo(model, pool, k=k)
+    router = logo_cpp.LoGo(model, pool, k=k, rerank_margin=None)  # the plain routed path (no rerank)
     words = common.prompt_tokens(model, n_prompt * 4)
     max_b = max(batches)
     prompts = [words[(i * 13) % (len(words) - n_prompt):][:n_prompt] for i in range(max_b)]

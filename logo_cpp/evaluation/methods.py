@@ -112,6 +112,9 @@ class Method:
     weighting: str = "proportional"
     weight_signal: Optional[str] = None
     temperature: float = 1.0
+    # k = 1 only: LoGo's confidence rerank (logo_cpp.rerank) of a top two closer than this in ``signal``; the
+    # comparison (run.py, rerank_outcomes) generates both candidates' answers and keeps the more confident one.
+    rerank_margin: Optional[float] = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -120,6 +123,8 @@ class Method:
             raise ValueError(f"method {self.name!r}: a top-k method names the signal it ranks by")
         if self.kind == "random" and not self.k:
             raise ValueError(f"method {self.name!r}: random needs k")
+        if self.rerank_margin is not None and (self.kind != "top-k" or self.k != 1):
+            raise ValueError(f"method {self.name!r}: a rerank applies to top-k at k = 1")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"method {self.name!r}: unknown weighting {self.weighting!r}; "
                              f"use one of {', '.join(WEIGHTINGS)}")
@@ -182,6 +187,7 @@ class RouterEntry:
     weight_signal: Optional[str] = None
     temperature: float = 1.0          # softmax only
     calibrated: bool = False          # LoGo as users get it: --mixture-weights / --mixture-temperature apply
+    rerank_margin: Optional[float] = None  # LoGo's default at k = 1: one more row, "k=1 + rerank"
 
     @property
     def key(self) -> str:
@@ -194,6 +200,10 @@ class RouterEntry:
             label = "all" if k is None else f"{k} (top-1)" if k == 1 else str(k)
             out.append(Method(f"{self.label} k={label}", "top-k", signal=self.signal, k=k, weighting=self.weighting,
                               weight_signal=self.weight_signal, temperature=self.temperature))
+            if k == 1 and self.rerank_margin is not None:
+                out.append(Method(f"{self.label} k=1 + rerank {self.rerank_margin:g} (default)", "top-k",
+                                  signal=self.signal, k=1, weighting=self.weighting, weight_signal=self.weight_signal,
+                                  temperature=self.temperature, rerank_margin=self.rerank_margin))
         return out
 
 

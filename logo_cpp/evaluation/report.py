@@ -50,14 +50,15 @@ def summarize(run: EvalRun, methods: Sequence[Method], meta: dict) -> dict:
         "tasks": {"in_pool": tasks_of["in pool"], "out_of_pool": tasks_of["out of pool"], "all": all_tasks},
         "n_prompts": {s: len({it.index for (setting, _), rows in run.outcomes.items() if setting == s for it, _ in rows})
                       for s in SETTINGS},
-        "methods": [{"name": m.name, "kind": m.kind, "signal": m.signal, "k": m.k, "weighting": m.weighting}
+        "methods": [{"name": m.name, "kind": m.kind, "signal": m.signal, "k": m.k, "weighting": m.weighting,
+                     "rerank_margin": m.rerank_margin}
                     for m in methods],
         "accuracy": accuracy,
         "routing_accuracy": routing,
         "chance": {"own_first": 1 / n_adapters, "own_in_top3": min(3, n_adapters) / n_adapters},
         "mean_signal_task_x_adapter": heat,
         "timings": {"probe_seconds": run.seconds.get("probe"), "generate_seconds": run.seconds.get("generate"),
-                    "distinct_generations": run.n_generated},
+                    "rerank_seconds": run.seconds.get("rerank"), "distinct_generations": run.n_generated},
     }
 
 
@@ -100,7 +101,9 @@ def markdown(report: dict, plots: Sequence[str]) -> str:
         for t in report["tasks"]["in_pool"]:
             lines.append(f"| {t} | " + " | ".join(_cell(routing[s]["per_task_own_first"].get(t)) for s in names) + " |")
     t = report["timings"]
-    lines += ["", f"Probing took {t['probe_seconds']:.0f} s, generation {t['generate_seconds']:.0f} s "
+    rerank = (f", the rerank's candidate answers {t['rerank_seconds']:.0f} s"
+              if t.get("rerank_seconds") is not None else "")
+    lines += ["", f"Probing took {t['probe_seconds']:.0f} s, generation {t['generate_seconds']:.0f} s{rerank} "
               f"({t['distinct_generations']} distinct prompt-and-mixture generations; a mixture shared by several "
               f"methods runs once) on {report['machine']}.", ""]
     lines += [f"![{p}]({p})" for p in plots]

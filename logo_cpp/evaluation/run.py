@@ -150,10 +150,43 @@ def run_comparison(model, pool, items: list[Item], sources: Sequence[SignalSourc
     texts = generate_all(model, pool, jobs, items, batch)
     run.seconds["generate"] = time.perf_counter() - t1
     run.n_generated = len(jobs)
+    by_name = {m.name: m for m in methods}
+    answers: dict[tuple[int, int], tuple[str, float]] = {}  # the rerank's candidates, shared by its settings
+    t2 = time.perf_counter()
     for (setting, method), rows in plan.items():
         outcomes = []
         for item, selection in rows:
             text = texts[(item.index, _key(selection))]
+            if by_name[method].rerank_margin is not None:
+                text, selection = rerank_outcome(model, pool, by_name[method], setting, item, run.signals, text,
+                                                 selection, answers)
             outcomes.append((item, Outcome(text, float(score(item.task, text, item.answer)), selection)))
         run.outcomes[(setting, method)] = outcomes
+    if answers:
+        run.seconds["rerank"] = time.perf_counter() - t2
+        run.n_generated += len(answers)
     return run
+
+
+def rerank_outcome(model, pool, method: Method, setting: str, item: Item, signals: dict[str, np.ndarray], text: str,
+                   selection: Selection, answers: dict) -> tuple[str, Selection]:
+    """LoGo's confidence rerank at k = 1 (logo_cpp.rerank, as LoGo.generate runs it): when the top two adapters by
+    ``method.signal`` (the own adapter left out in the own-adapter-removed setting) are closer than
+    ``method.rerank_margin``, each answers greedily alone with the decoder's log-probabilities and the one with the
+    higher mean log-probability serves (the top one on ties); otherwise the top one's answer ``text`` stands.
+    ``answers`` caches (prompt, adapter) -> (text, mean log-probability). Returns (text, selection)."""
+    from ..rerank import candidate_answers, mean_logprob, more_confident
+
+    s = signals[method.signal][item.index]
+    excluded = item.own if setting == "own adapter removed" else None
+    order = sorted((i for i in range(len(s)) if np.isfinite(s[i]) and i != excluded), key=lambda i: -float(s[i]))[:2]
+    if len(order) < 2 or not float(s[order[0]]) - float(s[order[1]]) < method.rerank_margin:
+        return text, selection
+    ids = None
+    for j in order:
+        if (item.index, j) not in answers:
+            ids = ids or model._prompt_tokens(item.prompt)
+            answer = candidate_answers(model, pool, ids, [j], item.max_tokens)[0]
+            answers[(item.index, j)] = (answer.text, mean_logprob(answer))
+    pick = order[more_confident([answers[(item.index, j)][1] for j in order])]
+    return answers[(item.index, pick)][0], [(pick, 1.0)]
