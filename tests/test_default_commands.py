@@ -52,6 +52,28 @@ def test_demo_shows_routing_answers_and_timings():
         assert len(weights) == 3 and abs(sum(weights) - 1) < 0.02, line
 
 
+def test_demo_at_k1_answers_as_the_default_router(default):
+    """demo's default k = 1 answers with LoGo.generate (the confidence rerank of a close top two): its chosen adapter
+    per prompt is the one LoGo(k=1).generate keeps, and a reranked prompt says so."""
+    model, pool, _ = default
+    out = cli("demo", "--n", "4", "--seed", "1", "--threads", THREADS)
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stdout.splitlines() if "LoGo chose" in ln]
+    prompts = [ln.split("] ", 1)[1].rsplit("   (task:", 1)[0] for ln in out.stdout.splitlines() if ln.startswith("[")]
+    assert len(lines) == 4 and len(prompts) == 4
+    from logo_cpp import tasks
+    from logo_cpp.demo import pick_prompts
+
+    files = default_model.adapter_files()
+    items = pick_prompts(default_model.read_eval_set(), set(files), 4, 1)
+    router = logo_cpp.LoGo(model, pool, k=1)
+    for line, item in zip(lines, items):
+        kept = router.generate(item["prompt"], max_tokens=tasks.get_task(item["task"]).max_tokens,
+                               temperature=0.0).routing
+        assert line.split("chose", 1)[1].split()[0] == kept.names[0], line
+        assert ("rerank:" in line) == bool(kept.rerank and kept.rerank["reranked"]), line
+
+
 CHAT_SCRIPT = "\n".join([
     "What is the capital of France?",
     "/route",
