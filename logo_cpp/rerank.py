@@ -32,16 +32,16 @@ DEFAULT_RERANK_MARGIN = 0.5
 AUTO = "auto"
 
 
-def check_margin(value) -> Optional[float]:
-    """``rerank_margin`` as a float (None: no rerank), or ValueError naming the field: a finite number > 0."""
+def check_margin(value, choices: str = "a finite number > 0 or None") -> Optional[float]:
+    """``rerank_margin`` as a float (None: no rerank), or ValueError naming the field and ``choices`` (what the
+    caller accepts)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"rerank_margin must be a finite number > 0, None (off) or {AUTO!r}, got "
-                         f"{type(value).__name__} {value!r}")
+        raise ValueError(f"rerank_margin must be {choices}, got {type(value).__name__} {value!r}")
     v = float(value)
     if not (0 < v < float("inf")):
-        raise ValueError(f"rerank_margin must be a finite number > 0, None (off) or {AUTO!r}, got {value!r}")
+        raise ValueError(f"rerank_margin must be {choices}, got {value!r}")
     return v
 
 
@@ -50,11 +50,12 @@ def resolve_margin(value, k: int, calibration: str) -> Optional[float]:
     k = 1 with calibrated signals and None (off) otherwise; None is off; a number is checked (check_margin) and
     needs k = 1 and calibrated signals. Raises ValueError naming rerank_margin and its choices (a finite number
     > 0, None, "auto"), or saying why a number does not apply."""
+    choices = f"a finite number > 0, None (off) or {AUTO!r}"
     if isinstance(value, str):
         if value != AUTO:
-            raise ValueError(f"rerank_margin must be a finite number > 0, None (off) or {AUTO!r}, got {value!r}")
+            raise ValueError(f"rerank_margin must be {choices}, got {value!r}")
         return DEFAULT_RERANK_MARGIN if k == 1 and calibration != "none" else None
-    margin = check_margin(value)
+    margin = check_margin(value, choices)
     if margin is not None and k != 1:
         raise ValueError(f"rerank_margin applies to k = 1 only (k is {k})")
     if margin is not None and calibration == "none":

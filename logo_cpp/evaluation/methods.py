@@ -113,7 +113,7 @@ class Method:
     weight_signal: Optional[str] = None
     temperature: float = 1.0
     # k = 1 only: LoGo's confidence rerank (logo_cpp.rerank) of a top two closer than this in ``signal``; the
-    # comparison (run.py, rerank_outcomes) generates both candidates' answers and keeps the more confident one.
+    # comparison (run.py, rerank_outcome) generates both candidates' answers and keeps the more confident one.
     rerank_margin: Optional[float] = None
 
     def __post_init__(self):
