@@ -106,8 +106,10 @@ def at_generation(routing, names, margin: Optional[float]) -> Optional[dict]:
     """What the rerank will do when this k = 1 ``routing`` generates (``route`` generates nothing, so it only
     says): {"margin_limit": margin, "candidates": top two names, "margin": z_1 - z_2, "would_rerank": bool};
     None when ``margin`` is None (no rerank) or fewer than two adapters were scored."""
+    if margin is None:  # (routers without signals, e.g. Uniform, have no ranking to read)
+        return None
     order, gap = top_two(routing)
-    if margin is None or gap is None:
+    if gap is None:
         return None
     return {"margin_limit": margin, "candidates": [names[i] for i in order], "margin": gap,
             "would_rerank": bool(gap < margin)}
