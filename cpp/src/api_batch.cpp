@@ -37,21 +37,55 @@ int ContinuousBatch::n_ctx() const { return decoder_->n_ctx(); }
 
 std::vector<int64_t> ContinuousBatch::active() const { return decoder_->active_ids(); }
 
-RequestEvent ContinuousBatch::start(int64_t id, const std::vector<Token> & prompt, const GenerateOptions & options,
-                                    const AdapterPool * pool, const Mixture & mixture) {
-    Entered entered(guard_->mutex, "ContinuousBatch");
+namespace {
+
+void check_fold(const GenerateOptions & options) {
     if (options.fold != FoldMode::exact) {
         throw std::invalid_argument(std::string("fold = ") + to_string(options.fold) + " is not available in a "
                                     "ContinuousBatch: its slots share the base weights (use fold = exact)");
     }
-    if (mixture.empty()) return decoder_->start(id, prompt, options, {});
+}
+
+}  // namespace
+
+// Runs `go(selection)` with `mixture` over `pool` converted (and the pool's lock held while the slot copies it).
+template <typename Go>
+auto ContinuousBatch::with_selection(const AdapterPool * pool, const Mixture & mixture, Go go) const {
+    if (mixture.empty()) return go(core::Selection{});
     if (!pool) throw std::invalid_argument("a mixture needs the AdapterPool its indices refer to");
     if (&pool->impl_->pool.model() != model_.get()) {
         throw std::invalid_argument("the adapter pool belongs to another model");
     }
     // The slot keeps a copy of the mixture, so the lock is needed only while it is written.
     std::shared_lock<std::shared_mutex> lock(pool->impl_->mutex);
-    return decoder_->start(id, prompt, options, to_selection(pool->impl_->pool, mixture));
+    return go(to_selection(pool->impl_->pool, mixture));
+}
+
+RequestEvent ContinuousBatch::start(int64_t id, const std::vector<Token> & prompt, const GenerateOptions & options,
+                                    const AdapterPool * pool, const Mixture & mixture) {
+    Entered entered(guard_->mutex, "ContinuousBatch");
+    check_fold(options);
+    return with_selection(pool, mixture, [&](const core::Selection & selection) {
+        return decoder_->start(id, prompt, options, selection);
+    });
+}
+
+std::optional<RequestEvent> ContinuousBatch::begin(int64_t id, const std::vector<Token> & prompt,
+                                                   const GenerateOptions & options, const AdapterPool * pool,
+                                                   const Mixture & mixture) {
+    Entered entered(guard_->mutex, "ContinuousBatch");
+    check_fold(options);
+    return with_selection(pool, mixture, [&](const core::Selection & selection) {
+        return decoder_->begin(id, prompt, options, selection);
+    });
+}
+
+bool ContinuousBatch::prefilling() const { return decoder_->prefilling(); }
+int ContinuousBatch::prefill_chunk() const { return decoder_->prefill_chunk(); }
+
+void ContinuousBatch::set_prefill_chunk(int n_tokens) {
+    Entered entered(guard_->mutex, "ContinuousBatch");
+    decoder_->set_prefill_chunk(n_tokens);
 }
 
 std::vector<RequestEvent> ContinuousBatch::step() {

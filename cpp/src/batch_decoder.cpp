@@ -17,7 +17,9 @@ double seconds_between(std::chrono::steady_clock::time_point t0, std::chrono::st
 
 BatchDecoder::BatchDecoder(std::shared_ptr<const Model> model, const SessionOptions & options,
                            const std::vector<const Adapter *> & pool, SlotLayout layout)
-    : session_(model, options), mixtures_(make_slot_mixtures(*model, options.n_seq, pool, layout)) {}
+    : session_(model, options),
+      mixtures_(make_slot_mixtures(*model, options.n_seq, pool, layout)),
+      prefill_chunk_(std::max(options.n_batch, 1)) {}
 
 std::vector<int64_t> BatchDecoder::active_ids() const {
     std::vector<int64_t> ids;
@@ -64,20 +66,49 @@ void BatchDecoder::forget(int64_t id) {
     aborted_.erase(id);
 }
 
-RequestEvent BatchDecoder::start(int64_t id, const std::vector<int32_t> & prompt, const GenerateOptions & options,
-                                 const Selection & selection) {
+void BatchDecoder::set_prefill_chunk(int n) {
+    if (n < 1) throw std::invalid_argument("prefill_chunk must be at least 1 token, got " + std::to_string(n));
+    prefill_chunk_ = n;
+}
+
+void BatchDecoder::check_start(int64_t id, const std::vector<int32_t> & prompt, const GenerateOptions & options) const {
     options.validate();
-    if (n_active() >= n_slots()) {
-        throw std::invalid_argument("no free slot: all " + std::to_string(n_slots()) + " slots are running requests");
+    if (n_active() + (pending_ ? 1 : 0) >= n_slots()) {
+        throw std::invalid_argument("no free slot: all " + std::to_string(n_slots()) +
+                                    " slots are running requests or prefilling one");
     }
     for (const Request & r : running_) {
         if (r.id == id) throw std::invalid_argument("request id " + std::to_string(id) + " is already running");
+    }
+    if (pending_ && pending_->request.id == id) {
+        throw std::invalid_argument("request id " + std::to_string(id) + " is already being prefilled");
     }
     if (prompt.empty()) throw std::invalid_argument("empty prompt: at least one token is needed");
     if (int(prompt.size()) > n_ctx()) {
         throw ContextOverflow("context overflow: the prompt has " + std::to_string(prompt.size()) +
                               " tokens but a slot holds " + std::to_string(n_ctx()));
     }
+}
+
+RequestEvent BatchDecoder::first_token(Request request, int slot, std::vector<float> & logits) {
+    const int32_t n_vocab = int32_t(session_.model().hparams().n_vocab);
+    RequestEvent event;
+    event.id = request.id;
+    const bool going = request.state.accept(request.state.sample(logits.data(), n_vocab, session_.model().vocab()),
+                                            session_.model().vocab(), session_.length(slot), n_ctx(), event.text);
+    if (!going) {
+        mixtures_->clear(slot);
+        session_.clear(slot);
+        return finished_event(request, std::move(event.text));
+    }
+    event.logprobs = request.state.new_logprobs();
+    running_.push_back(std::move(request));
+    return event;
+}
+
+RequestEvent BatchDecoder::start(int64_t id, const std::vector<int32_t> & prompt, const GenerateOptions & options,
+                                 const Selection & selection) {
+    check_start(id, prompt, options);
 
     Request request{id, SequenceState(options)};
     Completion & c = request.state.completion;
@@ -98,7 +129,7 @@ RequestEvent BatchDecoder::start(int64_t id, const std::vector<int32_t> & prompt
         }
     } leave{*this, id};
 
-    const int slot = n_active();
+    const int slot = n_active();  // below the pending prefill's stream, if any (check_start)
     session_.clear(slot);
     const auto t0 = Clock::now();
     std::vector<float> logits;
@@ -124,20 +155,86 @@ RequestEvent BatchDecoder::start(int64_t id, const std::vector<int32_t> & prompt
         session_.clear(slot);
         return cancelled_event(request);
     }
+    RequestEvent event = first_token(std::move(request), slot, logits);
+    leave.running = !event.finished;
+    return event;
+}
 
-    const int32_t n_vocab = int32_t(session_.model().hparams().n_vocab);
-    RequestEvent event;
-    event.id = id;
-    const bool going = request.state.accept(request.state.sample(logits.data(), n_vocab, session_.model().vocab()),
-                                            session_.model().vocab(), session_.length(slot), n_ctx(), event.text);
-    if (!going) {
+std::optional<RequestEvent> BatchDecoder::begin(int64_t id, const std::vector<int32_t> & prompt,
+                                                const GenerateOptions & options, const Selection & selection) {
+    if (pending_) {
+        throw std::invalid_argument("request " + std::to_string(pending_->request.id) +
+                                    " is being prefilled: begin() takes one request at a time");
+    }
+    check_start(id, prompt, options);
+    Request request{id, SequenceState(options)};
+    request.state.completion.timings.n_prompt = int(prompt.size());
+    if (options.max_tokens == 0) {
+        request.state.completion.finish_reason = "length";
+        RequestEvent event = finished_event(request, "");
+        event.started = true;
+        return event;
+    }
+    const int slot = pending_slot();
+    session_.clear(slot);
+    try {
+        mixtures_->set(slot, selection);
+    } catch (...) {
+        mixtures_->clear(slot);
+        throw;
+    }
+    pending_ = std::make_unique<Pending>(Pending{std::move(request), prompt, 0});
+    enter(id);
+    return std::nullopt;
+}
+
+std::optional<RequestEvent> BatchDecoder::advance_prefill() {
+    const int slot = pending_slot();
+    Request & request = pending_->request;
+    const int64_t id = request.id;
+    auto drop = [&] {  // the pending request leaves: its stream and mixture slices are free again
         mixtures_->clear(slot);
         session_.clear(slot);
-        return finished_event(request, std::move(event.text));
+        forget(id);
+        Request gone = std::move(pending_->request);
+        pending_.reset();
+        return gone;
+    };
+    if (aborted(id)) {
+        Request gone = drop();
+        return cancelled_event(gone);
     }
-    event.logprobs = request.state.new_logprobs();
-    running_.push_back(std::move(request));
-    leave.running = true;
+    const std::vector<int32_t> & prompt = pending_->prompt;
+    const size_t n = std::min(size_t(prefill_chunk_), prompt.size() - pending_->done);
+    const std::vector<int32_t> chunk(prompt.begin() + std::ptrdiff_t(pending_->done),
+                                     prompt.begin() + std::ptrdiff_t(pending_->done + n));
+    const auto t0 = Clock::now();
+    std::vector<float> logits;
+    try {
+        logits = session_.evaluate(slot, 1, chunk, false, mixtures_->terms(slot + 1));
+    } catch (...) {
+        drop();
+        throw;
+    }
+    request.state.completion.timings.prefill_seconds += seconds_between(t0, Clock::now());
+    pending_->done += n;
+    if (pending_->done < prompt.size()) return std::nullopt;
+    if (aborted(id)) {  // marked during the last chunk: no token for a client that is gone
+        Request gone = drop();
+        return cancelled_event(gone);
+    }
+    // Its prompt is in: it joins the running requests in stream n_active (release() kept it below this one).
+    const int target = n_active();
+    if (target != slot) {
+        session_.copy_stream(slot, target);
+        mixtures_->move(session_, slot, target);
+        session_.clear(slot);
+    }
+    Request joining = std::move(pending_->request);
+    pending_.reset();
+    RequestEvent event = first_token(std::move(joining), target, logits);
+    event.started = true;
+    if (event.finished) forget(id);
     return event;
 }
 
@@ -149,6 +246,10 @@ std::vector<RequestEvent> BatchDecoder::step() {
             events.push_back(cancelled_event(running_[size_t(i)]));
             release(i);
         }
+    }
+    // One chunk of the prompt being prefilled, between two decode steps of the running requests.
+    if (pending_) {
+        if (std::optional<RequestEvent> first = advance_prefill()) events.push_back(std::move(*first));
     }
     const int n = n_active();
     if (n == 0) return events;
@@ -184,6 +285,13 @@ std::vector<RequestEvent> BatchDecoder::step() {
 }
 
 bool BatchDecoder::cancel(int64_t id) {
+    if (pending_ && pending_->request.id == id) {
+        mixtures_->clear(pending_slot());
+        session_.clear(pending_slot());
+        forget(id);
+        pending_.reset();
+        return true;
+    }
     for (int i = 0; i < n_active(); ++i) {
         if (running_[size_t(i)].id == id) {
             release(i);

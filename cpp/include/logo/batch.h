@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "logo/logo.h"
@@ -52,7 +53,21 @@ public:
     // prompt) or ContextOverflow (a prompt longer than n_ctx); every slot stays as it was.
     RequestEvent start(int64_t id, const std::vector<Token> & prompt, const GenerateOptions & options,
                        const AdapterPool * pool = nullptr, const Mixture & mixture = {});
-    // One decode step for every running request; finished ones free their slots before it returns.
+    // Chunked prefill: checks and takes a slot like start(), but the prompt is prefilled by the following step()
+    // calls, prefill_chunk() tokens each, before their decode steps: the running requests keep producing a token
+    // per step meanwhile instead of waiting for the whole prompt. The step that evaluates the last chunk returns
+    // the request's first event (RequestEvent::started set), after which it decodes with the others; greedy
+    // tokens equal start()'s. One request is prefilled at a time (invalid_argument while another one is); it
+    // takes the highest slot, so it needs a free slot as start() does. abort()/cancel() end it between chunks
+    // (abort: a finished "cancelled" event from the next step()). Returns the finished event of a request that
+    // ends at once (max_tokens 0), else nothing.
+    std::optional<RequestEvent> begin(int64_t id, const std::vector<Token> & prompt, const GenerateOptions & options,
+                                      const AdapterPool * pool = nullptr, const Mixture & mixture = {});
+    bool prefilling() const;  // a request begin() started is still being prefilled
+    int prefill_chunk() const;  // prompt tokens per step of such a prefill (default params.n_batch)
+    void set_prefill_chunk(int n_tokens);  // invalid_argument below 1
+    // One step: a prefill chunk of the request begin() started (if any), then one decode step for every running
+    // request; finished ones free their slots before it returns.
     std::vector<RequestEvent> step();
     // Ends a running request at once (its client went away) and frees its slot; false if none runs.
     bool cancel(int64_t id);
@@ -69,6 +84,8 @@ private:
     std::unique_ptr<core::BatchDecoder> decoder_;
     struct Guard;
     std::unique_ptr<Guard> guard_;
+    template <typename Go>
+    auto with_selection(const AdapterPool * pool, const Mixture & mixture, Go go) const;
 };
 
 }  // namespace logo

@@ -251,6 +251,9 @@ struct RequestEvent {
     int64_t id = 0;
     std::string text;
     bool finished = false;
+    // True on the event that ends a prefill ContinuousBatch::begin() started (the request's first token, or its
+    // end at once); false on every other event, a prefill aborted before its end included.
+    bool started = false;
     Completion completion;  // complete when finished: text, tokens, finish_reason, timings
     // With GenerateOptions::logprobs: the entries of the tokens accepted in this call (usually one), in order;
     // `text` may lag behind them (text is released once complete UTF-8 and past any stop-string prefix).
