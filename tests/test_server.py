@@ -1096,7 +1096,7 @@ def test_shutdown_during_a_long_prefill_answers_503_at_once(model_dir):
         with concurrent.futures.ThreadPoolExecutor(1) as ex:
             pending = ex.submit(request, bg, "POST", "/v1/completions",
                                 {"model": "base", "prompt": long, "max_tokens": 1})
-            wait_until(lambda: engine._starting is not None and len(engine._starting.prompt) == len(long),
+            wait_until(lambda: engine._prefilling is not None and len(engine._prefilling.prompt) == len(long),
                        what="the long prompt's prefill to begin")
             time.sleep(full_seconds / 10)
             stopped = time.perf_counter()
@@ -1186,7 +1186,7 @@ def test_a_client_gone_during_a_long_prefill_frees_its_slot_within_a_chunk(model
             running = ex.submit(client(bg).completions.create, **beside)
             wait_until(lambda: engine._running or running.done(), what="the request beside to run")
             sock = _send_raw(bg, {"model": "base", "prompt": long, "max_tokens": 8, "stream": True})
-            wait_until(lambda: engine._starting is not None and len(engine._starting.prompt) == len(long),
+            wait_until(lambda: engine._prefilling is not None and len(engine._prefilling.prompt) == len(long),
                        what="the long prompt's prefill to begin")
             time.sleep(full_seconds / 10)
             gone = time.perf_counter()

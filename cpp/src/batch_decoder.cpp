@@ -210,8 +210,14 @@ std::optional<RequestEvent> BatchDecoder::advance_prefill() {
                                      prompt.begin() + std::ptrdiff_t(pending_->done + n));
     const auto t0 = Clock::now();
     std::vector<float> logits;
+    // A chunk longer than n_batch is several evaluations: abort() is asked between them too.
+    const InterruptCheck interrupted = [this, id] { return aborted(id); };
     try {
-        logits = session_.evaluate(slot, 1, chunk, false, mixtures_->terms(slot + 1));
+        logits = session_.evaluate(slot, 1, chunk, false, mixtures_->terms(slot + 1), interrupted);
+    } catch (const Interrupted &) {
+        request.state.completion.timings.prefill_seconds += seconds_between(t0, Clock::now());
+        Request gone = drop();
+        return cancelled_event(gone);
     } catch (...) {
         drop();
         throw;

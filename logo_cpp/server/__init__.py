@@ -6,6 +6,7 @@ running requests together (continuous batching), each with its own adapter mixtu
     protocol.py  request validation (pydantic): OpenAI's parameters and logo-cpp's extensions
     engine.py    the engine loop: one thread over a C++ ContinuousBatch
     main.py      the command line and the uvicorn runner (also in a background thread, for tests and benchmarks)
+    defaults.py  serving defaults the command line reads before the core loads (the prefill chunk)
 
 Needs the `server` extra: pip install "logo-cpp[server]".
 """

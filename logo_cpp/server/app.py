@@ -29,6 +29,7 @@ from starlette.routing import Route as HttpRoute
 from ..chat import DEFAULT_ROUTE_ON, route_on_choice
 from ..rerank import check_margin
 from ..router import WEIGHTINGS, _check_temperature, default_weighting
+from .defaults import DEFAULT_PREFILL_CHUNK
 from .engine import Engine, Job, Route
 from .protocol import ApiError, ChatRequest, CompletionRequest, calibrations, parse
 from .responses import decode_json, error_response, read_body, respond
@@ -57,6 +58,9 @@ class ServerConfig:
     layout: str = "auto"   # how slots hold mixtures: auto, stacked, pooled (logo/batch.h)
     # Prompt tokens per prefill evaluation: a request abandoned during its prefill leaves after the chunk in progress.
     n_batch: int = 512
+    # Prompt tokens a long prompt's prefill evaluates per decode step (chunked prefill; engine.DEFAULT_PREFILL_CHUNK):
+    # the running streams wait one chunk's evaluation per token while it is prefilled, not the whole prompt.
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK
     model_name: str = ""   # the base model's file name, for /v1/models
     allow_origins: list = field(default_factory=list)
     max_body_bytes: Optional[int] = None  # None: default_max_body_bytes(n_ctx)
@@ -125,7 +129,8 @@ class Server:
         self.config = config
         self.created = int(time.time())
         self.engine = Engine(model, pool, n_slots=config.n_slots, n_ctx=config.n_ctx, max_queue=config.max_queue,
-                             n_batch=config.n_batch, layout=config.layout, rerank_margin=config.rerank_margin)
+                             n_batch=config.n_batch, layout=config.layout, rerank_margin=config.rerank_margin,
+                             prefill_chunk=config.prefill_chunk)
         self.warm_up_seconds: Optional[float] = None
         self.warm_up_routes: list[Route] = []
         if config.warm_up:

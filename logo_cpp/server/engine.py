@@ -2,11 +2,17 @@
 request together, each with its own adapter mixture.
 
 Between two decode steps the loop drops cancelled requests (their clients went away), then admits waiting
-requests into free slots: it routes each one (a LoGo probe, or the fixed mixture it asked for), prefills it and
-samples its first token. A request cancelled while it is being started stops there: after its routing, or during
-its prefill, which the C++ batch checks between chunks of ``n_batch`` prompt tokens (``ContinuousBatch.abort``,
-called from the asyncio side), so a client gone during a long prefill frees its slot within one chunk's time. Each step is then one graph evaluation for all running requests. Requests beyond the
-slots wait in a bounded queue; a full queue refuses new ones (the HTTP layer answers 503).
+requests into free slots: it routes each one (a LoGo probe, or the fixed mixture it asked for) and starts it. A
+prompt of at most ``prefill_chunk`` tokens is prefilled at once and samples its first token; a longer one is
+prefilled by the C++ batch a chunk per step (``ContinuousBatch.begin``: chunked prefill, as llama-server does),
+each chunk evaluated before the decode step of the running requests, so a long prompt delays their next token by
+one chunk's time instead of its whole prefill. One long prompt is prefilled at a time; while it is, the prompts
+that fit in one chunk waiting behind it still start (the long ones wait for their turn, in order). A request
+cancelled while it is being started stops there: after its routing, or between two chunks of ``n_batch`` prompt
+tokens of its prefill (``ContinuousBatch.abort``, called from the asyncio side), so a client gone during a long
+prefill frees its slot within one chunk's time. Each step is then one graph evaluation for all running requests
+(plus the prefill chunk, if any). Requests beyond the slots wait in a bounded queue; a full queue refuses new ones
+(the HTTP layer answers 503).
 
 Results travel to the asyncio side as (job, kind, payload) on each job's queue, handed over with one
 ``call_soon_threadsafe`` per step; kind is "routing" (dict, first), "logprobs" (the binding's logprob tuples of
@@ -30,6 +36,7 @@ from typing import Any, Optional
 from .. import _core
 from .. import rerank as _rerank
 from ..router import LoGo
+from .defaults import DEFAULT_PREFILL_CHUNK
 from .protocol import ApiError
 
 log = logging.getLogger("logo_cpp.server")
@@ -87,7 +94,8 @@ class Engine:
     asyncio loop; everything that touches the model runs on the engine's own thread."""
 
     def __init__(self, model, pool, *, n_slots: int, n_ctx: int, max_queue: int, n_batch: int = 512,
-                 layout: str = "auto", rerank_margin: Optional[float] = None):
+                 layout: str = "auto", rerank_margin: Optional[float] = None,
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
         self.model = model
         self.pool = pool
         # `logo-cpp serve --rerank`: routed k = 1 requests with calibrated routing are reranked (logo_cpp.rerank)
@@ -100,16 +108,19 @@ class Engine:
         # The pool decides the slot layout: stacked once for all slots (small pools) or per slot (large ones).
         # Slots that cannot fit are a ValueError from the KV cache's size check, made before anything is allocated.
         self.batch = _core.ContinuousBatch(model._core, n_ctx=n_ctx, n_slots=n_slots, n_batch=n_batch,
-                                           pool=pool._core if pool is not None and len(pool) else None, layout=layout)
+                                           pool=pool._core if pool is not None and len(pool) else None, layout=layout,
+                                           prefill_chunk=prefill_chunk)
         self._routers: dict[tuple, LoGo] = {}
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
         self._waiting: collections.deque[Job] = collections.deque()
         self._cancelled: set[int] = set()
         self._running: dict[int, Job] = {}
-        # The job _admit took from the queue and is routing and prefilling: it holds a slot (the admission limit
+        # The job _admit took from the queue and is routing and starting: it holds a slot (the admission limit
         # and /health count it) though it is neither waiting nor running yet.
         self._starting: Optional[Job] = None
+        # The job with a long prompt the C++ batch prefills a chunk per step (begin()); it holds a slot too.
+        self._prefilling: Optional[Job] = None
         self._stopping = False
         self.stats = collections.Counter()
         self._thread = threading.Thread(target=self._run, name="logo-cpp-engine", daemon=True)
@@ -143,17 +154,17 @@ class Engine:
                 return
             except ValueError:
                 pass
-            if job.id in self._running or job is self._starting:
+            if job.id in self._running or job is self._starting or job is self._prefilling:
                 self._cancelled.add(job.id)
                 self._cond.notify()
                 batch = self.batch
-                if job is self._starting and batch is not None:
+                if (job is self._starting or job is self._prefilling) and batch is not None:
                     # False when the engine thread is still routing it: _start then sees the job in _cancelled.
                     batch.abort(job.id)
 
     def _busy(self) -> int:
-        """Slots in use: running requests and the one being started (call with the lock held)."""
-        return len(self._running) + (self._starting is not None)
+        """Slots in use: running requests and those being started or prefilled (call with the lock held)."""
+        return len(self._running) + (self._starting is not None) + (self._prefilling is not None)
 
     def _occupancy(self) -> tuple[int, int]:
         """(slots taken, requests waiting beyond the slots), counted as admission counts them (call with the lock
@@ -186,12 +197,13 @@ class Engine:
         with self._cond:
             self._stopping = True
             waiting, self._waiting = list(self._waiting), collections.deque()
-            starting, batch = self._starting, self.batch
+            starting, prefilling, batch = self._starting, self._prefilling, self.batch
             self._cond.notify()
-        if starting is not None and batch is not None:
-            # A request in its prefill would hold the engine thread past uvicorn's graceful timeout (its client
-            # then got a bare 500): stop it after the chunk in progress; _start answers it with the 503.
-            batch.abort(starting.id)
+        for job in (starting, prefilling):
+            if job is not None and batch is not None:
+                # A request in its prefill would hold the engine thread past uvicorn's graceful timeout (its client
+                # then got a bare 500): stop it after the chunk in progress; it is answered with the 503.
+                batch.abort(job.id)
         for job in waiting:
             self._send(job, [("error", _shutting_down())])
 
@@ -207,7 +219,7 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not (self._stopping or self._cancelled or self._running or self._waiting):
+                while not (self._stopping or self._cancelled or self._running or self._waiting or self._prefilling):
                     self._cond.wait()
                 if self._stopping:
                     break
@@ -216,20 +228,53 @@ class Engine:
                 if self._running.pop(job_id, None) is not None:
                     self.batch.cancel(job_id)
                     self.stats["cancelled"] += 1
+                elif self._prefilling is not None and self._prefilling.id == job_id:
+                    self.batch.cancel(job_id)  # it may have begun before abort() could mark it
+                    self._end_prefill(self._prefilling)
             self._admit()
-            if self._running:
+            if self._running or self._prefilling:
                 self._step()
         for job_id, job in list(self._running.items()):
             self.batch.cancel(job_id)
             self._send(job, [("error", _shutting_down())])
         self._running.clear()
+        if self._prefilling is not None:
+            self.batch.cancel(self._prefilling.id)
+            self._end_prefill(self._prefilling)
+
+    def _end_prefill(self, job: Job) -> None:
+        """A job stopped during its prefill: by its client (gone: nothing to send) or by shutdown() (a 503)."""
+        self.stats["prefills_aborted"] += 1
+        with self._cond:
+            by_client = job.id in self._cancelled or not self._stopping
+            self._cancelled.discard(job.id)
+            if job is self._prefilling:
+                self._prefilling = None
+        if by_client:  # its client is gone
+            self.stats["cancelled"] += 1
+        else:  # shutdown() stopped it: its client still waits for an answer
+            self._send(job, [("error", _shutting_down())])
+
+    def _next_job(self) -> Optional[Job]:
+        """The waiting job to start now (call with the lock held): the first one, or while a long prompt is being
+        prefilled, the first whose prompt fits in one chunk (the C++ batch prefills one long prompt at a time)."""
+        if self._prefilling is None:
+            return self._waiting.popleft() if self._waiting else None
+        chunk = self.batch.prefill_chunk
+        for job in self._waiting:
+            if len(job.prompt) <= chunk:
+                self._waiting.remove(job)
+                return job
+        return None
 
     def _admit(self) -> None:
-        while len(self._running) < self.n_slots:
+        while len(self._running) + (self._prefilling is not None) < self.n_slots:
             with self._cond:
-                if not self._waiting or self._stopping:
+                if self._stopping:
                     return
-                job = self._starting = self._waiting.popleft()
+                job = self._starting = self._next_job()
+                if job is None:
+                    return
             try:
                 self._start(job)
             except ApiError as exc:
@@ -252,25 +297,38 @@ class Engine:
         job.routing = routing
         job.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         s = job.sampling
-        # The C++ start runs the prefill with the GIL released; cancel() may abort it from the asyncio thread.
-        event = self.batch.start(job.id, job.prompt, max_tokens=s["max_tokens"], temperature=s["temperature"],
-                                 top_k=s["top_k"], top_p=s["top_p"], min_p=s["min_p"], seed=s["seed"],
-                                 stop=s["stop"], ignore_eos=s["ignore_eos"],
-                                 pool=self.pool._core if selection else None, selection=selection,
-                                 logprobs=s.get("logprobs", False), top_logprobs=s.get("top_logprobs", 0))
-        self.stats["started"] += 1
+        args = dict(max_tokens=s["max_tokens"], temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"],
+                    min_p=s["min_p"], seed=s["seed"], stop=s["stop"], ignore_eos=s["ignore_eos"],
+                    pool=self.pool._core if selection else None, selection=selection,
+                    logprobs=s.get("logprobs", False), top_logprobs=s.get("top_logprobs", 0))
+        if len(job.prompt) > self.batch.prefill_chunk:
+            # Chunked: the next steps prefill it, a chunk each, between the running requests' decode steps; the
+            # step that ends it hands its first event to _started.
+            event = self.batch.begin(job.id, job.prompt, **args)
+            self.stats["started"] += 1
+            if event is None:
+                with self._cond:  # from starting to prefilling in one step: admission never counts it twice
+                    self._starting = None
+                    self._prefilling = job
+                return
+        else:
+            # At most one chunk: prefilled at once (the C++ start runs it with the GIL released; cancel() may
+            # abort it from the asyncio thread).
+            event = self.batch.start(job.id, job.prompt, **args)
+            self.stats["started"] += 1
+        self._started(job, event)
+
+    def _started(self, job: Job, event) -> None:
+        """A job's first event (its prompt prefilled, or its prefill aborted): it runs, or it ended."""
         if event[2] and event[3]["finish_reason"] == "cancelled":  # aborted during its prefill
-            self.stats["prefills_aborted"] += 1
-            with self._cond:
-                by_client = job.id in self._cancelled or not self._stopping
-            if by_client:  # its client is gone
-                self.stats["cancelled"] += 1
-            else:  # shutdown() stopped it: its client still waits for an answer
-                self._send(job, [("error", _shutting_down())])
+            self._end_prefill(job)
             return
-        events: list = [("routing", routing)]
+        events: list = [("routing", job.routing)]
         with self._cond:  # from starting to running in one step: the admission count never sees it twice
-            self._starting = None
+            if job is self._starting:
+                self._starting = None
+            if job is self._prefilling:
+                self._prefilling = None
             if not event[2]:
                 self._running[job.id] = job
         self._send(job, events + self._translate(job, event))
@@ -315,14 +373,23 @@ class Engine:
             events = self.batch.step()
         except Exception as exc:  # noqa: BLE001 - a failed evaluation fails the running requests, not the server
             log.exception("decode step failed")
-            for job_id, job in list(self._running.items()):
+            failed = list(self._running.items())
+            if self._prefilling is not None:
+                failed.append((self._prefilling.id, self._prefilling))
+            for job_id, job in failed:
                 self.batch.cancel(job_id)
                 self._send(job, [("error", ApiError(500, f"decode step failed: {exc}"))])
             self._running.clear()
+            with self._cond:
+                self._prefilling = None
             return
         self.stats["steps"] += 1
         by_loop: dict = {}
         for event in events:
+            prefilled = self._prefilling
+            if prefilled is not None and event[0] == prefilled.id:  # its prefill's last chunk (or its abort)
+                self._started(prefilled, event)
+                continue
             job = self._running.get(event[0])
             if job is None:
                 continue

@@ -19,6 +19,7 @@ from typing import Optional
 
 from .._limits import INT32_MAX
 from ..rerank import check_margin
+from .defaults import DEFAULT_PREFILL_CHUNK
 
 MISSING_EXTRA = ('logo-cpp serve needs the server extra (Starlette, uvicorn, pydantic): '
                  'pip install "logo-cpp[server]"')
@@ -42,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", "-b", type=int, default=512,
                    help="prompt tokens per prefill evaluation (default 512); a request whose client goes away during "
                         "its prefill frees its slot once the chunk in progress ends")
+    p.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK,
+                   help="prompt tokens of a long prompt prefilled per decode step (default "
+                        f"{DEFAULT_PREFILL_CHUNK}): the running streams keep getting tokens while it is prefilled, "
+                        "each delayed by one chunk's evaluation; larger chunks prefill faster, smaller ones delay the "
+                        "running streams less")
     p.add_argument("--queue", type=int, default=64,
                    help="requests that may wait for a slot; more are refused with 503 (default 64)")
     p.add_argument("--api-key", default=None,
@@ -96,7 +102,7 @@ class Loaded:
 
 def check_arguments(args) -> None:
     """Raises ValueError naming the flag for a `serve` argument out of range (before anything loads)."""
-    for name in ("parallel", "ctx_size", "batch_size", "port", "k", "threads"):
+    for name in ("parallel", "ctx_size", "batch_size", "prefill_chunk", "port", "k", "threads"):
         value = getattr(args, name)
         # The core holds these as int32: a larger value would surface as "n_ctx must be ..." without the flag.
         low, high = (0, 65535) if name == "port" else (1, INT32_MAX)
@@ -187,7 +193,7 @@ def load(args, say=None) -> Loaded:
                           calibration=args.calibration, mixture_weights=args.mixture_weights,
                           mixture_temperature=args.mixture_temperature,
                           chat_route_on=args.chat_route_on, layout=args.mixture_layout, n_batch=args.batch_size,
-                          model_name=Path(model_path).name,
+                          prefill_chunk=args.prefill_chunk, model_name=Path(model_path).name,
                           allow_origins=list(args.allow_origin),
                           max_body_bytes=None if max_body is None else int(max_body * 2**20),
                           rerank_margin=args.rerank)
