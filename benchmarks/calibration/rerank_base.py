@@ -50,7 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import study_accuracy as S  # noqa: E402
 from correctness import max_tokens_for, scorer  # noqa: E402
-from inpool import POOLS, generic_states, halves, load_inpool, outpool_states, study_arguments  # noqa: E402
+from inpool import (POOLS, generic_states, halves, load_inpool, outpool_states, study_arguments,  # noqa: E402
+                    write_report)
 from probe_data import read_adapter, read_norm_weights, read_rms_eps  # noqa: E402
 from rerank_confidence import V8, Candidates, sha, top2  # noqa: E402
 
@@ -238,8 +239,7 @@ def main(argv=None) -> int:
                      f"{c['out_acc_A']:.3f} / {c['out_acc_B']:.3f} / {c['out_acc_all']:.3f} base {c['base_served']}"
                      f"+{c['out_base_served']}")
         print(line + ("   <- chosen" if key == report["chosen"] else ""))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    write_report(args.out, report)
     return 0
 
 

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import study_accuracy as S  # noqa: E402
 from correctness import max_tokens_for, scorer  # noqa: E402
-from inpool import POOLS, generic_states, load_inpool, outpool_states  # noqa: E402
+from inpool import POOLS, generic_states, load_inpool, outpool_states, write_report  # noqa: E402
 from probe_data import read_adapter, read_norm_weights, read_rms_eps  # noqa: E402
 
 RULES = ("mean_lp", "sum_lp", "min_lp", "first_p", "first_negH")
@@ -352,8 +352,7 @@ def main(argv=None) -> int:
     if args.timing:
         report["timing"] = timing(model, pools["pool"]["p"], args.timing, args.threads)
         print(f"\ntiming (medians, {args.timing} prompts, {args.threads} thread(s)): {report['timing']}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    write_report(args.out, report)
     return 0
 
 

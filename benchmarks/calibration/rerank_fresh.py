@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from correctness import max_tokens_for, scorer  # noqa: E402
 from explore import pool_adapters  # noqa: E402
-from inpool import POOLS, study_arguments  # noqa: E402
+from inpool import POOLS, study_arguments, write_report  # noqa: E402
 from probe_data import load_pool_dir  # noqa: E402
 
 FRESH_SEED = 8008
@@ -137,8 +137,7 @@ def main(argv=None) -> int:
     report["decision"] = {"out_of_pool_not_under_base_both_pools": ok_out, "shipped_in_pool_not_under_default": ok_in,
                           "rerank_default": ok_out and ok_in}
     print(f"\ndecision (rule fixed before the run): {report['decision']}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    write_report(args.out, report)
     return 0
 
 
