@@ -192,16 +192,8 @@ std::optional<RequestEvent> BatchDecoder::advance_prefill() {
     const int slot = pending_slot();
     Request & request = pending_->request;
     const int64_t id = request.id;
-    auto drop = [&] {  // the pending request leaves: its stream and mixture slices are free again
-        mixtures_->clear(slot);
-        session_.clear(slot);
-        forget(id);
-        Request gone = std::move(pending_->request);
-        pending_.reset();
-        return gone;
-    };
     if (aborted(id)) {
-        Request gone = drop();
+        Request gone = drop_pending();
         return cancelled_event(gone);
     }
     const std::vector<int32_t> & prompt = pending_->prompt;
@@ -216,17 +208,17 @@ std::optional<RequestEvent> BatchDecoder::advance_prefill() {
         logits = session_.evaluate(slot, 1, chunk, false, mixtures_->terms(slot + 1), interrupted);
     } catch (const Interrupted &) {
         request.state.completion.timings.prefill_seconds += seconds_between(t0, Clock::now());
-        Request gone = drop();
+        Request gone = drop_pending();
         return cancelled_event(gone);
     } catch (...) {
-        drop();
+        drop_pending();
         throw;
     }
     request.state.completion.timings.prefill_seconds += seconds_between(t0, Clock::now());
     pending_->done += n;
     if (pending_->done < prompt.size()) return std::nullopt;
     if (aborted(id)) {  // marked during the last chunk: no token for a client that is gone
-        Request gone = drop();
+        Request gone = drop_pending();
         return cancelled_event(gone);
     }
     // Its prompt is in: it joins the running requests in stream n_active (release() kept it below this one).
@@ -242,6 +234,16 @@ std::optional<RequestEvent> BatchDecoder::advance_prefill() {
     event.started = true;
     if (event.finished) forget(id);
     return event;
+}
+
+BatchDecoder::Request BatchDecoder::drop_pending() {
+    const int slot = pending_slot();
+    mixtures_->clear(slot);
+    session_.clear(slot);
+    forget(pending_->request.id);
+    Request gone = std::move(pending_->request);
+    pending_.reset();
+    return gone;
 }
 
 std::vector<RequestEvent> BatchDecoder::step() {
@@ -292,10 +294,7 @@ std::vector<RequestEvent> BatchDecoder::step() {
 
 bool BatchDecoder::cancel(int64_t id) {
     if (pending_ && pending_->request.id == id) {
-        mixtures_->clear(pending_slot());
-        session_.clear(pending_slot());
-        forget(id);
-        pending_.reset();
+        drop_pending();
         return true;
     }
     for (int i = 0; i < n_active(); ++i) {

@@ -87,6 +87,8 @@ private:
     int pending_slot() const { return n_slots() - 1; }
     // start()/begin()'s checks, made before any state changes.
     void check_start(int64_t id, const std::vector<int32_t> & prompt, const GenerateOptions & options) const;
+    // The pending request leaves (aborted, cancelled or failed): its stream and mixture slices are free again.
+    Request drop_pending();
     // One chunk of the pending prefill; its first event when it ended (or was aborted).
     std::optional<RequestEvent> advance_prefill();
     // The first token of a request whose prompt stream `slot` holds (logits: its last token's); joins running_
